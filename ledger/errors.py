@@ -1,0 +1,97 @@
+"""Every error `ledger` raises on purpose, in one tree.
+
+Foreign exceptions (OSError, lmdb.Error, msgspec errors, openai errors) are translated
+where they enter our code with ``raise X(...) from exc``, so callers -- above all the CLI --
+catch ``LedgerError`` alone and map it to an exit code::
+
+    LedgerError                      exit_code 1
+    +-- InputError                   2  bad dataset, option or configuration
+    |   +-- RunNotFoundError         2  no such run under the runs directory
+    +-- LogError                     1  the event log cannot be used as asked
+    |   +-- LogFormatError           2  not a ledger log, or a format version we cannot read
+    |   +-- CorruptLogError          1  a damaged frame before the tail (carries .offset)
+    |   +-- LogLockedError           2  another process holds the run (carries .pid)
+    |   +-- LogWriteError            1  a write or fsync failed; the writer is dead
+    |   +-- LogClosedError           1  append after close or after a fatal write error
+    +-- IndexError_                  1  the LMDB index could not be opened or rebuilt
+
+Messages never contain secrets: the runner redacts before raising.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "LedgerError",
+    "InputError",
+    "RunNotFoundError",
+    "LogError",
+    "LogFormatError",
+    "CorruptLogError",
+    "LogLockedError",
+    "LogWriteError",
+    "LogClosedError",
+    "IndexError_",
+]
+
+
+class LedgerError(Exception):
+    """Base of every deliberate error; ``exit_code`` is what the CLI exits with."""
+
+    exit_code: int = 1
+
+
+class InputError(LedgerError):
+    """The user gave us something we cannot use; nothing has been written."""
+
+    exit_code = 2
+
+
+class RunNotFoundError(InputError):
+    """A run id or path that names no run."""
+
+
+class LogError(LedgerError):
+    """The event log cannot be used as asked."""
+
+
+class LogFormatError(LogError):
+    """The file is not a ledger log, or was written by a format version we cannot read."""
+
+    exit_code = 2
+
+
+class CorruptLogError(LogError):
+    """A frame before the tail failed its checks: never skipped, always reported."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(
+            f"{path}: corrupt frame at byte offset {offset}: {reason} "
+            f"(run `ledger verify --repair` to salvage what precedes it)"
+        )
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+
+class LogLockedError(LogError):
+    """Another live process is the writer of this run."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, pid: int | None) -> None:
+        holder = f"pid {pid}" if pid else "another process"
+        super().__init__(f"{path} is locked by {holder}: one writer per run")
+        self.path = path
+        self.pid = pid
+
+
+class LogWriteError(LogError):
+    """A write or fsync failed. The descriptor is abandoned, never synced again."""
+
+
+class LogClosedError(LogError):
+    """Append on a closed writer, or on one that died of a write error."""
+
+
+class IndexError_(LedgerError):
+    """The LMDB index could not be opened, caught up or rebuilt."""

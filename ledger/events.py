@@ -1,0 +1,157 @@
+"""Every event of a run: frozen msgspec Structs joined in one tagged union.
+
+The tag is the field ``type``; item events carry the item key ``item_id`` (str) and
+``sample`` (int), and ``turn`` for multi-turn items. ``seq`` (gapless, from 1, per run)
+and ``ts`` (Unix seconds, UTC, the commit time of the event's group) are assigned by the
+log writer: producers leave them at 0.
+
+Schema rules (tests/fixtures holds a log of every released format): the schema only
+grows. A new field gets a default; a field is never renamed or retyped; a new event is
+added only when a projection or resume needs it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+__all__ = [
+    "Event",
+    "EventBase",
+    "ItemEvent",
+    "Usage",
+    "RunStarted",
+    "SessionStarted",
+    "Started",
+    "Response",
+    "Parsed",
+    "Failed",
+    "SessionEnded",
+    "Paused",
+    "Resumed",
+    "encode",
+    "decode",
+    "encode_many",
+    "decode_many",
+    "to_builtins",
+]
+
+
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    seq: int = 0
+    ts: float = 0.0
+
+
+class ItemEvent(EventBase, frozen=True, kw_only=True):
+    item_id: str
+    sample: int = 0
+    turn: int = 0
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
+    run_id: str
+    config: dict[str, Any] = {}
+    dataset: str = ""
+    dataset_sha256: str = ""
+    items: int = 0
+    version: str = ""
+
+
+class SessionStarted(EventBase, frozen=True, kw_only=True, tag="session_started"):
+    pid: int
+    host: str = ""
+    version: str = ""
+    reason: str = "new"
+
+
+class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
+    attempt: int = 1
+    request: dict[str, Any] = {}
+    endpoint: str = ""
+
+
+class Response(ItemEvent, frozen=True, kw_only=True, tag="response"):
+    attempt: int = 1
+    text: str = ""
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    latency: float = 0.0
+    raw: dict[str, Any] | None = None
+    endpoint: str = ""
+    final: bool = True  # False for a turn that is not the item's last
+
+
+class Parsed(ItemEvent, frozen=True, kw_only=True, tag="parsed"):
+    parser: str = "text"
+    parser_version: str = "1"
+    ok: bool = True
+    value: Any = None
+    error: str | None = None
+
+
+class Failed(ItemEvent, frozen=True, kw_only=True, tag="failed"):
+    attempt: int = 1
+    error_type: str = ""
+    message: str = ""
+    status: int | None = None
+    retryable: bool = False
+    final: bool = False
+    endpoint: str = ""
+
+
+class SessionEnded(EventBase, frozen=True, kw_only=True, tag="session_ended"):
+    reason: str = "completed"  # completed / interrupted / error
+
+
+class Paused(EventBase, frozen=True, kw_only=True, tag="paused"):
+    endpoint: str = ""
+    reason: str = ""
+
+
+class Resumed(EventBase, frozen=True, kw_only=True, tag="resumed"):
+    endpoint: str = ""
+
+
+Event = (
+    RunStarted
+    | SessionStarted
+    | Started
+    | Response
+    | Parsed
+    | Failed
+    | SessionEnded
+    | Paused
+    | Resumed
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Event)
+_many_decoder = msgspec.msgpack.Decoder(list[Event])
+
+
+def encode(event: Event) -> bytes:
+    return _encoder.encode(event)
+
+
+def decode(data: bytes | memoryview) -> Event:
+    return _decoder.decode(data)
+
+
+def encode_many(events: list[Event]) -> bytes:
+    return _encoder.encode(events)
+
+
+def decode_many(data: bytes | memoryview) -> list[Event]:
+    return _many_decoder.decode(data)
+
+
+def to_builtins(event: Event) -> dict[str, Any]:
+    """The event as plain data with DESIGN's field names (``type`` first)."""
+    return msgspec.to_builtins(event)

@@ -1,0 +1,73 @@
+"""Where a run's files live. One place, so no module spells a path twice.
+
+    <runs_dir>/<run_id>/events.log        the log (the truth)
+    <runs_dir>/<run_id>/events.log.lock   the writer's lock, holding its pid
+    <runs_dir>/<run_id>/events.log.broken bytes cut off by recovery or repair
+    <runs_dir>/<run_id>/index.lmdb/       the derived LMDB index
+    <runs_dir>/<run_id>/responses.jsonl   projections (see the projections package)
+    <runs_dir>/<run_id>/conversations/
+    <runs_dir>/<run_id>/summary.json
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from .errors import InputError, RunNotFoundError
+
+__all__ = ["RunPaths", "find_run", "validate_run_id"]
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    dir: str
+
+    @property
+    def run_id(self) -> str:
+        return os.path.basename(os.path.normpath(self.dir))
+
+    @property
+    def log(self) -> str:
+        return os.path.join(self.dir, "events.log")
+
+    @property
+    def lock(self) -> str:
+        return self.log + ".lock"
+
+    @property
+    def index(self) -> str:
+        return os.path.join(self.dir, "index.lmdb")
+
+    @property
+    def responses(self) -> str:
+        return os.path.join(self.dir, "responses.jsonl")
+
+    @property
+    def conversations(self) -> str:
+        return os.path.join(self.dir, "conversations")
+
+    @property
+    def summary(self) -> str:
+        return os.path.join(self.dir, "summary.json")
+
+    @property
+    def checkpoint(self) -> str:
+        return os.path.join(self.dir, "projections.ckpt")
+
+
+def validate_run_id(run_id: str) -> str:
+    if not _RUN_ID.match(run_id):
+        raise InputError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    return run_id
+
+
+def find_run(runs_dir: str, run: str) -> RunPaths:
+    """A run named by id under ``runs_dir``, or by the path of its directory."""
+    for candidate in (os.path.join(runs_dir, run), run):
+        if os.path.isfile(os.path.join(candidate, "events.log")):
+            return RunPaths(candidate)
+    raise RunNotFoundError(f"no run {run!r} under {runs_dir} (no events.log there)")

@@ -1,0 +1,62 @@
+"""One writer per run: an exclusive ``flock`` on ``events.log.lock`` holding the owner's pid.
+
+flock locks die with their process (``kill -9`` included), so a crashed run never leaves a
+stale lock: the pid in the file is only there to name the holder in the error message.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+
+from .errors import LogLockedError
+
+__all__ = ["RunLock", "holder_pid"]
+
+
+class RunLock:
+    def __init__(self, path: str, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def acquire(cls, path: str) -> "RunLock":
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise LogLockedError(path.removesuffix(".lock"), holder_pid(path)) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def holder_pid(path: str) -> int | None:
+    """The pid written by the current holder, if one can be read."""
+    try:
+        with open(path) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def is_locked(path: str) -> bool:
+    """Whether a live process holds the lock (used by readers to tell live from stopped)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

@@ -1,0 +1,347 @@
+"""The one writer of a run's log: exclusive lock, recovery on open, group commit.
+
+Producers (threads via ``append``, asyncio tasks via ``append_async``, or fire-and-forget
+via ``submit``) put events on a queue. One writer thread takes everything queued, gives it
+seq numbers and a commit timestamp, writes it as one frame (framing.py) with one
+``os.write`` and makes it durable with one ``os.fdatasync``; only then are the producers
+acknowledged, and only then do commit listeners (the index, projections) see the events.
+Throughput therefore approaches one group per sync while latency stays about one sync.
+
+A failed write or fdatasync is fatal for this writer (PostgreSQL's fsyncgate lesson: after
+a failed fsync the kernel may have dropped the dirty pages, so retrying proves nothing).
+Every queued producer gets LogWriteError, later appends get LogClosedError, and the bytes
+of the failed group are cut off through a *new* descriptor when possible. Reopening the log
+recovers it as after a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from .errors import LogClosedError, LogError, LogWriteError
+from .events import Event, encode, encode_many
+from .framing import MAX_FRAME, Frame, encode_frame, file_header
+from .fsio import fsync_dir
+from .lock import RunLock
+from .recovery import cut_tail, locate_end
+
+__all__ = ["LogWriter", "CommitListener", "Recovered"]
+
+CommitListener = Callable[[Sequence[Frame]], None]
+_CLOSE = object()
+
+
+class Recovered(msgspec.Struct, frozen=True):
+    """What opening found: a tail cut away (saved to ``saved_to``) or nothing."""
+
+    end: int
+    last_seq: int
+    cut_bytes: int = 0
+    saved_to: str = ""
+
+
+class _ThreadWaiter:
+    """One-shot wake-up for a blocked thread: a bare lock is the cheapest signal there is."""
+
+    __slots__ = ("_lock", "result", "error")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.result: list[Event] | None = None
+        self.error: BaseException | None = None
+
+    def done(self, result: list[Event] | None, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self._lock.release()
+
+    def wait(self) -> list[Event]:
+        self._lock.acquire()
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
+
+
+class LogWriter:
+    """The exclusive, group-committing writer of one ``events.log``."""
+
+    def __init__(self, path: str, fd: int, lock: RunLock, recovered: Recovered) -> None:
+        self.path = path
+        self.recovered = recovered
+        self._fd = fd
+        self._lock = lock
+        self._end = recovered.end
+        self._next_seq = recovered.last_seq + 1
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._listeners: list[CommitListener] = []
+        self._dead: BaseException | None = None
+        self._closing = False
+        self.listener_errors: list[BaseException] = []
+        self.groups = 0  # commit groups written (one fdatasync each)
+        self._thread = threading.Thread(target=self._run, name=f"ledger-writer", daemon=True)
+        self._thread.start()
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str) -> "LogWriter":
+        """Lock, create durably if new, cut a torn tail (saved beside the log), start."""
+        lock = RunLock.acquire(f"{path}.lock")
+        try:
+            if not os.path.exists(path):
+                _create(path)
+            fd = os.open(path, os.O_RDWR)
+            recovered = _recover(fd, path)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, fd, lock, recovered)
+
+    @property
+    def end(self) -> int:
+        """Offset just past the last durable frame."""
+        return self._end
+
+    @property
+    def last_seq(self) -> int:
+        return self._next_seq - 1
+
+    def add_listener(self, listener: CommitListener) -> None:
+        """Called in the writer thread with each durable group's frames, after the acks.
+        It must be quick and must not raise (errors are kept in ``listener_errors``)."""
+        self._listeners.append(listener)
+
+    # -- appending -----------------------------------------------------------------------
+
+    def append(self, event: Event) -> Event:
+        """Block until ``event`` is durable; returns it with its seq and ts."""
+        return self.append_many([event])[0]
+
+    def append_many(self, events: Sequence[Event]) -> list[Event]:
+        """Block until all of ``events`` are durable, in one frame (all or nothing)."""
+        waiter = _ThreadWaiter()
+        self._put(list(events), waiter)
+        return waiter.wait()
+
+    async def append_async(self, event: Event) -> Event:
+        return (await self.append_many_async([event]))[0]
+
+    async def append_many_async(self, events: Sequence[Event]) -> list[Event]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Event]] = loop.create_future()
+        self._put(list(events), (loop, future))
+        return await future
+
+    def submit(self, events: Sequence[Event]) -> None:
+        """Queue events without waiting for them (their durability is seen by listeners)."""
+        self._put(list(events), None)
+
+    def _put(self, events: list[Event], waiter: Any) -> None:
+        if self._dead is not None:
+            raise LogClosedError(f"{self.path}: writer stopped: {self._dead}") from self._dead
+        if self._closing:
+            raise LogClosedError(f"{self.path}: writer is closed")
+        self._queue.put((events, waiter))
+
+    # -- closing -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Commit what is queued, stop the thread, release the lock. Idempotent."""
+        if not self._closing:
+            self._closing = True
+            self._queue.put(_CLOSE)
+            self._thread.join()
+            os.close(self._fd)
+            self._lock.release()
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _run(self) -> None:
+        closing = False
+        while not closing:
+            batch = [self._queue.get()]
+            while True:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            if batch[-1] is _CLOSE or _CLOSE in batch:
+                closing = True
+                batch = [item for item in batch if item is not _CLOSE]
+            if batch and self._dead is None:
+                self._commit(batch)
+            elif batch:
+                self._fail(batch, LogClosedError(f"{self.path}: writer stopped: {self._dead}"))
+
+    def _commit(self, batch: list[tuple[list[Event], Any]]) -> None:
+        now, seq = time.time(), self._next_seq
+        stamped = []
+        for events, waiter in batch:
+            stamped.append(([msgspec.structs.replace(e, seq=seq + i, ts=now) for i, e in enumerate(events)], waiter))
+            seq += len(events)
+        try:
+            payload = encode_many([e for evs, _ in stamped for e in evs])
+        except (msgspec.EncodeError, TypeError, OverflowError):
+            payload = b""
+        if payload and len(payload) <= MAX_FRAME:
+            groups = [(stamped, payload)]
+        else:  # rare: split oversize batches, fail only the unencodable submissions
+            groups = _regroup(stamped)
+            if not groups:
+                return
+            seq = groups[-1][0][-1][0][-1].seq + 1
+        frames, chunks, offset = [], [], self._end
+        for group, data in groups:
+            events = [e for evs, _ in group for e in evs]
+            frame_bytes = encode_frame(events[0].seq, len(events), data)
+            frames.append(Frame(offset, offset + len(frame_bytes), events[0].seq, events))
+            chunks.append(frame_bytes)
+            offset += len(frame_bytes)
+        try:
+            _write_all(self._fd, b"".join(chunks) if len(chunks) > 1 else chunks[0])
+            os.fdatasync(self._fd)
+        except OSError as exc:
+            self._die(batch, exc)
+            return
+        self._end, self._next_seq = offset, seq
+        self.groups += len(frames)
+        _acknowledge([item for group, _ in groups for item in group])
+        self._notify(frames)
+
+    def _die(self, batch: list[tuple[list[Event], Any]], exc: OSError) -> None:
+        self._dead = LogWriteError(f"{self.path}: write/fdatasync failed: {exc}; log must be reopened")
+        self._next_seq = -1
+        self._fail(batch, self._dead)
+        _cut_unsynced(self.path, self._end)
+
+    def _fail(self, batch: list[tuple[list[Event], Any]], error: BaseException) -> None:
+        for _, waiter in batch:
+            _resolve(waiter, None, error)
+
+    def _notify(self, frames: list[Frame]) -> None:
+        for listener in self._listeners:
+            try:
+                listener(frames)
+            except Exception as exc:  # a listener is derived state: record, keep committing
+                self.listener_errors.append(exc)
+
+
+def _create(path: str) -> None:
+    tmp = f"{path}.new"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _write_all(fd, file_header())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _recover(fd: int, path: str) -> Recovered:
+    with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+        found = locate_end(f, path)
+    saved, cut = cut_tail(fd, path, found.end) if found.size > found.end else ("", 0)
+    os.lseek(fd, found.end, os.SEEK_SET)
+    return Recovered(found.end, found.last_seq, cut, saved)
+
+
+def _cut_unsynced(path: str, end: int) -> None:
+    """Best effort, through a new descriptor: drop the group whose sync failed."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+        try:
+            os.ftruncate(fd, end)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:
+        pass  # reopening will recover; the events were never acknowledged either way
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[list[Event], Any]], bytes]]:
+    """Frames of at most about MAX_FRAME payload bytes, never splitting a submission
+    (append_many is all or nothing). A submission that cannot be encoded fails alone; the
+    seqs of the others are renumbered so the log stays gapless."""
+    encoded: list[tuple[list[Event], Any, int]] = []
+    for events, waiter in stamped:
+        try:
+            encoded.append((events, waiter, sum(len(encode(e)) for e in events)))
+        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+            _resolve(waiter, None, LogError(f"event cannot be encoded: {exc}"))
+    if not encoded:
+        return []
+    seq = stamped[0][0][0].seq
+    groups: list[list[tuple[list[Event], Any]]] = [[]]
+    size = 0
+    for events, waiter, n in encoded:
+        if groups[-1] and size + n > MAX_FRAME:
+            groups.append([])
+            size = 0
+        groups[-1].append(([msgspec.structs.replace(e, seq=seq + i) for i, e in enumerate(events)], waiter))
+        seq += len(events)
+        size += n
+    return [(group, encode_many([e for evs, _ in group for e in evs])) for group in groups]
+
+
+def _acknowledge(stamped: list[tuple[list[Event], Any]]) -> None:
+    """Wake thread producers one by one, and each event loop once for all its futures."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, list[Event]]]] = {}
+    for events, waiter in stamped:
+        if isinstance(waiter, tuple):
+            by_loop.setdefault(waiter[0], []).append((waiter[1], events))
+        elif waiter is not None:
+            waiter.done(events, None)
+    for loop, pairs in by_loop.items():
+        _call_soon(loop, _set_results, pairs)
+
+
+def _set_results(pairs: list[tuple[asyncio.Future, Any]]) -> None:
+    for future, result in pairs:
+        if not future.done():
+            future.set_result(result)
+
+
+def _set_errors(pairs: list[tuple[asyncio.Future, BaseException]]) -> None:
+    for future, error in pairs:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _resolve(waiter: Any, result: list[Event] | None, error: BaseException | None) -> None:
+    if isinstance(waiter, tuple):
+        loop, future = waiter
+        if error is not None:
+            _call_soon(loop, _set_errors, [(future, error)])
+        else:
+            _call_soon(loop, _set_results, [(future, result)])
+    elif waiter is not None:
+        waiter.done(result, error)
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], arg: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, arg)
+    except RuntimeError:
+        pass  # the producer's loop is closed: nobody is waiting any more

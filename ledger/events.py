@@ -75,6 +75,7 @@ class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
     attempt: int = 1
     request: dict[str, Any] = {}
     endpoint: str = ""
+    expected: Any = None  # from the dataset, so that projections can score from the log alone
 
 
 class Response(ItemEvent, frozen=True, kw_only=True, tag="response"):

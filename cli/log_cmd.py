@@ -1,0 +1,38 @@
+"""`ledger log RUN [--follow]`: every event as one JSON object per line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import msgspec
+import typer
+
+from ledger.layout import find_run
+from ledger.lock import is_locked
+from ledger.reader import follow_events, iter_events
+
+from .app import app
+from .common import RunsDir, handled
+
+_encode = msgspec.json.Encoder().encode
+
+
+@app.command("log")
+def log(
+    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they become durable.")] = False,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Print the run's events as JSON lines, with DESIGN's field names."""
+    with handled():
+        paths = find_run(runs_dir, run)
+        if follow:
+            events = follow_events(paths.log, until=lambda: not is_locked(paths.lock))
+        else:
+            events = iter_events(paths.log)
+        write = sys.stdout.buffer.write
+        for event in events:
+            write(_encode(event) + b"\n")
+            if follow:
+                sys.stdout.buffer.flush()

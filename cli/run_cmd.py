@@ -1,0 +1,115 @@
+"""`ledger run DATASET ...` and `ledger resume RUN`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+
+from ledger.layout import find_run
+from runners.config import RunConfig
+from runners.session import Prepared, Session, prepare, prepare_resume
+
+from .app import app
+from .common import RunsDir, err, handled, out
+from .progress import make_bar, summary_table, ticker
+
+
+@app.command("run")
+def run(
+    dataset: Annotated[str, typer.Argument(help="JSONL, CSV, Parquet or OpenAI Batch input file.")],
+    model: Annotated[Optional[str], typer.Option(help="Model name. Without --model and --base-url: the built-in simulator.")] = None,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")] = None,
+    api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
+    samples: Annotated[int, typer.Option(help="Run each item N times (s0..sN-1).")] = 1,
+    limit: Annotated[Optional[int], typer.Option(help="Only the first N items.")] = None,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 32,
+    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 60.0,
+    retries: Annotated[int, typer.Option(help="Retries per request on 429/5xx/timeouts/connection errors.")] = 5,
+    temperature: Annotated[Optional[float], typer.Option()] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
+    system: Annotated[Optional[str], typer.Option(help="System message for every conversation.")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:' (item fields by name).")] = None,
+    parser: Annotated[str, typer.Option(help="text, regex:PATTERN, json[:field], choice, number or module:function.")] = "text",
+    price_in: Annotated[Optional[float], typer.Option("--price-in", help="USD per million prompt tokens.")] = None,
+    price_out: Annotated[Optional[float], typer.Option("--price-out", help="USD per million completion tokens.")] = None,
+    run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,
+    skip_failed: Annotated[bool, typer.Option("--skip-failed", help="On resume, do not retry finally failed items.")] = False,
+    sim: Annotated[Optional[str], typer.Option("--sim", help="Embedded simulator settings as JSON, e.g. '{\"rate_429\": 0.2}'.")] = None,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Run every item of DATASET against a model; resumable at any moment."""
+    with handled():
+        config = RunConfig(
+            model=model or "sim-1", base_url=base_url or "", api_key_env=api_key_env, samples=samples, limit=limit,
+            concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
+            system=system, template=template, parser=parser, price_in=price_in, price_out=price_out,
+            simulator=_sim(sim),
+        )
+        if model and not base_url:
+            config.base_url = "https://api.openai.com/v1"
+        prepared = prepare(dataset, config, runs_dir, run_id, skip_failed)
+        raise typer.Exit(_execute(prepared))
+
+
+@app.command("resume")
+def resume(
+    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    skip_failed: Annotated[bool, typer.Option("--skip-failed", help="Do not retry finally failed items.")] = False,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Continue a stopped or crashed run: only unfinished work is sent."""
+    with handled():
+        prepared = prepare_resume(find_run(runs_dir, run), skip_failed)
+        raise typer.Exit(_execute(prepared))
+
+
+def _sim(text: str | None) -> dict:
+    from ledger.errors import InputError
+
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--sim: not JSON ({exc})") from exc
+    if not isinstance(value, dict):
+        raise InputError("--sim: expected a JSON object")
+    return value
+
+
+def _execute(prepared: Prepared) -> int:
+    config = prepared.config
+    session = Session(prepared)
+    reason = "error"
+    try:
+        session.begin()
+        works = session.plan()
+        _print_header(prepared, session)
+        bar = make_bar()
+        task = bar.add_task("running", total=None, rate="", extra="")
+        with bar:
+            reason = session.execute(works, ticker(bar, task, (config.price_in, config.price_out)))
+    finally:
+        session.close(reason)
+    summary = json.loads(open(prepared.paths.summary, "rb").read())
+    out.print(summary_table(summary))
+    out.print(f"outputs: {prepared.paths.dir}")
+    if reason == "interrupted":
+        return 130
+    return 1 if summary["counts"]["failed"] else 0
+
+
+def _print_header(prepared: Prepared, session: Session) -> None:
+    config = prepared.config
+    endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
+    out.print(f"run {prepared.paths.run_id}")
+    out.print(f"model {config.model} @ {endpoint}")
+    out.print(f"dataset {prepared.dataset.path} ({prepared.dataset.items} items x {config.samples} samples)")
+    out.print(f"output {prepared.paths.dir}")
+    if prepared.resume:
+        f = session.found
+        out.print(f"resume: {f.done} done, {f.failed} failed{' (skipped)' if prepared.skip_failed else ''}, "
+                  f"{f.never_started} never started, {f.in_flight} in flight at the crash "
+                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send} to send")

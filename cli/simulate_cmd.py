@@ -1,0 +1,41 @@
+"""`ledger simulate`: the built-in OpenAI-compatible endpoint, standalone."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+import typer
+
+from runners.simulator import SimConfig, Simulator
+
+from .app import app
+from .common import out
+
+
+@app.command("simulate")
+def simulate(
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8000,
+    latency: Annotated[float, typer.Option(help="Mean latency in seconds.")] = 0.0,
+    jitter: Annotated[float, typer.Option(help="Latency jitter, +/- seconds.")] = 0.0,
+    error_rate: Annotated[float, typer.Option("--error-rate", help="Share of 500 replies.")] = 0.0,
+    rate_429: Annotated[float, typer.Option("--rate-429", help="Share of 429 replies (with Retry-After).")] = 0.0,
+    retry_after: Annotated[float, typer.Option("--retry-after", help="Retry-After seconds on 429.")] = 0.05,
+    hang_rate: Annotated[float, typer.Option("--hang-rate", help="Share of requests that hang.")] = 0.0,
+    reset_rate: Annotated[float, typer.Option("--reset-rate", help="Share of connections dropped mid-body.")] = 0.0,
+    malformed_rate: Annotated[float, typer.Option("--malformed-rate", help="Share of malformed bodies.")] = 0.0,
+    model: Annotated[str, typer.Option(help="Model name served.")] = "sim-1",
+    seed: Annotated[int, typer.Option(help="Seed of replies and faults.")] = 0,
+    request_log: Annotated[str, typer.Option("--request-log", help="Append one JSON line per request here.")] = "",
+) -> None:
+    """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
+    config = SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
+                       retry_after=retry_after, rate_500=error_rate, rate_hang=hang_rate, rate_reset=reset_rate,
+                       rate_malformed=malformed_rate, request_log=request_log)
+    sim = Simulator(config, port=port).start()
+    out.print(f"simulator on {sim.base_url} (model {model}); Ctrl-C to stop", highlight=False)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        sim.stop()

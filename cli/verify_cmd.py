@@ -1,0 +1,38 @@
+"""`ledger verify RUN [--repair]`: scan every frame; salvage on request."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ledger.layout import find_run
+from ledger.maintenance import repair_log, verify_log
+
+from .app import app
+from .common import RunsDir, err, handled, out
+
+
+@app.command("verify")
+def verify(
+    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    repair: Annotated[bool, typer.Option("--repair", help="Keep what precedes the first bad frame; save the rest beside the log.")] = False,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Check every frame of the log; exit 1 if any is damaged (0 after a repair)."""
+    with handled():
+        paths = find_run(runs_dir, run)
+        report = verify_log(paths.log)
+        out.print(f"{paths.log}: {report.frames} frames, {report.events} events, last seq {report.last_seq}, {report.size} bytes")
+        for problem in report.problems:
+            err.print(f"corrupt frame at byte offset {problem.offset}: {problem.reason}")
+        if report.ok:
+            out.print("ok")
+            return
+        if not repair:
+            raise typer.Exit(1)
+        fixed = repair_log(paths.log)
+        out.print(
+            f"repaired: kept {fixed.kept_events} events ({fixed.kept_bytes} bytes); "
+            f"dropped {fixed.dropped_bytes} bytes, saved to {fixed.saved_to}"
+        )

@@ -1,0 +1,172 @@
+"""The projector: feeds durable events through the fold and writes the files.
+
+Files it owns in a run directory: ``responses.jsonl`` (appended), ``conversations/*.json``
+(each written atomically: temp + rename), ``summary.json`` (rewritten atomically, at most
+every ``refresh`` seconds and on close) and ``projections.ckpt``.
+
+The checkpoint (MessagePack, written atomically, no fsync) holds the log offset and seq
+applied, the byte length of ``responses.jsonl`` at that point, and the fold's state. On
+open the projector repairs itself from it: ``responses.jsonl`` is truncated to the
+checkpointed length (a partial last line from a crash goes away), and every event after the
+checkpoint is applied again (conversation files are overwritten with identical bytes). A
+checkpoint ahead of the log (the log lost its tail after the projections consumed it), a
+missing or unreadable checkpoint, or a ``responses.jsonl`` shorter than recorded means a
+full rebuild from offset zero. Projections never fsync: the log is the truth.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Sequence
+
+import msgspec
+
+from ledger.events import Event
+from ledger.framing import HEADER_SIZE, Frame
+from ledger.fsio import write_atomic
+from ledger.layout import RunPaths
+from ledger.reader import iter_frames, log_end
+
+from .fold import ConversationFile, Line, RunState, apply
+from .summary import encode_summary
+
+__all__ = ["Projector", "rebuild"]
+
+
+class Checkpoint(msgspec.Struct, kw_only=True):
+    version: int = 1
+    offset: int = HEADER_SIZE
+    seq: int = 0
+    responses_bytes: int = 0
+    state: RunState = msgspec.field(default_factory=RunState)
+
+
+_encode = msgspec.msgpack.Encoder().encode
+_decode = msgspec.msgpack.Decoder(Checkpoint).decode
+
+
+class Projector:
+    """Owns a run's projection files; ``apply_frames`` is safe to call from one thread."""
+
+    def __init__(self, paths: RunPaths, *, refresh: float = 1.0, checkpoint_every: float = 5.0) -> None:
+        self.paths = paths
+        self.refresh = refresh
+        self.checkpoint_every = checkpoint_every
+        self.ckpt = Checkpoint()
+        self._responses = None
+        self._last_summary = 0.0
+        self._last_ckpt = 0.0
+
+    @property
+    def state(self) -> RunState:
+        return self.ckpt.state
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, paths: RunPaths, **kw: float) -> "Projector":
+        """Load the checkpoint, repair the files from it, catch up with the log."""
+        projector = cls(paths, **kw)
+        if not projector._load():
+            projector._reset()
+        projector._open_responses()
+        projector.catch_up()
+        return projector
+
+    def _load(self) -> bool:
+        try:
+            with open(self.paths.checkpoint, "rb") as f:
+                ckpt = _decode(f.read())
+            size = os.path.getsize(self.paths.responses)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            return False
+        if ckpt.offset > log_end(self.paths.log) or size < ckpt.responses_bytes:
+            return False
+        if size > ckpt.responses_bytes:
+            os.truncate(self.paths.responses, ckpt.responses_bytes)
+        self.ckpt = ckpt
+        return True
+
+    def _reset(self) -> None:
+        for path in (self.paths.responses, self.paths.summary, self.paths.checkpoint):
+            if os.path.exists(path):
+                os.unlink(path)
+        shutil.rmtree(self.paths.conversations, ignore_errors=True)
+        self.ckpt = Checkpoint()
+
+    def _open_responses(self) -> None:
+        os.makedirs(self.paths.conversations, exist_ok=True)
+        self._responses = open(self.paths.responses, "ab")
+
+    def catch_up(self) -> None:
+        batch: list[Frame] = []
+        for frame in iter_frames(self.paths.log, self.ckpt.offset):
+            batch.append(frame)
+            if len(batch) >= 256:
+                self.apply_frames(batch)
+                batch = []
+        self.apply_frames(batch)
+
+    # -- applying ------------------------------------------------------------------------
+
+    def apply_frames(self, frames: Sequence[Frame]) -> None:
+        if not frames:
+            return
+        lines: list[bytes] = []
+        for frame in frames:
+            if frame.first_seq + len(frame.events) - 1 <= self.ckpt.seq:
+                continue  # already applied (a listener and a catch-up may overlap)
+            for event in frame.events:
+                if event.seq > self.ckpt.seq:
+                    self._apply_event(event, lines)
+            self.ckpt.offset = frame.end
+        if lines:
+            data = b"".join(lines)
+            self._responses.write(data)
+            self._responses.flush()
+            self.ckpt.responses_bytes += len(data)
+        self.maybe_refresh()
+
+    def _apply_event(self, event: Event, lines: list[bytes]) -> None:
+        for out in apply(self.ckpt.state, event):
+            if isinstance(out, Line):
+                lines.append(out.data)
+            elif isinstance(out, ConversationFile):
+                write_atomic(os.path.join(self.paths.conversations, out.name), out.data)
+        self.ckpt.seq = event.seq
+
+    # -- writing -------------------------------------------------------------------------
+
+    def maybe_refresh(self) -> None:
+        now = time.monotonic()
+        if now - self._last_summary >= self.refresh:
+            self.write_summary()
+        if now - self._last_ckpt >= self.checkpoint_every:
+            self.write_checkpoint()
+
+    def write_summary(self) -> None:
+        self._last_summary = time.monotonic()
+        write_atomic(self.paths.summary, encode_summary(self.ckpt.state))
+
+    def write_checkpoint(self) -> None:
+        self._last_ckpt = time.monotonic()
+        write_atomic(self.paths.checkpoint, _encode(self.ckpt))
+
+    def close(self) -> None:
+        if self._responses is not None:
+            self.write_summary()
+            self.write_checkpoint()
+            self._responses.close()
+            self._responses = None
+
+
+def rebuild(paths: RunPaths) -> Projector:
+    """Delete every projection file and fold the whole log again."""
+    projector = Projector(paths)
+    projector._reset()
+    projector._open_responses()
+    projector.catch_up()
+    projector.close()
+    return projector

@@ -1,0 +1,112 @@
+"""``summary.json``: the figures of a run, computed from the fold's state alone.
+
+Every number derives from event data (timestamps included), so a live run and a rebuild
+write the same bytes. Accuracy is over scored items (those with an ``expected``), with a
+95% Wilson interval; per-label precision / recall / F1 appear when answers are labels (at
+most 50 distinct expected values). Cost uses ``price_in`` / ``price_out`` (USD per million
+tokens) from the run's config when known.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import msgspec
+
+from .fold import RunState
+
+__all__ = ["summarize", "encode_summary", "wilson", "percentile"]
+
+_json = msgspec.json.Encoder(order="deterministic")
+_MAX_LABELS = 50
+
+
+def percentile(sorted_values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (no interpolation: the value is one that was observed)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
+    if n == 0:
+        return None
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return [round(max(0.0, centre - half), 6), round(min(1.0, centre + half), 6)]
+
+
+def summarize(state: RunState) -> dict[str, Any]:
+    t = state.totals
+    latencies = sorted(t.latencies)
+    wall = max(0.0, state.last_ts - state.first_ts)
+    finished = t.done + t.failed
+    return {
+        "run_id": state.run_id,
+        "model": state.model,
+        "dataset": state.dataset,
+        "status": state.status,
+        "counts": {
+            "planned": state.planned,
+            "done": t.done,
+            "failed": t.failed,
+            "pending": max(0, state.planned - finished),
+        },
+        "accuracy": round(t.correct / t.scored, 6) if t.scored else None,
+        "accuracy_ci95": wilson(t.correct, t.scored),
+        "scored": t.scored,
+        "correct": t.correct,
+        "labels": _per_label(t.labels),
+        "parse_success_rate": round(t.parsed_ok / t.parsed, 6) if t.parsed else None,
+        "latency_s": {q: _round(percentile(latencies, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))},
+        "tokens": {"prompt": t.prompt_tokens, "completion": t.completion_tokens, "total": t.prompt_tokens + t.completion_tokens},
+        "cost_usd": _cost(state.config, t.prompt_tokens, t.completion_tokens),
+        "attempts": t.attempts,
+        "retries": t.retries,
+        "throughput_per_s": round(finished / wall, 3) if wall > 0 else None,
+        "wall_time_s": round(wall, 3),
+        "last_seq": state.last_seq,
+    }
+
+
+def encode_summary(state: RunState) -> bytes:
+    return _json.encode(summarize(state)) + b"\n"
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def _cost(config: dict[str, Any], prompt: int, completion: int) -> float | None:
+    price_in, price_out = config.get("price_in"), config.get("price_out")
+    if price_in is None and price_out is None:
+        return None
+    return round((prompt * (price_in or 0) + completion * (price_out or 0)) / 1e6, 6)
+
+
+def _per_label(pairs: list[list[Any]]) -> dict[str, Any] | None:
+    classes = Counter(str(e) for e, _ in pairs)
+    if not pairs or len(classes) > _MAX_LABELS:
+        return None
+    predicted = Counter(str(p) for _, p in pairs if p is not None)
+    hits = Counter(str(e) for e, p in pairs if p is not None and _same(e, p))
+    per: dict[str, Any] = {}
+    for label in sorted(classes):
+        tp = hits[label]
+        precision = tp / predicted[label] if predicted[label] else 0.0
+        recall = tp / classes[label]
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per[label] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6), "support": classes[label]}
+    macro = sum(v["f1"] for v in per.values()) / len(per)
+    return {"per_class": per, "macro_f1": round(macro, 6)}
+
+
+def _same(expected: Any, parsed: Any) -> bool:
+    from .scoring import score
+
+    return bool(score(parsed, expected))

@@ -1,0 +1,115 @@
+"""One request to an OpenAI-compatible endpoint through the ``openai`` SDK's async client.
+
+The SDK's own retries are off (``max_retries=0``): retries are ours (retry.py), so that
+every attempt becomes events. The reply body is decoded by us from the raw HTTP response
+(``with_raw_response``): we keep the exact JSON for the log and notice malformed replies,
+which the SDK would otherwise hand back as garbage objects or plain strings.
+
+Every failure becomes an ``EndpointError`` whose message has been redacted: the API key
+and any ``Bearer`` token are replaced, and nothing from the request (whose headers hold
+the key) is ever read into a message.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, NamedTuple
+
+import httpx2
+import msgspec
+import openai
+
+from ledger.errors import LedgerError
+
+__all__ = ["EndpointError", "Reply", "make_client", "send", "redact"]
+
+_decode = msgspec.json.Decoder().decode
+_BEARER = re.compile(r"(?i)bearer\s+\S+")
+
+
+class EndpointError(LedgerError):
+    """An attempt failed; the fields become a ``failed`` event."""
+
+    def __init__(self, error_type: str, message: str, *, status: int | None = None,
+                 retryable: bool = False, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Reply(NamedTuple):
+    text: str
+    finish_reason: str | None
+    usage: dict[str, int] | None
+    raw: dict[str, Any]
+    latency: float
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "[redacted]")
+    return _BEARER.sub("Bearer [redacted]", text)
+
+
+def make_client(base_url: str, api_key: str, timeout: float, concurrency: int) -> openai.AsyncOpenAI:
+    limits = httpx2.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+    http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)))
+    return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http)
+
+
+async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[str, ...],
+               headers: dict[str, str] | None = None) -> Reply:
+    start = time.perf_counter()
+    try:
+        raw = await client.chat.completions.with_raw_response.create(**body, extra_headers=headers)
+        content = raw.http_response.content
+    except openai.APIStatusError as exc:
+        raise _status_error(exc, secrets) from None
+    except openai.APITimeoutError:
+        raise EndpointError("timeout", "request timed out", retryable=True) from None
+    except openai.APIConnectionError as exc:
+        cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
+        raise EndpointError("connection", redact(f"connection failed: {cause}", secrets), retryable=True) from None
+    latency = time.perf_counter() - start
+    return _reply(content, latency)
+
+
+def _status_error(exc: openai.APIStatusError, secrets: tuple[str, ...]) -> EndpointError:
+    status = exc.status_code
+    retryable = status in (408, 409, 429) or status >= 500
+    error_type = "rate_limit" if status == 429 else "server_error" if status >= 500 else "http_error"
+    return EndpointError(error_type, redact(str(exc.message), secrets), status=status,
+                         retryable=retryable, retry_after=_retry_after(exc.response))
+
+
+def _retry_after(response: Any) -> float | None:
+    headers = getattr(response, "headers", None) or {}
+    for name, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value:
+            try:
+                return max(0.0, float(value) / scale)
+            except ValueError:
+                continue  # an HTTP-date: fall back to our own backoff
+    return None
+
+
+def _reply(content: bytes, latency: float) -> Reply:
+    try:
+        data = _decode(content)
+        choice = data["choices"][0]
+        text = choice["message"].get("content") or ""
+        usage = data.get("usage")
+    except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise EndpointError("malformed_response", f"reply is not a chat completion: {type(exc).__name__}", retryable=True) from None
+    if not isinstance(text, str):
+        raise EndpointError("malformed_response", "reply content is not text", retryable=True)
+    usage_out = None
+    if isinstance(usage, dict):
+        usage_out = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    return Reply(text, choice.get("finish_reason"), usage_out, data, latency)

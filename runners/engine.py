@@ -1,0 +1,161 @@
+"""Scheduling: work in, requests out, every attempt recorded as events.
+
+At most ``concurrency`` (item, sample) tasks run at once; the dataset is pulled lazily, so
+memory is bounded by concurrency, not by dataset size. Turns of one item run in order;
+each request carries the conversation so far. Events are handed to the group-committing
+writer without waiting for the sync (``submit``): durability is the writer's job, order
+per task is preserved by the queue, and a reply that was not yet durable at a crash is the
+only thing a resume pays for again.
+
+Stopping (first Ctrl-C): nothing new is scheduled and no new attempt starts; requests in
+flight finish (bounded by the timeout) and are recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import openai
+
+from ledger.events import Failed, Parsed, Response, Started, Usage
+from ledger.writer import LogWriter
+from projections.parsers import Parser
+
+from .client import EndpointError, Reply, send
+from .config import RunConfig
+from .dataset import Item
+from .retry import retrying
+
+__all__ = ["Work", "Progress", "Engine"]
+
+
+class Work(NamedTuple):
+    item: Item
+    sample: int
+    start_turn: int = 0
+    history: list[dict[str, Any]] = []  # messages of the turns already completed
+    attempts: int = 0  # attempts made by earlier sessions
+
+
+@dataclass
+class Progress:
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    retrying: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stopping: bool = False
+    first_reply: tuple[dict[str, Any], str] | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class Engine:
+    config: RunConfig
+    writer: LogWriter
+    client: openai.AsyncOpenAI
+    parser: Parser
+    secrets: tuple[str, ...]
+    endpoint: str
+    progress: Progress = field(default_factory=Progress)
+
+    async def run(self, works: Iterator[Work]) -> None:
+        slots = asyncio.Semaphore(self.config.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        for work in works:
+            await slots.acquire()
+            if self.progress.stopping:
+                slots.release()
+                break
+            task = asyncio.create_task(self._one(work))
+            tasks.add(task)
+            task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+        if tasks:
+            await asyncio.gather(*tasks)
+
+    def stop(self) -> None:
+        self.progress.stopping = True
+
+    async def _one(self, work: Work) -> None:
+        item, progress = work.item, self.progress
+        messages = list(work.history) if work.start_turn else self._system()
+        attempts = work.attempts
+        progress.in_flight += 1
+        try:
+            for turn in range(work.start_turn, len(item.turns)):
+                messages = messages + item.turns[turn]
+                body = {"model": self.config.model, "messages": messages, **self.config.params(), **item.params}
+                outcome = await self._attempts(work, turn, body, attempts)
+                if outcome is None:
+                    return
+                reply, attempts = outcome
+                messages = messages + [{"role": "assistant", "content": reply.text}]
+            progress.done += 1
+        finally:
+            progress.in_flight -= 1
+
+    def _system(self) -> list[dict[str, Any]]:
+        return [{"role": "system", "content": self.config.system}] if self.config.system else []
+
+    async def _attempts(self, work: Work, turn: int, body: dict[str, Any], attempts: int) -> tuple[Reply, int] | None:
+        """Try until a reply, a final failure (None), or a stop (None, item left unfinished)."""
+        try:
+            async for attempt in retrying(self.config.retries):
+                with attempt:
+                    if self.progress.stopping and attempt.retry_state.attempt_number > 1:
+                        return None
+                    attempts += 1
+                    number = attempt.retry_state.attempt_number
+                    reply = await self._attempt(work, turn, body, attempts, last=number > self.config.retries)
+                    return reply, attempts
+        except EndpointError:
+            self.progress.failed += 1
+        return None
+
+    async def _attempt(self, work: Work, turn: int, body: dict[str, Any], attempt: int, last: bool) -> Reply:
+        item, key = work.item, {"item_id": work.item.id, "sample": work.sample, "turn": turn, "attempt": attempt}
+        self.writer.submit([Started(**key, request=body, endpoint=self.endpoint, expected=item.expected)])
+        try:
+            reply = await send(self.client, body, self.secrets, {"x-ledger-key": f"{item.id}/{work.sample}/{turn}"})
+        except EndpointError as exc:
+            final = not exc.retryable or last
+            self._note_failure(exc, final)
+            self.writer.submit([Failed(
+                **key, error_type=exc.error_type, message=exc.message, status=exc.status,
+                retryable=exc.retryable, final=final, endpoint=self.endpoint,
+            )])
+            raise
+        self._record(work, turn, key, body, reply)
+        return reply
+
+    def _note_failure(self, exc: EndpointError, final: bool) -> None:
+        errors = self.progress.errors
+        errors[exc.error_type] = errors.get(exc.error_type, 0) + 1
+        if not final:
+            self.progress.retrying += 1
+
+    def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply) -> None:
+        final = turn == len(work.item.turns) - 1
+        usage = Usage(**reply.usage) if reply.usage else None
+        events: list[Any] = [Response(
+            **key, text=reply.text, finish_reason=reply.finish_reason, usage=usage,
+            latency=round(reply.latency, 6), raw=reply.raw, endpoint=self.endpoint, final=final,
+        )]
+        if final:
+            result = self.parser(reply.text)
+            events.append(Parsed(
+                item_id=work.item.id, sample=work.sample, turn=turn, parser=self.parser.spec,
+                parser_version=self.parser.version, ok=result.ok, value=result.value, error=result.error,
+            ))
+        self.writer.submit(events)
+        progress = self.progress
+        if reply.usage:
+            progress.prompt_tokens += reply.usage["prompt_tokens"]
+            progress.completion_tokens += reply.usage["completion_tokens"]
+        if progress.first_reply is None:
+            progress.first_reply = (body, reply.text)

@@ -1,0 +1,288 @@
+"""One process's session on a run: validate, open, plan, execute, close.
+
+Everything that can be wrong with the input is checked in ``prepare`` *before* a byte is
+written: the parser compiles, the dataset validates (every record), the API key exists for
+a remote endpoint, an existing run's dataset still has its recorded sha256. Then ``Session``
+opens the log (taking the lock), the index and the projector, appends ``session_started``
+(and ``run_started`` for a new run), plans the unfinished work from the index, runs the
+engine, appends ``session_ended`` and closes everything in order: writer (all queued events
+durable), then projections (their last summary and checkpoint).
+
+Resume plan per (item, sample), from the index: done -> skipped; finally failed ->
+skipped with ``skip_failed``, else retried; in flight -> re-sent from the turn after the
+last completed one, with the conversation rebuilt from the replies in the log; never
+started -> sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger import __version__
+from ledger.errors import InputError
+from ledger.events import RunStarted, SessionEnded, SessionStarted
+from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
+from ledger.layout import RunPaths, validate_run_id
+from ledger.reader import iter_events
+from ledger.writer import LogWriter
+from projections.fold import OpenItem, key_of
+from projections.parsers import Parser, make_parser
+from projections.projector import Projector
+
+from .client import make_client
+from .config import RunConfig
+from .dataset import DatasetInfo, Item, iter_items, scan
+from .engine import Engine, Progress, Work
+from .simulator import SimConfig, Simulator
+
+__all__ = ["Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id"]
+
+
+@dataclass
+class Prepared:
+    paths: RunPaths
+    config: RunConfig
+    dataset: DatasetInfo
+    parser: Parser
+    api_key: str
+    resume: bool
+    skip_failed: bool = False
+
+
+@dataclass
+class Found:
+    """What a resume found before sending anything."""
+
+    done: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    in_flight_tokens: int = 0
+    never_started: int = 0
+    to_send: int = 0
+
+
+def new_run_id() -> str:
+    import datetime
+    import secrets
+
+    return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
+
+
+def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None, skip_failed: bool = False) -> Prepared:
+    """Check a new run (or `run --run-id EXISTING`, which resumes) before writing anything."""
+    if run_id and os.path.isfile(os.path.join(runs_dir, run_id, "events.log")):
+        return prepare_resume(RunPaths(os.path.join(runs_dir, run_id)), skip_failed)
+    paths = RunPaths(os.path.join(runs_dir, validate_run_id(run_id or new_run_id())))
+    _check_numbers(config)
+    parser = make_parser(config.parser)
+    info = scan(dataset, config.template)
+    return Prepared(paths, config, info, parser, _api_key(config), resume=False, skip_failed=skip_failed)
+
+
+def prepare_resume(paths: RunPaths, skip_failed: bool = False) -> Prepared:
+    started = next(iter_events(paths.log), None)
+    if not isinstance(started, RunStarted):
+        raise InputError(f"{paths.log}: the log does not begin with run_started")
+    config = RunConfig.from_dict(started.config)
+    info = scan(started.dataset, config.template)
+    if info.sha256 != started.dataset_sha256:
+        raise InputError(f"{started.dataset}: the dataset changed since the run started (sha256 differs); "
+                         "restore it or start a new run")
+    return Prepared(paths, config, info, make_parser(config.parser), _api_key(config), resume=True, skip_failed=skip_failed)
+
+
+def _check_numbers(config: RunConfig) -> None:
+    for name in ("samples", "concurrency"):
+        if getattr(config, name) < 1:
+            raise InputError(f"--{name} must be at least 1")
+    if config.retries < 0 or config.timeout <= 0:
+        raise InputError("--retries must be >= 0 and --timeout > 0")
+    if config.limit is not None and config.limit < 1:
+        raise InputError("--limit must be at least 1")
+
+
+def _api_key(config: RunConfig) -> str:
+    if config.embedded:
+        return "sk-simulator"
+    key = os.environ.get(config.api_key_env, "")
+    if key:
+        return key
+    if _is_loopback(config.base_url):
+        return "EMPTY"  # local servers (vLLM, Ollama, llama.cpp, `ledger simulate`) need none
+    raise InputError(f"no API key: environment variable {config.api_key_env} is not set (see --api-key-env)")
+
+
+def _is_loopback(url: str) -> bool:
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class Session:
+    """An open run: log writer, index and projector wired together."""
+
+    def __init__(self, prepared: Prepared) -> None:
+        self.prepared = prepared
+        self.paths = prepared.paths
+        os.makedirs(self.paths.dir, exist_ok=True)
+        self.writer = LogWriter.open(self.paths.log)
+        try:
+            self.index = RunIndex.open_for_log(self.paths.index, self.paths.log)
+            self.projector = Projector.open(self.paths)
+        except BaseException:
+            self.writer.close()
+            raise
+        self._frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.writer.add_listener(self.index.apply)
+        self.writer.add_listener(self._frames.put)
+        self._projecting = threading.Thread(target=self._project, name="ledger-projector", daemon=True)
+        self._projecting.start()
+        self.engine: Engine | None = None
+        self.found = Found()
+
+    def _project(self) -> None:
+        while (frames := self._frames.get()) is not None:
+            self.projector.apply_frames(frames)
+
+    # -- planning ------------------------------------------------------------------------
+
+    def begin(self) -> None:
+        prepared = self.prepared
+        if not prepared.resume:
+            info = prepared.dataset
+            self.writer.append(RunStarted(
+                run_id=self.paths.run_id, config=prepared.config.to_dict(), dataset=info.path,
+                dataset_sha256=info.sha256, items=_planned_items(info.items, prepared.config.limit), version=__version__,
+            ))
+        self.writer.append(SessionStarted(pid=os.getpid(), host=socket.gethostname(), version=__version__,
+                                          reason="resume" if prepared.resume else "new"))
+
+    def plan(self) -> list[Work] | Iterator[Work]:
+        """The works to send. For a resume, counted up front so that it can be reported."""
+        works = self._works()
+        if not self.prepared.resume:
+            return works
+        planned = list(works)
+        self.found.to_send = len(planned)
+        return planned
+
+    def _works(self) -> Iterator[Work]:
+        config, found = self.prepared.config, self.found
+        items = iter_items(self.prepared.dataset.path, config.template)
+        for n, item in enumerate(items):
+            if config.limit is not None and n >= config.limit:
+                return
+            for sample in range(config.samples):
+                state = self.index.get(item.id, sample)
+                if state is None:
+                    found.never_started += 1
+                    yield Work(item, sample)
+                elif state.state == DONE:
+                    found.done += 1
+                elif state.state == FAILED:
+                    found.failed += 1
+                    if not self.prepared.skip_failed:
+                        yield Work(item, sample, attempts=state.attempts)
+                else:
+                    found.in_flight += state.state == IN_FLIGHT
+                    found.in_flight_tokens += _estimate_tokens(item)
+                    yield self._continue(item, sample, state.attempts)
+
+    def _continue(self, item: Item, sample: int, attempts: int) -> Work:
+        """Continue a multi-turn item after its last completed turn, history from the log."""
+        open_item = self.projector.state.open.get(key_of(item.id, sample))
+        replies = _last_reply_per_turn(open_item)
+        done_turns = 0
+        while done_turns in replies and done_turns < len(item.turns) - 1:
+            done_turns += 1
+        if not done_turns:
+            return Work(item, sample, attempts=attempts)
+        system = [{"role": "system", "content": self.prepared.config.system}] if self.prepared.config.system else []
+        history = system + [m for t in range(done_turns) for m in (*item.turns[t], {"role": "assistant", "content": replies[t]})]
+        return Work(item, sample, start_turn=done_turns, history=history, attempts=attempts)
+
+    # -- running -------------------------------------------------------------------------
+
+    def execute(self, works: Iterator[Work] | list[Work], on_tick: Callable[[Progress], None] | None = None) -> str:
+        """Run the works; returns the session's end reason."""
+        return asyncio.run(self._execute(works, on_tick))
+
+    async def _execute(self, works: Any, on_tick: Callable[[Progress], None] | None) -> str:
+        config = self.prepared.config
+        simulator = Simulator(SimConfig(**config.simulator)).start() if config.embedded else None
+        base_url = simulator.base_url if simulator else config.base_url
+        client = make_client(base_url, self.prepared.api_key, config.timeout, config.concurrency)
+        self.engine = Engine(config, self.writer, client, self.prepared.parser, (self.prepared.api_key,),
+                             endpoint="embedded-simulator" if simulator else config.base_url)
+        self.engine.progress.total = self.found.to_send if self.prepared.resume else _planned_items(
+            self.prepared.dataset.items, config.limit) * config.samples
+        stop = _install_interrupts(self.engine)
+        ticker = asyncio.create_task(_tick(self.engine.progress, on_tick)) if on_tick else None
+        try:
+            await self.engine.run(iter(works))
+        finally:
+            if ticker:
+                ticker.cancel()
+                on_tick(self.engine.progress)
+            stop()
+            await client.close()
+            if simulator:
+                simulator.stop()
+        return "interrupted" if self.engine.progress.stopping else "completed"
+
+    def close(self, reason: str) -> None:
+        """End the session: make everything durable, finish projections, release the lock."""
+        try:
+            self.writer.append(SessionEnded(reason=reason))
+        finally:
+            self.writer.close()
+            self._frames.put(None)
+            self._projecting.join()
+            self.projector.close()
+            self.index.close()
+
+
+def _planned_items(items: int, limit: int | None) -> int:
+    return min(items, limit) if limit else items
+
+
+def _estimate_tokens(item: Item) -> int:
+    return sum(len(str(m.get("content", ""))) for turn in item.turns for m in turn) // 4 + 1
+
+
+def _last_reply_per_turn(open_item: OpenItem | None) -> dict[int, str]:
+    return {t.turn: t.response for t in open_item.turns} if open_item else {}
+
+
+async def _tick(progress: Progress, on_tick: Callable[[Progress], None]) -> None:
+    while True:
+        on_tick(progress)
+        await asyncio.sleep(0.1)
+
+
+def _install_interrupts(engine: Engine) -> Callable[[], None]:
+    """First Ctrl-C (or SIGTERM): stop scheduling, drain. Second: exit at once (130)."""
+    loop = asyncio.get_running_loop()
+
+    def handler() -> None:
+        if engine.progress.stopping:
+            os._exit(130)
+        engine.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, handler)
+
+    def remove() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+    return remove

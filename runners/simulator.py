@@ -1,0 +1,229 @@
+"""The built-in OpenAI-compatible endpoint: the embedded default model, every test's double
+and every benchmark's target.
+
+Replies are a deterministic function of (seed, the last user message): the same prompt gets
+the same answer, so tests can check content. If the prompt contains ``answer:`` the reply
+ends with the text after it (``"... answer: B"`` -> ``"The answer is B"``), which lets
+datasets with known answers score 100% on the simulator.
+
+Faults are drawn per request from a seeded RNG: 429 with ``Retry-After``, 500, a hang past
+the client's timeout, a dropped connection and a malformed body, each with its own rate.
+Every request is logged (one JSON line: time, item key if sent, outcome) so tests can count
+what was sent and what was paid for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = ["SimConfig", "Simulator", "build_app", "reply_text"]
+
+_json = msgspec.json.Encoder()
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+
+
+class SimConfig(msgspec.Struct, kw_only=True):
+    """Knobs of the simulator. Rates are probabilities per request, in [0, 1]."""
+
+    model: str = "sim-1"
+    seed: int = 0
+    latency: float = 0.0  # seconds, mean
+    latency_jitter: float = 0.0  # seconds, uniform +/- around the mean
+    rate_429: float = 0.0
+    retry_after: float = 0.05  # seconds sent in Retry-After with each 429
+    rate_500: float = 0.0
+    rate_hang: float = 0.0
+    hang_seconds: float = 30.0
+    rate_reset: float = 0.0
+    rate_malformed: float = 0.0
+    request_log: str = ""  # path of the JSONL request log; "" keeps none
+    down: bool = False  # every request gets a 503 (an outage)
+
+
+def reply_text(prompt: str, seed: int = 0) -> str:
+    """The deterministic reply to a prompt."""
+    if "answer:" in prompt:
+        return "The answer is " + prompt.rsplit("answer:", 1)[1].strip()
+    digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
+    return " ".join(WORDS[b % len(WORDS)] for b in digest[: 3 + digest[0] % 6])
+
+
+def _tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+@dataclass
+class _State:
+    config: SimConfig
+    rng: random.Random
+    log_lock: threading.Lock = field(default_factory=threading.Lock)
+    log_file: Any = None
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+
+
+def build_app(config: SimConfig) -> tuple[Starlette, _State]:
+    state = _State(config=config, rng=random.Random(config.seed))
+    if config.request_log:
+        state.log_file = open(config.request_log, "a", buffering=1)
+
+    async def chat(request: Request) -> Response:
+        state.requests += 1
+        state.in_flight += 1
+        state.max_in_flight = max(state.max_in_flight, state.in_flight)
+        try:
+            return await _chat(state, request)
+        finally:
+            state.in_flight -= 1
+
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": state.config.model, "object": "model", "owned_by": "ledger"}]})
+
+    routes = [
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/models", models, methods=["GET"]),
+    ]
+    return Starlette(routes=routes), state
+
+
+async def _chat(state: _State, request: Request) -> Response:
+    config = state.config
+    body = msgspec.json.decode(await request.body())
+    key = request.headers.get("x-ledger-key", "")
+    outcome = "down" if config.down else _draw_fault(state)
+    _log(state, key, outcome)
+    if config.latency or config.latency_jitter:
+        await asyncio.sleep(max(0.0, config.latency + state.rng.uniform(-1, 1) * config.latency_jitter))
+    match outcome:
+        case "down":
+            return JSONResponse({"error": {"message": "service unavailable"}}, status_code=503)
+        case "429":
+            return JSONResponse(
+                {"error": {"message": "rate limited", "type": "rate_limit"}},
+                status_code=429,
+                headers={"retry-after": f"{config.retry_after:g}"},
+            )
+        case "500":
+            return JSONResponse({"error": {"message": "internal error"}}, status_code=500)
+        case "hang":
+            await asyncio.sleep(config.hang_seconds)
+        case "reset":
+            return _ResetResponse()
+        case "malformed":
+            return Response(b'{"choices": [ {"message": ', media_type="application/json")
+    return Response(_json.encode(_completion(config, body)), media_type="application/json")
+
+
+def _draw_fault(state: _State) -> str:
+    config, roll = state.config, state.rng.random()
+    for name, rate in (
+        ("429", config.rate_429),
+        ("500", config.rate_500),
+        ("hang", config.rate_hang),
+        ("reset", config.rate_reset),
+        ("malformed", config.rate_malformed),
+    ):
+        if roll < rate:
+            return name
+        roll -= rate
+    return "ok"
+
+
+def _completion(config: SimConfig, body: dict[str, Any]) -> dict[str, Any]:
+    messages = body.get("messages") or []
+    prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
+    text = reply_text(str(prompt), config.seed)
+    prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in messages)
+    completion_tokens = _tokens(text)
+    return {
+        "id": "chatcmpl-" + hashlib.sha1(f"{prompt}".encode()).hexdigest()[:12],
+        "object": "chat.completion",
+        "created": 0,
+        "model": body.get("model") or config.model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+def _log(state: _State, key: str, outcome: str) -> None:
+    if state.log_file is not None:
+        line = _json.encode({"t": time.time(), "key": key, "outcome": outcome})
+        with state.log_lock:
+            state.log_file.write(line.decode() + "\n")
+
+
+class _ResetConnection(Exception):
+    """Raised after the reply has started: uvicorn can only drop the connection."""
+
+
+class _ResetResponse(Response):
+    """Headers and half a body, then the connection drops (a reset mid-body)."""
+
+    def __init__(self) -> None:
+        super().__init__(b"", media_type="application/json")
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", b"400")]})
+        await send({"type": "http.response.body", "body": b'{"choices": [', "more_body": True})
+        raise _ResetConnection()
+
+
+class Simulator:
+    """The app served by uvicorn on loopback in a background thread (port 0 = any free)."""
+
+    def __init__(self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.config = config or SimConfig()
+        self.app, self.state = build_app(self.config)
+        uv_config = uvicorn.Config(
+            self.app, host=host, port=port, log_level="critical", access_log=False,
+            log_config=None, lifespan="off", timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(uv_config)
+        self._thread = threading.Thread(target=self._server.run, name="ledger-simulator", daemon=True)
+        self.port = 0
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> "Simulator":
+        self._thread.start()
+        while not self._server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("simulator failed to start (port in use?)")
+            time.sleep(0.005)
+        self.port = self._server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._server.force_exit = True
+        self._thread.join(5)
+        if self.state.log_file is not None:
+            self.state.log_file.close()
+
+    def __enter__(self) -> "Simulator":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -18,11 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import msgspec
 import openai
 
 from ledger.events import Failed, Parsed, Response, Started, Usage
 from ledger.writer import LogWriter
-from projections.parsers import Parser
+from projections.parsers import ParseResult, Parser
 
 from .client import EndpointError, Reply, send
 from .config import RunConfig
@@ -30,6 +31,8 @@ from .dataset import Item
 from .retry import retrying
 
 __all__ = ["Work", "Progress", "Engine"]
+
+_probe = msgspec.msgpack.Encoder().encode
 
 
 class Work(NamedTuple):
@@ -147,7 +150,7 @@ class Engine:
             latency=round(reply.latency, 6), raw=reply.raw, endpoint=self.endpoint, final=final,
         )]
         if final:
-            result = self.parser(reply.text)
+            result = _loggable(self.parser(reply.text))
             events.append(Parsed(
                 item_id=work.item.id, sample=work.sample, turn=turn, parser=self.parser.spec,
                 parser_version=self.parser.version, ok=result.ok, value=result.value, error=result.error,
@@ -159,3 +162,12 @@ class Engine:
             progress.completion_tokens += reply.usage["completion_tokens"]
         if progress.first_reply is None:
             progress.first_reply = (body, reply.text)
+
+
+def _loggable(result: ParseResult) -> ParseResult:
+    """A user parser may return anything; the log takes only plain data."""
+    try:
+        _probe(result.value)
+        return result
+    except (TypeError, msgspec.EncodeError, OverflowError):
+        return ParseResult(False, None, f"parser returned a {type(result.value).__name__}, not plain data")

@@ -14,6 +14,7 @@ readers and exports keep the last line per key.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import msgspec
@@ -93,8 +94,9 @@ def key_of(item_id: str, sample: int) -> str:
     return f"{item_id}\x00{sample}"
 
 
-def apply(state: RunState, event: Event) -> list[Line | ConversationFile]:
-    """Fold one event in; return the outputs it completes."""
+def apply(state: RunState, event: Event, overrides: Mapping[str, Parsed] | None = None) -> list[Line | ConversationFile]:
+    """Fold one event in; return the outputs it completes. ``overrides`` (reparse.py) replaces
+    an item's parse by a later re-parse, at the position of the original."""
     if not state.first_ts:
         state.first_ts = event.ts
     state.last_ts, state.last_seq = event.ts, event.seq
@@ -110,6 +112,8 @@ def apply(state: RunState, event: Event) -> list[Line | ConversationFile]:
         case Response():
             _response(state, event)
         case Parsed():
+            if overrides:
+                event = _override(event, overrides)
             return _parsed(state, event)
         case Failed():
             return _failed(state, event)
@@ -148,6 +152,14 @@ def _response(state: RunState, event: Response) -> None:
     if usage:
         totals.prompt_tokens += usage.get("prompt_tokens", 0)
         totals.completion_tokens += usage.get("completion_tokens", 0)
+
+
+def _override(event: Parsed, overrides: Mapping[str, Parsed]) -> Parsed:
+    newer = overrides.get(key_of(event.item_id, event.sample))
+    if newer is None or newer.seq <= event.seq:
+        return event
+    return msgspec.structs.replace(event, parser=newer.parser, parser_version=newer.parser_version,
+                                   ok=newer.ok, value=newer.value, error=newer.error)
 
 
 def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:

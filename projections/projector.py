@@ -23,13 +23,14 @@ from collections.abc import Sequence
 
 import msgspec
 
-from ledger.events import Event
+from ledger.events import Event, Parsed
 from ledger.framing import HEADER_SIZE, Frame
 from ledger.fsio import write_atomic
 from ledger.layout import RunPaths
 from ledger.reader import iter_frames, log_end
 
 from .fold import ConversationFile, Line, RunState, apply
+from .reparse import overrides
 from .summary import encode_summary
 
 __all__ = ["Projector", "rebuild"]
@@ -58,6 +59,7 @@ class Projector:
         self._responses = None
         self._last_summary = 0.0
         self._last_ckpt = 0.0
+        self.overrides: dict[str, Parsed] = {}  # set by rebuild: re-parses (reparse.py)
 
     @property
     def state(self) -> RunState:
@@ -130,7 +132,7 @@ class Projector:
         self.maybe_refresh()
 
     def _apply_event(self, event: Event, lines: list[bytes]) -> None:
-        for out in apply(self.ckpt.state, event):
+        for out in apply(self.ckpt.state, event, self.overrides):
             if isinstance(out, Line):
                 lines.append(out.data)
             elif isinstance(out, ConversationFile):
@@ -165,6 +167,7 @@ class Projector:
 def rebuild(paths: RunPaths) -> Projector:
     """Delete every projection file and fold the whole log again."""
     projector = Projector(paths)
+    projector.overrides = overrides(paths.log)
     projector._reset()
     projector._open_responses()
     projector.catch_up()

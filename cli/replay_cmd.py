@@ -1,0 +1,29 @@
+"""`ledger replay RUN [--rebuild] [--reparse PARSER]`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from ledger.layout import find_run
+from projections.replay import replay as replay_run
+
+from .app import app
+from .common import RunsDir, handled, out
+from .progress import summary_table
+
+
+@app.command("replay")
+def replay(
+    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete every projection and fold the whole log again.")] = False,
+    reparse: Annotated[Optional[str], typer.Option("--reparse", help="Parse every stored reply with this parser (no requests), then rebuild.")] = None,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Bring responses.jsonl, conversations/ and summary.json up to date from the log."""
+    with handled():
+        summary = replay_run(find_run(runs_dir, run), full=rebuild, reparse=reparse)
+        if reparse:
+            out.print(f"re-parsed {summary['reparsed']} replies with {reparse}; no request sent")
+        out.print(summary_table(summary))

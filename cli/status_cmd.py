@@ -1,0 +1,45 @@
+"""`ledger status RUN` and `ledger ls`: live state from other processes, cheaply."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from ledger.layout import find_run
+from projections.runs import list_runs, run_status
+
+from .app import app
+from .common import RunsDir, handled, out
+
+
+@app.command("status")
+def status(
+    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Progress of a running or stopped run, read from its index (O(1) in the log size)."""
+    with handled():
+        info = run_status(find_run(runs_dir, run))
+        if as_json:
+            out.print(json.dumps(info), soft_wrap=True)
+            return
+        for key, value in info.items():
+            out.print(f"{key:>10}: {value}")
+
+
+@app.command("ls")
+def ls(runs_dir: RunsDir = "runs") -> None:
+    """Every run under the runs directory: status, model, dataset, counts, accuracy, start."""
+    with handled():
+        table = Table("run", "status", "model", "dataset", "done", "failed", "planned", "accuracy", "started")
+        for row in list_runs(runs_dir):
+            acc = row["accuracy"]
+            table.add_row(row["run_id"], row["status"], row["model"], os.path.basename(row["dataset"]),
+                          str(row["done"]), str(row["failed"]), str(row["planned"]),
+                          "-" if acc is None else f"{acc:.1%}", row["started"])
+        out.print(table)

@@ -1,0 +1,52 @@
+"""``export --events``: the raw event table, one row per event, in log order.
+
+Columns: (run_id,) seq, ts (timestamp[us, UTC]), type, item_id, sample, turn, attempt, and
+``data``: the whole event as JSON, so that nothing is lost in the flattening.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import msgspec
+import pyarrow as pa
+
+from ledger.layout import RunPaths
+from ledger.reader import iter_events
+
+__all__ = ["schema", "event_batches"]
+
+_json = msgspec.json.Encoder(order="deterministic")
+_BATCH = 65536
+_SCHEMA = pa.schema([
+    ("seq", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("type", pa.string()), ("item_id", pa.string()),
+    ("sample", pa.int64()), ("turn", pa.int64()), ("attempt", pa.int64()), ("data", pa.string()),
+])
+
+
+def schema(multi: bool) -> pa.Schema:
+    return pa.schema([("run_id", pa.string()), *_SCHEMA]) if multi else _SCHEMA
+
+
+def event_batches(runs: Sequence[RunPaths]) -> Iterator[pa.RecordBatch]:
+    out_schema = schema(len(runs) > 1)
+    for paths in runs:
+        cols: dict[str, list[Any]] = {name: [] for name in out_schema.names}
+        for event in iter_events(paths.log):
+            if len(runs) > 1:
+                cols["run_id"].append(paths.run_id)
+            data = _json.encode(event)
+            cols["seq"].append(event.seq)
+            cols["ts"].append(int(event.ts * 1_000_000))
+            cols["type"].append(type(event).__struct_config__.tag)
+            cols["item_id"].append(getattr(event, "item_id", None))
+            cols["sample"].append(getattr(event, "sample", None))
+            cols["turn"].append(getattr(event, "turn", None))
+            cols["attempt"].append(getattr(event, "attempt", None))
+            cols["data"].append(data.decode())
+            if len(cols["seq"]) >= _BATCH:
+                yield pa.RecordBatch.from_pydict(cols, schema=out_schema)
+                cols = {name: [] for name in out_schema.names}
+        if cols["seq"]:
+            yield pa.RecordBatch.from_pydict(cols, schema=out_schema)

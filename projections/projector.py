@@ -20,6 +20,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import msgspec
 
@@ -60,6 +61,11 @@ class Projector:
         self._last_summary = 0.0
         self._last_ckpt = 0.0
         self.overrides: dict[str, Parsed] = {}  # set by rebuild: re-parses (reparse.py)
+        # Conversation files are small writes whose syscalls release the GIL: a few threads
+        # overlap them with the fold. Drained before every checkpoint, so a checkpoint never
+        # covers a file that is not written yet.
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-conversations")
+        self._pending: list[Future[None]] = []
 
     @property
     def state(self) -> RunState:
@@ -124,6 +130,8 @@ class Projector:
                 if event.seq > self.ckpt.seq:
                     self._apply_event(event, lines)
             self.ckpt.offset = frame.end
+        if len(self._pending) > 4096:
+            self._drain()  # bound the memory of queued writes
         if lines:
             data = b"".join(lines)
             self._responses.write(data)
@@ -136,7 +144,8 @@ class Projector:
             if isinstance(out, Line):
                 lines.append(out.data)
             elif isinstance(out, ConversationFile):
-                write_atomic(os.path.join(self.paths.conversations, out.name), out.data)
+                path = os.path.join(self.paths.conversations, out.name)
+                self._pending.append(self._pool.submit(write_atomic, path, out.data))
         self.ckpt.seq = event.seq
 
     # -- writing -------------------------------------------------------------------------
@@ -152,7 +161,13 @@ class Projector:
         self._last_summary = time.monotonic()
         write_atomic(self.paths.summary, encode_summary(self.ckpt.state))
 
+    def _drain(self) -> None:
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()  # an OSError here is a projection failure: let it surface
+
     def write_checkpoint(self) -> None:
+        self._drain()
         self._last_ckpt = time.monotonic()
         write_atomic(self.paths.checkpoint, _encode(self.ckpt))
 
@@ -162,6 +177,7 @@ class Projector:
             self.write_checkpoint()
             self._responses.close()
             self._responses = None
+        self._pool.shutdown()
 
 
 def rebuild(paths: RunPaths) -> Projector:

@@ -64,6 +64,7 @@ class Totals(msgspec.Struct, kw_only=True):
     completion_tokens: int = 0
     latencies: list[float] = []
     labels: list[list[Any]] = []  # [expected, parsed] pairs, for per-class metrics
+    per_item: dict[str, list[list[Any]]] = {}  # with several samples: item -> [[correct, answer], ...]
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -178,6 +179,8 @@ def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:
         totals.labels.append([_label(item.expected), _label(event.value) if event.ok else None])
     if state.failed_keys.pop(key, None):
         totals.failed -= 1
+    if int(state.config.get("samples", 1) or 1) > 1:
+        totals.per_item.setdefault(item.item_id, []).append([correct, _label(event.value) if event.ok else None])
     return _finish(state, item, event.value if event.ok else None, correct, event.error, event)
 
 

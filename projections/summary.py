@@ -68,6 +68,7 @@ def summarize(state: RunState) -> dict[str, Any]:
         "cost_usd": _cost(state.config, t.prompt_tokens, t.completion_tokens),
         "attempts": t.attempts,
         "retries": t.retries,
+        "samples": _per_sample(t.per_item, int(state.config.get("samples", 1) or 1)),
         "throughput_per_s": round(finished / wall, 3) if wall > 0 else None,
         "wall_time_s": round(wall, 3),
         "last_seq": state.last_seq,
@@ -87,6 +88,24 @@ def _cost(config: dict[str, Any], prompt: int, completion: int) -> float | None:
     if price_in is None and price_out is None:
         return None
     return round((prompt * (price_in or 0) + completion * (price_out or 0)) / 1e6, 6)
+
+
+def _per_sample(per_item: dict[str, list[list[Any]]], samples: int) -> dict[str, Any] | None:
+    """With several samples: mean accuracy (pass@1), pass@k (any sample correct, k = samples,
+    over items with all k scored) and agreement (share of samples giving the modal answer)."""
+    if samples <= 1 or not per_item:
+        return None
+    scored = [[c for c, _ in results] for results in per_item.values() if all(c is not None for c, _ in results)]
+    complete = [r for r in scored if len(r) == samples]
+    agreement = [Counter(str(a) for _, a in results).most_common(1)[0][1] / len(results) for results in per_item.values()]
+    flat = [c for r in scored for c in r]
+    return {
+        "k": samples,
+        "mean_accuracy": round(sum(flat) / len(flat), 6) if flat else None,
+        f"pass@{samples}": round(sum(any(r) for r in complete) / len(complete), 6) if complete else None,
+        "agreement": round(sum(agreement) / len(agreement), 6),
+        "items": len(per_item),
+    }
 
 
 def _per_label(pairs: list[list[Any]]) -> dict[str, Any] | None:

@@ -35,6 +35,7 @@ from ledger.reader import iter_events
 from ledger.writer import LogWriter
 from projections.fold import OpenItem, key_of
 from projections.parsers import Parser, make_parser
+from projections.prices import lookup
 from projections.projector import Projector
 
 from .client import make_client
@@ -82,6 +83,7 @@ def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None, 
         return prepare_resume(RunPaths(os.path.join(runs_dir, run_id)), skip_failed)
     paths = RunPaths(os.path.join(runs_dir, validate_run_id(run_id or new_run_id())))
     _check_numbers(config)
+    _resolve_prices(config)
     parser = make_parser(config.parser)
     info = scan(dataset, config.template)
     return Prepared(paths, config, info, parser, _api_key(config), resume=False, skip_failed=skip_failed)
@@ -97,6 +99,14 @@ def prepare_resume(paths: RunPaths, skip_failed: bool = False) -> Prepared:
         raise InputError(f"{started.dataset}: the dataset changed since the run started (sha256 differs); "
                          "restore it or start a new run")
     return Prepared(paths, config, info, make_parser(config.parser), _api_key(config), resume=True, skip_failed=skip_failed)
+
+
+def _resolve_prices(config: RunConfig) -> None:
+    """Fix the price in force now into the config, so summaries never depend on the table."""
+    if config.price_in is None and config.price_out is None:
+        known = lookup(config.model)
+        if known is not None:
+            config.price_in, config.price_out = known
 
 
 def _check_numbers(config: RunConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -28,8 +29,15 @@ def make_bar() -> Progress:
     )
 
 
-def ticker(bar: Progress, task: Any, price: tuple[float | None, float | None]):
+def ticker(bar: Progress, task: Any, price: tuple[float | None, float | None], show_first: bool = False):
+    shown = [not show_first]
+
     def tick(p: RunProgress) -> None:
+        if not shown[0] and p.first_reply is not None:
+            shown[0] = True
+            request, reply = p.first_reply
+            bar.console.print("[bold]first request[/bold]", json.dumps(request, indent=2, ensure_ascii=False), markup=True, highlight=False)
+            bar.console.print("[bold]first reply[/bold]", reply, markup=True, highlight=False)
         finished = p.done + p.failed
         speed = bar.tasks[task].speed or 0.0
         extra = f"failed {p.failed}  retries {p.retrying}  in flight {p.in_flight}  tokens {p.prompt_tokens + p.completion_tokens:,}"
@@ -37,6 +45,10 @@ def ticker(bar: Progress, task: Any, price: tuple[float | None, float | None]):
             cost = (p.prompt_tokens * (price[0] or 0) + p.completion_tokens * (price[1] or 0)) / 1e6
             projected = cost / finished * p.total if finished else 0.0
             extra += f"  ${cost:.4f} (projected ${projected:.4f})"
+        if p.limit:
+            extra += f"  limit {p.limit}"
+        if p.paused:
+            extra += "  [red]endpoint down: paused, probing[/red]"
         if p.stopping:
             extra += "  [yellow]stopping: draining in-flight requests (Ctrl-C again to quit now)[/yellow]"
         bar.update(task, completed=finished, total=p.total, rate=f"{speed:.1f}/s", extra=extra)

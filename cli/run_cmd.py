@@ -9,7 +9,7 @@ import typer
 
 from ledger.layout import find_run
 from runners.config import RunConfig
-from runners.session import Prepared, Session, prepare, prepare_resume
+from runners.session import Prepared, Session, plan_only, prepare, prepare_resume
 
 from .app import app
 from .common import RunsDir, err, handled, out
@@ -20,7 +20,7 @@ from .progress import make_bar, summary_table, ticker
 def run(
     dataset: Annotated[str, typer.Argument(help="JSONL, CSV, Parquet or OpenAI Batch input file.")],
     model: Annotated[Optional[str], typer.Option(help="Model name. Without --model and --base-url: the built-in simulator.")] = None,
-    base_url: Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1.")] = None,
+    base_url: Annotated[Optional[list[str]], typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; repeat to spread over several.")] = None,
     api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
     samples: Annotated[int, typer.Option(help="Run each item N times (s0..sN-1).")] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items.")] = None,
@@ -37,12 +37,22 @@ def run(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,
     skip_failed: Annotated[bool, typer.Option("--skip-failed", help="On resume, do not retry finally failed items.")] = False,
     sim: Annotated[Optional[str], typer.Option("--sim", help="Embedded simulator settings as JSON, e.g. '{\"rate_429\": 0.2}'.")] = None,
+    rpm: Annotated[Optional[int], typer.Option(help="Requests per minute, at most.")] = None,
+    tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute, at most (estimated, corrected by reported usage).")] = None,
+    give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down before the run stops (exit 75, resumable).")] = None,
+    max_context: Annotated[Optional[int], typer.Option("--max-context", help="Tokens; longer conversations fail without a request.")] = None,
+    no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the GET /models check.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing: write plan.jsonl and print the estimate.")] = False,
+    show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of DATASET against a model; resumable at any moment."""
     with handled():
         config = RunConfig(
-            model=model or "sim-1", base_url=base_url or "", api_key_env=api_key_env, samples=samples, limit=limit,
+            model=model or "sim-1", base_url=(base_url or [""])[0], base_urls=list(base_url or []), api_key_env=api_key_env,
+            samples=samples, limit=limit, rpm=rpm, tpm=tpm, give_up_after=give_up_after, max_context=max_context,
+            preflight=not no_preflight, seed=seed,
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
             system=system, template=template, parser=parser, price_in=price_in, price_out=price_out,
             simulator=_sim(sim),
@@ -50,7 +60,11 @@ def run(
         if model and not base_url:
             config.base_url = "https://api.openai.com/v1"
         prepared = prepare(dataset, config, runs_dir, run_id, skip_failed)
-        raise typer.Exit(_execute(prepared))
+        if dry_run:
+            report = plan_only(prepared)
+            out.print(json.dumps(report))
+            return
+        raise typer.Exit(_execute(prepared, show_first))
 
 
 @app.command("resume")
@@ -62,7 +76,7 @@ def resume(
     """Continue a stopped or crashed run: only unfinished work is sent."""
     with handled():
         prepared = prepare_resume(find_run(runs_dir, run), skip_failed)
-        raise typer.Exit(_execute(prepared))
+        raise typer.Exit(_execute(prepared, False))
 
 
 def _sim(text: str | None) -> dict:
@@ -79,7 +93,7 @@ def _sim(text: str | None) -> dict:
     return value
 
 
-def _execute(prepared: Prepared) -> int:
+def _execute(prepared: Prepared, show_first: bool) -> int:
     config = prepared.config
     session = Session(prepared)
     reason = "error"
@@ -90,7 +104,7 @@ def _execute(prepared: Prepared) -> int:
         bar = make_bar()
         task = bar.add_task("running", total=None, rate="", extra="")
         with bar:
-            reason = session.execute(works, ticker(bar, task, (config.price_in, config.price_out)))
+            reason = session.execute(works, ticker(bar, task, (config.price_in, config.price_out), show_first))
     finally:
         session.close(reason)
     summary = json.loads(open(prepared.paths.summary, "rb").read())
@@ -98,6 +112,9 @@ def _execute(prepared: Prepared) -> int:
     out.print(f"outputs: {prepared.paths.dir}")
     if reason == "interrupted":
         return 130
+    if reason == "endpoint_down":
+        err.print("every endpoint stayed down past --give-up-after; resume later with `ledger resume`")
+        return 75
     return 1 if summary["counts"]["failed"] else 0
 
 

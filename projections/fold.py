@@ -187,6 +187,8 @@ def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:
 def _failed(state: RunState, event: Failed) -> list[Line | ConversationFile]:
     key = key_of(event.item_id, event.sample)
     item = state.open.get(key)
+    if item is None and event.final:  # refused before any request (e.g. over --max-context)
+        item = state.open[key] = OpenItem(item_id=event.item_id, sample=event.sample, model=state.model, first_ts=event.ts)
     if item is None:
         return []
     error = f"{event.error_type}: {event.message}" + (f" (HTTP {event.status})" if event.status else "")

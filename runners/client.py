@@ -32,8 +32,9 @@ class EndpointError(LedgerError):
     """An attempt failed; the fields become a ``failed`` event."""
 
     def __init__(self, error_type: str, message: str, *, status: int | None = None,
-                 retryable: bool = False, retry_after: float | None = None) -> None:
+                 retryable: bool = False, retry_after: float | None = None, pause: float | None = None) -> None:
         super().__init__(message)
+        self.pause = pause  # seconds the endpoint asked us to hold off (x-ratelimit-*)
         self.error_type = error_type
         self.message = message
         self.status = status
@@ -47,6 +48,7 @@ class Reply(NamedTuple):
     usage: dict[str, int] | None
     raw: dict[str, Any]
     latency: float
+    pause: float | None = None  # x-ratelimit-remaining-* hit 0: hold off this long
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
@@ -68,6 +70,7 @@ async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[
     try:
         raw = await client.chat.completions.with_raw_response.create(**body, extra_headers=headers)
         content = raw.http_response.content
+        pause = ratelimit_pause(raw.http_response.headers)
     except openai.APIStatusError as exc:
         raise _status_error(exc, secrets) from None
     except openai.APITimeoutError:
@@ -76,15 +79,41 @@ async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
         raise EndpointError("connection", redact(f"connection failed: {cause}", secrets), retryable=True) from None
     latency = time.perf_counter() - start
-    return _reply(content, latency)
+    return _reply(content, latency)._replace(pause=pause)
 
 
 def _status_error(exc: openai.APIStatusError, secrets: tuple[str, ...]) -> EndpointError:
     status = exc.status_code
     retryable = status in (408, 409, 429) or status >= 500
     error_type = "rate_limit" if status == 429 else "server_error" if status >= 500 else "http_error"
-    return EndpointError(error_type, redact(str(exc.message), secrets), status=status,
-                         retryable=retryable, retry_after=_retry_after(exc.response))
+    return EndpointError(error_type, redact(str(exc.message), secrets), status=status, retryable=retryable,
+                         retry_after=_retry_after(exc.response), pause=ratelimit_pause(exc.response.headers))
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str) -> float | None:
+    """'6m0s', '1.5s', '20ms' or plain seconds, as OpenAI's x-ratelimit-reset-* send them."""
+    try:
+        return float(text)
+    except ValueError:
+        parts = _DURATION.findall(text)
+        return sum(float(n) * _UNIT[u] for n, u in parts) if parts else None
+
+
+def ratelimit_pause(headers: Any) -> float | None:
+    """Seconds to hold off when the reply says a request or token budget is used up."""
+    pause = None
+    for kind in ("requests", "tokens"):
+        remaining = headers.get(f"x-ratelimit-remaining-{kind}")
+        reset = headers.get(f"x-ratelimit-reset-{kind}")
+        if remaining is not None and reset and remaining.strip() == "0":
+            seconds = parse_duration(reset.strip())
+            if seconds is not None:
+                pause = max(pause or 0.0, min(seconds, 120.0))
+    return pause
 
 
 def _retry_after(response: Any) -> float | None:

@@ -17,7 +17,8 @@ SIMULATOR_MODEL = "sim-1"
 
 class RunConfig(msgspec.Struct, kw_only=True):
     model: str = SIMULATOR_MODEL
-    base_url: str = ""  # "" = the embedded simulator
+    base_url: str = ""  # "" = the embedded simulator; the first of base_urls otherwise
+    base_urls: list[str] = []  # every endpoint (--base-url given several times)
     api_key_env: str = "OPENAI_API_KEY"
     samples: int = 1
     limit: int | None = None
@@ -34,6 +35,13 @@ class RunConfig(msgspec.Struct, kw_only=True):
     price_in: float | None = None
     price_out: float | None = None
     simulator: dict[str, Any] = {}  # SimConfig fields for the embedded simulator
+    give_up_after: float | None = None  # seconds every endpoint may stay down before stopping
+    max_context: int | None = None  # tokens; longer conversations fail without a request
+    preflight: bool = True  # GET /models lists the model before anything is written
+    seed: int | None = None  # with limit: a reproducible random subset instead of the first N
+
+    def endpoints(self) -> list[str]:
+        return list(self.base_urls) or ([self.base_url] if self.base_url else [])
 
     @property
     def embedded(self) -> bool:

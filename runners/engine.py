@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import msgspec
-import openai
 
-from ledger.events import Failed, Parsed, Response, Started, Usage
+from ledger.events import Failed, Parsed, Paused, Response, Resumed, Started, Usage
 from ledger.writer import LogWriter
 from projections.parsers import ParseResult, Parser
 
 from .client import EndpointError, Reply, send
 from .config import RunConfig
 from .dataset import Item
+from .endpoints import GaveUp, Pool
+from .limits import RateLimits, estimate_tokens
 from .retry import retrying
 
 __all__ = ["Work", "Progress", "Engine"]
@@ -53,6 +54,9 @@ class Progress:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     stopping: bool = False
+    stop_reason: str = ""
+    paused: bool = False
+    limit: int = 0
     first_reply: tuple[dict[str, Any], str] | None = None
     errors: dict[str, int] = field(default_factory=dict)
 
@@ -61,11 +65,18 @@ class Progress:
 class Engine:
     config: RunConfig
     writer: LogWriter
-    client: openai.AsyncOpenAI
+    pool: Pool
     parser: Parser
     secrets: tuple[str, ...]
-    endpoint: str
+    limits: RateLimits
     progress: Progress = field(default_factory=Progress)
+    names: dict[str, str] = field(default_factory=dict)  # endpoint url -> name recorded in events
+
+    def breaker_changed(self, state: str, url: str, reason: str) -> None:
+        """Breaker callback: record the decision in the log and on the progress bar."""
+        name = self.names.get(url, url)
+        self.writer.submit([Paused(endpoint=name, reason=reason) if state == "paused" else Resumed(endpoint=name)])
+        self.progress.paused = self.pool.down()
 
     async def run(self, works: Iterator[Work]) -> None:
         slots = asyncio.Semaphore(self.config.concurrency)
@@ -81,8 +92,9 @@ class Engine:
         if tasks:
             await asyncio.gather(*tasks)
 
-    def stop(self) -> None:
+    def stop(self, reason: str = "interrupted") -> None:
         self.progress.stopping = True
+        self.progress.stop_reason = self.progress.stop_reason or reason
 
     async def _one(self, work: Work) -> None:
         item, progress = work.item, self.progress
@@ -93,6 +105,8 @@ class Engine:
             for turn in range(work.start_turn, len(item.turns)):
                 messages = messages + item.turns[turn]
                 body = {"model": self.config.model, "messages": messages, **self.config.params(), **item.params}
+                if self._too_long(work, turn, body):
+                    return
                 outcome = await self._attempts(work, turn, body, attempts)
                 if outcome is None:
                     return
@@ -101,6 +115,20 @@ class Engine:
             progress.done += 1
         finally:
             progress.in_flight -= 1
+
+    def _too_long(self, work: Work, turn: int, body: dict[str, Any]) -> bool:
+        """Fail an item whose conversation cannot fit --max-context, instead of paying for a 400."""
+        limit = self.config.max_context
+        need = estimate_tokens(body["messages"], body.get("max_tokens"))
+        if not limit or need <= limit:
+            return False
+        self.writer.submit([Failed(
+            item_id=work.item.id, sample=work.sample, turn=turn, attempt=work.attempts,
+            error_type="context_overflow", final=True, retryable=False,
+            message=f"conversation needs ~{need} tokens (with max_tokens), over --max-context {limit}; not sent",
+        )])
+        self.progress.failed += 1
+        return True
 
     def _system(self) -> list[dict[str, Any]]:
         return [{"role": "system", "content": self.config.system}] if self.config.system else []
@@ -118,23 +146,39 @@ class Engine:
                     return reply, attempts
         except EndpointError:
             self.progress.failed += 1
+        except GaveUp as exc:
+            self.stop(f"endpoint down: {exc}")
         return None
 
     async def _attempt(self, work: Work, turn: int, body: dict[str, Any], attempt: int, last: bool) -> Reply:
-        item, key = work.item, {"item_id": work.item.id, "sample": work.sample, "turn": turn, "attempt": attempt}
-        self.writer.submit([Started(**key, request=body, endpoint=self.endpoint, expected=item.expected)])
+        """One request: wait for an endpoint that may send and for the rate limits, then send."""
+        endpoint = await self.pool.acquire()
+        reply, error = None, None
         try:
-            reply = await send(self.client, body, self.secrets, {"x-ledger-key": f"{item.id}/{work.sample}/{turn}"})
-        except EndpointError as exc:
-            final = not exc.retryable or last
-            self._note_failure(exc, final)
-            self.writer.submit([Failed(
-                **key, error_type=exc.error_type, message=exc.message, status=exc.status,
-                retryable=exc.retryable, final=final, endpoint=self.endpoint,
-            )])
-            raise
-        self._record(work, turn, key, body, reply)
-        return reply
+            tokens = estimate_tokens(body["messages"], body.get("max_tokens"))
+            await self.limits.acquire(tokens)
+            name = self.names.get(endpoint.url, endpoint.url)
+            item, key = work.item, {"item_id": work.item.id, "sample": work.sample, "turn": turn, "attempt": attempt}
+            self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected)])
+            try:
+                reply = await send(endpoint.client, body, self.secrets, {"x-ledger-key": f"{item.id}/{work.sample}/{turn}"})
+            except EndpointError as exc:
+                error = exc
+                final = not exc.retryable or last
+                self._note_failure(exc, final)
+                self.writer.submit([Failed(
+                    **key, error_type=exc.error_type, message=exc.message, status=exc.status,
+                    retryable=exc.retryable, final=final, endpoint=name,
+                )])
+                raise
+            if reply.usage:
+                self.limits.correct(tokens, reply.usage.get("total_tokens", 0))
+            self._record(work, turn, key, body, reply, name)
+            return reply
+        finally:
+            await self.pool.release(endpoint, reply, error)
+            self.progress.limit = self.pool.limit
+            self.progress.paused = self.pool.down()
 
     def _note_failure(self, exc: EndpointError, final: bool) -> None:
         errors = self.progress.errors
@@ -142,12 +186,12 @@ class Engine:
         if not final:
             self.progress.retrying += 1
 
-    def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply) -> None:
+    def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply, endpoint: str) -> None:
         final = turn == len(work.item.turns) - 1
         usage = Usage(**reply.usage) if reply.usage else None
         events: list[Any] = [Response(
             **key, text=reply.text, finish_reason=reply.finish_reason, usage=usage,
-            latency=round(reply.latency, 6), raw=reply.raw, endpoint=self.endpoint, final=final,
+            latency=round(reply.latency, 6), raw=reply.raw, endpoint=endpoint, final=final,
         )]
         if final:
             result = _loggable(self.parser(reply.text))

@@ -38,13 +38,17 @@ from projections.parsers import Parser, make_parser
 from projections.prices import lookup
 from projections.projector import Projector
 
+from .breaker import Breaker
 from .client import make_client
 from .config import RunConfig
 from .dataset import DatasetInfo, Item, iter_items, scan
+from .endpoints import Endpoint, Pool
 from .engine import Engine, Progress, Work
+from .limits import AdaptiveLimit, RateLimits
+from .preflight import check_endpoints
 from .simulator import SimConfig, Simulator
 
-__all__ = ["Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id"]
+__all__ = ["Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
 
 
 @dataclass
@@ -86,7 +90,10 @@ def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None, 
     _resolve_prices(config)
     parser = make_parser(config.parser)
     info = scan(dataset, config.template)
-    return Prepared(paths, config, info, parser, _api_key(config), resume=False, skip_failed=skip_failed)
+    api_key = _api_key(config)
+    if config.preflight and not config.embedded:
+        check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
+    return Prepared(paths, config, info, parser, api_key, resume=False, skip_failed=skip_failed)
 
 
 def prepare_resume(paths: RunPaths, skip_failed: bool = False) -> Prepared:
@@ -187,10 +194,13 @@ class Session:
 
     def _works(self) -> Iterator[Work]:
         config, found = self.prepared.config, self.found
+        chosen = _subset(self.prepared.dataset.items, config.limit, config.seed)
         items = iter_items(self.prepared.dataset.path, config.template)
         for n, item in enumerate(items):
-            if config.limit is not None and n >= config.limit:
+            if config.limit is not None and chosen is None and n >= config.limit:
                 return
+            if chosen is not None and n not in chosen:
+                continue
             for sample in range(config.samples):
                 state = self.index.get(item.id, sample)
                 if state is None:
@@ -229,10 +239,14 @@ class Session:
     async def _execute(self, works: Any, on_tick: Callable[[Progress], None] | None) -> str:
         config = self.prepared.config
         simulator = Simulator(SimConfig(**config.simulator)).start() if config.embedded else None
-        base_url = simulator.base_url if simulator else config.base_url
-        client = make_client(base_url, self.prepared.api_key, config.timeout, config.concurrency)
-        self.engine = Engine(config, self.writer, client, self.prepared.parser, (self.prepared.api_key,),
-                             endpoint="embedded-simulator" if simulator else config.base_url)
+        urls = [simulator.base_url] if simulator else config.endpoints()
+        names = {simulator.base_url: "embedded-simulator"} if simulator else {u: u for u in urls}
+        pool = Pool([Endpoint(u, make_client(u, self.prepared.api_key, config.timeout, config.concurrency),
+                              AdaptiveLimit(config.concurrency)) for u in urls], config.give_up_after)
+        self.engine = Engine(config, self.writer, pool, self.prepared.parser, (self.prepared.api_key,),
+                             RateLimits(config.rpm, config.tpm), names=names)
+        for endpoint in pool.endpoints:
+            endpoint.breaker = Breaker(Pool.watch(endpoint.url, self.engine.breaker_changed))
         self.engine.progress.total = self.found.to_send if self.prepared.resume else _planned_items(
             self.prepared.dataset.items, config.limit) * config.samples
         stop = _install_interrupts(self.engine)
@@ -244,10 +258,14 @@ class Session:
                 ticker.cancel()
                 on_tick(self.engine.progress)
             stop()
-            await client.close()
+            for endpoint in pool.endpoints:
+                await endpoint.client.close()
             if simulator:
                 simulator.stop()
-        return "interrupted" if self.engine.progress.stopping else "completed"
+        progress = self.engine.progress
+        if progress.stop_reason.startswith("endpoint down"):
+            return "endpoint_down"
+        return "interrupted" if progress.stopping else "completed"
 
     def close(self, reason: str) -> None:
         """End the session: make everything durable, finish projections, release the lock."""
@@ -259,6 +277,23 @@ class Session:
             self._projecting.join()
             self.projector.close()
             self.index.close()
+
+
+def plan_only(prepared: Prepared) -> dict[str, Any]:
+    """--dry-run: expand every request into plan.jsonl; send nothing, log nothing."""
+    from .plan import dry_run
+
+    config = prepared.config
+    return dry_run(prepared.dataset.path, config, prepared.paths.dir, _subset(prepared.dataset.items, config.limit, config.seed))
+
+
+def _subset(items: int, limit: int | None, seed: int | None) -> set[int] | None:
+    """With --limit and --seed: the same random N item positions on every resume."""
+    if limit is None or seed is None or limit >= items:
+        return None
+    import random
+
+    return set(random.Random(seed).sample(range(items), limit))
 
 
 def _planned_items(items: int, limit: int | None) -> int:

@@ -1,0 +1,108 @@
+"""Endpoints and the pool that spreads requests over them.
+
+Each endpoint has its own client, circuit breaker, adaptive in-flight limit and a pause
+set by ``x-ratelimit-remaining-*: 0`` replies. ``Pool.acquire`` waits for an endpoint that
+may send (breaker closed or probing, under its limit, not paused) and picks the one with the
+fewest requests in flight. When every endpoint has been down for ``give_up_after`` seconds
+it raises ``GaveUp`` and the run ends as interrupted, resumable later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import openai
+
+from .breaker import Breaker
+from .client import EndpointError, Reply
+from .limits import AdaptiveLimit
+
+__all__ = ["Endpoint", "Pool", "GaveUp"]
+
+
+class GaveUp(Exception):
+    """Every endpoint stayed down longer than --give-up-after."""
+
+
+@dataclass
+class Endpoint:
+    url: str
+    client: openai.AsyncOpenAI
+    limit: AdaptiveLimit
+    breaker: Breaker = field(default_factory=Breaker)
+    in_flight: int = 0
+    paused_until: float = 0.0
+    served: int = 0
+
+    def ready(self, now: float) -> bool:
+        return self.paused_until <= now and self.in_flight < self.limit.current and self.breaker.can_send(now)
+
+    def wake_at(self, now: float) -> float:
+        candidates = [self.paused_until] if self.paused_until > now else []
+        if self.breaker.state == "open":
+            candidates.append(self.breaker.next_probe())
+        return min(candidates, default=now + 0.5)
+
+
+class Pool:
+    def __init__(self, endpoints: list[Endpoint], give_up_after: float | None = None) -> None:
+        self.endpoints = endpoints
+        self.give_up_after = give_up_after
+        self._changed = asyncio.Condition()
+
+    @staticmethod
+    def watch(endpoint_url: str, notify: Callable[[str, str, str], None]) -> Callable[[str, str], None]:
+        """A breaker callback that reports (state, endpoint, reason)."""
+        return lambda state, reason: notify(state, endpoint_url, reason)
+
+    @property
+    def limit(self) -> int:
+        return sum(e.limit.current for e in self.endpoints if e.breaker.state == "closed")
+
+    def down(self) -> bool:
+        return all(e.breaker.state != "closed" for e in self.endpoints)
+
+    async def acquire(self) -> Endpoint:
+        async with self._changed:
+            while True:
+                now = time.monotonic()
+                ready = [e for e in self.endpoints if e.ready(now)]
+                if ready:
+                    chosen = min(ready, key=lambda e: e.in_flight)
+                    chosen.in_flight += 1
+                    chosen.breaker.sending()
+                    return chosen
+                self._check_give_up(now)
+                wake = min(e.wake_at(now) for e in self.endpoints)
+                try:
+                    await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, min(wake - now, 0.5)))
+                except TimeoutError:
+                    pass
+
+    def _check_give_up(self, now: float) -> None:
+        if self.give_up_after is None:
+            return
+        since = [e.breaker.down_since for e in self.endpoints]
+        if all(s is not None for s in since) and now - max(s for s in since if s is not None) >= self.give_up_after:
+            raise GaveUp(f"every endpoint down for {self.give_up_after:g}s")
+
+    async def release(self, endpoint: Endpoint, reply: Reply | None, error: EndpointError | None) -> None:
+        now = time.monotonic()
+        endpoint.in_flight -= 1
+        if reply is not None:
+            endpoint.served += 1
+            endpoint.breaker.success()
+            endpoint.limit.on_success()
+            if reply.pause:
+                endpoint.paused_until = max(endpoint.paused_until, now + reply.pause)
+        elif error is not None:
+            endpoint.breaker.failure(error.error_type, now)
+            if error.status == 429:
+                endpoint.limit.on_rate_limited()
+            if error.pause:
+                endpoint.paused_until = max(endpoint.paused_until, now + error.pause)
+        async with self._changed:
+            self._changed.notify_all()

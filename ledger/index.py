@@ -33,7 +33,7 @@ from typing import NamedTuple
 import lmdb
 import msgspec
 
-from .errors import IndexError_
+from .errors import CorruptLogError, IndexError_
 from .events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from .framing import HEADER_SIZE, Frame
 from .reader import iter_frames, log_end
@@ -214,8 +214,11 @@ def _last_seq_before(log_path: str, offset: int) -> int | None:
     start = offset - total
     if start < HEADER_SIZE:
         return None
-    for frame in iter_frames(log_path, start, offset):
-        return frame.first_seq + len(frame.events) - 1 if frame.end == offset else None
+    try:
+        for frame in iter_frames(log_path, start, offset):
+            return frame.first_seq + len(frame.events) - 1 if frame.end == offset else None
+    except CorruptLogError:  # ``start`` came from bytes that are no trailer: not a frame end
+        return None
     return None
 
 

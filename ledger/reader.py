@@ -91,13 +91,14 @@ def follow_events(
     poll: float = 0.2,
     until: Callable[[], bool] = lambda: False,
 ) -> Iterator[Event]:
-    """Events as they become durable, polling for growth; ends when ``until()`` is true
-    after the end has been reached."""
+    """Events as they become durable, polling for growth; ends at the end of the first read
+    that began after ``until()`` returned true (so nothing written before that is missed)."""
     offset = start
     while True:
+        stopped = until()  # asked before the read, so that read sees all the writer wrote
         for frame in iter_frames(path, offset):
             yield from frame.events
             offset = frame.end
-        if until():
+        if stopped:
             return
         time.sleep(poll)

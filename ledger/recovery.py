@@ -127,12 +127,13 @@ def verify(f: BinaryIO, path: str) -> VerifyReport:
     while offset < size:
         check = next(iter(_walk(f, offset, size)))[1]
         frame = check.frame
-        if frame is not None and frame.first_seq != expected_seq:
+        if frame is not None and expected_seq is not None and frame.first_seq != expected_seq:
             check, frame = check._replace(frame=None, reason=f"seq gap: expected {expected_seq}, found {frame.first_seq}"), None
         if frame is None:
             report.problems.append(Problem(offset, check.reason))
             clean = False
             offset = _resync(f, offset + 1, size)
+            expected_seq = None  # the bad frame's events are unknown: restart the chain
             continue
         report.frames += 1
         report.events += len(frame.events)

@@ -154,6 +154,9 @@ class LogWriter:
             raise LogClosedError(f"{self.path}: writer stopped: {self._dead}") from self._dead
         if self._closing:
             raise LogClosedError(f"{self.path}: writer is closed")
+        if not events:  # nothing to make durable; an empty group would kill the writer thread
+            _resolve(waiter, [], None)
+            return
         self._queue.put((events, waiter))
 
     # -- closing -------------------------------------------------------------------------

@@ -14,7 +14,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import export_cmd, log_cmd, replay_cmd, run_cmd, show_cmd, simulate_cmd, status_cmd, verify_cmd  # noqa: F401  (each adds its command)
+    from . import compare_cmd, export_cmd, log_cmd, replay_cmd, run_cmd, show_cmd, simulate_cmd, status_cmd, verify_cmd, view_cmd  # noqa: F401  (each adds its command)
 
 
 def main() -> None:

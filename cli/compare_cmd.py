@@ -1,0 +1,79 @@
+"""`ledger compare RUN_A RUN_B ... [--only-diff] [--json] [-o FILE.csv]`."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from ledger.layout import find_run
+from projections.compare import Comparison, as_text, compare_runs, write_csv
+
+from .app import app
+from .common import RunsDir, handled, out
+
+
+@app.command("compare")
+def compare(
+    runs: Annotated[list[str], typer.Argument(help="Two or more runs (ids or run directories).", metavar="RUN_A RUN_B ...")],
+    only_diff: Annotated[bool, typer.Option("--only-diff", help="List the items whose parsed answers differ.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the per-item table to this CSV file.")] = None,
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """Accuracy with 95% intervals, agreement and McNemar's exact test, paired over shared items."""
+    with handled():
+        result = compare_runs([find_run(runs_dir, run) for run in runs])
+        written = write_csv(result, output, only_diff) if output else None
+    if as_json:
+        out.print(json.dumps(result.to_json(only_diff), ensure_ascii=False), soft_wrap=True, markup=False)
+    elif only_diff:
+        _print_diff(result)
+    else:
+        _print_stats(result)
+    if written is not None and not as_json:
+        out.print(f"wrote {written} rows to {escape(output or '')}")
+
+
+def _print_coverage(result: Comparison) -> None:
+    left = [f"{escape(r['run_id'])} {r['left_out']}" for r in result.runs if r["left_out"]]
+    note = f"; left out (not in every run): {', '.join(left)}" if left else ""
+    out.print(f"compared {len(result.shared)} (item, sample) shared by {len(result.runs)} runs{note}")
+
+
+def _print_stats(result: Comparison) -> None:
+    _print_coverage(result)
+    table = Table("run", "model", "scored", "correct", "accuracy", "95% CI", title="accuracy on shared items")
+    for r in result.runs:
+        acc, ci = r["accuracy"], r["ci95"]
+        table.add_row(escape(r["run_id"]), escape(r["model"]), str(r["scored"]), str(r["correct"]),
+                      "-" if acc is None else f"{acc:.1%}", "-" if ci is None else f"{ci[0]:.1%}-{ci[1]:.1%}")
+    out.print(table)
+    matrix = Table("", *(escape(r) for r in result.run_ids), title="agreement (same parsed answer)")
+    for run, row in zip(result.run_ids, result.agreement):
+        matrix.add_row(escape(run), *(f"{v:.1%}" for v in row))
+    out.print(matrix)
+    pairs = Table("A", "B", "agree", "only A right", "only B right", "p", "p < 0.05", title="paired differences (McNemar exact test)")
+    for p in result.pairs:
+        pairs.add_row(escape(p["a"]), escape(p["b"]), f"{p['agreement']:.1%}", str(p["only_a_correct"]), str(p["only_b_correct"]),
+                      f"{p['p_value']:.4g}", "[bold]yes[/bold]" if p["significant"] else "no")
+    out.print(pairs)
+
+
+def _print_diff(result: Comparison) -> None:
+    diffs = result.differences()
+    _print_coverage(result)
+    table = Table("item", "sample", "expected", *(escape(r) for r in result.run_ids))
+    for d in diffs:
+        cells = [_answer(d["answers"][r], d["correct"][r]) for r in result.run_ids]
+        table.add_row(escape(d["item_id"]), str(d["sample"]), escape(str(as_text(d["expected"]))), *cells)
+    out.print(table)
+    out.print(f"{len(diffs)} of {len(result.shared)} shared items differ")
+
+
+def _answer(parsed: object, correct: bool | None) -> str:
+    text = escape(str(as_text(parsed)))
+    return {True: f"[green]{text}[/green]", False: f"[red]{text}[/red]"}.get(correct, text)  # type: ignore[arg-type]

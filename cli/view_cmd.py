@@ -1,0 +1,27 @@
+"""`ledger view [RUN...] [--port N] [--host H]`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from .app import app
+from .common import RunsDir, err, handled, out
+
+
+@app.command("view")
+def view(
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to show side by side (default: a list of every run).", metavar="RUN")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8765,
+    host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback lets others read your runs.")] = "127.0.0.1",
+    runs_dir: RunsDir = "runs",
+) -> None:
+    """A local, read-only web page: runs side by side, disagreements marked, every attempt."""
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        err.print(f"[yellow]warning:[/yellow] listening on {escape(host)}: anyone who can reach it can read these runs")
+    from viewer import serve  # starlette and uvicorn load only for this command
+
+    with handled():
+        serve(runs_dir, runs or [], host=host, port=port, on_ready=lambda url: out.print(f"ledger view: {url}  (Ctrl-C to stop)", markup=False))

@@ -1,0 +1,275 @@
+"""``ledger compare``: several runs paired over the (item_id, sample) keys they all share.
+
+Reads each run's ``responses.jsonl`` and nothing else, read-only (so it is safe while a
+run is still going: a partial last line is left for later, and the last line per key
+wins, as for every reader of that file). Over the shared keys:
+
+* accuracy of each run on the scored keys (``correct`` not null) with its 95% Wilson
+  interval;
+* the agreement matrix: the share of shared keys where two runs' parsed answers are equal
+  after ``scoring.normalize`` (two runs with no parsed answer at all also agree);
+* for each pair, McNemar's exact test on the keys both runs scored: ``b`` keys only the
+  first got right, ``c`` only the second; the two-sided p-value is
+  ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)`` (1.0 when ``b + c = 0``).
+
+Keys that are not in every run are left out and counted per run. ``AnswerIndex`` is the
+incremental reader the viewer shares: it re-reads only what was appended since its last
+refresh, and starts over when the file was replaced or truncated.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from ledger.errors import InputError
+from ledger.layout import RunPaths
+
+from .scoring import normalize
+from .summary import wilson
+
+__all__ = ["Answer", "AnswerText", "AnswerIndex", "Comparison", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
+
+Key = tuple[str, int]
+TEXT_LIMIT = 4000  # characters of a response (and of a prompt) an AnswerText keeps in memory
+_json = msgspec.json.Encoder(order="deterministic")
+
+
+class Answer(msgspec.Struct):
+    """What compare needs of one line of ``responses.jsonl``."""
+
+    item_id: str
+    sample: int
+    parsed: Any = None
+    expected: Any = None
+    correct: bool | None = None
+    error: str | None = None
+
+
+class AnswerText(Answer):
+    """An answer with its texts (cut to ``TEXT_LIMIT``), for the viewer."""
+
+    model: str = ""
+    prompt: Any = None
+    response: str | None = None
+    latency: float = 0.0
+    attempts: int = 0
+
+
+def as_text(value: Any) -> str | None:
+    """A JSON value as one string: a string as itself, anything else as JSON."""
+    if value is None or isinstance(value, str):
+        return value
+    return _json.encode(value).decode()
+
+
+class AnswerIndex:
+    """A run's answers by key, brought up to date with ``refresh()`` (cheap when unchanged)."""
+
+    def __init__(self, path: str, kind: type[Answer] = Answer) -> None:
+        self.path = path
+        self.kind = kind
+        self.answers: dict[Key, Answer] = {}
+        self.version = 0
+        self._decode = msgspec.json.Decoder(kind).decode
+        self._file: tuple[int, int] | None = None  # (st_dev, st_ino) of what we read
+        self._offset = 0
+
+    def refresh(self) -> bool:
+        """Read what was appended; True when the answers changed."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return self._reset() if self.answers else False
+        if self._file != (st.st_dev, st.st_ino) or st.st_size < self._offset:
+            self._reset()
+            self._file = (st.st_dev, st.st_ino)
+        if st.st_size == self._offset:
+            return False
+        start = self._offset
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # a partial last line waits for its newline
+                self._add(line)
+                self._offset += len(line)
+        self.version += self._offset > start
+        return self._offset > start
+
+    def _add(self, line: bytes) -> None:
+        try:
+            answer = self._decode(line)
+        except msgspec.DecodeError:
+            return  # not a line the projector wrote whole; the next rebuild rewrites it
+        if isinstance(answer, AnswerText):
+            answer.response = _cut(answer.response)
+            answer.prompt = _cut(as_text(answer.prompt))
+        self.answers[(answer.item_id, answer.sample)] = answer
+
+    def _reset(self) -> bool:
+        self.answers, self._offset, self._file = {}, 0, None
+        self.version += 1
+        return True
+
+
+@functools.lru_cache(maxsize=65536, typed=True)
+def _normalized(value: Any) -> Any:
+    return normalize(value)
+
+
+def normalized(value: Any) -> Any:
+    """``scoring.normalize``, remembered for hashable values (answers repeat: labels, numbers)."""
+    try:
+        return _normalized(value)
+    except TypeError:  # a list or dict answer
+        return normalize(value)
+
+
+def _cut(text: str | None) -> str | None:
+    return text if text is None or len(text) <= TEXT_LIMIT else text[:TEXT_LIMIT] + " …"
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
+@dataclass
+class Comparison:
+    run_ids: list[str]
+    runs: list[dict[str, Any]]
+    shared: list[Key]
+    answers: list[dict[Key, Answer]] = field(repr=False)
+    agreement: list[list[float | None]]
+    pairs: list[dict[str, Any]]
+
+    def same(self, key: Key) -> bool:
+        first = normalized(self.answers[0][key].parsed)
+        return all(normalized(a[key].parsed) == first for a in self.answers[1:])
+
+    def differences(self) -> list[dict[str, Any]]:
+        return [self._item(key) for key in self.shared if not self.same(key)]
+
+    def items(self) -> list[dict[str, Any]]:
+        return [self._item(key) for key in self.shared]
+
+    def _item(self, key: Key) -> dict[str, Any]:
+        first = self.answers[0][key]
+        return {"item_id": key[0], "sample": key[1], "expected": first.expected,
+                "answers": {r: a[key].parsed for r, a in zip(self.run_ids, self.answers)},
+                "correct": {r: a[key].correct for r, a in zip(self.run_ids, self.answers)},
+                "agree": self.same(key)}
+
+    def to_json(self, only_diff: bool = False) -> dict[str, Any]:
+        data = {"runs": self.runs, "shared": len(self.shared), "agreement": self.agreement, "pairs": self.pairs}
+        if only_diff:
+            data["differences"] = self.differences()
+        return data
+
+
+def compare_runs(runs: Sequence[RunPaths]) -> Comparison:
+    """Compare two or more runs over the keys they all share."""
+    run_ids = [p.run_id for p in runs]
+    if len(runs) < 2:
+        raise InputError("name at least two runs to compare")
+    if len(set(run_ids)) != len(run_ids):
+        raise InputError(f"a run is named twice: {' '.join(run_ids)}")
+    answers = [_load(p) for p in runs]
+    shared = _shared(answers)
+    if not shared:
+        raise InputError(f"runs {', '.join(run_ids)} share no finished (item, sample); nothing to compare")
+    rows = [_run_row(p, a, shared) for p, a in zip(runs, answers)]
+    agreement = [[_agreement(a, b, shared) for b in answers] for a in answers]
+    pairs = [_pair(run_ids[i], run_ids[j], answers[i], answers[j], shared)
+             for i in range(len(runs)) for j in range(i + 1, len(runs))]
+    return Comparison(run_ids, rows, shared, answers, agreement, pairs)
+
+
+def _load(paths: RunPaths) -> dict[Key, Answer]:
+    index = AnswerIndex(paths.responses)
+    index.refresh()
+    return index.answers
+
+
+def _shared(answers: Sequence[dict[Key, Answer]]) -> list[Key]:
+    """Keys in every run, in natural item order ("q2" before "q10"), then by sample."""
+    rest = [a.keys() for a in answers[1:]]
+    return sorted((key for key in answers[0] if all(key in r for r in rest)), key=key_order)
+
+
+def key_order(key: Key) -> tuple:
+    """Sort key of an (item_id, sample): digit runs in the id compare as numbers."""
+    parts = re.split(r"(\d+)", key[0])
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in parts), key[1]
+
+
+def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key]) -> dict[str, Any]:
+    scored = [answers[k].correct for k in shared if answers[k].correct is not None]
+    right = sum(scored)
+    return {"run_id": paths.run_id, "model": _model(paths), "finished": len(answers), "left_out": len(answers) - len(shared),
+            "scored": len(scored), "correct": right, "accuracy": round(right / len(scored), 6) if scored else None,
+            "ci95": wilson(right, len(scored))}
+
+
+def _model(paths: RunPaths) -> str:
+    from .runs import read_summary
+
+    return str(read_summary(paths).get("model") or "")
+
+
+def _agreement(a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> float:
+    same = sum(normalized(a[k].parsed) == normalized(b[k].parsed) for k in shared)
+    return round(same / len(shared), 6)
+
+
+def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> dict[str, Any]:
+    table = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
+    for k in shared:
+        if a[k].correct is not None and b[k].correct is not None:
+            table[(a[k].correct, b[k].correct)] += 1
+    only_a, only_b = table[(True, False)], table[(False, True)]
+    p = mcnemar_exact(only_a, only_b)
+    return {"a": name_a, "b": name_b, "agreement": _agreement(a, b, shared), "both_correct": table[(True, True)],
+            "only_a_correct": only_a, "only_b_correct": only_b, "both_wrong": table[(False, False)],
+            "p_value": round(p, 6), "significant": p < 0.05}
+
+
+def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int:
+    """The per-item table (every shared key, or only those that differ) as CSV; row count."""
+    items = comparison.differences() if only_diff else comparison.items()
+    header = ["item_id", "sample", "expected"]
+    for run in comparison.run_ids:
+        header += [f"{run}.parsed", f"{run}.correct"]
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow([*header, "agree"])
+            writer.writerows(_csv_row(item, comparison.run_ids) for item in items)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return len(items)
+
+
+def _csv_row(item: dict[str, Any], run_ids: Iterable[str]) -> list[Any]:
+    row = [item["item_id"], item["sample"], as_text(item["expected"])]
+    for run in run_ids:
+        correct = item["correct"][run]
+        row += [as_text(item["answers"][run]), "" if correct is None else str(correct).lower()]
+    return [*row, str(item["agree"]).lower()]

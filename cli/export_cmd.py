@@ -8,7 +8,7 @@ import typer
 
 from ledger.errors import InputError
 from ledger.layout import find_run
-from projections.export import FORMATS, export as export_runs
+from projections.formats import FORMATS
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -24,6 +24,8 @@ def export(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Export runs as Arrow (IPC file), Parquet, CSV, JSONL, xlsx or OpenAI Batch output."""
+    from projections.export import export as export_runs
+
     with handled():
         if len(args) < 2:
             raise InputError("name at least one run and a format, e.g. `ledger export RUN parquet`")

@@ -8,7 +8,10 @@ from typing import Any
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from runners.engine import Progress as RunProgress
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runners.engine import Progress as RunProgress
 
 from .common import err
 
@@ -32,7 +35,7 @@ def make_bar() -> Progress:
 def ticker(bar: Progress, task: Any, price: tuple[float | None, float | None], show_first: bool = False):
     shown = [not show_first]
 
-    def tick(p: RunProgress) -> None:
+    def tick(p: "RunProgress") -> None:
         if not shown[0] and p.first_reply is not None:
             shown[0] = True
             request, reply = p.first_reply

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from ledger.layout import find_run
-from runners.config import RunConfig
-from runners.session import Prepared, Session, plan_only, prepare, prepare_resume
 
 from .app import app
+
+if TYPE_CHECKING:
+    from runners.session import Prepared, Session
 from .common import RunsDir, err, handled, out
 from .progress import make_bar, summary_table, ticker
 
@@ -48,6 +49,9 @@ def run(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of DATASET against a model; resumable at any moment."""
+    from runners.config import RunConfig
+    from runners.session import plan_only, prepare
+
     with handled():
         config = RunConfig(
             model=model or "sim-1", base_url=(base_url or [""])[0], base_urls=list(base_url or []), api_key_env=api_key_env,
@@ -74,6 +78,8 @@ def resume(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent."""
+    from runners.session import prepare_resume
+
     with handled():
         prepared = prepare_resume(find_run(runs_dir, run), skip_failed)
         raise typer.Exit(_execute(prepared, False))
@@ -93,7 +99,9 @@ def _sim(text: str | None) -> dict:
     return value
 
 
-def _execute(prepared: Prepared, show_first: bool) -> int:
+def _execute(prepared: "Prepared", show_first: bool) -> int:
+    from runners.session import Session
+
     config = prepared.config
     session = Session(prepared)
     reason = "error"
@@ -118,7 +126,7 @@ def _execute(prepared: Prepared, show_first: bool) -> int:
     return 1 if summary["counts"]["failed"] else 0
 
 
-def _print_header(prepared: Prepared, session: Session) -> None:
+def _print_header(prepared: "Prepared", session: "Session") -> None:
     config = prepared.config
     endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
     out.print(f"run {prepared.paths.run_id}")

@@ -7,8 +7,6 @@ from typing import Annotated
 
 import typer
 
-from runners.simulator import SimConfig, Simulator
-
 from .app import app
 from .common import out
 
@@ -29,6 +27,8 @@ def simulate(
     request_log: Annotated[str, typer.Option("--request-log", help="Append one JSON line per request here.")] = "",
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
+    from runners.simulator import SimConfig, Simulator
+
     config = SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
                        retry_after=retry_after, rate_500=error_rate, rate_hang=hang_rate, rate_reset=reset_rate,
                        rate_malformed=malformed_rate, request_log=request_log)

@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 
 from .errors import LogLockedError
 
-__all__ = ["RunLock", "holder_pid"]
+__all__ = ["RunLock", "holder_pid", "is_locked"]
+
+# A reader's is_locked() takes a shared lock for an instant; a writer retries this often
+# (10 ms apart) before concluding that another writer really holds the run.
+_TRIES = 20
 
 
 class RunLock:
@@ -22,11 +27,15 @@ class RunLock:
     @classmethod
     def acquire(cls, path: str) -> "RunLock":
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise LogLockedError(path.removesuffix(".lock"), holder_pid(path)) from None
+        for attempt in range(_TRIES):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == _TRIES - 1:
+                    os.close(fd)
+                    raise LogLockedError(path.removesuffix(".lock"), holder_pid(path)) from None
+                time.sleep(0.01)  # maybe a reader's is_locked() probe, held for microseconds
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)

@@ -55,9 +55,14 @@ def _frames(f, path: str, offset: int, size: int) -> Iterator[Frame]:
         frame = check.frame
         if frame is not None and expected_seq is not None and frame.first_seq != expected_seq:
             frame, check = None, check._replace(reason=f"seq gap: expected {expected_seq}")
+        if frame is None and not check.reason.startswith("seq gap"):
+            frame = _recheck(f, path, offset, check.reason)
+            buf, buf_off = memoryview(b""), frame.end if frame else offset
         if frame is None:
             _raise_unless_tail(f, path, offset, check.reason)
             return
+        if expected_seq is not None and frame.first_seq != expected_seq:
+            raise CorruptLogError(path, offset, f"seq gap: expected {expected_seq}, found {frame.first_seq}")
         expected_seq = frame.first_seq + len(frame.events)
         yield frame
         offset = frame.end
@@ -71,6 +76,17 @@ def _refill(f, buf: memoryview, pos: int, offset: int, size: int) -> memoryview:
     f.seek(offset + len(rest))
     more = f.read(max(_CHUNK, min(need, size - offset)) - len(rest))
     return memoryview(rest + more)
+
+
+def _recheck(f, path: str, offset: int, reason: str) -> Frame | None:
+    """Read the frame again, fresh from the file: a live writer may have finished it since
+    our buffer was filled (a reader must not call a frame in progress corrupt)."""
+    f.seek(offset)
+    head = f.read(FRAME_OVERHEAD)
+    if len(head) < 8:
+        return None
+    data = head + f.read(int.from_bytes(head[4:8], "little"))
+    return check_frame(data, 0, offset).frame
 
 
 def _raise_unless_tail(f, path: str, offset: int, reason: str) -> None:

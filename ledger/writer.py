@@ -27,7 +27,7 @@ from typing import Any
 import msgspec
 
 from .errors import LogClosedError, LogError, LogWriteError
-from .events import Event, encode, encode_many
+from .events import Event, EventBase, encode, encode_many
 from .framing import MAX_FRAME, Frame, encode_frame, file_header
 from .fsio import fsync_dir
 from .lock import RunLock
@@ -150,6 +150,9 @@ class LogWriter:
         self._put(list(events), None)
 
     def _put(self, events: list[Event], waiter: Any) -> None:
+        for event in events:
+            if not isinstance(event, EventBase):
+                raise TypeError(f"not a ledger event: {type(event).__name__}")
         if self._dead is not None:
             raise LogClosedError(f"{self.path}: writer stopped: {self._dead}") from self._dead
         if self._closing:
@@ -193,7 +196,10 @@ class LogWriter:
                 closing = True
                 batch = [item for item in batch if item is not _CLOSE]
             if batch and self._dead is None:
-                self._commit(batch)
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # a bug or a bad event must fail its producers, not hang them
+                    self._fail(batch, LogError(f"{self.path}: could not commit: {type(exc).__name__}: {exc}"))
             elif batch:
                 self._fail(batch, LogClosedError(f"{self.path}: writer stopped: {self._dead}"))
 

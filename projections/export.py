@@ -27,12 +27,13 @@ import pyarrow as pa
 from ledger.errors import InputError
 from ledger.layout import RunPaths
 
-from .projector import Projector
+from .formats import FORMATS
+from .fold import RunState
+from .projector import Checkpoint, refresh
 from .summary import summarize
 
 __all__ = ["FORMATS", "SCHEMA", "export", "row_batches"]
 
-FORMATS = ("arrow", "parquet", "csv", "jsonl", "xlsx", "openai-batch")
 BATCH = 65536
 _json = msgspec.json.Encoder(order="deterministic")
 
@@ -83,6 +84,8 @@ def _superseded(path: str) -> set[int]:
     dropped: set[int] = set()
     with open(path, "rb") as f:
         for n, line in enumerate(f):
+            if not line.endswith(b"\n"):
+                break
             row = _decode_row(line)
             key = row.item_id.encode() + b"\0" + str(row.sample).encode()
             if key in last:
@@ -92,14 +95,16 @@ def _superseded(path: str) -> set[int]:
 
 
 def _rows(paths: RunPaths) -> Iterator[_Row]:
-    projector = Projector.open(paths)
-    expected_lines = projector.state.totals.done + projector.state.totals.failed
-    projector.close()
+    """Rows of a run: up to date with its log, or as its live writer has them so far."""
+    state = refresh(paths)
     with open(paths.responses, "rb") as f:
-        lines = sum(1 for _ in f)
-    dropped = _superseded(paths.responses) if lines != expected_lines else set()
+        lines = sum(1 for line in f if line.endswith(b"\n"))
+    unique = state is not None and lines == state.totals.done + state.totals.failed
+    dropped = set() if unique else _superseded(paths.responses)
     with open(paths.responses, "rb") as f:
         for n, line in enumerate(f):
+            if not line.endswith(b"\n"):
+                break  # a live writer's line in progress
             if n not in dropped:
                 yield _decode_row(line)
 
@@ -168,8 +173,14 @@ def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False
     return rows
 
 
-def _state(paths: RunPaths):
-    projector = Projector.open(paths)
-    projector.close()
-    return projector.state
+def _state(paths: RunPaths) -> RunState:
+    """The fold's state, current; for a live run, as of its projector's last checkpoint."""
+    state = refresh(paths)
+    if state is not None:
+        return state
+    try:
+        with open(paths.checkpoint, "rb") as f:
+            return msgspec.msgpack.decode(f.read(), type=Checkpoint).state
+    except (OSError, msgspec.DecodeError):
+        return RunState()
 

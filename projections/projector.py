@@ -27,14 +27,16 @@ import msgspec
 from ledger.events import Event, Parsed
 from ledger.framing import HEADER_SIZE, Frame
 from ledger.fsio import write_atomic
+from ledger.errors import LogLockedError
 from ledger.layout import RunPaths
+from ledger.lock import RunLock
 from ledger.reader import iter_frames, log_end
 
 from .fold import ConversationFile, Line, RunState, apply
 from .reparse import overrides
 from .summary import encode_summary
 
-__all__ = ["Projector", "rebuild"]
+__all__ = ["Projector", "rebuild", "refresh"]
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):
@@ -189,3 +191,22 @@ def rebuild(paths: RunPaths) -> Projector:
     projector.catch_up()
     projector.close()
     return projector
+
+
+def refresh(paths: RunPaths) -> RunState | None:
+    """Bring the projection files up to date, unless a live run owns them.
+
+    Takes the run's lock, so that no two processes ever write the same projection files.
+    Returns the fold's state, or None when a writer holds the run (its own projector keeps
+    the files current; read them as they are).
+    """
+    try:
+        lock = RunLock.acquire(paths.lock)
+    except LogLockedError:
+        return None
+    try:
+        projector = Projector.open(paths)
+        projector.close()
+        return projector.state
+    finally:
+        lock.release()

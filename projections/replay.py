@@ -13,6 +13,7 @@ from typing import Any
 from ledger import __version__
 from ledger.events import SessionEnded, SessionStarted
 from ledger.layout import RunPaths
+from ledger.lock import RunLock
 from ledger.writer import LogWriter
 
 from .parsers import make_parser
@@ -27,16 +28,22 @@ _BATCH = 4096
 
 def replay(paths: RunPaths, *, full: bool = False, reparse: str | None = None) -> dict[str, Any]:
     """Returns the summary after the replay (plus ``reparsed``: events appended)."""
-    appended = _reparse(paths, reparse) if reparse else 0
-    if full or reparse:
-        projector = rebuild(paths)
-    else:
-        projector = Projector.open(paths)
-        projector.close()
-    return {**summarize(projector.state), "reparsed": appended}
+    if reparse:
+        return _reparse(paths, reparse)
+    lock = RunLock.acquire(paths.lock)  # a live run's projector owns the files: refuse
+    try:
+        if full:
+            projector = rebuild(paths)
+        else:
+            projector = Projector.open(paths)
+            projector.close()
+    finally:
+        lock.release()
+    return {**summarize(projector.state), "reparsed": 0}
 
 
-def _reparse(paths: RunPaths, spec: str) -> int:
+def _reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
+    """Append the new parses and rebuild, all under the writer's lock."""
     parser = make_parser(spec)
     with LogWriter.open(paths.log) as writer:
         last_status = _last_status(paths)
@@ -51,7 +58,8 @@ def _reparse(paths: RunPaths, spec: str) -> int:
             writer.append_many(batch)
             n += len(batch)
         writer.append(SessionEnded(reason=last_status))
-    return n
+        projector = rebuild(paths)
+    return {**summarize(projector.state), "reparsed": n}
 
 
 def _last_status(paths: RunPaths) -> str:

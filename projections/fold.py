@@ -7,14 +7,18 @@ the event completes: a ``responses.jsonl`` line, a conversation file. The projec
 from event data (never the clock), so the files are byte-identical either way.
 
 An (item, sample) is *finished* by a ``parsed`` event of its final turn (done) or by a
-``failed`` event with ``final`` (failed). A key that finishes again later (a failed item
-retried by a resume, or a re-parse) gets a new line that supersedes the earlier one:
-readers and exports keep the last line per key.
+``failed`` event with ``final`` (failed). A finally failed item is kept (``state.failed``,
+with its replies) so that a resume continues it where it stopped and its attempts keep
+counting; if it then finishes, it gets a new line that supersedes the failed one (readers
+and exports keep the last line per key). A failed item with an expected answer counts as
+scored and incorrect until it succeeds. Re-parses do not add lines: a rebuild applies them
+at the position of the original parse (reparse.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from urllib.parse import quote
 from typing import Any, NamedTuple
 
 import msgspec
@@ -78,7 +82,7 @@ class RunState(msgspec.Struct, kw_only=True):
     last_ts: float = 0.0
     last_seq: int = 0
     open: dict[str, OpenItem] = {}
-    failed_keys: dict[str, bool] = {}
+    failed: dict[str, OpenItem] = {}  # finally failed, kept for a resume to continue
     totals: Totals = msgspec.field(default_factory=Totals)
 
 
@@ -128,10 +132,11 @@ def _run_started(state: RunState, event: RunStarted) -> None:
 
 
 def _started(state: RunState, event: Started) -> None:
-    item = state.open.get(key_of(event.item_id, event.sample))
+    key = key_of(event.item_id, event.sample)
+    item = state.open.get(key) or state.failed.get(key)  # a failed item retried continues
     if item is None:
         item = OpenItem(item_id=event.item_id, sample=event.sample, expected=event.expected, first_ts=event.ts)
-        state.open[key_of(event.item_id, event.sample)] = item
+    state.open[key] = item
     item.model = str(event.request.get("model", state.model))
     item.messages = list(event.request.get("messages", []))
     item.attempts += 1
@@ -177,8 +182,9 @@ def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:
         totals.scored += 1
         totals.correct += correct
         totals.labels.append([_label(item.expected), _label(event.value) if event.ok else None])
-    if state.failed_keys.pop(key, None):
+    if state.failed.pop(key, None) is not None:
         totals.failed -= 1
+        totals.scored -= item.expected not in (None, "")  # it had counted as scored, incorrect
     if int(state.config.get("samples", 1) or 1) > 1:
         totals.per_item.setdefault(item.item_id, []).append([correct, _label(event.value) if event.ok else None])
     return _finish(state, item, event.value if event.ok else None, correct, event.error, event)
@@ -187,7 +193,7 @@ def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:
 def _failed(state: RunState, event: Failed) -> list[Line | ConversationFile]:
     key = key_of(event.item_id, event.sample)
     item = state.open.get(key)
-    if item is None and event.final:  # refused before any request (e.g. over --max-context)
+    if item is None and event.final and key not in state.failed:  # refused before any request (--max-context)
         item = state.open[key] = OpenItem(item_id=event.item_id, sample=event.sample, model=state.model, first_ts=event.ts)
     if item is None:
         return []
@@ -197,10 +203,12 @@ def _failed(state: RunState, event: Failed) -> list[Line | ConversationFile]:
         state.totals.retries += 1
         return []
     state.open.pop(key)
-    if not state.failed_keys.get(key):
-        state.failed_keys[key] = True
+    scored = item.expected not in (None, "")
+    if key not in state.failed:
+        state.failed[key] = item
         state.totals.failed += 1
-    return _finish(state, item, None, False if item.expected not in (None, "") else None, error, event)
+        state.totals.scored += scored
+    return _finish(state, item, None, False if scored else None, error, event)
 
 
 def _finish(state: RunState, item: OpenItem, parsed: Any, correct: bool | None, error: str | None, event: Event) -> list[Line | ConversationFile]:
@@ -243,5 +251,6 @@ def _label(value: Any) -> Any:
 
 
 def _safe(item_id: str) -> str:
-    """An item id as a file name: keep [A-Za-z0-9._-], percent-encode the rest."""
-    return "".join(c if c.isascii() and (c.isalnum() or c in "._-") else f"%{ord(c):02X}" for c in item_id) or "%"
+    """An item id as a file name: [A-Za-z0-9._~-] kept, every other UTF-8 byte as %XX
+    (fixed width, so distinct ids never share a name)."""
+    return quote(item_id, safe="._-") or "%"

@@ -92,11 +92,13 @@ def _json(path: str) -> Callable[[str], Any]:
     return parse
 
 
+# Most specific first. A letter followed by a lower-case word is prose, not a choice: the
+# article in "the answer is a tricky one", or "A cat", "I am sure".
 _CHOICE_PATTERNS = [
-    re.compile(r"answer\s*(?:is|:)?\s*\(?\b([A-J])\b\)?", re.IGNORECASE),
+    re.compile(r"(?i:answer\s*(?:is|:)?\s*\(?\b([A-J])\b\)?)(?!\s+[a-z])"),
     re.compile(r"\(([A-J])\)"),
     re.compile(r"^\s*([A-J])[\s.):]*$", re.MULTILINE),
-    re.compile(r"\b([A-J])\b"),
+    re.compile(r"\b([A-J])\b(?!\s+[a-z])"),
 ]
 
 
@@ -108,7 +110,8 @@ def _choice(text: str) -> str:
     raise NoMatch("no choice letter A-J")
 
 
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
+# A minus sign only where it cannot be a hyphen or a range dash ("3-5", "2024-01-15").
+_NUMBER = re.compile(r"(?:(?<![\w.])-)?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 
 
 def _number(text: str) -> int | float:

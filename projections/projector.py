@@ -38,9 +38,11 @@ from .summary import encode_summary
 
 __all__ = ["Projector", "rebuild", "refresh"]
 
+_VERSION = 2
+
 
 class Checkpoint(msgspec.Struct, kw_only=True):
-    version: int = 1
+    version: int = _VERSION
     offset: int = HEADER_SIZE
     seq: int = 0
     responses_bytes: int = 0
@@ -48,6 +50,7 @@ class Checkpoint(msgspec.Struct, kw_only=True):
 
 
 _encode = msgspec.msgpack.Encoder().encode
+# Bumped whenever RunState changes shape: an older checkpoint means a full rebuild.
 _decode = msgspec.msgpack.Decoder(Checkpoint).decode
 
 
@@ -79,7 +82,9 @@ class Projector:
     def open(cls, paths: RunPaths, **kw: float) -> "Projector":
         """Load the checkpoint, repair the files from it, catch up with the log."""
         projector = cls(paths, **kw)
+        projector._remove_stale_temps()
         if not projector._load():
+            projector.overrides = overrides(paths.log)  # a full fold must see re-parses too
             projector._reset()
         projector._open_responses()
         projector.catch_up()
@@ -92,12 +97,22 @@ class Projector:
             size = os.path.getsize(self.paths.responses)
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             return False
+        if ckpt.version != _VERSION:
+            return False
         if ckpt.offset > log_end(self.paths.log) or size < ckpt.responses_bytes:
             return False
         if size > ckpt.responses_bytes:
             os.truncate(self.paths.responses, ckpt.responses_bytes)
         self.ckpt = ckpt
         return True
+
+    def _remove_stale_temps(self) -> None:
+        """Temp files of a process killed between write and rename (we hold the run now)."""
+        for directory in (self.paths.dir, self.paths.conversations):
+            if os.path.isdir(directory):
+                for name in os.listdir(directory):
+                    if ".tmp." in name:
+                        os.unlink(os.path.join(directory, name))
 
     def _reset(self) -> None:
         for path in (self.paths.responses, self.paths.summary, self.paths.checkpoint):
@@ -125,15 +140,18 @@ class Projector:
         if not frames:
             return
         lines: list[bytes] = []
+        conversations: dict[str, bytes] = {}  # one write per file per batch: last wins
         for frame in frames:
             if frame.first_seq + len(frame.events) - 1 <= self.ckpt.seq:
                 continue  # already applied (a listener and a catch-up may overlap)
             for event in frame.events:
                 if event.seq > self.ckpt.seq:
-                    self._apply_event(event, lines)
+                    self._apply_event(event, lines, conversations)
             self.ckpt.offset = frame.end
-        if len(self._pending) > 4096:
-            self._drain()  # bound the memory of queued writes
+        for name, data in conversations.items():
+            path = os.path.join(self.paths.conversations, name)
+            self._pending.append(self._pool.submit(write_atomic, path, data))
+        self._drain()  # no two writes of one file ever overlap across batches
         if lines:
             data = b"".join(lines)
             self._responses.write(data)
@@ -141,13 +159,12 @@ class Projector:
             self.ckpt.responses_bytes += len(data)
         self.maybe_refresh()
 
-    def _apply_event(self, event: Event, lines: list[bytes]) -> None:
+    def _apply_event(self, event: Event, lines: list[bytes], conversations: dict[str, bytes]) -> None:
         for out in apply(self.ckpt.state, event, self.overrides):
             if isinstance(out, Line):
                 lines.append(out.data)
             elif isinstance(out, ConversationFile):
-                path = os.path.join(self.paths.conversations, out.name)
-                self._pending.append(self._pool.submit(write_atomic, path, out.data))
+                conversations[out.name] = out.data
         self.ckpt.seq = event.seq
 
     # -- writing -------------------------------------------------------------------------

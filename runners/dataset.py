@@ -121,7 +121,7 @@ def _jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
                 continue
             try:
                 record = _json_decode(raw)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 raise InputError(f"{path}:{n}: not valid JSON ({_utf8_hint(raw, exc)})") from exc
             if not isinstance(record, dict):
                 raise InputError(f"{path}:{n}: expected a JSON object, got {type(record).__name__}")
@@ -137,19 +137,27 @@ def _utf8_hint(raw: bytes, exc: Exception) -> str:
 
 
 def _csv(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """CSV with a header row, UTF-8 (a byte-order mark, as Excel writes it, is dropped)."""
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
+        with open(path, "rb") as f:
+            reader = csv.DictReader(_decoded_lines(path, f))
             if not reader.fieldnames:
                 return
             for record in reader:
                 if None in record:
                     raise InputError(f"{path}:{reader.line_num}: more values than header columns")
                 yield reader.line_num, {k: v for k, v in record.items() if v is not None}
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: invalid UTF-8 ({exc.reason} at byte {exc.start})") from exc
     except csv.Error as exc:
         raise InputError(f"{path}: malformed CSV: {exc}") from exc
+
+
+def _decoded_lines(path: str, f: Any) -> Iterator[str]:
+    """Lines as text, so that a bad byte is reported with the line it is on."""
+    for n, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{path}:{n}: invalid UTF-8 ({exc.reason} at byte {exc.start} of the line)") from exc
 
 
 def _parquet(path: str) -> Iterator[tuple[int, dict[str, Any]]]:

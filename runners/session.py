@@ -211,7 +211,7 @@ class Session:
                 elif state.state == FAILED:
                     found.failed += 1
                     if not self.prepared.skip_failed:
-                        yield Work(item, sample, attempts=state.attempts)
+                        yield self._continue(item, sample, state.attempts)
                 else:
                     found.in_flight += state.state == IN_FLIGHT
                     found.in_flight_tokens += _estimate_tokens(item)
@@ -219,7 +219,8 @@ class Session:
 
     def _continue(self, item: Item, sample: int, attempts: int) -> Work:
         """Continue a multi-turn item after its last completed turn, history from the log."""
-        open_item = self.projector.state.open.get(key_of(item.id, sample))
+        key = key_of(item.id, sample)
+        open_item = self.projector.state.open.get(key) or self.projector.state.failed.get(key)
         replies = _last_reply_per_turn(open_item)
         done_turns = 0
         while done_turns in replies and done_turns < len(item.turns) - 1:

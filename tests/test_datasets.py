@@ -31,16 +31,10 @@ CASES: dict[str, tuple[str, bytes, list[str], str, str]] = {
                       "{f}:3:", "duplicate id 'a'"),
     "empty_file": ("d.jsonl", b"", [], "{f}:", "no items"),
     "invalid_utf8_jsonl": pytest.param(
-        "d.jsonl", GOOD + b'{"id": "b", "prompt": "caf\xe9"}\n', [], "{f}:2:", "UTF-8",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: runners/dataset.py _jsonl catches only msgspec.DecodeError, but msgspec raises "
-            "UnicodeDecodeError on invalid UTF-8: `ledger run` dies with a traceback and exit 1"))),
+        "d.jsonl", GOOD + b'{"id": "b", "prompt": "caf\xe9"}\n', [], "{f}:2:", "UTF-8"),
     "csv_too_many_columns": ("d.csv", b"id,prompt\n1,one\n2,two,extra\n", [], "{f}:3:", "more values than header"),
     "invalid_utf8_csv": pytest.param(
-        "d.csv", b"id,prompt\n1,one\n2,caf\xe9\n", [], "{f}:3:", "UTF-8",
-        marks=pytest.mark.xfail(strict=True, reason=(
-            "BUG: runners/dataset.py _csv reports invalid UTF-8 as 'FILE: invalid UTF-8 (... at byte N)' "
-            "without the line number DESIGN requires ('file:line: what is wrong')"))),
+        "d.csv", b"id,prompt\n1,one\n2,caf\xe9\n", [], "{f}:3:", "UTF-8"),
     "unknown_template_field": ("d.jsonl", b'{"id": "a", "prompt": "one", "topic": "t"}\n{"id": "b", "prompt": "two"}\n',
                                ["--template", "{prompt} ({topic})"], "{f}:2:", "'topic'"),
     "unknown_parser": ("d.jsonl", GOOD, ["--parser", "bogus"], "", "--parser 'bogus'"),
@@ -191,10 +185,6 @@ def test_a_directory_is_not_a_dataset(tmp_path):
         scan(str(tmp_path / "dir.jsonl"))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/dataset.py _csv opens CSV files with encoding='utf-8', not 'utf-8-sig': a CSV "
-    "saved with a byte-order mark (Excel's 'CSV UTF-8') gets a header '\\ufeffid', so every id "
-    "silently becomes the line number and '\\ufeffid' lands in the metadata"))
 def test_csv_with_a_byte_order_mark_keeps_its_ids(tmp_path):
     path = _write(tmp_path, "d.csv", "\ufeffid,prompt\nx1,hello\nx2,world\n".encode("utf-8"))
     assert [(i.id, i.metadata) for i in iter_items(path)] == [("x1", {}), ("x2", {})]

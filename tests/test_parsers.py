@@ -39,10 +39,6 @@ def test_choice_without_a_letter_is_a_failed_parse_not_a_crash():
     assert result.ok is False and result.value is None and result.error.startswith("NoMatch")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: projections/parsers.py _choice: the first pattern is case-insensitive, so the article "
-    "'a' in 'The answer is a ...' is taken as choice A (it wins over a later '(C)'); likewise the "
-    "pronoun 'I' after the letter ('B. I am sure.') is taken as choice I by the last pattern"))
 @pytest.mark.parametrize("text,letter", [
     ("The answer is a tricky one, but I would pick (C).", "C"),
     ("B. I am quite sure.", "B"),
@@ -74,9 +70,6 @@ def test_number_without_a_number_fails():
     assert (result.ok, result.error) == (False, "NoMatch: no number")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: projections/parsers.py _number: the pattern '-?\\d+' takes a hyphen after a digit as a "
-    "minus sign, so 'pages 3-5' parses as -5 and '2024-01-15' as -15"))
 @pytest.mark.parametrize("text,value", [("Read pages 3-5", 5), ("Due 2024-01-15", 15)])
 def test_number_hyphen_is_not_a_minus_sign(text, value):
     assert parsed("number", text) == value

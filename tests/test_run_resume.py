@@ -242,11 +242,6 @@ def test_failed_items_exit_1_and_resume_retries_them_unless_skip_failed(cli, tmp
     assert len(requests_of(req_log)) == 20
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/session.py Session._works retries a finally failed item from turn 0 "
-    "(Work(item, sample, attempts=...)), re-requesting turns whose replies are in the log; "
-    "the fold (projections/fold.py _failed) also drops the item's replies from state.open, "
-    "so the history could not be rebuilt anyway"))
 def test_multi_turn_item_failed_late_resumes_from_its_last_reply(cli, tmp_path):
     """A multi-turn item that failed at turn 1 or 2 must not pay again for its earlier turns."""
     records = [{"id": f"m{i}", "turns": [f"Item {i} turn {t}. answer: R{i}-{t}" for t in range(3)],

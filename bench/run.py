@@ -9,7 +9,12 @@ measure client-side overhead; each contender is measured ``--repeat`` times (med
 ``--rss-items N`` also runs `ledger run` as a subprocess on an N-item dataset and reports
 its peak RSS (target: under 300 MB for 200,000 items).
 
-    python bench/run.py [--items 3000] [--concurrency 32 256] [--rss-items 200000]
+    python bench/run.py [--items 3000] [--concurrency 32 256] [--rss-items 200000] [--limits]
+
+``--limits`` adds: against a simulator answering 20% of requests with 429, completed
+requests per second of ``ledger`` vs a tenacity-only loop at the same concurrency (target
+>= 1.0 with fewer requests wasted), and the request rate ``--rpm R`` produces, measured at
+the simulator (target: within 5% of R; the busiest window never above the allowance).
 """
 
 from __future__ import annotations
@@ -41,8 +46,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_simulator(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "simulate", "--port", str(port)],
+def start_simulator(port: int, *flags: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "simulate", "--port", str(port), *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
@@ -91,8 +96,8 @@ async def bare(base_url: str, n: int, concurrency: int, sink: str | None = None)
     return n / elapsed
 
 
-def ledger_rate(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: str) -> float:
-    config = RunConfig(model="sim-1", base_url=base_url, concurrency=concurrency, parser="text")
+def ledger_rate(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: str, **options) -> float:
+    config = RunConfig(model="sim-1", base_url=base_url, concurrency=concurrency, parser="text", **options)
     prepared = prepare(dataset, config, runs_dir, None)
     session = Session(prepared)
     session.begin()
@@ -101,6 +106,87 @@ def ledger_rate(base_url: str, dataset: str, n: int, concurrency: int, runs_dir:
     reason = session.execute(works)
     session.close(reason)  # every event durable and projections written: part of the cost
     return n / (time.perf_counter() - start)
+
+
+async def tenacity_only(base_url: str, n: int, concurrency: int) -> tuple[float, int]:
+    """A careful script: semaphore + tenacity exponential backoff with jitter on 429/5xx,
+    Retry-After ignored (most scripts do). Returns (completed per s, requests sent)."""
+    from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_random_exponential
+
+    client = make_client(base_url, "EMPTY", 60, concurrency)
+    slots = asyncio.Semaphore(concurrency)
+    sent = 0
+
+    async def one(prompt: str) -> None:
+        nonlocal sent
+        async with slots:
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(12), reraise=True,
+                                               wait=wait_random_exponential(multiplier=0.05, max=5),
+                                               retry=retry_if_exception_type((openai.RateLimitError, openai.InternalServerError))):
+                with attempt:
+                    sent += 1
+                    await client.chat.completions.create(model="sim-1", messages=[{"role": "user", "content": prompt}])
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(p) for p in prompts(n)))
+    elapsed = time.perf_counter() - start
+    await client.close()
+    return n / elapsed, sent
+
+
+def sent_requests(request_log: str) -> int:
+    with open(request_log) as f:
+        return sum(1 for _ in f)
+
+
+def rate_limited(tmp: str, items: int, concurrency: int, capacity: float) -> dict:
+    """Against a simulator with a real capacity (a token bucket: over it, 429 with an honest
+    Retry-After), set so that the tenacity loop gets about 20% 429s."""
+    port = free_port()
+    log = os.path.join(tmp, "requests-429.jsonl")
+    sim = start_simulator(port, "--capacity", str(capacity), "--request-log", log)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    dataset = os.path.join(tmp, "data429.jsonl")
+    write_dataset(dataset, items)
+    try:
+        loop_rate, loop_sent = asyncio.run(tenacity_only(base_url, items, concurrency))
+        before = sent_requests(log)
+        ledger = ledger_rate(base_url, dataset, items, concurrency, os.path.join(tmp, "runs429"), retries=12)
+        ledger_sent = sent_requests(log) - before
+    finally:
+        sim.terminate()
+        sim.wait()
+    with open(log) as f:
+        outcomes = [json.loads(line)["outcome"] for line in f]
+    loop_429 = sum(o != "ok" for o in outcomes[:loop_sent]) / max(1, loop_sent)
+    ledger_429 = sum(o != "ok" for o in outcomes[loop_sent:]) / max(1, ledger_sent)
+    return {"capacity_rps": capacity, "tenacity_loop_429_share": round(loop_429, 3), "ledger_429_share": round(ledger_429, 3),
+            "items": items, "concurrency": concurrency, "ledger_per_s": round(ledger, 1), "tenacity_loop_per_s": round(loop_rate, 1),
+            "ledger_vs_tenacity_loop": round(ledger / loop_rate, 3), "ledger_requests": ledger_sent,
+            "tenacity_loop_requests": loop_sent, "target_ge_1_0_and_fewer_wasted": ledger >= loop_rate and ledger_sent <= loop_sent}
+
+
+def rpm_limited(tmp: str, rpm: int, items: int) -> dict:
+    """The request rate `--rpm R` actually produces, measured at the simulator."""
+    port = free_port()
+    log = os.path.join(tmp, "requests-rpm.jsonl")
+    sim = start_simulator(port, "--request-log", log)
+    dataset = os.path.join(tmp, "data-rpm.jsonl")
+    write_dataset(dataset, items)
+    try:
+        ledger_rate(f"http://127.0.0.1:{port}/v1", dataset, items, 16, os.path.join(tmp, "runs-rpm"), rpm=rpm)
+    finally:
+        sim.terminate()
+        sim.wait()
+    with open(log) as f:
+        times = sorted(json.loads(line)["t"] for line in f)
+    span = times[-1] - times[0]
+    measured = (len(times) - 1) / span * 60 if span > 0 else 0.0
+    window = 60.0 * 10 / rpm  # the time R/6 requests may take: the busiest such window
+    busiest = max(sum(1 for u in times[i:] if u - t < window) for i, t in enumerate(times))
+    return {"rpm": rpm, "requests": len(times), "measured_rpm": round(measured, 1),
+            "within_5pct": abs(measured - rpm) <= 0.05 * rpm, "busiest_window_requests": busiest,
+            "window_allowance": 10, "never_above": busiest <= 10 + 1}
 
 
 def peak_rss_mb(base_url: str, n: int, tmp: str) -> dict:
@@ -121,6 +207,9 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, nargs="+", default=[32, 256])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--rss-items", type=int, default=0)
+    ap.add_argument("--limits", action="store_true", help="also: 20%% 429s vs a tenacity loop, and --rpm accuracy")
+    ap.add_argument("--rpm", type=int, default=1200)
+    ap.add_argument("--capacity", type=float, default=150.0, help="simulator capacity (req/s) for the 429 comparison")
     args = ap.parse_args()
     port = free_port()
     sim = start_simulator(port)
@@ -144,6 +233,9 @@ def main() -> None:
                     "ledger_vs_naive": round(med["ledger"] / med["naive"], 3),
                     "target_ledger_ge_0_85_bare": med["ledger"] >= 0.85 * med["bare"],
                 }
+            if args.limits:
+                result["rate_limited"] = rate_limited(tmp, min(args.items, 1000), 32, args.capacity)
+                result["rpm_limit"] = rpm_limited(tmp, args.rpm, max(60, args.rpm // 4))
             if args.rss_items:
                 result.update(peak_rss_mb(base_url, args.rss_items, tmp))
                 result["target_rss_lt_300mb"] = result["peak_rss_mb"] < 300

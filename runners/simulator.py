@@ -52,6 +52,7 @@ class SimConfig(msgspec.Struct, kw_only=True):
     rate_malformed: float = 0.0
     request_log: str = ""  # path of the JSONL request log; "" keeps none
     down: bool = False  # every request gets a 503 (an outage)
+    capacity_rps: float = 0.0  # > 0: a real rate limit (token bucket, 0.1 s burst); over it, 429
 
 
 def reply_text(prompt: str, seed: int = 0) -> str:
@@ -75,6 +76,8 @@ class _State:
     requests: int = 0
     in_flight: int = 0
     max_in_flight: int = 0
+    tokens: float = 0.0
+    refilled: float = 0.0
 
 
 def build_app(config: SimConfig) -> tuple[Starlette, _State]:
@@ -105,18 +108,19 @@ async def _chat(state: _State, request: Request) -> Response:
     config = state.config
     body = msgspec.json.decode(await request.body())
     key = request.headers.get("x-ledger-key", "")
-    outcome = "down" if config.down else _draw_fault(state)
+    outcome = "down" if config.down else _over_capacity(state) or _draw_fault(state)
     _log(state, key, outcome)
     if config.latency or config.latency_jitter:
         await asyncio.sleep(max(0.0, config.latency + state.rng.uniform(-1, 1) * config.latency_jitter))
     match outcome:
         case "down":
             return JSONResponse({"error": {"message": "service unavailable"}}, status_code=503)
-        case "429":
+        case "429" | "capacity":
+            wait = config.retry_after if outcome == "429" else (1.0 - state.tokens) / config.capacity_rps
             return JSONResponse(
                 {"error": {"message": "rate limited", "type": "rate_limit"}},
                 status_code=429,
-                headers={"retry-after": f"{config.retry_after:g}"},
+                headers={"retry-after": f"{wait:.3f}"},
             )
         case "500":
             return JSONResponse({"error": {"message": "internal error"}}, status_code=500)
@@ -127,6 +131,21 @@ async def _chat(state: _State, request: Request) -> Response:
         case "malformed":
             return Response(b'{"choices": [ {"message": ', media_type="application/json")
     return Response(_json.encode(_completion(config, body)), media_type="application/json")
+
+
+def _over_capacity(state: _State) -> str:
+    """A token bucket like a provider's: refills at capacity_rps, holds 0.1 s worth."""
+    rate = state.config.capacity_rps
+    if rate <= 0:
+        return ""
+    now = time.monotonic()
+    burst = max(1.0, rate * 0.1)
+    state.tokens = min(burst, state.tokens + (now - state.refilled) * rate) if state.refilled else burst
+    state.refilled = now
+    if state.tokens >= 1.0:
+        state.tokens -= 1.0
+        return ""
+    return "capacity"
 
 
 def _draw_fault(state: _State) -> str:

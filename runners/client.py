@@ -22,7 +22,7 @@ import openai
 
 from ledger.errors import LedgerError
 
-__all__ = ["EndpointError", "Reply", "make_client", "send", "redact"]
+__all__ = ["EndpointError", "Reply", "make_client", "make_clients", "send", "redact"]
 
 _decode = msgspec.json.Decoder().decode
 _BEARER = re.compile(r"(?i)bearer\s+\S+")
@@ -56,6 +56,17 @@ def redact(text: str, secrets: tuple[str, ...]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "[redacted]")
     return _BEARER.sub("Bearer [redacted]", text)
+
+
+# httpcore's pool looks at every pooled connection on each request, so its cost per request
+# grows with the pool; several small pools (clients) keep that scan short at high concurrency.
+CONNECTIONS_PER_CLIENT = 8
+
+
+def make_clients(base_url: str, api_key: str, timeout: float, concurrency: int) -> list[openai.AsyncOpenAI]:
+    shards = max(1, -(-concurrency // CONNECTIONS_PER_CLIENT))
+    per = -(-concurrency // shards)
+    return [make_client(base_url, api_key, timeout, per) for _ in range(shards)]
 
 
 def make_client(base_url: str, api_key: str, timeout: float, concurrency: int) -> openai.AsyncOpenAI:

@@ -30,12 +30,17 @@ class GaveUp(Exception):
 @dataclass
 class Endpoint:
     url: str
-    client: openai.AsyncOpenAI
+    clients: list[openai.AsyncOpenAI]  # shards of the connection pool (see client.make_clients)
     limit: AdaptiveLimit
     breaker: Breaker = field(default_factory=Breaker)
     in_flight: int = 0
     paused_until: float = 0.0
     served: int = 0
+    _turn: int = 0
+
+    def client(self) -> openai.AsyncOpenAI:
+        self._turn = (self._turn + 1) % len(self.clients)
+        return self.clients[self._turn]
 
     def ready(self, now: float) -> bool:
         return self.paused_until <= now and self.in_flight < self.limit.current and self.breaker.can_send(now)

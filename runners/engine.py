@@ -161,7 +161,7 @@ class Engine:
             item, key = work.item, {"item_id": work.item.id, "sample": work.sample, "turn": turn, "attempt": attempt}
             self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected)])
             try:
-                reply = await send(endpoint.client, body, self.secrets, {"x-ledger-key": f"{item.id}/{work.sample}/{turn}"})
+                reply = await send(endpoint.client(), body, self.secrets, {"x-ledger-key": f"{item.id}/{work.sample}/{turn}"})
             except EndpointError as exc:
                 error = exc
                 final = not exc.retryable or last

@@ -39,7 +39,7 @@ from projections.prices import lookup
 from projections.projector import Projector
 
 from .breaker import Breaker
-from .client import make_client
+from .client import make_clients
 from .config import RunConfig
 from .dataset import DatasetInfo, Item, iter_items, scan
 from .endpoints import Endpoint, Pool
@@ -242,7 +242,7 @@ class Session:
         simulator = Simulator(SimConfig(**config.simulator)).start() if config.embedded else None
         urls = [simulator.base_url] if simulator else config.endpoints()
         names = {simulator.base_url: "embedded-simulator"} if simulator else {u: u for u in urls}
-        pool = Pool([Endpoint(u, make_client(u, self.prepared.api_key, config.timeout, config.concurrency),
+        pool = Pool([Endpoint(u, make_clients(u, self.prepared.api_key, config.timeout, config.concurrency),
                               AdaptiveLimit(config.concurrency)) for u in urls], config.give_up_after)
         self.engine = Engine(config, self.writer, pool, self.prepared.parser, (self.prepared.api_key,),
                              RateLimits(config.rpm, config.tpm), names=names)
@@ -260,7 +260,8 @@ class Session:
                 on_tick(self.engine.progress)
             stop()
             for endpoint in pool.endpoints:
-                await endpoint.client.close()
+                for client in endpoint.clients:
+                    await client.close()
             if simulator:
                 simulator.stop()
         progress = self.engine.progress

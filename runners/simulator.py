@@ -120,7 +120,7 @@ async def _chat(state: _State, request: Request) -> Response:
             return JSONResponse(
                 {"error": {"message": "rate limited", "type": "rate_limit"}},
                 status_code=429,
-                headers={"retry-after": f"{wait:.3f}"},
+                headers={"retry-after": f"{round(wait, 3):g}"},
             )
         case "500":
             return JSONResponse({"error": {"message": "internal error"}}, status_code=500)

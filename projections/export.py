@@ -62,6 +62,7 @@ class _Row(msgspec.Struct):
 
 
 _decode_row = msgspec.json.Decoder(_Row).decode
+_decode_rows = msgspec.json.Decoder(list[_Row]).decode
 
 SCHEMA = pa.schema([
     ("item_id", pa.string()), ("sample", pa.int64()), ("model", pa.string()), ("prompt", pa.string()),
@@ -94,59 +95,69 @@ def _superseded(path: str) -> set[int]:
     return dropped
 
 
-def _rows(paths: RunPaths) -> Iterator[_Row]:
-    """Rows of a run: up to date with its log, or as its live writer has them so far."""
+def _row_chunks(paths: RunPaths) -> Iterator[list[_Row]]:
+    """Rows of a run, ``BATCH`` at a time: up to date with its log, or as its live writer
+    has them so far. A chunk is decoded in one call (a JSON array of the lines)."""
     state = refresh(paths)
     with open(paths.responses, "rb") as f:
         lines = sum(1 for line in f if line.endswith(b"\n"))
     unique = state is not None and lines == state.totals.done + state.totals.failed
     dropped = set() if unique else _superseded(paths.responses)
+    chunk: list[bytes] = []
     with open(paths.responses, "rb") as f:
         for n, line in enumerate(f):
             if not line.endswith(b"\n"):
                 break  # a live writer's line in progress
             if n not in dropped:
-                yield _decode_row(line)
+                chunk.append(line)
+            if len(chunk) >= BATCH:
+                yield _decode_rows(b"[" + b",".join(chunk) + b"]")
+                chunk = []
+    if chunk:
+        yield _decode_rows(b"[" + b",".join(chunk) + b"]")
+
+
+def _rows(paths: RunPaths) -> Iterator[_Row]:
+    for chunk in _row_chunks(paths):
+        yield from chunk
 
 
 def row_batches(runs: Sequence[RunPaths]) -> Iterator[pa.RecordBatch]:
     """Record batches of every run's rows; a ``run_id`` column first when several runs."""
     schema = _schema(len(runs) > 1)
     for paths in runs:
-        cols: dict[str, list[Any]] = {name: [] for name in schema.names}
-        for row in _rows(paths):
-            _append(cols, row, paths.run_id if len(runs) > 1 else None)
-            if len(cols["seq"]) >= BATCH:
-                yield pa.RecordBatch.from_pydict(cols, schema=schema)
-                cols = {name: [] for name in schema.names}
-        if cols["seq"]:
-            yield pa.RecordBatch.from_pydict(cols, schema=schema)
+        for rows in _row_chunks(paths):
+            yield pa.RecordBatch.from_pydict(_columns(rows, paths.run_id if len(runs) > 1 else None), schema=schema)
 
 
 def _schema(multi: bool) -> pa.Schema:
     return pa.schema([("run_id", pa.string()), *SCHEMA]) if multi else SCHEMA
 
 
-def _append(cols: dict[str, list[Any]], row: _Row, run_id: str | None) -> None:
-    if run_id is not None:
-        cols["run_id"].append(run_id)
-    usage = row.usage
-    cols["item_id"].append(row.item_id)
-    cols["sample"].append(row.sample)
-    cols["model"].append(row.model)
-    cols["prompt"].append(_text(row.prompt))
-    cols["response"].append(row.response)
-    cols["parsed"].append(_text(row.parsed))
-    cols["expected"].append(_text(row.expected))
-    cols["correct"].append(row.correct)
-    cols["prompt_tokens"].append(usage.prompt_tokens if usage else None)
-    cols["completion_tokens"].append(usage.completion_tokens if usage else None)
-    cols["total_tokens"].append(usage.total_tokens if usage else None)
-    cols["latency"].append(row.latency)
-    cols["attempts"].append(row.attempts)
-    cols["error"].append(row.error)
-    cols["finished_at"].append(int(row.finished_at * 1_000_000))
-    cols["seq"].append(row.seq)
+def _columns(rows: list[_Row], run_id: str | None) -> dict[str, list[Any]]:
+    """Column by column (a comprehension per column is several times faster than appending
+    row by row)."""
+    usage = [r.usage for r in rows]
+    cols: dict[str, list[Any]] = {"run_id": [run_id] * len(rows)} if run_id is not None else {}
+    cols.update({
+        "item_id": [r.item_id for r in rows],
+        "sample": [r.sample for r in rows],
+        "model": [r.model for r in rows],
+        "prompt": [_text(r.prompt) for r in rows],
+        "response": [r.response for r in rows],
+        "parsed": [_text(r.parsed) for r in rows],
+        "expected": [_text(r.expected) for r in rows],
+        "correct": [r.correct for r in rows],
+        "prompt_tokens": [u.prompt_tokens if u else None for u in usage],
+        "completion_tokens": [u.completion_tokens if u else None for u in usage],
+        "total_tokens": [u.total_tokens if u else None for u in usage],
+        "latency": [r.latency for r in rows],
+        "attempts": [r.attempts for r in rows],
+        "error": [r.error for r in rows],
+        "finished_at": [int(r.finished_at * 1_000_000) for r in rows],
+        "seq": [r.seq for r in rows],
+    })
+    return cols
 
 
 def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False) -> int:

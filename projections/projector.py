@@ -71,6 +71,7 @@ class Projector:
         # covers a file that is not written yet.
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-conversations")
         self._pending: list[Future[None]] = []
+        self._dirty = False  # anything applied since the files were last written
 
     @property
     def state(self) -> RunState:
@@ -86,6 +87,7 @@ class Projector:
         if not projector._load():
             projector.overrides = overrides(paths.log)  # a full fold must see re-parses too
             projector._reset()
+            projector._dirty = True
         projector._open_responses()
         projector.catch_up()
         return projector
@@ -139,6 +141,7 @@ class Projector:
     def apply_frames(self, frames: Sequence[Frame]) -> None:
         if not frames:
             return
+        self._dirty = True
         lines: list[bytes] = []
         conversations: dict[str, bytes] = {}  # one write per file per batch: last wins
         for frame in frames:
@@ -186,14 +189,17 @@ class Projector:
             future.result()  # an OSError here is a projection failure: let it surface
 
     def write_checkpoint(self) -> None:
+        """Summary first: a checkpoint must never be newer than the summary it vouches for."""
         self._drain()
+        self.write_summary()
         self._last_ckpt = time.monotonic()
         write_atomic(self.paths.checkpoint, _encode(self.ckpt))
 
     def close(self) -> None:
         if self._responses is not None:
-            self.write_summary()
-            self.write_checkpoint()
+            if self._dirty or not os.path.exists(self.paths.summary) or not os.path.exists(self.paths.checkpoint):
+                self.write_summary()
+                self.write_checkpoint()
             self._responses.close()
             self._responses = None
         self._pool.shutdown()

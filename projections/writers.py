@@ -28,31 +28,27 @@ _json = msgspec.json.Encoder(order="deterministic")
 _EXCEL_ROWS = 1_048_575
 
 
-def write_arrow(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
+def _drain(writer: Any, batches: Iterable[pa.RecordBatch]) -> int:
     rows = 0
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-            rows += batch.num_rows
+    for batch in batches:
+        writer.write_batch(batch)
+        rows += batch.num_rows
     return rows
+
+
+def write_arrow(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+        return _drain(writer, batches)
 
 
 def write_parquet(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
-    rows = 0
     with pq.ParquetWriter(path, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-            rows += batch.num_rows
-    return rows
+        return _drain(writer, batches)
 
 
 def write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
-    rows = 0
     with pacsv.CSVWriter(path, schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-            rows += batch.num_rows
-    return rows
+        return _drain(writer, batches)
 
 
 def write_jsonl(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:

@@ -34,12 +34,24 @@ def status(
 
 @app.command("ls")
 def ls(runs_dir: RunsDir = "runs") -> None:
-    """Every run under the runs directory: status, model, dataset, counts, accuracy, start."""
+    """Every run under the runs directory: status, model, dataset, counts, accuracy, start.
+
+    A table on a terminal; tab-separated lines with a header when piped (nothing cut short,
+    so `ledger ls | grep completed` works)."""
     with handled():
-        table = Table("run", "status", "model", "dataset", "done", "failed", "planned", "accuracy", "started")
-        for row in list_runs(runs_dir):
-            acc = row["accuracy"]
-            table.add_row(row["run_id"], row["status"], row["model"], os.path.basename(row["dataset"]),
-                          str(row["done"]), str(row["failed"]), str(row["planned"]),
-                          "-" if acc is None else f"{acc:.1%}", row["started"])
+        header = ("run", "status", "model", "dataset", "done", "failed", "planned", "accuracy", "started")
+        rows = [_ls_cells(row) for row in list_runs(runs_dir)]
+        if not out.is_terminal:
+            for cells in (header, *rows):
+                print("\t".join(cells))
+            return
+        table = Table(*header)
+        for cells in rows:
+            table.add_row(*cells)
         out.print(table)
+
+
+def _ls_cells(row: dict) -> tuple[str, ...]:
+    acc = row["accuracy"]
+    return (row["run_id"], row["status"], row["model"], os.path.basename(row["dataset"]), str(row["done"]),
+            str(row["failed"]), str(row["planned"]), "-" if acc is None else f"{acc:.1%}", row["started"])

@@ -164,6 +164,11 @@ def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False
     """Write ``out`` (atomically: temp file, then rename); returns the number of rows."""
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    folder = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(folder):
+        raise InputError(f"{out}: no such directory {folder}")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"{out}: directory {folder} is not writable")
     from . import event_table, writers
 
     batches = event_table.event_batches(runs) if events else row_batches(runs)

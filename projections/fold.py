@@ -67,7 +67,7 @@ class Totals(msgspec.Struct, kw_only=True):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latencies: list[float] = []
-    labels: list[list[Any]] = []  # [expected, parsed] pairs, for per-class metrics
+    labels: dict[str, list[Any]] = {}  # key -> [expected, parsed or None], for per-class metrics
     per_item: dict[str, list[list[Any]]] = {}  # with several samples: item -> [[correct, answer], ...]
 
 
@@ -181,7 +181,7 @@ def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:
     if correct is not None:
         totals.scored += 1
         totals.correct += correct
-        totals.labels.append([_label(item.expected), _label(event.value) if event.ok else None])
+        totals.labels[key] = [_label(item.expected), _label(event.value) if event.ok else None]
     if state.failed.pop(key, None) is not None:
         totals.failed -= 1
         totals.scored -= item.expected not in (None, "")  # it had counted as scored, incorrect
@@ -208,6 +208,8 @@ def _failed(state: RunState, event: Failed) -> list[Line | ConversationFile]:
         state.failed[key] = item
         state.totals.failed += 1
         state.totals.scored += scored
+        if scored:  # a failure is a wrong answer for its class too, until it succeeds
+            state.totals.labels[key] = [_label(item.expected), None]
     return _finish(state, item, None, False if scored else None, error, event)
 
 

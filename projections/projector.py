@@ -38,7 +38,7 @@ from .summary import encode_summary
 
 __all__ = ["Projector", "rebuild", "refresh"]
 
-_VERSION = 2
+_VERSION = 3
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):

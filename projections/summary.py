@@ -61,7 +61,7 @@ def summarize(state: RunState) -> dict[str, Any]:
         "accuracy_ci95": wilson(t.correct, t.scored),
         "scored": t.scored,
         "correct": t.correct,
-        "labels": _per_label(t.labels),
+        "labels": _per_label(list(t.labels.values())),
         "parse_success_rate": round(t.parsed_ok / t.parsed, 6) if t.parsed else None,
         "latency_s": {q: _round(percentile(latencies, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))},
         "tokens": {"prompt": t.prompt_tokens, "completion": t.completion_tokens, "total": t.prompt_tokens + t.completion_tokens},

@@ -107,16 +107,17 @@ def _cell(value: Any) -> Any:
 def write_openai_batch(runs: Sequence[RunPaths], path: str) -> int:
     """The Batch API's output lines: ``{"id", "custom_id", "response": {"status_code",
     "request_id", "body"}, "error"}``. ``custom_id`` is the item id, with ``#s<sample>`` when
-    the run has several samples. Successes are written as they finish; failures wait until
-    the end in case a resume finished them after all."""
+    the run has several samples, and ``<run_id>/`` before it when several runs are exported
+    together (so lines stay unique). Successes are written as they finish; failures wait
+    until the end in case a resume finished them after all."""
     rows = 0
     with open(path, "wb") as f:
         for paths in runs:
-            rows += _batch_lines(paths, f)
+            rows += _batch_lines(paths, f, f"{paths.run_id}/" if len(runs) > 1 else "")
     return rows
 
 
-def _batch_lines(paths: RunPaths, f: Any) -> int:
+def _batch_lines(paths: RunPaths, f: Any, prefix: str) -> int:
     replies: dict[tuple[str, int], Response] = {}
     failures: dict[tuple[str, int], bytes] = {}
     samples, rows = 1, 0
@@ -129,12 +130,12 @@ def _batch_lines(paths: RunPaths, f: Any) -> int:
             reply = replies.pop((event.item_id, event.sample))
             failures.pop((event.item_id, event.sample), None)
             body = reply.raw or {}
-            line = {"id": f"batch_req_{reply.seq}", "custom_id": _custom_id(reply.item_id, reply.sample, samples),
+            line = {"id": f"batch_req_{reply.seq}", "custom_id": prefix + _custom_id(reply.item_id, reply.sample, samples),
                     "response": {"status_code": 200, "request_id": str(body.get("id", "")), "body": body}, "error": None}
             f.write(_json.encode(line) + b"\n")
             rows += 1
         elif isinstance(event, Failed) and event.final:
-            line = {"id": f"batch_req_{event.seq}", "custom_id": _custom_id(event.item_id, event.sample, samples),
+            line = {"id": f"batch_req_{event.seq}", "custom_id": prefix + _custom_id(event.item_id, event.sample, samples),
                     "response": {"status_code": event.status, "request_id": "", "body": None} if event.status else None,
                     "error": {"code": event.error_type, "message": event.message}}
             failures[(event.item_id, event.sample)] = _json.encode(line) + b"\n"

@@ -508,9 +508,6 @@ def test_missing_format_exits_2(world):
     assert os.listdir(where) == []
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: projections/export.py export: -o into a directory that does not exist "
-                   "raises FileNotFoundError from the writer (a traceback, exit 1) instead of one error line and exit 2; "
-                   "repro: `ledger export RUN arrow -o /no/such/dir/x.arrow`")
 def test_output_in_a_missing_directory_is_a_bad_call(world):
     r, where = world["results"]["bad-dir"], world["bad"]["bad-dir"]
     assert r.returncode == 2, (r.returncode, r.stderr[-500:])

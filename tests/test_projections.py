@@ -112,7 +112,10 @@ def test_fold_of_a_hand_built_stream():
     assert summary["wall_time_s"] == 6.0 and summary["throughput_per_s"] == 0.5
     assert summary["labels"]["per_class"]["A"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert summary["labels"]["per_class"]["B"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
-    assert summary["labels"]["macro_f1"] == 0.5
+    failed_class = set(summary["labels"]["per_class"]) - {"A", "B"}  # the finally failed item's expected
+    assert len(failed_class) == 1
+    assert summary["labels"]["per_class"][failed_class.pop()] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert summary["labels"]["macro_f1"] == 0.333333  # a failure is a wrong answer for its class too
     assert summary["last_seq"] == len(events)
     assert encode_summary(state) == encode_summary(msgspec.msgpack.decode(msgspec.msgpack.encode(state), type=RunState))
 

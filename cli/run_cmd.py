@@ -115,15 +115,14 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
             reason = session.execute(works, ticker(bar, task, (config.price_in, config.price_out), show_first))
     finally:
         session.close(reason)
-    summary = json.loads(open(prepared.paths.summary, "rb").read())
+    with open(prepared.paths.summary, "rb") as f:
+        summary = json.loads(f.read())
     out.print(summary_table(summary))
     out.print(f"outputs: {prepared.paths.dir}")
-    if reason == "interrupted":
-        return 130
-    if reason == "endpoint_down":
+    code = session.exit_code(reason, summary)
+    if code == 75:
         err.print("every endpoint stayed down past --give-up-after; resume later with `ledger resume`")
-        return 75
-    return 1 if summary["counts"]["failed"] else 0
+    return code
 
 
 def _print_header(prepared: "Prepared", session: "Session") -> None:

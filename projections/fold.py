@@ -17,6 +17,7 @@ at the position of the original parse (reparse.py).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from urllib.parse import quote
 from typing import Any, NamedTuple
@@ -252,7 +253,14 @@ def _label(value: Any) -> Any:
     return value if isinstance(value, (str, int, float, bool)) or value is None else _json.encode(value).decode()
 
 
+_NAME_MAX = 160  # file systems allow 255 bytes per name; leave room for q..._sN.json
+
+
 def _safe(item_id: str) -> str:
     """An item id as a file name: [A-Za-z0-9._~-] kept, every other UTF-8 byte as %XX
-    (fixed width, so distinct ids never share a name)."""
-    return quote(item_id, safe="._-") or "%"
+    (fixed width, so distinct ids never share a name). A long id keeps its first 100
+    characters plus ``%%`` and a hash of the whole id (``%%`` never occurs in quoted text)."""
+    name = quote(item_id, safe="._-") or "%"
+    if len(name) > _NAME_MAX:
+        name = name[:100] + "%%" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
+    return name

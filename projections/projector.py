@@ -72,6 +72,7 @@ class Projector:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-conversations")
         self._pending: list[Future[None]] = []
         self._dirty = False  # anything applied since the files were last written
+        self.broken = False  # an error left the state ahead of the files: never checkpoint it
 
     @property
     def state(self) -> RunState:
@@ -139,9 +140,16 @@ class Projector:
     # -- applying ------------------------------------------------------------------------
 
     def apply_frames(self, frames: Sequence[Frame]) -> None:
-        if not frames:
+        if not frames or self.broken:
             return
         self._dirty = True
+        try:
+            self._apply_frames(frames)
+        except BaseException:
+            self.broken = True  # the fold moved on, the files did not: the last checkpoint stays
+            raise
+
+    def _apply_frames(self, frames: Sequence[Frame]) -> None:
         lines: list[bytes] = []
         conversations: dict[str, bytes] = {}  # one write per file per batch: last wins
         for frame in frames:
@@ -190,16 +198,18 @@ class Projector:
 
     def write_checkpoint(self) -> None:
         """Summary first: a checkpoint must never be newer than the summary it vouches for."""
+        if self.broken:
+            return
         self._drain()
         self.write_summary()
         self._last_ckpt = time.monotonic()
         write_atomic(self.paths.checkpoint, _encode(self.ckpt))
 
     def close(self) -> None:
-        if self._responses is not None:
+        if self._responses is not None and not self.broken:
             if self._dirty or not os.path.exists(self.paths.summary) or not os.path.exists(self.paths.checkpoint):
-                self.write_summary()
                 self.write_checkpoint()
+        if self._responses is not None:
             self._responses.close()
             self._responses = None
         self._pool.shutdown()

@@ -135,8 +135,21 @@ def _retry_after(response: Any) -> float | None:
             try:
                 return max(0.0, float(value) / scale)
             except ValueError:
-                continue  # an HTTP-date: fall back to our own backoff
+                when = _http_date(value)
+                if when is not None:
+                    return when
     return None
+
+
+def _http_date(value: str) -> float | None:
+    """Seconds until an HTTP-date Retry-After ("Wed, 21 Oct 2026 07:28:00 GMT")."""
+    import email.utils
+
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _reply(content: bytes, latency: float) -> Reply:

@@ -74,6 +74,7 @@ def scan(path: str, template: str | None = None) -> DatasetInfo:
     seen: set[int] = set()
     count = 0
     for item in iter_items(path, template):
+        _check_storable(path, item)
         h = int.from_bytes(hashlib.blake2b(item.id.encode(), digest_size=8).digest(), "little")
         if h in seen:
             raise InputError(f"{path}:{item.line}: duplicate id {item.id!r}")
@@ -82,6 +83,18 @@ def scan(path: str, template: str | None = None) -> DatasetInfo:
     if count == 0:
         raise InputError(f"{path}: the dataset has no items")
     return DatasetInfo(os.path.abspath(path), file_sha256(path), count, fmt)
+
+
+_probe = msgspec.msgpack.Encoder().encode
+
+
+def _check_storable(path: str, item: Item) -> None:
+    """Everything of an item goes into the log (MessagePack): refuse what it cannot hold."""
+    try:
+        _probe((item.expected, item.params, item.turns))
+    except (msgspec.EncodeError, OverflowError, TypeError) as exc:
+        raise InputError(f"{path}:{item.line}: a value cannot be stored in the log ({exc}; "
+                         "integers must fit in 64 bits)") from None
 
 
 def file_sha256(path: str) -> str:

@@ -107,7 +107,9 @@ class Pool:
             endpoint.breaker.failure(error.error_type, now)
             if error.status == 429:
                 endpoint.limit.on_rate_limited()
-            if error.pause:
-                endpoint.paused_until = max(endpoint.paused_until, now + error.pause)
+            # Retry-After on a 429 speaks for the endpoint, not just this request: hold everyone.
+            hold = max(error.pause or 0.0, (error.retry_after or 0.0) if error.status == 429 else 0.0)
+            if hold:
+                endpoint.paused_until = max(endpoint.paused_until, now + min(hold, 120.0))
         async with self._changed:
             self._changed.notify_all()

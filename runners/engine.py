@@ -2,13 +2,13 @@
 
 At most ``concurrency`` (item, sample) tasks run at once; the dataset is pulled lazily, so
 memory is bounded by concurrency, not by dataset size. Turns of one item run in order;
-each request carries the conversation so far. Events are handed to the group-committing
-writer without waiting for the sync (``submit``): durability is the writer's job, order
-per task is preserved by the queue, and a reply that was not yet durable at a crash is the
-only thing a resume pays for again.
+each request carries the conversation so far. ``started`` and ``failed`` events are handed
+to the group-committing writer without waiting (``submit``; order per task is kept by the
+queue); a reply and its parse are awaited until durable, so a crash can only cost the
+replies that were inside one group commit at that instant.
 
-Stopping (first Ctrl-C): nothing new is scheduled and no new attempt starts; requests in
-flight finish (bounded by the timeout) and are recorded.
+Stopping (first Ctrl-C): nothing new is scheduled, no new turn and no retry starts (a retry's
+backoff is cut short); requests in flight finish (bounded by the timeout) and are recorded.
 """
 
 from __future__ import annotations
@@ -71,6 +71,7 @@ class Engine:
     limits: RateLimits
     progress: Progress = field(default_factory=Progress)
     names: dict[str, str] = field(default_factory=dict)  # endpoint url -> name recorded in events
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     def breaker_changed(self, state: str, url: str, reason: str) -> None:
         """Breaker callback: record the decision in the log and on the progress bar."""
@@ -95,6 +96,7 @@ class Engine:
     def stop(self, reason: str = "interrupted") -> None:
         self.progress.stopping = True
         self.progress.stop_reason = self.progress.stop_reason or reason
+        self._stopped.set()
 
     async def _one(self, work: Work) -> None:
         item, progress = work.item, self.progress
@@ -103,6 +105,8 @@ class Engine:
         progress.in_flight += 1
         try:
             for turn in range(work.start_turn, len(item.turns)):
+                if self.progress.stopping and turn > work.start_turn:
+                    return  # stopping: no new turn; the item continues from here on resume
                 messages = messages + item.turns[turn]
                 body = {"model": self.config.model, "messages": messages, **self.config.params(), **item.params}
                 if self._too_long(work, turn, body):
@@ -130,13 +134,20 @@ class Engine:
         self.progress.failed += 1
         return True
 
+    async def _backoff(self, seconds: float) -> None:
+        """A retry's wait, cut short by a stop (the retry then sees `stopping` and gives up)."""
+        try:
+            await asyncio.wait_for(self._stopped.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
+
     def _system(self) -> list[dict[str, Any]]:
         return [{"role": "system", "content": self.config.system}] if self.config.system else []
 
     async def _attempts(self, work: Work, turn: int, body: dict[str, Any], attempts: int) -> tuple[Reply, int] | None:
         """Try until a reply, a final failure (None), or a stop (None, item left unfinished)."""
         try:
-            async for attempt in retrying(self.config.retries):
+            async for attempt in retrying(self.config.retries, sleep=self._backoff):
                 with attempt:
                     if self.progress.stopping and attempt.retry_state.attempt_number > 1:
                         return None
@@ -173,7 +184,7 @@ class Engine:
                 raise
             if reply.usage:
                 self.limits.correct(tokens, reply.usage.get("total_tokens", 0))
-            self._record(work, turn, key, body, reply, name)
+            await self._record(work, turn, key, body, reply, name)
             return reply
         finally:
             await self.pool.release(endpoint, reply, error)
@@ -186,12 +197,14 @@ class Engine:
         if not final:
             self.progress.retrying += 1
 
-    def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply, endpoint: str) -> None:
+    async def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply, endpoint: str) -> None:
+        """Log the reply (and its parse) and wait until it is durable: a paid-for reply is
+        acknowledged before the item counts as done or its next turn is sent."""
         final = turn == len(work.item.turns) - 1
         usage = Usage(**reply.usage) if reply.usage else None
         events: list[Any] = [Response(
             **key, text=reply.text, finish_reason=reply.finish_reason, usage=usage,
-            latency=round(reply.latency, 6), raw=reply.raw, endpoint=endpoint, final=final,
+            latency=round(reply.latency, 6), raw=_loggable_raw(reply.raw), endpoint=endpoint, final=final,
         )]
         if final:
             result = _loggable(self.parser(reply.text))
@@ -199,13 +212,23 @@ class Engine:
                 item_id=work.item.id, sample=work.sample, turn=turn, parser=self.parser.spec,
                 parser_version=self.parser.version, ok=result.ok, value=result.value, error=result.error,
             ))
-        self.writer.submit(events)
+        await self.writer.append_many_async(events)
         progress = self.progress
         if reply.usage:
             progress.prompt_tokens += reply.usage["prompt_tokens"]
             progress.completion_tokens += reply.usage["completion_tokens"]
         if progress.first_reply is None:
             progress.first_reply = (body, reply.text)
+
+
+def _loggable_raw(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """The reply's JSON as received, unless MessagePack cannot hold it (an integer over 64
+    bits): then the text, usage and finish reason are kept, the raw body is not."""
+    try:
+        _probe(raw)
+        return raw
+    except (TypeError, msgspec.EncodeError, OverflowError):
+        return None
 
 
 def _loggable(result: ParseResult) -> ParseResult:

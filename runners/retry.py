@@ -9,6 +9,7 @@ never shorter than the server's ``Retry-After``.
 from __future__ import annotations
 
 import random
+from collections.abc import Awaitable, Callable
 
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
@@ -37,9 +38,12 @@ def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, EndpointError) and exc.retryable
 
 
-def retrying(retries: int) -> AsyncRetrying:
-    """``retries`` retries after the first attempt; the last error is re-raised."""
+def retrying(retries: int, sleep: Callable[[float], Awaitable[None]] | None = None) -> AsyncRetrying:
+    """``retries`` retries after the first attempt; the last error is re-raised. ``sleep``
+    replaces asyncio.sleep for the backoff (the engine's can be interrupted by a stop)."""
+    extra = {"sleep": sleep} if sleep is not None else {}
     return AsyncRetrying(
+        **extra,
         stop=stop_after_attempt(retries + 1),
         wait=wait_backoff(),
         retry=retry_if_exception(_retryable),

@@ -26,8 +26,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from ledger import __version__
-from ledger.errors import InputError
+from ledger.errors import InputError, LedgerError
 from ledger.events import RunStarted, SessionEnded, SessionStarted
 from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
 from ledger.layout import RunPaths, validate_run_id
@@ -48,7 +50,11 @@ from .limits import AdaptiveLimit, RateLimits
 from .preflight import check_endpoints
 from .simulator import SimConfig, Simulator
 
-__all__ = ["Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
+class ProjectionError(LedgerError):
+    """The projections could not be written (disk full, a name too long ...)."""
+
+
+__all__ = ["ProjectionError", "Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
 
 
 @dataclass
@@ -117,13 +123,37 @@ def _resolve_prices(config: RunConfig) -> None:
 
 
 def _check_numbers(config: RunConfig) -> None:
+    """Every number and the embedded simulator's settings, before anything is written."""
     for name in ("samples", "concurrency"):
         if getattr(config, name) < 1:
             raise InputError(f"--{name} must be at least 1")
     if config.retries < 0 or config.timeout <= 0:
         raise InputError("--retries must be >= 0 and --timeout > 0")
-    if config.limit is not None and config.limit < 1:
-        raise InputError("--limit must be at least 1")
+    for name in ("limit", "rpm", "tpm", "max_context", "max_tokens"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
+    if config.give_up_after is not None and config.give_up_after <= 0:
+        raise InputError("--give-up-after must be > 0 seconds")
+    try:
+        msgspec.convert(config.simulator, SimConfig)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"--sim: {exc}") from None
+    for url in config.endpoints():
+        _check_url(url)
+
+
+def _check_url(url: str) -> None:
+    """A URL is stored in the run's config and in events: it must carry no secret."""
+    from urllib.parse import parse_qs, urlparse
+
+    parts = urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InputError(f"--base-url {url!r}: expected http(s)://host[:port]/path")
+    secret_query = {k for k in parse_qs(parts.query) if any(w in k.lower() for w in ("key", "token", "secret", "sig"))}
+    if parts.username or parts.password or secret_query:
+        raise InputError("--base-url must not carry credentials (they would be stored in the run); "
+                         "put the key in an environment variable named by --api-key-env")
 
 
 def _api_key(config: RunConfig) -> str:
@@ -165,10 +195,23 @@ class Session:
         self._projecting.start()
         self.engine: Engine | None = None
         self.found = Found()
+        self.projection_error: Exception | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _project(self) -> None:
+        """The projector thread. An error stops the run: outputs that silently stop growing
+        are worse than a run that stops and says why (the log has everything; a resume or
+        `ledger replay --rebuild` redoes the projections)."""
         while (frames := self._frames.get()) is not None:
-            self.projector.apply_frames(frames)
+            if self.projection_error is not None:
+                continue
+            try:
+                self.projector.apply_frames(frames)
+            except Exception as exc:
+                self.projection_error = exc
+                self.projector.broken = True
+                if self.engine is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self.engine.stop, f"error: projections failed: {exc}")
 
     # -- planning ------------------------------------------------------------------------
 
@@ -239,6 +282,7 @@ class Session:
 
     async def _execute(self, works: Any, on_tick: Callable[[Progress], None] | None) -> str:
         config = self.prepared.config
+        self._loop = asyncio.get_running_loop()
         simulator = Simulator(SimConfig(**config.simulator)).start() if config.embedded else None
         urls = [simulator.base_url] if simulator else config.endpoints()
         names = {simulator.base_url: "embedded-simulator"} if simulator else {u: u for u in urls}
@@ -265,20 +309,38 @@ class Session:
             if simulator:
                 simulator.stop()
         progress = self.engine.progress
+        if progress.stop_reason.startswith("error"):
+            return "error"
         if progress.stop_reason.startswith("endpoint down"):
-            return "endpoint_down"
+            return "interrupted"  # an outage: resumable like an interrupt (exit 75 says why)
         return "interrupted" if progress.stopping else "completed"
+
+    def exit_code(self, reason: str, summary: dict[str, Any]) -> int:
+        """0 all done; 1 failures, or work left pending by a completed session; 2 never here
+        (bad input stops before a session); 75 endpoints down; 130 interrupted."""
+        stop_reason = self.engine.progress.stop_reason if self.engine else ""
+        if reason == "error" or self.projection_error is not None:
+            return 1
+        if stop_reason.startswith("endpoint down"):
+            return 75
+        if reason == "interrupted":
+            return 130
+        counts = summary.get("counts", {})
+        return 1 if counts.get("failed") or counts.get("pending") else 0
 
     def close(self, reason: str) -> None:
         """End the session: make everything durable, finish projections, release the lock."""
         try:
-            self.writer.append(SessionEnded(reason=reason))
+            self.writer.append(SessionEnded(reason="error" if self.projection_error else reason))
         finally:
             self.writer.close()
             self._frames.put(None)
             self._projecting.join()
             self.projector.close()
             self.index.close()
+        if self.projection_error is not None:
+            raise ProjectionError(f"projections stopped: {self.projection_error}; the log is complete: "
+                                  f"fix the cause, then `ledger resume` or `ledger replay --rebuild`") from self.projection_error
 
 
 def plan_only(prepared: Prepared) -> dict[str, Any]:

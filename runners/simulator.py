@@ -36,7 +36,7 @@ _json = msgspec.json.Encoder()
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
 
-class SimConfig(msgspec.Struct, kw_only=True):
+class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Knobs of the simulator. Rates are probabilities per request, in [0, 1]."""
 
     model: str = "sim-1"

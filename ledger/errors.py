@@ -11,6 +11,7 @@ catch ``LedgerError`` alone and map it to an exit code::
     |   +-- LogFormatError           2  not a ledger log, or a format version we cannot read
     |   +-- CorruptLogError          1  a damaged frame before the tail (carries .offset)
     |   +-- LogLockedError           2  another process holds the run (carries .pid)
+    |   +-- LogAccessError           2  the log or its lock cannot be opened for writing
     |   +-- LogWriteError            1  a write or fsync failed; the writer is dead
     |   +-- LogClosedError           1  append after close or after a fatal write error
     +-- IndexError_                  1  the LMDB index could not be opened or rebuilt
@@ -28,6 +29,7 @@ __all__ = [
     "LogFormatError",
     "CorruptLogError",
     "LogLockedError",
+    "LogAccessError",
     "LogWriteError",
     "LogClosedError",
     "IndexError_",
@@ -83,6 +85,17 @@ class LogLockedError(LogError):
         super().__init__(f"{path} is locked by {holder}: one writer per run")
         self.path = path
         self.pid = pid
+
+
+class LogAccessError(LogError):
+    """The run's log or lock cannot be opened or created for writing (no write permission,
+    a read-only file system ...): the OSError, said once and plainly."""
+
+    exit_code = 2
+
+    def __init__(self, path: str, exc: OSError) -> None:
+        super().__init__(f"{path}: cannot open for writing: {exc.strerror or exc}")
+        self.path = path
 
 
 class LogWriteError(LogError):

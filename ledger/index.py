@@ -16,9 +16,12 @@ Everything for one commit group is written in one transaction together with
 ``applied_offset``, so a reader (``ledger status`` in another process) always sees a state
 that matches a prefix of the log. Durability is not needed (the log is the truth):
 ``sync=False, metasync=False``; ``writemap`` is off so a full disk raises instead of
-crashing. On open, the index checks that its applied offset ends a frame with the
-recorded seq and catches up from there; if not (log repaired or truncated, file damaged,
-from another log) it is deleted and rebuilt. A full map doubles the map size and retries.
+crashing. On open, the index checks that data.mdb holds every page it refers to (a cut
+file would SIGBUS through the map), that every record reads back, and that its applied
+offset ends a frame with the recorded seq, and catches up from there; if not (log repaired
+or truncated, file cut or scribbled -- likely after a power loss, with sync off -- or from
+another log) it is deleted and rebuilt; a reader (``open_readonly``) gets IndexError_.
+A full map doubles the map size and retries.
 An environment is opened per process and never carried across ``fork()``.
 """
 
@@ -83,18 +86,29 @@ class RunIndex:
             index = cls(path, _env(path, readonly=False), readonly=False)
         except lmdb.Error:
             index = cls._recreate(path)
-        if not index._matches(log_path):
+        if not index._readable() or not index._matches(log_path):
             index.close()
             index = cls._recreate(path)
-        index.catch_up(log_path)
+        try:
+            index.catch_up(log_path)
+        except lmdb.Error:  # damage the scan could not see (a page freed and reused)
+            index.close()
+            index = cls._recreate(path)
+            index.catch_up(log_path)
         return index
 
     @classmethod
     def open_readonly(cls, path: str) -> "RunIndex":
         try:
-            return cls(path, _env(path, readonly=True), readonly=True)
+            index = cls(path, _env(path, readonly=True), readonly=True)
         except lmdb.Error as exc:
             raise IndexError_(f"{path}: index cannot be read: {exc}") from exc
+        try:
+            index.counts()
+        except lmdb.Error as exc:
+            index.close()
+            raise IndexError_(f"{path}: index cannot be read: {exc}") from exc
+        return index
 
     @classmethod
     def _recreate(cls, path: str) -> "RunIndex":
@@ -103,6 +117,23 @@ class RunIndex:
             return cls(path, _env(path, readonly=False), readonly=False)
         except lmdb.Error as exc:
             raise IndexError_(f"{path}: index cannot be created: {exc}") from exc
+
+    def _readable(self) -> bool:
+        """Whether every record reads back: the index is written without syncs, so a power
+        loss, or a scribbled file, can leave pages LMDB reports as corrupt (or values that
+        no longer decode). O(items), like the resume plan that follows."""
+        try:
+            with self._env.begin() as txn:
+                for _, value in txn.cursor(db=self._items):
+                    _unpack(value)
+                for key in txn.cursor(db=self._open).iternext(keys=True, values=False):
+                    split_key(key)
+                for key, value in txn.cursor(db=self._meta):
+                    if key != b"status":
+                        int(value)
+        except (lmdb.Error, msgspec.DecodeError, ValueError, UnicodeDecodeError, struct.error):
+            return False
+        return True
 
     def _matches(self, log_path: str) -> bool:
         """True when the applied offset ends a frame of this log with the recorded seq."""
@@ -192,7 +223,7 @@ class RunIndex:
 def _env(path: str, readonly: bool) -> lmdb.Environment:
     if readonly and not os.path.isdir(path):
         raise lmdb.Error(f"{path}: no index")
-    return lmdb.open(
+    env = lmdb.open(
         path,
         map_size=_INITIAL_MAP,
         max_dbs=4,
@@ -202,6 +233,23 @@ def _env(path: str, readonly: bool) -> lmdb.Environment:
         writemap=False,
         create=not readonly,
     )
+    _check_size(env, path)
+    return env
+
+
+def _check_size(env: lmdb.Environment, path: str) -> None:
+    """Refuse an environment whose pages reach past the end of data.mdb (a cut file): LMDB
+    reads it through a memory map, and touching a page past the end kills the process with
+    SIGBUS. Only the meta page is read to know."""
+    try:
+        last_page, page_size = env.info()["last_pgno"], env.stat()["psize"]
+        size = os.path.getsize(os.path.join(path, "data.mdb"))
+    except (lmdb.Error, OSError) as exc:
+        env.close()
+        raise lmdb.Error(f"{path}: {exc}") from exc
+    if size and (last_page + 1) * page_size > size:
+        env.close()
+        raise lmdb.CorruptedError(f"{path}: data.mdb holds {size} bytes, its pages reach {(last_page + 1) * page_size}")
 
 
 def _last_seq_before(log_path: str, offset: int) -> int | None:

@@ -10,7 +10,7 @@ import fcntl
 import os
 import time
 
-from .errors import LogLockedError
+from .errors import LogAccessError, LogLockedError
 
 __all__ = ["RunLock", "holder_pid", "is_locked"]
 
@@ -26,7 +26,10 @@ class RunLock:
 
     @classmethod
     def acquire(cls, path: str) -> "RunLock":
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only run directory, file system ...
+            raise LogAccessError(path, exc) from exc
         for attempt in range(_TRIES):
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

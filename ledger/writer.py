@@ -6,6 +6,9 @@ seq numbers and a commit timestamp, writes it as one frame (framing.py) with one
 ``os.write`` and makes it durable with one ``os.fdatasync``; only then are the producers
 acknowledged, and only then do commit listeners (the index, projections) see the events.
 Throughput therefore approaches one group per sync while latency stays about one sync.
+(A group above MAX_FRAME becomes several frames, each written and synced before the next,
+so that only the last frame of a log can ever be torn.) The payload is decoded back before
+it is written: a submission that could not be read back fails alone and is never logged.
 
 A failed write or fdatasync is fatal for this writer (PostgreSQL's fsyncgate lesson: after
 a failed fsync the kernel may have dropped the dirty pages, so retrying proves nothing).
@@ -26,8 +29,8 @@ from typing import Any
 
 import msgspec
 
-from .errors import LogClosedError, LogError, LogWriteError
-from .events import Event, EventBase, encode, encode_many
+from .errors import LogAccessError, LogClosedError, LogError, LogWriteError
+from .events import Event, EventBase, decode, decode_many, encode, encode_many
 from .framing import MAX_FRAME, Frame, encode_frame, file_header
 from .fsio import fsync_dir
 from .lock import RunLock
@@ -105,6 +108,9 @@ class LogWriter:
                 _create(path)
             fd = os.open(path, os.O_RDWR)
             recovered = _recover(fd, path)
+        except OSError as exc:  # a read-only run directory, a full or failing disk ...
+            lock.release()
+            raise LogAccessError(path, exc) from exc
         except BaseException:
             lock.release()
             raise
@@ -211,7 +217,8 @@ class LogWriter:
             seq += len(events)
         try:
             payload = encode_many([e for evs, _ in stamped for e in evs])
-        except (msgspec.EncodeError, TypeError, OverflowError):
+            decode_many(payload)  # a frame no reader could decode must never reach the log
+        except (msgspec.EncodeError, msgspec.DecodeError, TypeError, OverflowError):
             payload = b""
         if payload and len(payload) <= MAX_FRAME:
             groups = [(stamped, payload)]
@@ -219,30 +226,30 @@ class LogWriter:
             groups = _regroup(stamped)
             if not groups:
                 return
-            seq = groups[-1][0][-1][0][-1].seq + 1
-        frames, chunks, offset = [], [], self._end
-        for group, data in groups:
+        # One write + one fdatasync per frame: a frame is written only once every frame
+        # before it is durable, so a crash can tear the last frame alone and the tail rule
+        # (framing.py) holds. Sharing one sync, a disk could keep a later frame and lose a
+        # sector of an earlier one: corruption in the middle, not a tail.
+        for n, (group, data) in enumerate(groups):
             events = [e for evs, _ in group for e in evs]
             frame_bytes = encode_frame(events[0].seq, len(events), data)
-            frames.append(Frame(offset, offset + len(frame_bytes), events[0].seq, events))
-            chunks.append(frame_bytes)
-            offset += len(frame_bytes)
-        try:
-            _write_all(self._fd, b"".join(chunks) if len(chunks) > 1 else chunks[0])
-            os.fdatasync(self._fd)
-        except OSError as exc:
-            self._die(batch, exc)
-            return
-        self._end, self._next_seq = offset, seq
-        self.groups += len(frames)
-        _acknowledge([item for group, _ in groups for item in group])
-        self._notify(frames)
+            frame = Frame(self._end, self._end + len(frame_bytes), events[0].seq, events)
+            try:
+                _write_all(self._fd, frame_bytes)
+                os.fdatasync(self._fd)
+            except OSError as exc:
+                self._die([item for later, _ in groups[n:] for item in later], exc)
+                return
+            self._end, self._next_seq = frame.end, events[-1].seq + 1
+            self.groups += 1
+            _acknowledge(group)
+            self._notify([frame])
 
     def _die(self, batch: list[tuple[list[Event], Any]], exc: OSError) -> None:
         self._dead = LogWriteError(f"{self.path}: write/fdatasync failed: {exc}; log must be reopened")
         self._next_seq = -1
-        self._fail(batch, self._dead)
-        _cut_unsynced(self.path, self._end)
+        _cut_unsynced(self.path, self._end)  # before the producers hear of it: their error
+        self._fail(batch, self._dead)  # means the failed group's bytes are already gone
 
     def _fail(self, batch: list[tuple[list[Event], Any]], error: BaseException) -> None:
         for _, waiter in batch:
@@ -302,8 +309,8 @@ def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[li
     encoded: list[tuple[list[Event], Any, int]] = []
     for events, waiter in stamped:
         try:
-            encoded.append((events, waiter, sum(len(encode(e)) for e in events)))
-        except (msgspec.EncodeError, TypeError, OverflowError) as exc:
+            encoded.append((events, waiter, sum(len(_checked(e)) for e in events)))
+        except (msgspec.EncodeError, msgspec.DecodeError, TypeError, OverflowError) as exc:
             _resolve(waiter, None, LogError(f"event cannot be encoded: {exc}"))
     if not encoded:
         return []
@@ -318,6 +325,15 @@ def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[li
         seq += len(events)
         size += n
     return [(group, encode_many([e for evs, _ in group for e in evs])) for group in groups]
+
+
+def _checked(event: Event) -> bytes:
+    """The event's bytes, once they are known to decode back (a field of the wrong type,
+    e.g. a number where the schema says string, encodes fine but would make the frame
+    unreadable: CorruptLogError for every reader, forever)."""
+    data = encode(event)
+    decode(data)
+    return data
 
 
 def _acknowledge(stamped: list[tuple[list[Event], Any]]) -> None:

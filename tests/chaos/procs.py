@@ -1,0 +1,223 @@
+"""The CLI in a child process, and killing it at a chosen moment.
+
+Two ways to start `ledger ARGS`:
+
+* ``exec``: ``python -m cli ARGS``, exactly what a user runs (about 1 s of imports first).
+* ``fork``: a child forked from a warm multiprocessing *forkserver* that has imported the CLI
+  once; the child redirects stdout/stderr to files, applies optional OS fault shims
+  (oshim.py), and calls ``cli.app.main()``. It is a separate process with its own pid, lock,
+  embedded simulator and event loop -- SIGKILL means the same thing -- but starts in a few
+  milliseconds, which is what lets the suite afford dozens of kills.
+
+Kill moments are never fixed sleeps (those land before start or after the end): a trigger
+is polled (the simulator's request log reached N new lines, the run lock names the child's
+pid, ...) and only then a small seeded delay is added.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["CliProc", "start_cli", "run_cli", "kill_when", "lines_after", "lock_held_by", "PRELOAD"]
+
+PRELOAD = [
+    "cli.app", "cli.common", "cli.run_cmd", "cli.status_cmd", "cli.log_cmd", "cli.replay_cmd",
+    "cli.export_cmd", "cli.verify_cmd", "cli.show_cmd", "runners.session", "runners.simulator",
+    "projections.projector", "projections.export", "chaos.oshim", "chaos.warm",
+]
+_ctx_lock = threading.Lock()
+_ctx: Any = None
+
+
+def _context() -> Any:
+    global _ctx
+    with _ctx_lock:
+        if _ctx is None:
+            from multiprocessing import forkserver
+
+            ctx = multiprocessing.get_context("forkserver")
+            ctx.set_forkserver_preload(PRELOAD)
+            # The server does not apply the parent's sys.path before preloading (CPython
+            # 3.11), so the tests directory goes in through PYTHONPATH, for this start only.
+            tests = str(Path(__file__).resolve().parent.parent)
+            old = os.environ.get("PYTHONPATH")
+            os.environ["PYTHONPATH"] = tests + (os.pathsep + old if old else "")
+            try:
+                forkserver.ensure_running()
+            finally:
+                if old is None:
+                    del os.environ["PYTHONPATH"]
+                else:
+                    os.environ["PYTHONPATH"] = old
+            _ctx = ctx
+        return _ctx
+
+
+def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], shim: dict | None) -> None:
+    """Body of a forked child: become `ledger ARGS` with stdout/stderr in files."""
+    for path, target in ((out, 1), (err, 2)):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, target)
+        os.close(fd)
+    os.chdir(cwd)
+    os.environ.update(env)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    code = 1
+    try:
+        if shim:
+            from chaos.oshim import install_in_child
+
+            install_in_child(shim)
+        from cli.app import _register, app
+
+        _register()
+        sys.argv = ["ledger", *args]
+        app()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+class CliProc:
+    """One `ledger` child process; ``out`` and ``err`` are files (read them after it ends)."""
+
+    def __init__(self, args: list[str], cwd: Path, out: Path, err: Path, *, mode: str = "fork",
+                 env: dict[str, str] | None = None, shim: dict | None = None) -> None:
+        self.args, self.out, self.err = args, out, err
+        self.mode = mode
+        if mode == "exec":
+            assert shim is None, "fault shims need the fork mode"
+            with open(out, "ab") as o, open(err, "ab") as e:
+                self._popen = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, stdout=o, stderr=e,
+                                               env={**os.environ, **(env or {})})
+            self.pid = self._popen.pid
+        else:
+            self._proc = _context().Process(target=_child, args=(args, str(cwd), str(out), str(err), env or {}, shim))
+            self._proc.start()
+            self.pid = self._proc.pid
+
+    def poll(self) -> int | None:
+        if self.mode == "exec":
+            return self._popen.poll()
+        return self._proc.exitcode
+
+    def kill(self) -> None:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def signal(self, sig: int) -> None:
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float = 120) -> int:
+        if self.mode == "exec":
+            try:
+                return self._popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                self._popen.wait()
+                raise AssertionError(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            self.kill()
+            self._proc.join()
+            raise AssertionError(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
+        return self._proc.exitcode
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace") if self.err.exists() else ""
+
+
+_counter = iter(range(1 << 62))
+_counter_lock = threading.Lock()
+
+
+def start_cli(*args: str, cwd: Path, mode: str = "fork", env: dict[str, str] | None = None,
+              shim: dict | None = None, name: str = "") -> CliProc:
+    with _counter_lock:
+        n = next(_counter)
+    stem = Path(cwd) / f"cli-{name or args[0]}-{n}"
+    return CliProc(list(args), Path(cwd), stem.with_suffix(".out"), stem.with_suffix(".err"), mode=mode, env=env, shim=shim)
+
+
+class Result:
+    def __init__(self, proc: CliProc, code: int) -> None:
+        self.returncode = code
+        self.stdout = proc.stdout
+        self.stderr = proc.stderr
+        self.pid = proc.pid
+
+    def __repr__(self) -> str:
+        return f"<exit {self.returncode}\nstdout: {self.stdout[-2000:]}\nstderr: {self.stderr[-2000:]}>"
+
+
+def run_cli(*args: str, cwd: Path, mode: str = "fork", env: dict[str, str] | None = None,
+            shim: dict | None = None, timeout: float = 120) -> Result:
+    proc = start_cli(*args, cwd=cwd, mode=mode, env=env, shim=shim)
+    return Result(proc, proc.wait(timeout))
+
+
+# -- kill triggers ---------------------------------------------------------------------------
+
+
+def lines_after(path: Path, offset: int) -> int:
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return f.read().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+def lock_held_by(lock: Path, pid: int) -> Callable[[], bool]:
+    """True once the run's lock file names ``pid`` (the child took the lock: recovery,
+    index and projector catch-up come next)."""
+    want = f"{pid}\n".encode()
+
+    def check() -> bool:
+        try:
+            return lock.read_bytes() == want
+        except FileNotFoundError:
+            return False
+
+    return check
+
+
+def kill_when(proc: CliProc, trigger: Callable[[], bool], delay: float, hang_guard: float = 90) -> tuple[int, float]:
+    """SIGKILL ``proc`` ``delay`` seconds after ``trigger()`` first holds. Returns (exit code,
+    kill time); the code is -9 when the kill landed, else what the process exited with."""
+    deadline = time.monotonic() + hang_guard
+    while not trigger():
+        if proc.poll() is not None:
+            return proc.wait(), time.time()
+        assert time.monotonic() < deadline, f"trigger never fired for `ledger {' '.join(proc.args)}`"
+        time.sleep(0.002)
+    if delay:
+        time.sleep(delay)
+    kill_time = time.time()
+    proc.kill()
+    return proc.wait(), kill_time

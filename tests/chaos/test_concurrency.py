@@ -1,0 +1,112 @@
+"""Other processes during a run: a second writer is refused naming the holder's pid (exit 2,
+nothing written); `ledger status`, `ledger log --follow`, `ledger view` and `ledger export`
+read safely while it runs, and what they saw agrees with the finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from chaos.chains import REGEX_PARSER
+from chaos.invariants import read_log
+from chaos.procs import lock_held_by, run_cli, start_cli
+
+N = 40
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, None
+
+
+def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Item {i}? answer: A{i}", "expected": f"A{i}"}) + "\n"
+                            for i in range(N)))
+    runs = str(tmp_path / "runs")
+    run_dir = tmp_path / "runs" / "live"
+    run = start_cli("run", str(data), "--runs-dir", runs, "--run-id", "live", "--parser", REGEX_PARSER, "--concurrency", "2",
+                    "--sim", json.dumps({"latency": 0.08}), cwd=tmp_path, name="live")
+    port = _free_port()
+    view = None
+    try:
+        deadline = time.monotonic() + 30
+        held = lock_held_by(run_dir / "events.log.lock", run.pid)
+        while not (held() and (run_dir / "summary.json").exists()):
+            assert run.poll() is None and time.monotonic() < deadline, run.stderr
+            time.sleep(0.01)
+        follow = start_cli("log", "live", "--follow", "--runs-dir", runs, cwd=tmp_path, name="follow")
+        view = start_cli("view", "--port", str(port), "--runs-dir", runs, cwd=tmp_path, name="view")
+        before = run_dir / "events.log"
+        size_before = before.stat().st_size
+
+        # -- a second writer, in every form, is refused with the holder's pid
+        writers = [("resume", "live", "--runs-dir", runs),
+                   ("run", str(data), "--runs-dir", runs, "--run-id", "live"),
+                   ("replay", "live", "--rebuild", "--runs-dir", runs),
+                   ("replay", "live", "--reparse", "text", "--runs-dir", runs)]
+        with ThreadPoolExecutor(max_workers=len(writers)) as pool:
+            refused = list(pool.map(lambda args: run_cli(*args, cwd=tmp_path), writers))
+        for args, r in zip(writers, refused):
+            lines = [line for line in r.stderr.splitlines() if line.strip()]
+            assert r.returncode == 2, (args, r)
+            assert len(lines) == 1 and lines[0].startswith("error:") and f"pid {run.pid}" in lines[0], (args, r.stderr)
+        assert run.poll() is None, "the run ended before every second writer was tried: make it slower"
+
+        # -- readers during the run
+        seen_done, statuses, view_answers = [], set(), 0
+        while run.poll() is None:
+            r = run_cli("status", "live", "--json", "--runs-dir", runs, cwd=tmp_path)
+            assert r.returncode == 0, r
+            info = json.loads(r.stdout)
+            statuses.add(info["status"])
+            assert info["done"] <= info["planned"] == N, info
+            seen_done.append(info["done"])
+            code, runs_list = _get(f"http://127.0.0.1:{port}/api/runs")
+            if code == 200:
+                view_answers += 1
+                live = next(x for x in runs_list["runs"] if x["run_id"] == "live")
+                assert live["done"] <= N
+                code, items = _get(f"http://127.0.0.1:{port}/api/items?run=live")
+                assert code == 200 and items["runs"][0]["finished"] <= N, (code, items)
+                if items["rows"]:
+                    code, item = _get(f"http://127.0.0.1:{port}/api/item?run=live&item={items['rows'][0]['item_id']}")
+                    assert code == 200 and item["runs"][0]["found"], (code, item)
+            export = tmp_path / f"during-{len(seen_done)}.jsonl"
+            r = run_cli("export", "live", "jsonl", "-o", str(export), "--runs-dir", runs, cwd=tmp_path)
+            assert r.returncode == 0, r
+            assert len(export.read_bytes().splitlines()) <= N
+        assert run.wait() == 0, run.stderr
+        assert "running" in statuses and seen_done == sorted(seen_done), (statuses, seen_done)
+        assert view_answers, "`ledger view` never answered during the run"
+        assert follow.wait(30) == 0, follow.stderr
+    finally:
+        for proc in (run, view):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    assert before.stat().st_size > size_before  # the live run went on writing
+    events, error = read_log(run_dir / "events.log")
+    assert error == ""
+    assert [e.reason for e in events if e.__class__.__name__ == "SessionStarted"] == ["new"]  # nobody else wrote
+    followed = [json.loads(line) for line in follow.stdout.splitlines()]
+    r = run_cli("log", "live", "--runs-dir", runs, cwd=tmp_path)
+    assert followed == [json.loads(line) for line in r.stdout.splitlines()]
+    assert [e["seq"] for e in followed] == list(range(1, len(events) + 1))
+    info = json.loads(run_cli("status", "live", "--json", "--runs-dir", runs, cwd=tmp_path).stdout)
+    assert (info["status"], info["done"]) == ("completed", N), info

@@ -121,14 +121,14 @@ class Chain:
             trigger = "requests"  # (a run killed before run_started is durable: test_kill.py)
         start = self._size()
         responses = self.run_dir / "responses.jsonl"
-        lines = responses.stat().st_size if responses.exists() else 0
+        responses_size = responses.stat().st_size if responses.exists() else 0
         proc = start_cli(*args, cwd=self.base, mode=self.mode, name=f"k{len(self.kills)}")
         remaining = self._remaining()
         if trigger == "startup":
             fire, delay = lock_held_by(self.run_dir / "events.log.lock", proc.pid), self.rng.uniform(0, 0.2)
         elif trigger == "projection":
             target = self.rng.randint(1, max(1, int(remaining * 0.5)))
-            fire, delay = (lambda: lines_after(responses, lines) >= target), self.rng.uniform(0, 0.01)
+            fire, delay = (lambda: lines_after(responses, responses_size) >= target), self.rng.uniform(0, 0.01)
         else:
             target = remaining if trigger == "late" else self.rng.randint(1, max(1, int(remaining * 0.6)))
             fire, delay = (lambda: lines_after(self.req_log, start) >= target), self.rng.uniform(0, 0.03)

@@ -4,8 +4,8 @@ The built-in simulator covers 429s, 500s, hangs, resets and one malformed body; 
 answers with what the simulator cannot: HTTP 200 replies missing fields, or with fields of
 the wrong type, HTML from a proxy, an ``error`` object, a body cut short, an outage window,
 a server that echoes the Authorization header into its messages. ``plan(item_id, attempt)``
-says what the Nth request for an item gets ("ok" for a good reply); every request is logged
-as (time, x-ledger-key, attempt, shape).
+says what the Nth request for an item gets ("ok" for a good reply, "hang", "rate_limited_429"
+or a key of SHAPES); every request is logged as (time, x-ledger-key, attempt, shape).
 """
 
 from __future__ import annotations
@@ -107,6 +107,9 @@ class BrokenServer:
         if shape == "hang":
             await asyncio.sleep(self.hang)
             return JSONResponse(reply)
+        if shape == "rate_limited_429":
+            return JSONResponse({"error": {"message": "Rate limit reached", "type": "requests"}}, status_code=429,
+                                headers={"retry-after": "0.1"})
         status, out = SHAPES[shape](reply, request.headers.get("authorization", ""))
         if isinstance(out, bytes):
             return Response(out, status_code=status, media_type="application/json")

@@ -110,3 +110,29 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
     assert [e["seq"] for e in followed] == list(range(1, len(events) + 1))
     info = json.loads(run_cli("status", "live", "--json", "--runs-dir", runs, cwd=tmp_path).stdout)
     assert (info["status"], info["done"]) == ("completed", N), info
+
+
+def test_log_follow_of_a_run_killed_with_sigkill_ends_with_exactly_the_durable_events(tmp_path):
+    import msgspec
+
+    from chaos.procs import kill_when, lines_after
+
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Item {i}? answer: A{i}"}) + "\n" for i in range(200)))
+    req_log = tmp_path / "requests.jsonl"
+    runs = str(tmp_path / "runs")
+    run = start_cli("run", str(data), "--runs-dir", runs, "--run-id", "k", "--concurrency", "8",
+                    "--sim", json.dumps({"latency": 0.01, "request_log": str(req_log)}), cwd=tmp_path)
+    lock = tmp_path / "runs" / "k" / "events.log.lock"
+    deadline = time.monotonic() + 30
+    while not lock_held_by(lock, run.pid)() or not (tmp_path / "runs" / "k" / "events.log").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.stderr
+        time.sleep(0.005)
+    follow = start_cli("log", "k", "--follow", "--runs-dir", runs, cwd=tmp_path, name="follow")
+    code, _ = kill_when(run, lambda: lines_after(req_log, 0) >= 60, 0.01)
+    assert code == -9
+    assert follow.wait(30) == 0, follow.stderr  # the lock died with the writer: follow ends
+    events, error = read_log(tmp_path / "runs" / "k" / "events.log")
+    assert error == "" and len(events) > 60
+    followed = [msgspec.json.decode(line) for line in follow.stdout.splitlines()]
+    assert followed == [msgspec.to_builtins(e) for e in events]

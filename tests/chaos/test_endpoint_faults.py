@@ -117,6 +117,36 @@ def test_replies_with_fields_of_the_wrong_type_are_retried_not_fatal(tmp_path, s
     assert len(rows_of(run_dir)) == n and all(row["correct"] for row in rows_of(run_dir).values())
 
 
+def test_a_429_storm_then_a_5xx_burst_are_waited_out_and_nothing_is_lost(tmp_path):
+    """For the first half second every request gets a 429 (Retry-After 0.1), for the next a
+    503: adaptive concurrency, Retry-After and the circuit breaker hold off, and the run
+    completes with every attempt recorded."""
+    import time
+
+    n = 30
+    data = write_dataset(tmp_path / "d.jsonl", n)
+    start: list[float] = []
+
+    def plan(item: str, attempt: int) -> str:
+        start or start.append(time.monotonic())
+        age = time.monotonic() - start[0]
+        return "rate_limited_429" if age < 0.5 else "outage_503" if age < 1.0 else "ok"
+
+    with BrokenServer(plan) as server:
+        r = run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--run-id", "storm", "--base-url",
+                    server.base_url, "--model", "broken-1", "--retries", "30", "--concurrency", "8",
+                    "--parser", REGEX_PARSER, cwd=tmp_path)
+        shapes = Counter(shape for _, _, _, shape in server.log)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r
+    assert shapes["rate_limited_429"] and shapes["outage_503"], shapes
+    run_dir = tmp_path / "runs" / "storm"
+    assert accounted(run_dir, n) == []
+    events, _ = read_log(run_dir / "events.log")
+    failed = Counter(e.error_type for e in events if e.__class__.__name__ == "Failed")
+    assert failed == {"rate_limit": shapes["rate_limited_429"], "server_error": shapes["outage_503"]}, (failed, shapes)
+    assert all(row["correct"] for row in rows_of(run_dir).values())
+
+
 def test_a_storm_of_every_fault_ends_with_every_item_done_or_failed_with_a_reason(tmp_path):
     """Faults the simulator makes, at rates where retries run out: exit 1, every item
     accounted for; two resumes retry the failed ones under the same storm; still nothing

@@ -172,7 +172,7 @@ def count_syncs(tmp_path: Path, seed: int) -> int:
 def test_power_loss_at_every_sync_keeps_every_acknowledged_event(tmp_path, seed):
     total = count_syncs(tmp_path, seed)
     assert total > 10, f"seed={seed}: only {total} syncs"
-    torn_images = []
+    torn_images, lost_entries = [], 0
     for n in range(1, total + 3):  # producers race, so a run may sync a little more or less
         mode = MODES[n % len(MODES)]
         where = f"seed={seed} crash at sync {n} ({mode})"
@@ -184,12 +184,14 @@ def test_power_loss_at_every_sync_keeps_every_acknowledged_event(tmp_path, seed)
         if not disk.crashed:
             continue
         disk.write_image(str(after))
+        lost_entries += not (after / "events.log").exists()  # created, but its directory never synced
         size = os.path.getsize(after / "events.log") if (after / "events.log").exists() else 0
         events = check_rebooted(after, producers.acked, producers.submitted, where)
         if size and len(events) < len(producers.submitted):
             torn_images.append((n, producers))
         shutil.rmtree(before)
     assert torn_images, f"seed={seed}: no crash left anything to recover"
+    assert lost_entries, f"seed={seed}: no crash lost the log's directory entry"
 
 
 @pytest.mark.parametrize("seed", [21])

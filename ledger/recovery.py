@@ -5,7 +5,8 @@ The recovery rule is in framing.py's docstring. This module applies it to files:
 * ``locate_end`` is what opening does: O(1) for a clean log (the last frame is checked
   through its trailer), a bounded backward scan after a torn write.
 * ``verify`` reads every frame and reports every problem, resynchronising on the next
-  frame magic so that one bad byte does not hide later damage.
+  frame magic so that one bad byte does not hide later damage. Bytes past the end that
+  opening keeps (``locate_end``) are the torn tail, counted in ``tail_bytes``, not problems.
 * ``cut_tail`` saves the bytes past a given offset beside the log (``events.log.broken``,
   or ``.broken.N`` when that exists) and only then truncates: nothing is destroyed
   without a copy. It is used both for torn tails on open and by ``verify --repair``.
@@ -142,6 +143,10 @@ def verify(f: BinaryIO, path: str) -> VerifyReport:
         if clean:
             report.end = frame.end
         offset = frame.end
+    # What follows the end a writer keeps on open is a torn tail (a crash mid-write, or a
+    # live writer's frame in progress), not corruption: readers stop there quietly too.
+    tail = locate_end(f, path).end
+    report.problems = [p for p in report.problems if p.offset < tail]
     report.tail_bytes = size - report.end
     return report
 

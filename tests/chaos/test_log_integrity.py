@@ -60,3 +60,29 @@ def test_a_log_that_cannot_be_opened_for_writing_is_a_ledger_error(tmp_path):
     (tmp_path / "b" / "events.log").rmdir()
     with LogWriter.open(str(tmp_path / "b" / "events.log")) as writer:
         writer.append(Started(item_id="x"))
+
+
+@pytest.mark.parametrize("torn", ["half_frame", "frame_header", "zeros"])
+def test_verify_calls_a_torn_tail_a_tail_not_corruption(tmp_path, torn):
+    """After a kill -9 mid-write (or while a live writer is mid-frame) the log ends in a torn
+    frame: opening cuts it, readers stop before it. `verify` must not report it as a corrupt
+    frame (exit 1) -- the same bytes are not damage to the writer or the readers."""
+    from chaos.procs import run_cli
+    from ledger.reader import iter_frames
+
+    log = tmp_path / "runs" / "r" / "events.log"
+    log.parent.mkdir(parents=True)
+    with LogWriter.open(str(log)) as writer:
+        for i in range(4):
+            writer.append_many([Started(item_id=f"a{i}"), Response(item_id=f"a{i}", text="x" * 300)])
+    last = list(iter_frames(str(log)))[-1]
+    data = log.read_bytes()
+    tail = {"half_frame": data[last.offset:(last.offset + last.end) // 2], "frame_header": data[last.offset:last.offset + 24],
+            "zeros": bytes(700)}[torn]
+    log.write_bytes(data + tail)
+    report = verify_log(str(log))
+    assert report.ok and report.problems == [] and report.tail_bytes == len(tail), report
+    r = run_cli("verify", "r", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.splitlines()[-1] == "ok", r
+    log.write_bytes(data[:last.offset + 30] + bytes([data[last.offset + 30] ^ 1]) + data[last.offset + 31:] + data[last.offset:])
+    assert [p.offset for p in verify_log(str(log)).problems] == [last.offset]  # damage before a valid frame: reported

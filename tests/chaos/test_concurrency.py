@@ -10,7 +10,6 @@ import socket
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 from chaos.chains import REGEX_PARSER
 from chaos.invariants import read_log

@@ -19,7 +19,6 @@ import pytest
 from chaos.chains import REGEX_PARSER
 from chaos.invariants import check_projections, projection_files, read_log, reply_keys, resent
 from chaos.procs import kill_when, lines_after, run_cli, start_cli
-from ledger.framing import HEADER_SIZE
 from ledger.layout import RunPaths
 from ledger.reader import iter_frames
 from projections.projector import Projector, rebuild

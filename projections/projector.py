@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -31,6 +32,7 @@ from ledger.errors import LogLockedError
 from ledger.layout import RunPaths
 from ledger.lock import RunLock
 from ledger.reader import iter_frames, log_end
+from ledger.recovery import locate_end
 
 from .fold import ConversationFile, Line, RunState, apply
 from .reparse import overrides
@@ -38,7 +40,7 @@ from .summary import encode_summary
 
 __all__ = ["Projector", "rebuild", "refresh"]
 
-_VERSION = 3
+_VERSION = 4
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):
@@ -46,6 +48,9 @@ class Checkpoint(msgspec.Struct, kw_only=True):
     offset: int = HEADER_SIZE
     seq: int = 0
     responses_bytes: int = 0
+    responses_crc: int = 0  # CRC-32 of those bytes: damage inside the file means a rebuild
+    clean: bool = False  # written by close(): nothing was written after it
+    reparsed: bool = False  # the state was folded with re-parse overrides: keep using them
     state: RunState = msgspec.field(default_factory=RunState)
 
 
@@ -104,10 +109,29 @@ class Projector:
             return False
         if ckpt.offset > log_end(self.paths.log) or size < ckpt.responses_bytes:
             return False
+        if _crc_prefix(self.paths.responses, ckpt.responses_bytes) != ckpt.responses_crc:
+            return False  # zeroed or garbled inside (projections are never synced)
         if size > ckpt.responses_bytes:
             os.truncate(self.paths.responses, ckpt.responses_bytes)
+        if not ckpt.clean:
+            self._remove_newer_conversations()
+        if ckpt.reparsed:  # catching up must apply re-parses the way the checkpointed part did
+            self.overrides = overrides(self.paths.log)
         self.ckpt = ckpt
         return True
+
+    def _remove_newer_conversations(self) -> None:
+        """After a crash, conversation files written after the checkpoint may record events
+        the log no longer has (it lost its tail): remove those. File times only pick the
+        candidates (with a margin: the kernel's file clock is coarse); each file's own
+        ``seq`` decides."""
+        since = os.stat(self.paths.checkpoint).st_mtime_ns - 2_000_000_000
+        with open(self.paths.log, "rb") as f:
+            last_seq = locate_end(f, self.paths.log).last_seq
+        with os.scandir(self.paths.conversations) as entries:
+            for entry in entries:
+                if entry.stat().st_mtime_ns >= since and _recorded_seq(entry.path) > last_seq:
+                    os.unlink(entry.path)
 
     def _remove_stale_temps(self) -> None:
         """Temp files of a process killed between write and rename (we hold the run now)."""
@@ -168,6 +192,7 @@ class Projector:
             self._responses.write(data)
             self._responses.flush()
             self.ckpt.responses_bytes += len(data)
+            self.ckpt.responses_crc = zlib.crc32(data, self.ckpt.responses_crc)
         self.maybe_refresh()
 
     def _apply_event(self, event: Event, lines: list[bytes], conversations: dict[str, bytes]) -> None:
@@ -196,19 +221,21 @@ class Projector:
         for future in pending:
             future.result()  # an OSError here is a projection failure: let it surface
 
-    def write_checkpoint(self) -> None:
+    def write_checkpoint(self, clean: bool = False) -> None:
         """Summary first: a checkpoint must never be newer than the summary it vouches for."""
         if self.broken:
             return
         self._drain()
         self.write_summary()
         self._last_ckpt = time.monotonic()
+        self.ckpt.clean = clean
+        self.ckpt.reparsed = bool(self.overrides)
         write_atomic(self.paths.checkpoint, _encode(self.ckpt))
 
     def close(self) -> None:
         if self._responses is not None and not self.broken:
             if self._dirty or not os.path.exists(self.paths.summary) or not os.path.exists(self.paths.checkpoint):
-                self.write_checkpoint()
+                self.write_checkpoint(clean=True)
         if self._responses is not None:
             self._responses.close()
             self._responses = None
@@ -216,14 +243,40 @@ class Projector:
 
 
 def rebuild(paths: RunPaths) -> Projector:
-    """Delete every projection file and fold the whole log again."""
-    projector = Projector(paths)
+    """Delete every projection file and fold the whole log again. No checkpoint until the
+    end: a rebuild killed halfway leaves none, so the next open rebuilds (with re-parses)."""
+    projector = Projector(paths, checkpoint_every=float("inf"))
     projector.overrides = overrides(paths.log)
     projector._reset()
     projector._open_responses()
     projector.catch_up()
     projector.close()
     return projector
+
+
+class _Seq(msgspec.Struct):
+    seq: int = 0
+
+
+def _recorded_seq(path: str) -> int:
+    """The seq of the event that finished a conversation file (unreadable: treat as ahead)."""
+    try:
+        with open(path, "rb") as f:
+            return msgspec.json.decode(f.read(), type=_Seq).seq
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return 1 << 62
+
+
+def _crc_prefix(path: str, length: int) -> int:
+    crc, left = 0, length
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+    return crc
 
 
 def refresh(paths: RunPaths) -> RunState | None:

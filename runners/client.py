@@ -90,6 +90,9 @@ async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
         raise EndpointError("connection", redact(f"connection failed: {cause}", secrets), retryable=True) from None
     latency = time.perf_counter() - start
+    for secret in secrets:  # a server that echoes the Authorization header must not log it
+        if secret and len(secret) >= 4 and secret.encode() in content:
+            content = content.replace(secret.encode(), b"[redacted]")
     return _reply(content, latency)._replace(pause=pause)
 
 
@@ -152,17 +155,38 @@ def _http_date(value: str) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+class _Message(msgspec.Struct):
+    content: str | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    finish_reason: str | None = None
+
+
+class _Usage(msgspec.Struct):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class _Completion(msgspec.Struct):
+    """The fields we use, with their types: anything else in a 200 is a malformed reply."""
+
+    choices: list[_Choice]
+    usage: _Usage | None = None
+
+
 def _reply(content: bytes, latency: float) -> Reply:
     try:
         data = _decode(content)
-        choice = data["choices"][0]
-        text = choice["message"].get("content") or ""
-        usage = data.get("usage")
-    except (msgspec.DecodeError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise EndpointError("malformed_response", f"reply is not a chat completion: {type(exc).__name__}", retryable=True) from None
-    if not isinstance(text, str):
-        raise EndpointError("malformed_response", "reply content is not text", retryable=True)
-    usage_out = None
-    if isinstance(usage, dict):
-        usage_out = {k: int(usage.get(k) or 0) for k in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    return Reply(text, choice.get("finish_reason"), usage_out, data, latency)
+        completion = msgspec.convert(data, _Completion)
+        choice = completion.choices[0]
+    except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
+        raise EndpointError("malformed_response", f"reply is not a chat completion: {_first_line(exc)}", retryable=True) from None
+    usage = msgspec.to_builtins(completion.usage) if completion.usage else None
+    return Reply(choice.message.content or "", choice.finish_reason, usage, data, latency)
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from ledger.errors import LedgerError, LogError
 from ledger.events import Failed, Parsed, Paused, Response, Resumed, Started, Usage
 from ledger.writer import LogWriter
 from projections.parsers import ParseResult, Parser
@@ -72,6 +73,7 @@ class Engine:
     progress: Progress = field(default_factory=Progress)
     names: dict[str, str] = field(default_factory=dict)  # endpoint url -> name recorded in events
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    error: LedgerError | None = None  # a log that cannot be written stops the run
 
     def breaker_changed(self, state: str, url: str, reason: str) -> None:
         """Breaker callback: record the decision in the log and on the progress bar."""
@@ -90,8 +92,12 @@ class Engine:
             task = asyncio.create_task(self._one(work))
             tasks.add(task)
             task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
+            if self.error is not None:
+                break
         if tasks:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self.error is not None:
+            raise self.error
 
     def stop(self, reason: str = "interrupted") -> None:
         self.progress.stopping = True
@@ -117,6 +123,10 @@ class Engine:
                 reply, attempts = outcome
                 messages = messages + [{"role": "assistant", "content": reply.text}]
             progress.done += 1
+        except LogError as exc:  # the writer died (disk full, I/O error): stop everything once
+            if self.error is None:
+                self.error = exc
+                self.stop(f"error: {exc}")
         finally:
             progress.in_flight -= 1
 

@@ -89,9 +89,10 @@ def new_run_id() -> str:
 
 def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None, skip_failed: bool = False) -> Prepared:
     """Check a new run (or `run --run-id EXISTING`, which resumes) before writing anything."""
-    if run_id and os.path.isfile(os.path.join(runs_dir, run_id, "events.log")):
+    if run_id and _has_events(os.path.join(runs_dir, run_id, "events.log")):
         return prepare_resume(RunPaths(os.path.join(runs_dir, run_id)), skip_failed)
     paths = RunPaths(os.path.join(runs_dir, validate_run_id(run_id or new_run_id())))
+    _check_writable(runs_dir)
     _check_numbers(config)
     _resolve_prices(config)
     parser = make_parser(config.parser)
@@ -100,6 +101,23 @@ def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None, 
     if config.preflight and not config.embedded:
         check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
     return Prepared(paths, config, info, parser, api_key, resume=False, skip_failed=skip_failed)
+
+
+def _has_events(log: str) -> bool:
+    """A log with at least one event. A run killed before its first event was durable left
+    an empty log: it is started afresh, as if it never existed."""
+    return os.path.isfile(log) and next(iter_events(log), None) is not None
+
+
+def _check_writable(runs_dir: str) -> None:
+    existing = runs_dir
+    while not os.path.isdir(existing):
+        parent = os.path.dirname(os.path.abspath(existing))
+        if parent == os.path.abspath(existing):
+            break
+        existing = parent
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"{runs_dir}: cannot create runs here ({existing} is not writable)")
 
 
 def prepare_resume(paths: RunPaths, skip_failed: bool = False) -> Prepared:

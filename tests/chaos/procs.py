@@ -92,6 +92,8 @@ def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], s
         try:
             sys.stdout.flush()
             sys.stderr.flush()
+            with open(f"{out}.code", "w") as f:  # see CliProc.wait: multiprocessing may lose it
+                f.write(str(code))
         finally:
             os._exit(code)
 
@@ -117,7 +119,7 @@ class CliProc:
     def poll(self) -> int | None:
         if self.mode == "exec":
             return self._popen.poll()
-        return self._proc.exitcode
+        return None if self._proc.exitcode is None else self._exitcode()
 
     def kill(self) -> None:
         try:
@@ -141,7 +143,16 @@ class CliProc:
             self.kill()
             self._proc.join()
             raise AssertionError(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
-        return self._proc.exitcode
+        return self._exitcode()
+
+    def _exitcode(self) -> int:
+        """multiprocessing reports 255 when it cannot read a forkserver child's status (EOF
+        on its sentinel, seen under load); the child's own record of its code says better."""
+        code = self._proc.exitcode
+        recorded = Path(f"{self.out}.code")
+        if code == 255 and recorded.exists():
+            return int(recorded.read_text() or 255)
+        return code
 
     @property
     def stdout(self) -> str:

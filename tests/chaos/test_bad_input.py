@@ -162,11 +162,6 @@ def test_a_read_only_run_is_refused_clearly_by_writers_and_read_by_readers(read_
     assert _snapshot(runs) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/session.py Session.__init__: `ledger run` into a runs directory without write "
-    "permission dies in os.makedirs(paths.dir) with a PermissionError traceback (exit 1) instead of "
-    "one line and exit 2 (prepare() does not check that the runs directory is writable). Repro: "
-    "chmod 555 runs; as a non-root user, `ledger run d.jsonl --runs-dir runs`."))
 def test_a_new_run_in_a_read_only_runs_directory_is_one_line_exit_2(read_only_runs):
     base = read_only_runs
     r = _unprivileged("run", str(base / "d.jsonl"), "--runs-dir", str(base / "runs"), cwd=base)

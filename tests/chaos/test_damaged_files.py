@@ -184,13 +184,6 @@ def test_deleted_or_cut_projection_files_are_repaired(finished_run, tmp_path, da
     assert projection_files(run) == pristine, f"{damage}: not repaired by `ledger replay --rebuild`"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: projections/projector.py Projector._load trusts responses.jsonl below the checkpoint's "
-    "length (it checks only the size): a sector zeroed by a power loss (projections are never "
-    "synced; ext4 data=writeback, XFS and others can leave zeros inside a file whose size "
-    "survived) stays after the next open, and `ledger export` then dies with a msgspec.DecodeError "
-    "traceback (projections/export.py). Repro: zero 512 bytes in the middle of a finished run's "
-    "responses.jsonl; `ledger replay RUN`; `ledger export RUN jsonl`."))
 def test_a_zeroed_sector_in_responses_below_the_checkpoint_is_repaired_on_open(finished_run, tmp_path):
     from projections.replay import replay
 
@@ -255,13 +248,6 @@ def test_verify_repair_of_a_corrupt_frame_then_resume_rebuilds_and_finishes(fini
     assert check_projections(run, tmp_path / "scratch", repair=False) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: projections/projector.py Projector._load: when the log lost its tail after the projector "
-    "consumed it, but the checkpoint is older than the cut (checkpoint offset <= new log end), the "
-    "conversation files of items finished in the lost tail are left behind (responses.jsonl is "
-    "truncated to the checkpoint, conversations/ is not): the projections stay ahead of the log "
-    "and differ from a rebuild. Repro: this test (checkpoint after the first batch, log cut between "
-    "it and the end, Projector.open)."))
 def test_conversation_files_ahead_of_a_cut_log_are_not_left_behind(tmp_path):
     from ledger.events import Parsed, Response, RunStarted, SessionStarted, Started
     from ledger.writer import LogWriter

@@ -148,12 +148,6 @@ def test_disk_error_under_the_cli_stops_with_exit_1_then_resume_completes(cli_fa
     assert {row["item_id"] for row in rows} == {f"q{i}" for i in range(40)} and all(row["correct"] for row in rows)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/engine.py Engine.run: when the log writer dies (ENOSPC/EIO), every in-flight task "
-    "raises LogClosedError from writer.submit; asyncio.gather re-raises the first and the rest are "
-    "never retrieved, so asyncio prints 'Task exception was never retrieved' with a full traceback "
-    "per task (~1000 stderr lines at --concurrency 4) before the one 'error:' line. Repro: this test "
-    "(FaultyOs(op='fdatasync', err=EIO, after=6) in a `ledger run` child)."))
 @pytest.mark.parametrize("fault", CLI_FAULTS)
 def test_disk_error_under_the_cli_is_one_clear_line(cli_faults, fault):
     run = cli_faults[fault][0]

@@ -95,15 +95,6 @@ def test_broken_replies_are_retried_with_their_reason_recorded(tmp_path):
     assert rows[next(k for k, v in shape_of.items() if v == "content_null")]["response"] == ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/client.py _reply does not check the types of a 200 reply's fields: usage values "
-    "that are not numbers ({'prompt_tokens': 'many'} / [4]) raise ValueError/TypeError out of the "
-    "engine task (traceback, exit 1); a finish_reason that is not a string (7, {...}) goes into a "
-    "Response event that cannot be decoded back -- ledger/writer.py now refuses it (LogError 'event "
-    "cannot be encoded') and the run stops with exit 1; before that fix the frame was written and "
-    "every later read of the log failed with CorruptLogError. Both should be malformed_response "
-    "failures, retried. Repro: this test (tests/chaos/endpoints.py shapes usage_not_numbers, "
-    "finish_reason_a_number)."))
 @pytest.mark.parametrize("shape", ["usage_not_numbers", "finish_reason_a_number", "finish_reason_an_object"])
 def test_replies_with_fields_of_the_wrong_type_are_retried_not_fatal(tmp_path, shape):
     n = 6

@@ -66,12 +66,6 @@ def test_the_chains_killed_often_and_everywhere(chains):
     assert sum(k.command == "resume" for k in landed) >= 12  # kills during resume itself
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/session.py prepare()/prepare_resume(): a run killed after its log was created "
-    "but before run_started was durable (Session.__init__ opens the log, index and projector first) "
-    "can be neither resumed nor re-run: both say 'the log does not begin with run_started' (exit 2) "
-    "until the user deletes the run directory. Repro: LogWriter.open(runs/X/events.log).close(); "
-    "`ledger run DATA --run-id X`."))
 def test_a_run_killed_before_run_started_was_durable_can_be_run_again(tmp_path):
     dataset = tmp_path / "d.jsonl"
     dataset.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"answer: A{i}", "expected": f"A{i}"}) + "\n"
@@ -83,14 +77,6 @@ def test_a_run_killed_before_run_started_was_durable_can_be_run_again(tmp_path):
     assert r.returncode == 0, r
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: projections/projector.py Projector.open: `ledger replay --reparse` killed while it "
-    "rebuilds leaves a checkpoint written by that rebuild, which applies re-parses at the "
-    "original parse positions (overrides); the next open loads it and catches up *without* "
-    "overrides (they are computed only when the checkpoint is missing), so the rest of the items "
-    "keep their old parsed values: responses.jsonl, conversations/ and summary.json differ from "
-    "a rebuild until the next `--rebuild`. Repro: kill -9 `ledger replay RUN --reparse choice` on "
-    "a 3000-item run while it rebuilds (this test does the same in-process), then `ledger replay RUN`."))
 def test_replay_after_a_reparse_killed_mid_rebuild_equals_a_rebuild(tmp_path):
     from chaos.invariants import check_projections
     from ledger.events import Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started

@@ -96,12 +96,6 @@ def test_the_key_appears_in_no_file_output_or_message(everything):
         assert SECRET not in r.stdout and SECRET not in r.stderr, r
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: runners/engine.py _record (and client.py _reply): the key is redacted from error messages "
-    "only; an endpoint that echoes the Authorization header in a 200 reply's content puts the key "
-    "verbatim into the response event (text and raw), responses.jsonl, conversations/, every export "
-    "and `ledger log`. The runner knows the key and could redact it there too. Repro: this test "
-    "(tests/chaos/endpoints.py shape echo_key_in_reply)."))
 def test_the_key_echoed_in_a_reply_is_not_stored(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"id": "q0", "prompt": "hello"}) + "\n")

@@ -17,6 +17,7 @@ full rebuild from offset zero. Projections never fsync: the log is the truth.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import zlib
@@ -41,6 +42,9 @@ from .summary import encode_summary
 __all__ = ["Projector", "rebuild", "refresh"]
 
 _VERSION = 4
+# write_atomic's temp names end in ".tmp.<pid>"; real files never do (conversations end in
+# "_s<N>.json"), so an item id like "a.tmp.b" is safe from the clean-up.
+_TEMP = re.compile(r"\.tmp\.\d+$")
 
 
 class Checkpoint(msgspec.Struct, kw_only=True):
@@ -138,7 +142,7 @@ class Projector:
         for directory in (self.paths.dir, self.paths.conversations):
             if os.path.isdir(directory):
                 for name in os.listdir(directory):
-                    if ".tmp." in name:
+                    if _TEMP.search(name):
                         os.unlink(os.path.join(directory, name))
 
     def _reset(self) -> None:

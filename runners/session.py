@@ -31,6 +31,7 @@ import msgspec
 from ledger import __version__
 from ledger.errors import InputError, LedgerError
 from ledger.events import RunStarted, SessionEnded, SessionStarted
+from ledger.fsio import fsync_dir
 from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
 from ledger.layout import RunPaths, validate_run_id
 from ledger.reader import iter_events
@@ -198,7 +199,9 @@ class Session:
     def __init__(self, prepared: Prepared) -> None:
         self.prepared = prepared
         self.paths = prepared.paths
-        os.makedirs(self.paths.dir, exist_ok=True)
+        if not os.path.isdir(self.paths.dir):
+            os.makedirs(self.paths.dir)
+            fsync_dir(os.path.dirname(os.path.abspath(self.paths.dir)))  # the run's own entry, durably
         self.writer = LogWriter.open(self.paths.log)
         try:
             self.index = RunIndex.open_for_log(self.paths.index, self.paths.log)

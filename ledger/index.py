@@ -72,6 +72,7 @@ class RunIndex:
     def __init__(self, path: str, env: lmdb.Environment, readonly: bool) -> None:
         self.path = path
         self.readonly = readonly
+        self.stale: Exception | None = None  # set when an update failed: no more updates
         self._env = env
         self._items = env.open_db(b"items", create=not readonly)
         self._open = env.open_db(b"open", create=not readonly)
@@ -163,8 +164,12 @@ class RunIndex:
         return n + len(batch)
 
     def apply(self, frames: Sequence[Frame]) -> None:
-        """Fold durable frames in, in one transaction with the new applied offset."""
-        if not frames:
+        """Fold durable frames in, in one transaction with the new applied offset.
+
+        After any other failure the index stops applying: a later frame must never move
+        the applied offset past one that was lost. It then lags, as it may; the next open
+        catches up from the last offset that was really applied."""
+        if not frames or self.stale is not None:
             return
         while True:
             try:
@@ -173,6 +178,9 @@ class RunIndex:
                 return
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            except lmdb.Error as exc:
+                self.stale = exc
+                return
 
     # -- reading -------------------------------------------------------------------------
 

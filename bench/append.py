@@ -122,14 +122,20 @@ class Workdir:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _chunks(events: list[Started], producers: int) -> list[list[Started]]:
+    """The events dealt out to P producers in contiguous runs."""
+    chunks, start = [], 0
+    for size in split(len(events), producers):
+        chunks.append(events[start : start + size])
+        start += size
+    return chunks
+
+
 def ledger_async(path: str, events: list[Started], producers: int) -> tuple[float, int]:
     """Seconds for P tasks to append all ``events``; and the number of commit groups."""
     writer = LogWriter.open(path)
     try:
-        chunks, start = [], 0
-        for size in split(len(events), producers):
-            chunks.append(events[start : start + size])
-            start += size
+        chunks = _chunks(events, producers)
 
         async def producer(mine: list[Started]) -> None:
             append = writer.append_async
@@ -152,10 +158,7 @@ def ledger_async(path: str, events: list[Started], producers: int) -> tuple[floa
 def ledger_threads(path: str, events: list[Started], producers: int) -> tuple[float, int]:
     writer = LogWriter.open(path)
     try:
-        chunks, start = [], 0
-        for size in split(len(events), producers):
-            chunks.append(events[start : start + size])
-            start += size
+        chunks = _chunks(events, producers)
         go = threading.Barrier(producers + 1)
 
         def producer(mine: list[Started]) -> None:

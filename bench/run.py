@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from runners.client import make_client  # noqa: E402
 from runners.config import RunConfig  # noqa: E402
-from runners.session import Session, prepare  # noqa: E402
+from runners.session import prepare, run_prepared  # noqa: E402
 
 
 def free_port() -> int:
@@ -99,12 +99,8 @@ async def bare(base_url: str, n: int, concurrency: int, sink: str | None = None)
 def ledger_rate(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: str, **options) -> float:
     config = RunConfig(model="sim-1", base_url=base_url, concurrency=concurrency, parser="text", **options)
     prepared = prepare(dataset, config, runs_dir, None)
-    session = Session(prepared)
-    session.begin()
-    works = session.plan()
     start = time.perf_counter()
-    reason = session.execute(works)
-    session.close(reason)  # every event durable and projections written: part of the cost
+    run_prepared(prepared)  # includes closing: every event durable, projections written
     return n / (time.perf_counter() - start)
 
 

@@ -100,21 +100,21 @@ def _sim(text: str | None) -> dict:
 
 
 def _execute(prepared: "Prepared", show_first: bool) -> int:
-    from runners.session import Session
+    from runners.session import run_prepared
 
     config = prepared.config
-    session = Session(prepared)
-    reason = "error"
-    try:
-        session.begin()
-        works = session.plan()
+    bar = make_bar()
+    task = bar.add_task("running", total=None, rate="", extra="")
+
+    def planned(session: "Session") -> None:  # the bar appears once the run is open: errors stay one line
         _print_header(prepared, session)
-        bar = make_bar()
-        task = bar.add_task("running", total=None, rate="", extra="")
-        with bar:
-            reason = session.execute(works, ticker(bar, task, (config.price_in, config.price_out), show_first))
+        bar.start()
+
+    try:
+        session, reason = run_prepared(prepared, on_planned=planned,
+                                       on_tick=ticker(bar, task, (config.price_in, config.price_out), show_first))
     finally:
-        session.close(reason)
+        bar.stop()
     with open(prepared.paths.summary, "rb") as f:
         summary = json.loads(f.read())
     out.print(summary_table(summary))

@@ -55,7 +55,7 @@ class ProjectionError(LedgerError):
     """The projections could not be written (disk full, a name too long ...)."""
 
 
-__all__ = ["ProjectionError", "Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
+__all__ = ["run_prepared", "ProjectionError", "Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
 
 
 @dataclass
@@ -379,6 +379,23 @@ def _subset(items: int, limit: int | None, seed: int | None) -> set[int] | None:
     import random
 
     return set(random.Random(seed).sample(range(items), limit))
+
+
+def run_prepared(prepared: Prepared, *, on_planned: Callable[[Session], None] | None = None,
+                 on_tick: Callable[[Progress], None] | None = None) -> tuple[Session, str]:
+    """A whole session: open, plan, send, close (always, whatever happens in between).
+    Returns the closed session and its end reason (completed / interrupted / error)."""
+    session = Session(prepared)
+    reason = "error"
+    try:
+        session.begin()
+        works = session.plan()
+        if on_planned is not None:
+            on_planned(session)
+        reason = session.execute(works, on_tick)
+    finally:
+        session.close(reason)
+    return session, reason
 
 
 def _planned_items(items: int, limit: int | None) -> int:

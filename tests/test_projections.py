@@ -368,7 +368,7 @@ def test_live_projection_in_two_sessions_equals_a_rebuild(tmp_path, run, seed, d
 def finished_run(tmp_path_factory):
     """A real run (runners.session in-process, embedded simulator over loopback); its files."""
     from runners.config import RunConfig
-    from runners.session import Session, prepare
+    from runners.session import prepare, run_prepared
 
     base = tmp_path_factory.mktemp("real")
     dataset = base / "qa.jsonl"
@@ -376,13 +376,7 @@ def finished_run(tmp_path_factory):
                                for i in range(40)))
     config = RunConfig(parser="regex:answer is (.+)$", concurrency=8, samples=2, simulator={"rate_429": 0.1, "retry_after": 0.01})
     prepared = prepare(str(dataset), config, str(base / "runs"), "real")
-    session = Session(prepared)
-    reason = "error"
-    try:
-        session.begin()
-        reason = session.execute(session.plan())
-    finally:
-        session.close(reason)
+    _, reason = run_prepared(prepared)
     assert reason == "completed"
     return prepared.paths
 

@@ -70,7 +70,7 @@ def check_nothing_unsynced_acknowledged(run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_disk_error_in_process_stops_the_run_cleanly_and_resume_finishes(tmp_path, monkeypatch, fault):
     from runners.config import RunConfig
-    from runners.session import Session, prepare, prepare_resume
+    from runners.session import Session, prepare, prepare_resume, run_prepared
 
     data = dataset(tmp_path)
     req_log = tmp_path / "requests.jsonl"
@@ -102,12 +102,7 @@ def test_disk_error_in_process_stops_the_run_cleanly_and_resume_finishes(tmp_pat
     before, _ = read_log(run_dir / "events.log")
     durable, offset = reply_keys(before), req_log.stat().st_size
 
-    session = Session(prepare_resume(prepared.paths))  # the fault is gone
-    try:
-        session.begin()
-        reason = session.execute(session.plan())
-    finally:
-        session.close(reason)
+    _, reason = run_prepared(prepare_resume(prepared.paths))  # the fault is gone
     assert reason == "completed"
     after = list(iter_events(str(run_dir / "events.log")))
     assert after[:len(before)] == before

@@ -13,20 +13,14 @@ import tempfile
 
 def _warm() -> None:
     from runners.config import RunConfig
-    from runners.session import Session, prepare
+    from runners.session import prepare, run_prepared
 
     directory = tempfile.mkdtemp(prefix="ledger-warm-")
     try:
         dataset = os.path.join(directory, "warm.jsonl")
         with open(dataset, "w") as f:
             f.write("".join(json.dumps({"id": f"w{i}", "prompt": f"answer: {i}"}) + "\n" for i in range(2)))
-        session = Session(prepare(dataset, RunConfig(concurrency=2), os.path.join(directory, "runs"), "warm"))
-        reason = "error"
-        try:
-            session.begin()
-            reason = session.execute(session.plan())
-        finally:
-            session.close(reason)
+        run_prepared(prepare(dataset, RunConfig(concurrency=2), os.path.join(directory, "runs"), "warm"))
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 

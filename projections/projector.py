@@ -66,7 +66,8 @@ _decode = msgspec.msgpack.Decoder(Checkpoint).decode
 class Projector:
     """Owns a run's projection files; ``apply_frames`` is safe to call from one thread."""
 
-    def __init__(self, paths: RunPaths, *, refresh: float = 1.0, checkpoint_every: float = 5.0) -> None:
+    def __init__(self, paths: RunPaths, *, refresh: float = 1.0, checkpoint_every: float = 5.0,
+                 writers: int = 0) -> None:
         self.paths = paths
         self.refresh = refresh
         self.checkpoint_every = checkpoint_every
@@ -75,10 +76,11 @@ class Projector:
         self._last_summary = 0.0
         self._last_ckpt = 0.0
         self.overrides: dict[str, Parsed] = {}  # set by rebuild: re-parses (reparse.py)
-        # Conversation files are small writes whose syscalls release the GIL: a few threads
-        # overlap them with the fold. Drained before every checkpoint, so a checkpoint never
-        # covers a file that is not written yet.
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="ledger-conversations")
+        # Conversation files: written inline by default (a live run's projector thread: extra
+        # threads would only compete with the event loop for the GIL); a rebuild uses a few
+        # writer threads to overlap the syscalls with the fold. Either way they are drained
+        # before every checkpoint, so a checkpoint never covers a file not written yet.
+        self._pool = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="ledger-conversations") if writers else None
         self._pending: list[Future[None]] = []
         self._dirty = False  # anything applied since the files were last written
         self.broken = False  # an error left the state ahead of the files: never checkpoint it
@@ -189,7 +191,10 @@ class Projector:
             self.ckpt.offset = frame.end
         for name, data in conversations.items():
             path = os.path.join(self.paths.conversations, name)
-            self._pending.append(self._pool.submit(write_atomic, path, data))
+            if self._pool is None:
+                write_atomic(path, data)
+            else:
+                self._pending.append(self._pool.submit(write_atomic, path, data))
         self._drain()  # no two writes of one file ever overlap across batches
         if lines:
             data = b"".join(lines)
@@ -243,13 +248,14 @@ class Projector:
         if self._responses is not None:
             self._responses.close()
             self._responses = None
-        self._pool.shutdown()
+        if self._pool is not None:
+            self._pool.shutdown()
 
 
 def rebuild(paths: RunPaths) -> Projector:
     """Delete every projection file and fold the whole log again. No checkpoint until the
     end: a rebuild killed halfway leaves none, so the next open rebuilds (with re-parses)."""
-    projector = Projector(paths, checkpoint_every=float("inf"))
+    projector = Projector(paths, checkpoint_every=float("inf"), writers=4)
     projector.overrides = overrides(paths.log)
     projector._reset()
     projector._open_responses()

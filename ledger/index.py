@@ -320,7 +320,7 @@ def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
         cache[key] = value
     before = value[0]
     match event:
-        case Started(attempt=attempt):
+        case Started():
             value[0], value[1] = IN_FLIGHT, value[1] + 1
         case Response(turn=turn):
             value[0], value[2] = (IN_FLIGHT if value[0] != DONE else DONE), max(value[2], turn)

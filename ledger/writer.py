@@ -94,7 +94,7 @@ class LogWriter:
         # (Kafka's linger.ms): fewer, larger syncs and fewer thread wake-ups competing with
         # the producers for the GIL. Waited-on appends never linger.
         self.linger = 0.005
-        self._thread = threading.Thread(target=self._run, name=f"ledger-writer", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
         self._thread.start()
 
     # -- opening -------------------------------------------------------------------------

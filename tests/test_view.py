@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
-import os
 import re
 import shutil
 import signal
@@ -29,7 +28,6 @@ import msgspec
 import pytest
 from starlette.testclient import TestClient
 
-from conftest import run_cli
 from test_compare import EXPECTED, HINTS, N, shared_runs
 from viewer.app import create_app
 

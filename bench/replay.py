@@ -5,14 +5,17 @@ retried failure per 20 items, groups of 64 events) and prints one JSON object:
 
 * ``msgspec_decode_per_s``: raw decode of the log's frame payloads (the ceiling);
 * ``replay_events_per_s``: ``iter_events`` over the file (framing, CRC, seq checks);
-* ``rebuild_s`` / ``rebuild_events_per_s``: ``projections.projector.rebuild`` (responses.jsonl,
-  conversation files, summary.json) and its ratio to the raw decode rate;
+* ``rebuild_s`` / ``rebuild_events_per_s``: ``projections.projector.rebuild`` of
+  ``responses.jsonl`` + ``summary.json`` (the rows projection) and its ratio to the raw
+  decode rate;
+* ``conversations_rebuild_s``: the rebuild of the other projection, one file per
+  conversation (250,000 file creates: the file system's pace, not the fold's);
 * ``arrow_rows_per_s`` / ``parquet_rows_per_s``: ``ledger export`` of the rebuilt run;
 * ``*_peak_rss_mb``: each phase runs in its own subprocess so peaks do not mix.
 
 Targets: rebuild >= 25% of the raw decode rate, exports >= 200,000 rows/s, peak RSS < 500 MB.
 
-    python bench/replay.py [--items 250000]
+    python bench/replay.py [--items 250000] [--no-conversations]
 """
 
 from __future__ import annotations
@@ -77,7 +80,7 @@ def run_phase(name: str, run_dir: str, out: str) -> None:
     from ledger.layout import RunPaths
     from ledger.reader import iter_events, iter_frames
     from projections.export import export
-    from projections.projector import rebuild
+    from projections.projector import CONVERSATIONS, ROWS, rebuild
 
     paths = RunPaths(run_dir)
     start = time.perf_counter()
@@ -90,8 +93,11 @@ def run_phase(name: str, run_dir: str, out: str) -> None:
     elif name == "replay":
         result = {"events": sum(1 for _ in iter_events(paths.log))}
     elif name == "rebuild":
-        projector = rebuild(paths)
+        projector = rebuild(paths, (ROWS,))
         result = {"events": projector.state.last_seq}
+    elif name == "conversations":
+        rebuild(paths, (CONVERSATIONS,))
+        result = {}
     else:
         result = {"rows": export([paths], name, out)}
     result["seconds"] = time.perf_counter() - start
@@ -113,6 +119,7 @@ def main() -> None:
     ap.add_argument("--phase")
     ap.add_argument("--run-dir")
     ap.add_argument("--out", default="")
+    ap.add_argument("--no-conversations", action="store_true", help="skip the conversation files' rebuild")
     args = ap.parse_args()
     if args.phase:
         run_phase(args.phase, args.run_dir, args.out)
@@ -135,6 +142,10 @@ def main() -> None:
         out["rebuild_vs_decode"] = round(out["rebuild_events_per_s"] / out["msgspec_decode_per_s"], 3)
         out["replay_peak_rss_mb"] = replay["peak_rss_mb"]
         out["rebuild_peak_rss_mb"] = rebuilt["peak_rss_mb"]
+        if not args.no_conversations:
+            conversations = phase("conversations", run_dir, "")
+            out["conversations_rebuild_s"] = round(conversations["seconds"], 2)
+            out["conversations_peak_rss_mb"] = conversations["peak_rss_mb"]
         for fmt in ("arrow", "parquet"):
             r = phase(fmt, run_dir, os.path.join(tmp, f"out.{fmt}"))
             out[f"{fmt}_rows_per_s"] = round(r["rows"] / r["seconds"])

@@ -25,6 +25,8 @@ __all__ = [
     "SessionStarted",
     "Started",
     "Response",
+    "ResponseView",
+    "EventView",
     "Parsed",
     "Failed",
     "SessionEnded",
@@ -34,11 +36,12 @@ __all__ = [
     "decode",
     "encode_many",
     "decode_many",
+    "decode_many_view",
     "to_builtins",
 ]
 
 
-class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+class EventBase(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", gc=False):
     seq: int = 0
     ts: float = 0.0
 
@@ -49,7 +52,7 @@ class ItemEvent(EventBase, frozen=True, kw_only=True):
     turn: int = 0
 
 
-class Usage(msgspec.Struct, frozen=True, kw_only=True):
+class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
@@ -78,15 +81,22 @@ class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
     expected: Any = None  # from the dataset, so that projections can score from the log alone
 
 
-class Response(ItemEvent, frozen=True, kw_only=True, tag="response"):
+class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
+    """A ``response`` read without its ``raw`` body (``decode_many_view``): all that the
+    projections use, decoded in about two thirds of the time (msgspec skips the body
+    instead of building it)."""
+
     attempt: int = 1
     text: str = ""
     finish_reason: str | None = None
     usage: Usage | None = None
     latency: float = 0.0
-    raw: dict[str, Any] | None = None
     endpoint: str = ""
     final: bool = True  # False for a turn that is not the item's last
+
+
+class Response(ResponseView, frozen=True, kw_only=True, tag="response"):
+    raw: dict[str, Any] | None = None  # the endpoint's reply body, redacted
 
 
 class Parsed(ItemEvent, frozen=True, kw_only=True, tag="parsed"):
@@ -132,9 +142,23 @@ Event = (
     | Resumed
 )
 
+# What projections decode: every event as it is, but a response without its raw body.
+EventView = (
+    RunStarted
+    | SessionStarted
+    | Started
+    | ResponseView
+    | Parsed
+    | Failed
+    | SessionEnded
+    | Paused
+    | Resumed
+)
+
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Event)
 _many_decoder = msgspec.msgpack.Decoder(list[Event])
+_many_view_decoder = msgspec.msgpack.Decoder(list[EventView])
 
 
 def encode(event: Event) -> bytes:
@@ -151,6 +175,10 @@ def encode_many(events: list[Event]) -> bytes:
 
 def decode_many(data: bytes | memoryview) -> list[Event]:
     return _many_decoder.decode(data)
+
+
+def decode_many_view(data: bytes | memoryview) -> list[EventView]:
+    return _many_view_decoder.decode(data)
 
 
 def to_builtins(event: Event) -> dict[str, Any]:

@@ -32,9 +32,11 @@ readers raise CorruptLogError with its offset and never skip it.
 
 from __future__ import annotations
 
+import operator
 import struct
 import zlib
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from .events import Event, decode_many
 
@@ -52,6 +54,8 @@ __all__ = [
     "check_frame",
     "find_end",
 ]
+
+_seq_of = operator.attrgetter("seq")
 
 FILE_MAGIC = b"LEDGRLOG"
 FORMAT_VERSION = 1
@@ -109,8 +113,10 @@ def encode_frame(first_seq: int, count: int, payload: bytes) -> bytes:
     )
 
 
-def check_frame(buf: bytes | memoryview, pos: int, offset: int) -> FrameCheck:
-    """Check the frame starting at ``buf[pos]`` (file offset ``offset``)."""
+def check_frame(buf: bytes | memoryview, pos: int, offset: int,
+                decode: Callable[[bytes | memoryview], list[Any]] = decode_many) -> FrameCheck:
+    """Check the frame starting at ``buf[pos]`` (file offset ``offset``); ``decode`` reads
+    the payload (``events.decode_many_view`` for readers that skip raw reply bodies)."""
     if len(buf) - pos < FRAME_HEAD_SIZE:
         return FrameCheck(None, "incomplete")
     magic, length, first_seq, count, crc = _FRAME_HEAD.unpack_from(buf, pos)
@@ -125,16 +131,17 @@ def check_frame(buf: bytes | memoryview, pos: int, offset: int) -> FrameCheck:
         return FrameCheck(None, "incomplete")
     if tmagic != TRAILER_MAGIC or total != end - pos:
         return FrameCheck(None, "bad frame trailer")
-    return _decode_frame(buf, pos, offset, length, first_seq, count)
+    return _decode_frame(buf, pos, offset, length, first_seq, count, decode)
 
 
-def _decode_frame(buf, pos: int, offset: int, length: int, first_seq: int, count: int) -> FrameCheck:
+def _decode_frame(buf, pos: int, offset: int, length: int, first_seq: int, count: int,
+                  decode: Callable[[bytes | memoryview], list[Any]]) -> FrameCheck:
     body = pos + FRAME_HEAD_SIZE
     try:
-        events = decode_many(buf[body : body + length])
+        events = decode(buf[body : body + length])
     except Exception as exc:  # msgspec.DecodeError / ValidationError: a CRC-valid but bad payload
         return FrameCheck(None, f"payload does not decode: {exc}")
-    if len(events) != count or any(e.seq != first_seq + i for i, e in enumerate(events)):
+    if len(events) != count or list(map(_seq_of, events)) != list(range(first_seq, first_seq + count)):
         return FrameCheck(None, "events do not match the frame's seq range")
     end = offset + FRAME_OVERHEAD + length
     return FrameCheck(Frame(offset, end, first_seq, events), "")

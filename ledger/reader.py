@@ -12,15 +12,17 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from .errors import CorruptLogError, LogFormatError
-from .events import Event
+from .events import Event, decode_many
 from .framing import FRAME_OVERHEAD, HEADER_SIZE, Frame, check_frame
 from .recovery import locate_end, read_header
 
 __all__ = ["iter_frames", "iter_events", "follow_events", "log_end"]
 
 _CHUNK = 1 << 20
+Decode = Callable[[bytes | memoryview], list[Any]]
 
 
 def log_end(path: str) -> int:
@@ -36,19 +38,21 @@ def _open(path: str):
         raise LogFormatError(f"{path}: no such log") from exc
 
 
-def iter_frames(path: str, start: int = HEADER_SIZE, stop: int | None = None) -> Iterator[Frame]:
-    """Frames from file offset ``start`` (a frame boundary) up to ``stop`` or the end."""
+def iter_frames(path: str, start: int = HEADER_SIZE, stop: int | None = None, *,
+                decode: Decode = decode_many) -> Iterator[Frame]:
+    """Frames from file offset ``start`` (a frame boundary) up to ``stop`` or the end;
+    ``decode`` reads each payload (``decode_many_view``: responses without their raw body)."""
     with _open(path) as f:
         read_header(f, path)
         size = f.seek(0, os.SEEK_END) if stop is None else stop
-        yield from _frames(f, path, max(start, HEADER_SIZE), size)
+        yield from _frames(f, path, max(start, HEADER_SIZE), size, decode)
 
 
-def _frames(f, path: str, offset: int, size: int) -> Iterator[Frame]:
+def _frames(f, path: str, offset: int, size: int, decode: Decode) -> Iterator[Frame]:
     buf, buf_off, expected_seq = memoryview(b""), offset, None
     while offset < size:
         pos = offset - buf_off
-        check = check_frame(buf, pos, offset)
+        check = check_frame(buf, pos, offset, decode)
         if check.reason == "incomplete" and buf_off + len(buf) < size:
             buf, buf_off = _refill(f, buf, pos, offset, size), offset
             continue
@@ -56,7 +60,7 @@ def _frames(f, path: str, offset: int, size: int) -> Iterator[Frame]:
         if frame is not None and expected_seq is not None and frame.first_seq != expected_seq:
             frame, check = None, check._replace(reason=f"seq gap: expected {expected_seq}")
         if frame is None and not check.reason.startswith("seq gap"):
-            frame = _recheck(f, path, offset, check.reason)
+            frame = _recheck(f, offset, decode)
             buf, buf_off = memoryview(b""), frame.end if frame else offset
         if frame is None:
             _raise_unless_tail(f, path, offset, check.reason)
@@ -78,7 +82,7 @@ def _refill(f, buf: memoryview, pos: int, offset: int, size: int) -> memoryview:
     return memoryview(rest + more)
 
 
-def _recheck(f, path: str, offset: int, reason: str) -> Frame | None:
+def _recheck(f, offset: int, decode: Decode) -> Frame | None:
     """Read the frame again, fresh from the file: a live writer may have finished it since
     our buffer was filled (a reader must not call a frame in progress corrupt)."""
     f.seek(offset)
@@ -86,7 +90,7 @@ def _recheck(f, path: str, offset: int, reason: str) -> Frame | None:
     if len(head) < 8:
         return None
     data = head + f.read(int.from_bytes(head[4:8], "little"))
-    return check_frame(data, 0, offset).frame
+    return check_frame(data, 0, offset, decode).frame
 
 
 def _raise_unless_tail(f, path: str, offset: int, reason: str) -> None:

@@ -1,59 +1,85 @@
-"""The fold from events to what people read: ``apply(state, event) -> outputs``.
+"""The fold from events to ``responses.jsonl`` lines and the figures of ``summary.json``.
 
-No I/O here. ``apply`` updates a ``RunState`` in place (it is the projection's own state,
-kept small: only unfinished items are held, plus running totals) and returns the outputs
-the event completes: a ``responses.jsonl`` line, a conversation file. The projector
-(projector.py) writes them. The same fold runs live and on rebuild, and every figure comes
-from event data (never the clock), so the files are byte-identical either way.
+No I/O here. ``apply(state, event)`` updates a ``RunState`` in place and returns the
+``responses.jsonl`` line the event completes (or None). The state is kept small: only
+unfinished items (a few fields each, no conversation: that is conversations.py's fold),
+plus running totals. The same fold runs live and on rebuild, and every figure comes from
+event data (never the clock), so the files are byte-identical either way.
+
+This is the hot path of ``ledger replay --rebuild`` and of a live run's projector thread:
+dispatch is one dict lookup on the event's class, an open item is a small Struct updated in
+place, and a line is one msgspec encode of a Struct (fields in DESIGN's order).
 
 An (item, sample) is *finished* by a ``parsed`` event of its final turn (done) or by a
-``failed`` event with ``final`` (failed). A finally failed item is kept (``state.failed``,
-with its replies) so that a resume continues it where it stopped and its attempts keep
-counting; if it then finishes, it gets a new line that supersedes the failed one (readers
-and exports keep the last line per key). A failed item with an expected answer counts as
-scored and incorrect until it succeeds. Re-parses do not add lines: a rebuild applies them
-at the position of the original parse (reparse.py).
+``failed`` event with ``final`` (failed). A finally failed item is kept (``state.failed``)
+so that a resume continues it where it stopped and its attempts keep counting; if it then
+finishes, it gets a new line that supersedes the failed one (readers and exports keep the
+last line per key). A failed item with an expected answer counts as scored and incorrect
+until it succeeds. Re-parses do not add lines: a rebuild applies them at the position of
+the original parse (reparse.py); the fold only counts re-parse sessions, so that a full
+fold knows it has to be redone with them.
 """
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Mapping
-from urllib.parse import quote
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
-from ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, SessionEnded, SessionStarted, Started, Usage
 
 from .scoring import score
 
-__all__ = ["RunState", "OpenItem", "TurnRecord", "Totals", "Line", "ConversationFile", "apply", "key_of"]
+__all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "key_of", "prompt_of", "failure_text",
+           "label", "overridden", "MAX_LABELS"]
 
-_json = msgspec.json.Encoder(order="deterministic")
-
-
-class TurnRecord(msgspec.Struct, kw_only=True):
-    turn: int
-    attempt: int
-    response: str
-    finish_reason: str | None = None
-    usage: dict[str, int] | None = None
-    latency: float = 0.0
-    endpoint: str = ""
-    ts: float = 0.0
+_encode = msgspec.json.Encoder(order="deterministic").encode
+MAX_LABELS = 50  # more distinct expected values than this: answers are not labels
 
 
-class OpenItem(msgspec.Struct, kw_only=True):
+class OpenRow(msgspec.Struct, kw_only=True, gc=False):
+    """What an unfinished (item, sample) contributes to its line so far."""
+
     item_id: str
     sample: int
     model: str = ""
     expected: Any = None
-    messages: list[dict[str, Any]] = []  # the conversation so far, replies included
-    turns: list[TurnRecord] = []
+    prompt: Any = None  # the last user message of the latest request
+    response: str | None = None  # the latest reply
+    usage: list[int] | None = None  # prompt, completion, total: summed over every reply
+    latency: float = 0.0  # summed over every reply
     attempts: int = 0
-    errors: list[str] = []
-    first_ts: float = 0.0
+    error: str | None = None  # the latest failure, as failure_text()
+
+
+class Row(msgspec.Struct, gc=False):
+    """One ``responses.jsonl`` line; the field order is the file's key order."""
+
+    item_id: str
+    sample: int
+    model: str
+    prompt: Any
+    response: str | None
+    parsed: Any
+    expected: Any
+    correct: bool | None
+    usage: Usage | None
+    latency: float
+    attempts: int
+    error: str | None
+    finished_at: float
+    seq: int
+
+
+class Labels(msgspec.Struct, kw_only=True):
+    """Counts for per-class precision / recall / F1, kept as the items finish (a label is
+    ``str(label(value))``): support per expected label, predictions per predicted label,
+    and correct answers per expected label."""
+
+    support: dict[str, int] = {}
+    predicted: dict[str, int] = {}
+    hits: dict[str, int] = {}
 
 
 class Totals(msgspec.Struct, kw_only=True):
@@ -61,14 +87,13 @@ class Totals(msgspec.Struct, kw_only=True):
     failed: int = 0
     scored: int = 0
     correct: int = 0
-    parsed: int = 0
-    parsed_ok: int = 0
+    parsed_ok: int = 0  # of the done items (each finished by a parse)
     attempts: int = 0
     retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latencies: list[float] = []
-    labels: dict[str, list[Any]] = {}  # key -> [expected, parsed or None], for per-class metrics
+    labels: Labels | None = msgspec.field(default_factory=Labels)  # None: more than MAX_LABELS classes
     per_item: dict[str, list[list[Any]]] = {}  # with several samples: item -> [[correct, answer], ...]
 
 
@@ -78,90 +103,126 @@ class RunState(msgspec.Struct, kw_only=True):
     config: dict[str, Any] = {}
     dataset: str = ""
     planned: int = 0
+    samples: int = 1
     status: str = "running"
     first_ts: float = 0.0
     last_ts: float = 0.0
     last_seq: int = 0
-    open: dict[str, OpenItem] = {}
-    failed: dict[str, OpenItem] = {}  # finally failed, kept for a resume to continue
+    reparse_sessions: int = 0
+    open: dict[str, OpenRow] = {}
+    failed: dict[str, OpenRow] = {}  # finally failed, kept for a resume to continue
     totals: Totals = msgspec.field(default_factory=Totals)
-
-
-class Line(NamedTuple):
-    data: bytes  # one responses.jsonl line, newline included
-
-
-class ConversationFile(NamedTuple):
-    name: str
-    data: bytes
 
 
 def key_of(item_id: str, sample: int) -> str:
     return f"{item_id}\x00{sample}"
 
 
-def apply(state: RunState, event: Event, overrides: Mapping[str, Parsed] | None = None) -> list[Line | ConversationFile]:
-    """Fold one event in; return the outputs it completes. ``overrides`` (reparse.py) replaces
-    an item's parse by a later re-parse, at the position of the original."""
-    if not state.first_ts:
-        state.first_ts = event.ts
-    state.last_ts, state.last_seq = event.ts, event.seq
-    match event:
-        case RunStarted():
-            _run_started(state, event)
-        case SessionStarted():
-            state.status = "running"
-        case SessionEnded(reason=reason):
-            state.status = reason
-        case Started():
-            _started(state, event)
-        case Response():
-            _response(state, event)
-        case Parsed():
-            if overrides:
-                event = _override(event, overrides)
-            return _parsed(state, event)
-        case Failed():
-            return _failed(state, event)
-    return []
+def apply(state: RunState, event: Event, overrides: Mapping[str, Parsed] | None = None) -> bytes | None:
+    """Fold one event in; return the ``responses.jsonl`` line (newline included) it
+    completes. ``overrides`` (reparse.py) replaces an item's parse by a later re-parse, at
+    the position of the original."""
+    lines = apply_many(state, (event,), overrides)
+    return lines[0] if lines else None
 
 
-def _run_started(state: RunState, event: RunStarted) -> None:
+def apply_many(state: RunState, events: Sequence[Event], overrides: Mapping[str, Parsed] | None = None,
+               after: int = 0) -> list[bytes]:
+    """Fold in the events whose seq is above ``after`` (a frame at a time: the projector's
+    loop); return the lines they complete, in order."""
+    lines: list[bytes] = []
+    handlers = _HANDLERS
+    applied = None
+    for event in events:
+        if event.seq <= after:
+            continue
+        if applied is None and not state.first_ts:
+            state.first_ts = event.ts
+        applied = event
+        handler = handlers.get(event.__class__)
+        if handler is not None and (line := handler(state, event, overrides)) is not None:
+            lines.append(line)
+    if applied is not None:
+        state.last_ts = applied.ts
+        state.last_seq = applied.seq
+    return lines
+
+
+def _run_started(state: RunState, event: RunStarted, _: Any) -> None:
     state.run_id, state.config, state.dataset = event.run_id, event.config, event.dataset
     state.model = str(event.config.get("model", ""))
-    state.planned = event.items * int(event.config.get("samples", 1) or 1)
+    state.samples = int(event.config.get("samples", 1) or 1)
+    state.planned = event.items * state.samples
+    return None
 
 
-def _started(state: RunState, event: Started) -> None:
-    key = key_of(event.item_id, event.sample)
-    item = state.open.get(key) or state.failed.get(key)  # a failed item retried continues
-    if item is None:
-        item = OpenItem(item_id=event.item_id, sample=event.sample, expected=event.expected, first_ts=event.ts)
-    state.open[key] = item
-    item.model = str(event.request.get("model", state.model))
-    item.messages = list(event.request.get("messages", []))
-    item.attempts += 1
+def _session_started(state: RunState, event: SessionStarted, _: Any) -> None:
+    state.status = "running"
+    state.reparse_sessions += event.reason == "reparse"
+    return None
+
+
+def _session_ended(state: RunState, event: SessionEnded, _: Any) -> None:
+    state.status = event.reason
+    return None
+
+
+def prompt_of(messages: Any) -> Any:
+    """The content of the last user message (what a row shows as the prompt)."""
+    if messages.__class__ is not list or not messages:
+        return None
+    last = messages[-1]
+    if last.__class__ is dict and last.get("role") == "user":
+        return last.get("content")
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            return m.get("content")
+    return None
+
+
+def _started(state: RunState, event: Started, _: Any) -> None:
+    key = f"{event.item_id}\x00{event.sample}"
+    row = state.open.get(key)
+    if row is None:
+        row = state.failed.get(key) if state.failed else None  # a failed item retried continues
+        if row is None:
+            row = OpenRow(item_id=event.item_id, sample=event.sample, expected=event.expected)
+        state.open[key] = row
+    request = event.request
+    model = request.get("model", state.model)
+    row.model = model if model.__class__ is str else str(model)
+    row.prompt = prompt_of(request.get("messages"))
+    row.attempts += 1
     state.totals.attempts += 1
+    return None
 
 
-def _response(state: RunState, event: Response) -> None:
-    item = state.open.get(key_of(event.item_id, event.sample))
-    if item is None:
-        return
-    usage = msgspec.to_builtins(event.usage) if event.usage else None
-    item.turns.append(TurnRecord(
-        turn=event.turn, attempt=event.attempt, response=event.text, finish_reason=event.finish_reason,
-        usage=usage, latency=event.latency, endpoint=event.endpoint, ts=event.ts,
-    ))
-    item.messages.append({"role": "assistant", "content": event.text})
+def _response(state: RunState, event: Response, _: Any) -> None:
+    row = state.open.get(f"{event.item_id}\x00{event.sample}")
+    if row is None:
+        return None
+    row.response = event.text
+    row.latency += event.latency
     totals = state.totals
     totals.latencies.append(event.latency)
-    if usage:
-        totals.prompt_tokens += usage.get("prompt_tokens", 0)
-        totals.completion_tokens += usage.get("completion_tokens", 0)
+    usage = event.usage
+    if usage is not None:
+        if row.usage is None:
+            row.usage = [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens]
+        else:
+            summed = row.usage
+            summed[0] += usage.prompt_tokens
+            summed[1] += usage.completion_tokens
+            summed[2] += usage.total_tokens
+        totals.prompt_tokens += usage.prompt_tokens
+        totals.completion_tokens += usage.completion_tokens
+    return None
 
 
-def _override(event: Parsed, overrides: Mapping[str, Parsed]) -> Parsed:
+def overridden(event: Parsed, overrides: Mapping[str, Parsed] | None) -> Parsed:
+    """``event`` as re-parsed later, if it was (same position, newer parser and value)."""
+    if not overrides:
+        return event
     newer = overrides.get(key_of(event.item_id, event.sample))
     if newer is None or newer.seq <= event.seq:
         return event
@@ -169,98 +230,102 @@ def _override(event: Parsed, overrides: Mapping[str, Parsed]) -> Parsed:
                                    ok=newer.ok, value=newer.value, error=newer.error)
 
 
-def _parsed(state: RunState, event: Parsed) -> list[Line | ConversationFile]:
-    key = key_of(event.item_id, event.sample)
-    item = state.open.pop(key, None)
-    if item is None:
-        return []
+def label(value: Any) -> Any:
+    """A value as a class label: scalars as they are, anything else as its JSON text."""
+    return value if value is None or isinstance(value, (str, int, float, bool)) else _encode(value).decode()
+
+
+def _parsed(state: RunState, event: Parsed, overrides: Mapping[str, Parsed] | None) -> bytes | None:
+    key = f"{event.item_id}\x00{event.sample}"
+    row = state.open.pop(key, None)
+    if row is None:
+        return None
+    if overrides:
+        event = overridden(event, overrides)
     totals = state.totals
-    correct = score(event.value, item.expected, event.ok)
+    ok = event.ok
+    value = event.value if ok else None
+    expected = row.expected
+    correct = score(value, expected, ok)
     totals.done += 1
-    totals.parsed += 1
-    totals.parsed_ok += event.ok
-    if correct is not None:
-        totals.scored += 1
-        totals.correct += correct
-        totals.labels[key] = [_label(item.expected), _label(event.value) if event.ok else None]
-    if state.failed.pop(key, None) is not None:
+    totals.parsed_ok += ok
+    retried = bool(state.failed) and state.failed.pop(key, None) is not None
+    if retried:
         totals.failed -= 1
-        totals.scored -= item.expected not in (None, "")  # it had counted as scored, incorrect
-    if int(state.config.get("samples", 1) or 1) > 1:
-        totals.per_item.setdefault(item.item_id, []).append([correct, _label(event.value) if event.ok else None])
-    return _finish(state, item, event.value if event.ok else None, correct, event.error, event)
+    if correct is not None:
+        totals.scored += 1 - retried  # a retried failure had counted as scored, incorrect
+        totals.correct += correct
+        if totals.labels is not None:
+            _count_label(totals, expected, label(value) if ok else None, correct, -retried)
+    elif retried:
+        totals.scored -= expected not in (None, "")
+    if state.samples > 1:
+        totals.per_item.setdefault(row.item_id, []).append([correct, label(value) if ok else None])
+    return _line(row, value, correct, event.error, event)
 
 
-def _failed(state: RunState, event: Failed) -> list[Line | ConversationFile]:
-    key = key_of(event.item_id, event.sample)
-    item = state.open.get(key)
-    if item is None and event.final and key not in state.failed:  # refused before any request (--max-context)
-        item = state.open[key] = OpenItem(item_id=event.item_id, sample=event.sample, model=state.model, first_ts=event.ts)
-    if item is None:
-        return []
-    error = f"{event.error_type}: {event.message}" + (f" (HTTP {event.status})" if event.status else "")
-    item.errors.append(error)
+def failure_text(event: Failed) -> str:
+    text = f"{event.error_type}: {event.message}"
+    return f"{text} (HTTP {event.status})" if event.status else text
+
+
+def _failed(state: RunState, event: Failed, _: Any) -> bytes | None:
+    key = f"{event.item_id}\x00{event.sample}"
+    row = state.open.get(key)
+    if row is None:
+        if not event.final or key in state.failed:
+            return None
+        # refused before any request (--max-context)
+        row = state.open[key] = OpenRow(item_id=event.item_id, sample=event.sample, model=state.model)
+    row.error = failure_text(event)
     if not event.final:
         state.totals.retries += 1
-        return []
-    state.open.pop(key)
-    scored = item.expected not in (None, "")
+        return None
+    del state.open[key]
+    scored = row.expected not in (None, "")
     if key not in state.failed:
-        state.failed[key] = item
+        state.failed[key] = row
         state.totals.failed += 1
         state.totals.scored += scored
         if scored:  # a failure is a wrong answer for its class too, until it succeeds
-            state.totals.labels[key] = [_label(item.expected), None]
-    return _finish(state, item, None, False if scored else None, error, event)
+            _count_label(state.totals, row.expected, None, False, 0)
+    return _line(row, None, False if scored else None, row.error, event)
 
 
-def _finish(state: RunState, item: OpenItem, parsed: Any, correct: bool | None, error: str | None, event: Event) -> list[Line | ConversationFile]:
-    last = item.turns[-1] if item.turns else None
-    usage = _sum_usage(item.turns)
-    prompt = next((m.get("content") for m in reversed(item.messages) if m.get("role") == "user"), None)
-    row = {
-        "item_id": item.item_id,
-        "sample": item.sample,
-        "model": item.model,
-        "prompt": prompt,
-        "response": last.response if last else None,
-        "parsed": parsed,
-        "expected": item.expected,
-        "correct": correct,
-        "usage": usage,
-        "latency": round(sum(t.latency for t in item.turns), 6),
-        "attempts": item.attempts,
-        "error": error,
-        "finished_at": event.ts,
-        "seq": event.seq,
-    }
-    conversation = {**row, "messages": item.messages, "turns": msgspec.to_builtins(item.turns), "errors": item.errors}
-    name = f"q{_safe(item.item_id)}_s{item.sample}.json"
-    return [Line(_json.encode(row) + b"\n"), ConversationFile(name, _json.encode(conversation))]
+def _count_label(totals: Totals, expected: Any, predicted: Any, correct: bool, retried: int) -> None:
+    """Add one answer to the label counts; ``retried`` (-1) takes back the failure it supersedes."""
+    labels = totals.labels
+    if labels is None:
+        return
+    cls = str(label(expected))
+    support = labels.support
+    support[cls] = support.get(cls, 0) + 1 + retried
+    if len(support) > MAX_LABELS:
+        totals.labels = None
+        return
+    if predicted is not None:
+        name = str(predicted)
+        labels.predicted[name] = labels.predicted.get(name, 0) + 1
+    if correct:
+        labels.hits[cls] = labels.hits.get(cls, 0) + 1
 
 
-def _sum_usage(turns: list[TurnRecord]) -> dict[str, int] | None:
-    if not any(t.usage for t in turns):
-        return None
-    out = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    for t in turns:
-        for k in out:
-            out[k] += (t.usage or {}).get(k, 0)
-    return out
+def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event) -> bytes:
+    usage = row.usage
+    return _encode(Row(
+        row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct,
+        None if usage is None else Usage(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=usage[2]),
+        round(row.latency, 6), row.attempts, error, event.ts, event.seq,
+    )) + b"\n"
 
 
-def _label(value: Any) -> Any:
-    return value if isinstance(value, (str, int, float, bool)) or value is None else _json.encode(value).decode()
-
-
-_NAME_MAX = 160  # file systems allow 255 bytes per name; leave room for q..._sN.json
-
-
-def _safe(item_id: str) -> str:
-    """An item id as a file name: [A-Za-z0-9._~-] kept, every other UTF-8 byte as %XX
-    (fixed width, so distinct ids never share a name). A long id keeps its first 100
-    characters plus ``%%`` and a hash of the whole id (``%%`` never occurs in quoted text)."""
-    name = quote(item_id, safe="._-") or "%"
-    if len(name) > _NAME_MAX:
-        name = name[:100] + "%%" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
-    return name
+_HANDLERS: dict[type, Callable[[RunState, Any, Any], bytes | None]] = {
+    RunStarted: _run_started,
+    SessionStarted: _session_started,
+    SessionEnded: _session_ended,
+    Started: _started,
+    Response: _response,
+    ResponseView: _response,
+    Parsed: _parsed,
+    Failed: _failed,
+}

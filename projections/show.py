@@ -17,7 +17,7 @@ from ledger.events import Failed, Parsed, Response, Started
 from ledger.layout import RunPaths
 from ledger.reader import iter_events
 
-from .fold import _safe
+from .conversations import file_name
 
 __all__ = ["item_story"]
 
@@ -30,7 +30,7 @@ def item_story(paths: RunPaths, item_id: str, sample: int) -> dict[str, Any]:
     if not attempts:
         raise InputError(f"run {paths.run_id} has no events for item {item_id!r} sample {sample}")
     conversation = None
-    path = os.path.join(paths.conversations, f"q{_safe(item_id)}_s{sample}.json")
+    path = os.path.join(paths.conversations, file_name(item_id, sample))
     if os.path.exists(path):
         with open(path, "rb") as f:
             conversation = json.loads(f.read())

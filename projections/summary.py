@@ -3,8 +3,8 @@
 Every number derives from event data (timestamps included), so a live run and a rebuild
 write the same bytes. Accuracy is over scored items (those with an ``expected``), with a
 95% Wilson interval; per-label precision / recall / F1 appear when answers are labels (at
-most 50 distinct expected values). Cost uses ``price_in`` / ``price_out`` (USD per million
-tokens) from the run's config when known.
+most ``fold.MAX_LABELS`` distinct expected values; the fold keeps the counts). Cost uses
+``price_in`` / ``price_out`` (USD per million tokens) from the run's config when known.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Any
 
 import msgspec
 
-from .fold import RunState
+from .fold import Labels, RunState
 
 __all__ = ["summarize", "encode_summary", "wilson", "percentile"]
 
 _json = msgspec.json.Encoder(order="deterministic")
-_MAX_LABELS = 50
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -61,14 +60,14 @@ def summarize(state: RunState) -> dict[str, Any]:
         "accuracy_ci95": wilson(t.correct, t.scored),
         "scored": t.scored,
         "correct": t.correct,
-        "labels": _per_label(list(t.labels.values())),
-        "parse_success_rate": round(t.parsed_ok / t.parsed, 6) if t.parsed else None,
+        "labels": _per_label(t.labels),
+        "parse_success_rate": round(t.parsed_ok / t.done, 6) if t.done else None,
         "latency_s": {q: _round(percentile(latencies, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))},
         "tokens": {"prompt": t.prompt_tokens, "completion": t.completion_tokens, "total": t.prompt_tokens + t.completion_tokens},
         "cost_usd": _cost(state.config, t.prompt_tokens, t.completion_tokens),
         "attempts": t.attempts,
         "retries": t.retries,
-        "samples": _per_sample(t.per_item, int(state.config.get("samples", 1) or 1)),
+        "samples": _per_sample(t.per_item, state.samples),
         "throughput_per_s": round(finished / wall, 3) if wall > 0 else None,
         "wall_time_s": round(wall, 3),
         "last_seq": state.last_seq,
@@ -108,24 +107,15 @@ def _per_sample(per_item: dict[str, list[list[Any]]], samples: int) -> dict[str,
     }
 
 
-def _per_label(pairs: list[list[Any]]) -> dict[str, Any] | None:
-    classes = Counter(str(e) for e, _ in pairs)
-    if not pairs or len(classes) > _MAX_LABELS:
+def _per_label(labels: Labels | None) -> dict[str, Any] | None:
+    if labels is None or not labels.support:
         return None
-    predicted = Counter(str(p) for _, p in pairs if p is not None)
-    hits = Counter(str(e) for e, p in pairs if p is not None and _same(e, p))
     per: dict[str, Any] = {}
-    for label in sorted(classes):
-        tp = hits[label]
-        precision = tp / predicted[label] if predicted[label] else 0.0
-        recall = tp / classes[label]
+    for name in sorted(labels.support):
+        support, predicted, tp = labels.support[name], labels.predicted.get(name, 0), labels.hits.get(name, 0)
+        precision = tp / predicted if predicted else 0.0
+        recall = tp / support if support else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per[label] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6), "support": classes[label]}
+        per[name] = {"precision": round(precision, 6), "recall": round(recall, 6), "f1": round(f1, 6), "support": support}
     macro = sum(v["f1"] for v in per.values()) / len(per)
     return {"per_class": per, "macro_f1": round(macro, 6)}
-
-
-def _same(expected: Any, parsed: Any) -> bool:
-    from .scoring import score
-
-    return bool(score(parsed, expected))

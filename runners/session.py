@@ -36,7 +36,8 @@ from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
 from ledger.layout import RunPaths, validate_run_id
 from ledger.reader import iter_events
 from ledger.writer import LogWriter
-from projections.fold import OpenItem, key_of
+from projections.conversations import Conversation
+from projections.fold import key_of
 from projections.parsers import Parser, make_parser
 from projections.prices import lookup
 from projections.projector import Projector
@@ -284,8 +285,7 @@ class Session:
     def _continue(self, item: Item, sample: int, attempts: int) -> Work:
         """Continue a multi-turn item after its last completed turn, history from the log."""
         key = key_of(item.id, sample)
-        open_item = self.projector.state.open.get(key) or self.projector.state.failed.get(key)
-        replies = _last_reply_per_turn(open_item)
+        replies = _last_reply_per_turn(self.projector.conversation(key))
         done_turns = 0
         while done_turns in replies and done_turns < len(item.turns) - 1:
             done_turns += 1
@@ -406,8 +406,8 @@ def _estimate_tokens(item: Item) -> int:
     return sum(len(str(m.get("content", ""))) for turn in item.turns for m in turn) // 4 + 1
 
 
-def _last_reply_per_turn(open_item: OpenItem | None) -> dict[int, str]:
-    return {t.turn: t.response for t in open_item.turns} if open_item else {}
+def _last_reply_per_turn(conversation: Conversation | None) -> dict[int, str]:
+    return {t.turn: t.response for t in conversation.turns} if conversation else {}
 
 
 async def _tick(progress: Progress, on_tick: Callable[[Progress], None]) -> None:

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
 from ledger.layout import RunPaths
 from ledger.writer import LogWriter
-from projections.fold import ConversationFile, Line, RunState, apply
+from projections import conversations
+from projections.fold import RunState, apply
 from projections.projector import Projector, rebuild
 from projections.summary import encode_summary, percentile, summarize, wilson
 
@@ -35,15 +36,16 @@ def stamp(events: list) -> list:
 
 
 def fold(events: list) -> tuple[RunState, list[dict], dict[str, dict]]:
-    state, rows, files = RunState(), [], {}
+    """Both folds over the stream: the rows state, the lines, the conversation files."""
+    state, conv_state, rows, files = RunState(), conversations.ConversationState(), [], {}
     for event in events:
-        for out in apply(state, event):
-            if isinstance(out, Line):
-                assert out.data.endswith(b"\n") and out.data.count(b"\n") == 1
-                rows.append(json.loads(out.data))
-            else:
-                assert isinstance(out, ConversationFile)
-                files[out.name] = json.loads(out.data)
+        line = apply(state, event)
+        if line is not None:
+            assert line.endswith(b"\n") and line.count(b"\n") == 1
+            rows.append(json.loads(line))
+        out = conversations.apply(conv_state, event)
+        if out is not None:
+            files[out[0]] = json.loads(out[1])
     return state, rows, files
 
 
@@ -354,7 +356,8 @@ def test_live_projection_in_two_sessions_equals_a_rebuild(tmp_path, run, seed, d
 
     state, lines = RunState(), []
     for event in iter_events(paths.log):
-        lines += [out.data for out in apply(state, event) if isinstance(out, Line)]
+        if (line := apply(state, event)) is not None:
+            lines.append(line)
     assert live["responses.jsonl"] == b"".join(lines), f"seed={seed}"
     assert live["summary.json"] == encode_summary(state), f"seed={seed}"
     done_keys = {(json.loads(line)["item_id"], json.loads(line)["sample"]) for line in lines}

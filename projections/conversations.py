@@ -1,0 +1,174 @@
+"""The fold from events to ``conversations/q{item_id}_s{sample}.json``: one file per finished
+(item, sample) with the whole conversation and per-turn metadata.
+
+A projection of its own (its own state and checkpoint, see projector.py), separate from the
+rows fold (fold.py): creating one file per conversation is the slow part of a rebuild
+(a file system create + rename each), so ``responses.jsonl`` and ``summary.json`` are
+rebuilt first and do not wait for it, and a damaged ``responses.jsonl`` never costs a
+rewrite of every conversation file.
+
+A file holds ``item_id``, ``sample``, ``model``, ``expected``, ``parsed``, ``correct``,
+``error``, ``attempts``, ``finished_at``, ``seq`` (of the finishing event), ``messages``
+(requests and replies, in order), ``turns`` (one record per reply: turn, attempt, response,
+finish_reason, usage, latency, endpoint, ts) and ``errors`` (every failed attempt). The
+state keeps finally failed conversations, like the rows fold, so that a resume continues a
+multi-turn item after its last completed turn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+import msgspec
+
+from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, Started, Usage
+
+from .fold import failure_text, overridden
+from .scoring import score
+
+__all__ = ["ConversationState", "Conversation", "TurnRecord", "apply", "file_name"]
+
+_encode = msgspec.json.Encoder(order="deterministic").encode
+
+
+class TurnRecord(msgspec.Struct, kw_only=True, gc=False):
+    turn: int
+    attempt: int
+    response: str
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    latency: float = 0.0
+    endpoint: str = ""
+    ts: float = 0.0
+
+
+class Conversation(msgspec.Struct, kw_only=True):
+    item_id: str
+    sample: int
+    model: str = ""
+    expected: Any = None
+    messages: list[Any] = []  # the conversation so far, replies included
+    turns: list[TurnRecord] = []
+    attempts: int = 0
+    errors: list[str] = []
+
+
+class ConversationFile(msgspec.Struct, gc=False):
+    """A conversation file's content; the field order is the file's key order."""
+
+    item_id: str
+    sample: int
+    model: str
+    expected: Any
+    parsed: Any
+    correct: bool | None
+    error: str | None
+    attempts: int
+    finished_at: float
+    seq: int
+    messages: list[Any]
+    turns: list[TurnRecord]
+    errors: list[str]
+
+
+class ConversationState(msgspec.Struct, kw_only=True):
+    model: str = ""
+    open: dict[str, Conversation] = {}
+    failed: dict[str, Conversation] = {}  # finally failed, kept for a resume to continue
+
+
+def apply(state: ConversationState, event: Event, overrides: Mapping[str, Parsed] | None = None) -> tuple[str, bytes] | None:
+    """Fold one event in; return the file (name, content) it completes, if any."""
+    handler = _HANDLERS.get(event.__class__)
+    return handler(state, event, overrides) if handler is not None else None
+
+
+def _run_started(state: ConversationState, event: RunStarted, _: Any) -> None:
+    state.model = str(event.config.get("model", ""))
+    return None
+
+
+def _started(state: ConversationState, event: Started, _: Any) -> None:
+    key = f"{event.item_id}\x00{event.sample}"
+    conv = state.open.get(key)
+    if conv is None:
+        conv = state.failed.get(key)
+        if conv is None:
+            conv = Conversation(item_id=event.item_id, sample=event.sample, expected=event.expected)
+        state.open[key] = conv
+    conv.model = str(event.request.get("model", state.model))
+    messages = event.request.get("messages")
+    conv.messages = list(messages) if isinstance(messages, list) else []
+    conv.attempts += 1
+    return None
+
+
+def _response(state: ConversationState, event: Response, _: Any) -> None:
+    conv = state.open.get(f"{event.item_id}\x00{event.sample}")
+    if conv is None:
+        return None
+    conv.turns.append(TurnRecord(turn=event.turn, attempt=event.attempt, response=event.text,
+                                 finish_reason=event.finish_reason, usage=event.usage, latency=event.latency,
+                                 endpoint=event.endpoint, ts=event.ts))
+    conv.messages.append({"role": "assistant", "content": event.text})
+    return None
+
+
+def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[str, Parsed] | None) -> tuple[str, bytes] | None:
+    key = f"{event.item_id}\x00{event.sample}"
+    conv = state.open.pop(key, None)
+    if conv is None:
+        return None
+    state.failed.pop(key, None)
+    if overrides:
+        event = overridden(event, overrides)
+    value = event.value if event.ok else None
+    return _file(conv, value, score(value, conv.expected, event.ok), event.error, event)
+
+
+def _failed(state: ConversationState, event: Failed, _: Any) -> tuple[str, bytes] | None:
+    key = f"{event.item_id}\x00{event.sample}"
+    conv = state.open.get(key)
+    if conv is None:
+        if not event.final or key in state.failed:
+            return None
+        conv = state.open[key] = Conversation(item_id=event.item_id, sample=event.sample, model=state.model)
+    error = failure_text(event)
+    conv.errors.append(error)
+    if not event.final:
+        return None
+    del state.open[key]
+    state.failed[key] = conv
+    return _file(conv, None, False if conv.expected not in (None, "") else None, error, event)
+
+
+def _file(conv: Conversation, parsed: Any, correct: bool | None, error: str | None, event: Event) -> tuple[str, bytes]:
+    content = ConversationFile(conv.item_id, conv.sample, conv.model, conv.expected, parsed, correct, error,
+                               conv.attempts, event.ts, event.seq, conv.messages, conv.turns, conv.errors)
+    return file_name(conv.item_id, conv.sample), _encode(content)
+
+
+_HANDLERS: dict[type, Callable[[ConversationState, Any, Any], tuple[str, bytes] | None]] = {
+    RunStarted: _run_started,
+    Started: _started,
+    Response: _response,
+    ResponseView: _response,
+    Parsed: _parsed,
+    Failed: _failed,
+}
+
+_NAME_MAX = 160  # file systems allow 255 bytes per name; leave room for q..._sN.json
+
+
+def file_name(item_id: str, sample: int) -> str:
+    """``q{item_id}_s{sample}.json``, the id made safe: [A-Za-z0-9._-] kept, every other
+    UTF-8 byte as %XX (fixed width, so distinct ids never share a name). A long id keeps its
+    first 100 characters plus ``%%`` and a hash of the whole id (``%%`` never occurs in
+    quoted text)."""
+    name = quote(item_id, safe="._-") or "%"
+    if len(name) > _NAME_MAX:
+        name = name[:100] + "%%" + hashlib.sha256(item_id.encode()).hexdigest()[:20]
+    return f"q{name}_s{sample}.json"

@@ -73,13 +73,18 @@ def _frames(f, path: str, offset: int, size: int, decode: Decode) -> Iterator[Fr
 
 
 def _refill(f, buf: memoryview, pos: int, offset: int, size: int) -> memoryview:
-    rest = bytes(buf[pos:])
+    """A new buffer from ``offset``: the unread rest of ``buf``, then one read straight into
+    the new buffer (each byte is copied once on its way from the page cache)."""
+    rest = buf[pos:]
     need = FRAME_OVERHEAD
     if len(rest) >= 8:
         need += int.from_bytes(rest[4:8], "little")
+    want = max(_CHUNK, min(need, size - offset))
+    new = bytearray(want)
+    new[: len(rest)] = rest
     f.seek(offset + len(rest))
-    more = f.read(max(_CHUNK, min(need, size - offset)) - len(rest))
-    return memoryview(rest + more)
+    got = f.readinto(memoryview(new)[len(rest):])
+    return memoryview(new)[: len(rest) + (got or 0)]
 
 
 def _recheck(f, offset: int, decode: Decode) -> Frame | None:

@@ -47,7 +47,7 @@ class OpenRow(msgspec.Struct, kw_only=True, gc=False):
     expected: Any = None
     prompt: Any = None  # the last user message of the latest request
     response: str | None = None  # the latest reply
-    usage: list[int] | None = None  # prompt, completion, total: summed over every reply
+    usage: Usage | None = None  # summed over every reply (the reply's own when there is one)
     latency: float = 0.0  # summed over every reply
     attempts: int = 0
     error: str | None = None  # the latest failure, as failure_text()
@@ -130,21 +130,20 @@ def apply_many(state: RunState, events: Sequence[Event], overrides: Mapping[str,
                after: int = 0) -> list[bytes]:
     """Fold in the events whose seq is above ``after`` (a frame at a time: the projector's
     loop); return the lines they complete, in order."""
+    if not events or events[-1].seq <= after:
+        return []
+    if events[0].seq <= after:
+        events = [e for e in events if e.seq > after]
+    if not state.first_ts:
+        state.first_ts = events[0].ts
     lines: list[bytes] = []
     handlers = _HANDLERS
-    applied = None
     for event in events:
-        if event.seq <= after:
-            continue
-        if applied is None and not state.first_ts:
-            state.first_ts = event.ts
-        applied = event
         handler = handlers.get(event.__class__)
         if handler is not None and (line := handler(state, event, overrides)) is not None:
             lines.append(line)
-    if applied is not None:
-        state.last_ts = applied.ts
-        state.last_seq = applied.seq
+    state.last_ts = events[-1].ts
+    state.last_seq = events[-1].seq
     return lines
 
 
@@ -207,13 +206,11 @@ def _response(state: RunState, event: Response, _: Any) -> None:
     totals.latencies.append(event.latency)
     usage = event.usage
     if usage is not None:
-        if row.usage is None:
-            row.usage = [usage.prompt_tokens, usage.completion_tokens, usage.total_tokens]
-        else:
-            summed = row.usage
-            summed[0] += usage.prompt_tokens
-            summed[1] += usage.completion_tokens
-            summed[2] += usage.total_tokens
+        before = row.usage
+        row.usage = usage if before is None else Usage(
+            prompt_tokens=before.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=before.completion_tokens + usage.completion_tokens,
+            total_tokens=before.total_tokens + usage.total_tokens)
         totals.prompt_tokens += usage.prompt_tokens
         totals.completion_tokens += usage.completion_tokens
     return None
@@ -311,10 +308,8 @@ def _count_label(totals: Totals, expected: Any, predicted: Any, correct: bool, r
 
 
 def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event) -> bytes:
-    usage = row.usage
     return _encode(Row(
-        row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct,
-        None if usage is None else Usage(prompt_tokens=usage[0], completion_tokens=usage[1], total_tokens=usage[2]),
+        row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct, row.usage,
         round(row.latency, 6), row.attempts, error, event.ts, event.seq,
     )) + b"\n"
 

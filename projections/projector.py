@@ -129,14 +129,16 @@ class Projector:
         """Load the checkpoint, repair the files from it, catch ``parts`` up with the log
         (a projection left out is repaired but stays where its checkpoint has it)."""
         projector = cls(paths, **kw)
-        projector._remove_stale_temps()
+        projector._remove_stale_temps(parts)
         projector._load()
         projector._open_responses()
         projector.catch_up(parts)
         projector._redo_with_reparses(parts)
         return projector
 
-    def _load(self) -> None:
+    def _load(self, keep: Sequence[str] = (ROWS, CONVERSATIONS)) -> None:
+        """Load the checkpoint and check the files of the projections to ``keep`` against it
+        (the others are about to be folded again from zero)."""
         try:
             with open(self.paths.checkpoint, "rb") as f:
                 ckpt = _decode(f.read())
@@ -149,9 +151,11 @@ class Projector:
         self.ckpt = ckpt
         if ckpt.reparsed:  # catching up must apply re-parses the way the checkpointed part did
             self.overrides = overrides(self.paths.log)
-        if not self._rows_intact(end):
+        if ROWS in keep and not self._rows_intact(end):
             self._reset(ROWS)
-        if ckpt.conversations.offset > end:
+        if CONVERSATIONS not in keep:
+            pass
+        elif ckpt.conversations.offset > end:
             self._reset(CONVERSATIONS)
         elif not ckpt.clean:
             self._remove_newer_conversations()
@@ -185,9 +189,11 @@ class Projector:
                 if entry.stat().st_mtime_ns >= since and _recorded_seq(entry.path) > last_seq:
                     os.unlink(entry.path)
 
-    def _remove_stale_temps(self) -> None:
-        """Temp files of a process killed between write and rename (we hold the run now)."""
-        for directory in (self.paths.dir, self.paths.conversations):
+    def _remove_stale_temps(self, parts: Iterable[str] = (CONVERSATIONS,)) -> None:
+        """Temp files of a process killed between write and rename (we hold the run now): in
+        the run's directory, and among the conversations if they are in ``parts`` (a
+        directory of one file per item takes a while to list)."""
+        for directory in (self.paths.dir, self.paths.conversations) if CONVERSATIONS in parts else (self.paths.dir,):
             if os.path.isdir(directory):
                 for name in os.listdir(directory):
                     if ".tmp." in name and _TEMP.search(name):
@@ -347,19 +353,22 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = (ROWS, CONVERSATIONS), *,
     if ROWS in parts and CONVERSATIONS in parts:
         projector._reset(ROWS, CONVERSATIONS)
     else:  # the other projection stays as its checkpoint has it
-        projector._remove_stale_temps()
-        projector._load()
+        projector._remove_stale_temps(())  # the conversations folded again are deleted whole
+        projector._load(keep=tuple(p for p in (ROWS, CONVERSATIONS) if p not in parts))
     projector._open_responses()
-    for part in (p for p in (ROWS, CONVERSATIONS) if p in parts):
+    todo = [p for p in (ROWS, CONVERSATIONS) if p in parts]
+    for n, part in enumerate(todo, 1):
         start = time.perf_counter()
         projector._reset(part)
         projector.write_checkpoint()  # the reset is recorded before any file is written again
         projector.catch_up((part,))
         projector._redo_with_reparses((part,))
-        projector.write_checkpoint()
+        if n == len(todo):
+            projector.close()
+        else:
+            projector.write_checkpoint()
         if timings is not None:
             timings[part] = time.perf_counter() - start
-    projector.close()
     return projector
 
 

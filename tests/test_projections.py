@@ -494,3 +494,117 @@ def test_a_reparsed_run_repaired_on_open_keeps_its_reparse(tmp_path):
     os.truncate(paths.responses, len(before["responses.jsonl"]) - 10)  # a torn last line
     Projector.open(paths).close()
     assert projection_files(paths.dir) == before
+
+
+# -- two projections, each with its own checkpoint part ------------------------------------
+
+
+def test_a_reparsed_run_without_a_checkpoint_is_refolded_with_its_reparse(tmp_path):
+    """The fold from zero runs first without re-parses (most logs have none); finding a
+    re-parse session in the log makes it fold again with them."""
+    events = run_header(2) + _q("a") + _q("b") + [
+        SessionEnded(reason="completed"),
+        SessionStarted(pid=2, reason="reparse"),
+        Parsed(item_id="a", parser="choice", value="B"),
+        Parsed(item_id="b", parser="choice", value="C"),
+        SessionEnded(reason="completed"),
+    ]
+    paths = _log_run(tmp_path, events)
+    rebuild(paths)
+    before = projection_files(paths.dir)
+    assert [json.loads(line)["parsed"] for line in before["responses.jsonl"].splitlines()] == ["B", "C"]
+    os.unlink(paths.checkpoint)
+    shutil.rmtree(paths.conversations)
+    Projector.open(paths).close()
+    assert projection_files(paths.dir) == before
+
+
+def test_a_damaged_responses_file_refolds_the_rows_and_leaves_conversations_alone(finished_run, tmp_path):
+    paths = _pristine(finished_run, tmp_path)
+    before = projection_files(paths.dir)
+    stamps = {p.name: p.stat().st_mtime_ns for p in Path(paths.conversations).iterdir()}
+    data = bytearray(before["responses.jsonl"])
+    data[100:110] = b"\0" * 10  # damage inside: the CRC no longer matches
+    Path(paths.responses).write_bytes(bytes(data))
+
+    Projector.open(paths).close()
+    assert projection_files(paths.dir) == before
+    assert {p.name: p.stat().st_mtime_ns for p in Path(paths.conversations).iterdir()} == stamps
+
+
+def test_rebuild_of_one_projection_keeps_the_other(finished_run, tmp_path):
+    from projections.projector import CONVERSATIONS, ROWS
+
+    paths = _pristine(finished_run, tmp_path)
+    before = projection_files(paths.dir)
+    timings: dict[str, float] = {}
+    os.unlink(paths.responses)
+    rebuild(paths, (ROWS,), timings=timings)
+    assert projection_files(paths.dir) == before and list(timings) == [ROWS]
+
+    shutil.rmtree(paths.conversations)
+    os.makedirs(paths.conversations)
+    rebuild(paths, (CONVERSATIONS,), timings=timings)
+    assert projection_files(paths.dir) == before and list(timings) == [ROWS, CONVERSATIONS]
+
+
+def test_a_rebuild_stopped_between_projections_is_finished_by_the_next_open(finished_run, tmp_path):
+    """The reset of a projection is checkpointed before its files are written again: an
+    open after a rebuild killed there folds that projection from zero."""
+    from projections.projector import CONVERSATIONS
+
+    paths = _pristine(finished_run, tmp_path)
+    before = projection_files(paths.dir)
+    projector = Projector.open(paths)
+    projector._reset(CONVERSATIONS)
+    projector.write_checkpoint()  # what rebuild() records before folding the conversations
+    # ... and the process dies here: no close, no conversation file yet
+    assert list(Path(paths.conversations).iterdir()) == []
+    Projector.open(paths).close()
+    assert projection_files(paths.dir) == before
+
+
+def test_refresh_brings_the_rows_up_to_date_and_leaves_conversations_to_the_next_open(tmp_path):
+    from projections.projector import refresh
+
+    paths = _log_run(tmp_path, run_header(2) + _q("a"))
+    Projector.open(paths).close()
+    with LogWriter.open(paths.log) as writer:
+        writer.append_many(_q("b"))
+    state = refresh(paths)
+    assert state is not None and state.totals.done == 2
+    assert [json.loads(line)["item_id"] for line in Path(paths.responses).read_bytes().splitlines()] == ["a", "b"]
+    assert sorted(p.name for p in Path(paths.conversations).iterdir()) == ["qa_s0.json"]
+    Projector.open(paths).close()
+    assert sorted(p.name for p in Path(paths.conversations).iterdir()) == ["qa_s0.json", "qb_s0.json"]
+
+
+def test_label_counts_follow_a_failure_superseded_by_a_success():
+    events = stamp(run_header(3) + [
+        Started(item_id="x", request=req(user("q")), expected="A"),
+        Failed(item_id="x", error_type="server_error", message="e", status=500, retryable=True, final=True),
+        Started(item_id="y", request=req(user("q")), expected="B"),
+        Response(item_id="y", text="A"),
+        Parsed(item_id="y", value="A"),
+        Started(item_id="x", attempt=2, request=req(user("q")), expected="A"),
+        Response(item_id="x", attempt=2, text="A"),
+        Parsed(item_id="x", value="A"),
+    ])
+    state, _, _ = fold(events)
+    labels = summarize(state)["labels"]["per_class"]
+    assert labels["A"] == {"precision": 0.5, "recall": 1.0, "f1": 0.666667, "support": 1}
+    assert labels["B"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+    assert summarize(state)["counts"] == {"planned": 3, "done": 2, "failed": 0, "pending": 1}
+
+
+def test_more_than_max_labels_classes_are_not_labels():
+    from projections.fold import MAX_LABELS
+
+    events = run_header(MAX_LABELS + 1)
+    for i in range(MAX_LABELS + 1):
+        events += [Started(item_id=f"i{i}", request=req(user("q")), expected=f"L{i}"),
+                   Response(item_id=f"i{i}", text=f"L{i}"), Parsed(item_id=f"i{i}", value=f"L{i}")]
+    state, _, _ = fold(stamp(events[:-3]))
+    assert len(summarize(state)["labels"]["per_class"]) == MAX_LABELS
+    state, _, _ = fold(stamp(events))
+    assert summarize(state)["labels"] is None and summarize(state)["accuracy"] == 1.0

@@ -26,4 +26,8 @@ def replay(
         summary = replay_run(find_run(runs_dir, run), full=rebuild, reparse=reparse)
         if reparse:
             out.print(f"re-parsed {summary['reparsed']} replies with {reparse}; no request sent")
+        rebuilt = summary.pop("rebuilt", {})
+        if rebuilt:
+            out.print(f"rebuilt responses.jsonl and summary.json in {rebuilt.get('rows', 0):.1f} s, "
+                      f"conversations/ in {rebuilt.get('conversations', 0):.1f} s")
         out.print(summary_table(summary))

@@ -27,19 +27,21 @@ _BATCH = 4096
 
 
 def replay(paths: RunPaths, *, full: bool = False, reparse: str | None = None) -> dict[str, Any]:
-    """Returns the summary after the replay (plus ``reparsed``: events appended)."""
+    """Returns the summary after the replay, plus ``reparsed`` (events appended) and
+    ``rebuilt`` (seconds per projection folded from zero, for a rebuild)."""
     if reparse:
         return _reparse(paths, reparse)
     lock = RunLock.acquire(paths.lock)  # a live run's projector owns the files: refuse
+    timings: dict[str, float] = {}
     try:
         if full:
-            projector = rebuild(paths)
+            projector = rebuild(paths, timings=timings)
         else:
             projector = Projector.open(paths)
             projector.close()
     finally:
         lock.release()
-    return {**summarize(projector.state), "reparsed": 0}
+    return {**summarize(projector.state), "reparsed": 0, "rebuilt": timings}
 
 
 def _reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
@@ -58,8 +60,9 @@ def _reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
             writer.append_many(batch)
             n += len(batch)
         writer.append(SessionEnded(reason=last_status))
-        projector = rebuild(paths)
-    return {**summarize(projector.state), "reparsed": n}
+        timings: dict[str, float] = {}
+        projector = rebuild(paths, timings=timings)
+    return {**summarize(projector.state), "reparsed": n, "rebuilt": timings}
 
 
 def _last_status(paths: RunPaths) -> str:

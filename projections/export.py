@@ -10,9 +10,14 @@ winning. Columns keep the names of ``responses.jsonl``, with ``usage`` flattened
     prompt_tokens int64, completion_tokens int64, total_tokens int64, latency float64,
     attempts int64, error string, finished_at timestamp[us, UTC], seq int64
 
-``parsed`` and ``expected`` hold JSON values of any type; they are exported as text (a
-string as itself, anything else as JSON) so that a column has one type. Arrow is the IPC
-*file* format. Batches of ``BATCH`` rows are written as they are read.
+``prompt``, ``parsed`` and ``expected`` hold JSON values of any type; they are exported as text
+(a string as itself, anything else as its compact JSON, keys sorted) so that a column has one
+type. Arrow is the IPC *file* format.
+
+The file is read in chunks of about ``_CHUNK`` bytes, each cut after its last newline and
+written as one record batch before the next is read. pyarrow's JSON reader parses a chunk
+straight into columns (no Python object per value); only when a text column holds a
+non-string does msgspec decode those three columns (``_texts``).
 """
 
 from __future__ import annotations
@@ -23,46 +28,22 @@ from typing import Any
 
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
 
-from ledger.errors import InputError
+from ledger.errors import InputError, LedgerError
 from ledger.layout import RunPaths
 
-from .formats import FORMATS
 from .fold import RunState
+from .formats import FORMATS
 from .projector import Checkpoint, refresh
 from .summary import summarize
 
 __all__ = ["FORMATS", "SCHEMA", "export", "row_batches"]
 
-BATCH = 65536
+_CHUNK = 8 << 20  # bytes of responses.jsonl per record batch (~23,000 of bench/replay.py's lines)
+_BLOCK = 2 << 20  # pyarrow's JSON block: a chunk is parsed by several threads, a block each
 _json = msgspec.json.Encoder(order="deterministic")
-
-
-class _Usage(msgspec.Struct):
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    total_tokens: int = 0
-
-
-class _Row(msgspec.Struct):
-    item_id: str
-    sample: int
-    model: str = ""
-    prompt: Any = None
-    response: str | None = None
-    parsed: Any = None
-    expected: Any = None
-    correct: bool | None = None
-    usage: _Usage | None = None
-    latency: float = 0.0
-    attempts: int = 0
-    error: str | None = None
-    finished_at: float = 0.0
-    seq: int = 0
-
-
-_decode_row = msgspec.json.Decoder(_Row).decode
-_decode_rows = msgspec.json.Decoder(list[_Row]).decode
 
 SCHEMA = pa.schema([
     ("item_id", pa.string()), ("sample", pa.int64()), ("model", pa.string()), ("prompt", pa.string()),
@@ -71,6 +52,39 @@ SCHEMA = pa.schema([
     ("latency", pa.float64()), ("attempts", pa.int64()), ("error", pa.string()),
     ("finished_at", pa.timestamp("us", tz="UTC")), ("seq", pa.int64()),
 ])
+
+_TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
+_TEXT = ("prompt", "parsed", "expected")  # any JSON value; exported as text
+# A responses.jsonl line as pyarrow's JSON reader types it (keys in any order, extra keys
+# ignored). With the text columns typed as strings, a number or a list there is an error, not
+# a silent conversion: that is what sends a chunk to the slower path.
+_LINE = pa.schema([
+    *(f for f in SCHEMA if f.name not in (*_TOKENS, "finished_at")),
+    ("usage", pa.struct([(name, pa.int64()) for name in _TOKENS])), ("finished_at", pa.float64()),
+])
+_TYPED = pa.schema([f for f in _LINE if f.name not in _TEXT])
+# What the fold leaves out of a line reads as these (as a msgspec default would).
+_DEFAULTS: dict[str, Any] = {"model": "", "latency": 0.0, "attempts": 0, "finished_at": 0.0, "seq": 0}
+
+
+class _Key(msgspec.Struct):
+    """What ``_superseded`` needs of a line; msgspec skips the other values unbuilt."""
+
+    item_id: str
+    sample: int
+
+
+class _Text(msgspec.Struct, gc=False):
+    """The columns that may hold any JSON value, decoded by msgspec when pyarrow cannot type
+    them (``gc=False``: decoded JSON holds no cycles, and 3 objects a row need no tracking)."""
+
+    prompt: Any = None
+    parsed: Any = None
+    expected: Any = None
+
+
+_decode_key = msgspec.json.Decoder(_Key).decode
+_decode_texts = msgspec.json.Decoder(_Text).decode_lines
 
 
 def _text(value: Any) -> str | None:
@@ -81,83 +95,161 @@ def _text(value: Any) -> str | None:
 
 def _superseded(path: str) -> set[int]:
     """Line numbers whose key finishes again later (rare: retried failures, old re-parses)."""
-    last: dict[bytes, int] = {}
+    last: dict[tuple[str, int], int] = {}
     dropped: set[int] = set()
     with open(path, "rb") as f:
         for n, line in enumerate(f):
             if not line.endswith(b"\n"):
                 break
-            row = _decode_row(line)
-            key = row.item_id.encode() + b"\0" + str(row.sample).encode()
+            row = _decode_key(line)
+            key = (row.item_id, row.sample)
             if key in last:
                 dropped.add(last[key])
             last[key] = n
     return dropped
 
 
-def _row_chunks(paths: RunPaths) -> Iterator[list[_Row]]:
-    """Rows of a run, ``BATCH`` at a time: up to date with its log, or as its live writer
-    has them so far. A chunk is decoded in one call (a JSON array of the lines)."""
+def _complete_lines(path: str) -> int:
+    """Lines ending in a newline (a live writer's line in progress is not one), counted in
+    one reused buffer."""
+    buf, lines = bytearray(_CHUNK), 0
+    with open(path, "rb", buffering=0) as f:
+        while size := f.readinto(buf):
+            lines += buf.count(b"\n", 0, size)
+    return lines
+
+
+def _unique(paths: RunPaths) -> bool:
+    """Whether every line of ``responses.jsonl`` is a distinct key: the fold counts one
+    finished key per line, so equal counts mean no line was superseded. (A function of its
+    own so that the fold's state, large for a large run, is freed before the export.)"""
     state = refresh(paths)
-    with open(paths.responses, "rb") as f:
-        lines = sum(1 for line in f if line.endswith(b"\n"))
-    unique = state is not None and lines == state.totals.done + state.totals.failed
-    dropped = set() if unique else _superseded(paths.responses)
-    chunk: list[bytes] = []
-    with open(paths.responses, "rb") as f:
+    return state is not None and _complete_lines(paths.responses) == state.totals.done + state.totals.failed
+
+
+def _chunks(path: str) -> Iterator[memoryview]:
+    """The file's complete lines, about ``_CHUNK`` bytes at a time, each cut after a newline.
+    The bytes after the cut are read again with the next chunk rather than copied into it; a
+    chunk without a newline (a line longer than ``_CHUNK``) is read again, twice as long."""
+    size = _CHUNK
+    with open(path, "rb") as f:
+        while data := f.read(size):
+            cut = data.rfind(b"\n") + 1
+            if cut:
+                f.seek(cut - len(data), os.SEEK_CUR)
+                size = _CHUNK
+                yield memoryview(data)[:cut]
+            elif len(data) < size:
+                return  # a live writer's line in progress
+            else:
+                f.seek(-len(data), os.SEEK_CUR)
+                size *= 2
+
+
+def _kept_chunks(path: str, dropped: set[int]) -> Iterator[bytes]:
+    """Like ``_chunks``, without the lines in ``dropped``."""
+    kept: list[bytes] = []
+    size = 0
+    with open(path, "rb") as f:
         for n, line in enumerate(f):
             if not line.endswith(b"\n"):
                 break  # a live writer's line in progress
             if n not in dropped:
-                chunk.append(line)
-            if len(chunk) >= BATCH:
-                yield _decode_rows(b"[" + b",".join(chunk) + b"]")
-                chunk = []
-    if chunk:
-        yield _decode_rows(b"[" + b",".join(chunk) + b"]")
+                kept.append(line)
+                size += len(line)
+            if size >= _CHUNK:
+                yield b"".join(kept)
+                kept, size = [], 0
+    if kept:
+        yield b"".join(kept)
 
 
-def _rows(paths: RunPaths) -> Iterator[_Row]:
-    for chunk in _row_chunks(paths):
-        yield from chunk
+def _run_chunks(paths: RunPaths) -> Iterator[bytes | memoryview]:
+    """A run's rows as chunks of lines, the last line per key winning: up to date with its
+    log, or as its live writer has them so far."""
+    if _unique(paths):
+        return _chunks(paths.responses)
+    return _kept_chunks(paths.responses, _superseded(paths.responses))
+
+
+def _read(chunk: bytes | memoryview, schema: pa.Schema) -> pa.Table:
+    """Parse a chunk of lines with pyarrow (in ``_BLOCK``s, in parallel). A line longer than
+    a block cannot be parsed in blocks: on any error, one more try in a single block, which
+    raises again if the error was a real one."""
+    parse = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+    try:
+        return pj.read_json(pa.BufferReader(chunk), read_options=pj.ReadOptions(block_size=_BLOCK), parse_options=parse)
+    except pa.ArrowInvalid:
+        return pj.read_json(pa.BufferReader(chunk), read_options=pj.ReadOptions(block_size=len(chunk)), parse_options=parse)
+
+
+def _texts(chunk: bytes | memoryview) -> dict[str, pa.Array]:
+    """The text columns of a chunk whose values are not all strings, via msgspec; a column
+    that is all strings after all converts without a Python call per value."""
+    rows = _decode_texts(chunk)
+    out: dict[str, pa.Array] = {}
+    for name in _TEXT:
+        values = [getattr(r, name) for r in rows]
+        try:
+            out[name] = pa.array(values, pa.string())
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            out[name] = pa.array([_text(v) for v in values], pa.string())
+    return out
+
+
+def _columns(table: pa.Table, texts: dict[str, pa.Array]) -> dict[str, pa.Array]:
+    """The export's columns from a parsed chunk: usage flattened, timestamps in
+    microseconds, left-out fields at their defaults."""
+    cols: dict[str, Any] = {name: table.column(name).combine_chunks() for name in table.column_names}
+    cols.update(texts)
+    usage = cols.pop("usage")
+    for name, tokens in zip(_TOKENS, usage.flatten()):
+        cols[name] = pc.if_else(usage.is_null(), None, tokens.fill_null(0)) if tokens.null_count > usage.null_count else tokens
+    for name, value in _DEFAULTS.items():
+        if cols[name].null_count:
+            cols[name] = cols[name].fill_null(value)
+    micros = pc.multiply(cols["finished_at"], 1_000_000.0).cast(pa.int64(), safe=False)  # truncated, as int() does
+    cols["finished_at"] = micros.cast(SCHEMA.field("finished_at").type)
+    return cols
 
 
 def row_batches(runs: Sequence[RunPaths]) -> Iterator[pa.RecordBatch]:
     """Record batches of every run's rows; a ``run_id`` column first when several runs."""
     schema = _schema(len(runs) > 1)
     for paths in runs:
-        for rows in _row_chunks(paths):
-            yield pa.RecordBatch.from_pydict(_columns(rows, paths.run_id if len(runs) > 1 else None), schema=schema)
+        try:
+            yield from _run_batches(paths, schema)
+        except (pa.ArrowInvalid, msgspec.DecodeError) as exc:  # only a live run's file is read unrepaired
+            raise LedgerError(f"{paths.responses}: a line cannot be exported ({exc}); "
+                              f"`ledger replay {paths.run_id} --rebuild` rewrites the file from the log") from exc
+
+
+def _run_batches(paths: RunPaths, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    strings = True  # until a chunk's text columns hold something else; then for the whole run
+    for chunk in _run_chunks(paths):
+        cols, strings = _parse(chunk, strings)
+        if "run_id" in schema.names:
+            cols["run_id"] = pa.repeat(paths.run_id, len(cols["seq"]))
+        yield pa.RecordBatch.from_arrays([cols[name] for name in schema.names], schema=schema)
+
+
+def _parse(chunk: bytes | memoryview, strings: bool) -> tuple[dict[str, pa.Array], bool]:
+    """A chunk's export columns, and whether its text columns were all strings. Those are
+    read by pyarrow alone (the usual case) when ``strings``; otherwise, or when that fails,
+    pyarrow reads the typed columns and msgspec the text ones (``_texts``). Runs with
+    numeric or structured answers usually have them throughout, hence one failure per run."""
+    if strings:
+        try:
+            table = _read(chunk, _LINE)
+        except pa.ArrowInvalid:
+            pass  # a non-string text value, or a damaged line (the reads below raise again)
+        else:
+            return _columns(table, {}), True
+    return _columns(_read(chunk, _TYPED), _texts(chunk)), False
 
 
 def _schema(multi: bool) -> pa.Schema:
     return pa.schema([("run_id", pa.string()), *SCHEMA]) if multi else SCHEMA
-
-
-def _columns(rows: list[_Row], run_id: str | None) -> dict[str, list[Any]]:
-    """Column by column (a comprehension per column is several times faster than appending
-    row by row)."""
-    usage = [r.usage for r in rows]
-    cols: dict[str, list[Any]] = {"run_id": [run_id] * len(rows)} if run_id is not None else {}
-    cols.update({
-        "item_id": [r.item_id for r in rows],
-        "sample": [r.sample for r in rows],
-        "model": [r.model for r in rows],
-        "prompt": [_text(r.prompt) for r in rows],
-        "response": [r.response for r in rows],
-        "parsed": [_text(r.parsed) for r in rows],
-        "expected": [_text(r.expected) for r in rows],
-        "correct": [r.correct for r in rows],
-        "prompt_tokens": [u.prompt_tokens if u else None for u in usage],
-        "completion_tokens": [u.completion_tokens if u else None for u in usage],
-        "total_tokens": [u.total_tokens if u else None for u in usage],
-        "latency": [r.latency for r in rows],
-        "attempts": [r.attempts for r in rows],
-        "error": [r.error for r in rows],
-        "finished_at": [int(r.finished_at * 1_000_000) for r in rows],
-        "seq": [r.seq for r in rows],
-    })
-    return cols
 
 
 def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False) -> int:

@@ -1,9 +1,10 @@
 """One writer per export format; each consumes record batches and returns the row count.
 
-Arrow (IPC file), Parquet and CSV are written by pyarrow itself batch by batch; JSONL
-encodes rows with msgspec (timestamps as RFC 3339); xlsx goes through openpyxl's
-write-only mode (a "summary" sheet, then a "results" sheet; Excel holds at most 1,048,575
-data rows, so larger exports are refused with a hint to use Parquet).
+Arrow (IPC file), Parquet and CSV are written by pyarrow itself batch by batch (Parquet with
+a dictionary only for the columns whose values repeat: see ``_DISTINCT``); JSONL encodes rows
+with msgspec (timestamps as RFC 3339); xlsx goes through openpyxl's write-only mode (a
+"summary" sheet, then a "results" sheet; Excel holds at most 1,048,575 data rows, so larger
+exports are refused with a hint to use Parquet).
 """
 
 from __future__ import annotations
@@ -41,8 +42,16 @@ def write_arrow(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str)
         return _drain(writer, batches)
 
 
+# Columns whose values are nearly all distinct (ids, prompts, replies, times; ``data``: an
+# event's JSON in ``export --events``). Parquet's default dictionary-encodes every column;
+# for these the dictionary overflows its page limit and is thrown away, which cost a third
+# of the write time of an export, for a larger file.
+_DISTINCT = frozenset({"item_id", "prompt", "response", "latency", "finished_at", "seq", "data"})
+
+
 def write_parquet(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
-    with pq.ParquetWriter(path, schema) as writer:
+    dictionary = [name for name in schema.names if name not in _DISTINCT]
+    with pq.ParquetWriter(path, schema, use_dictionary=dictionary) as writer:
         return _drain(writer, batches)
 
 

@@ -26,7 +26,7 @@ import msgspec
 
 from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, Started, Usage
 
-from .fold import failure_text, overridden
+from .fold import Key, failure_text, overridden
 from .scoring import score
 
 __all__ = ["ConversationState", "Conversation", "TurnRecord", "apply", "file_name"]
@@ -76,11 +76,11 @@ class ConversationFile(msgspec.Struct, gc=False):
 
 class ConversationState(msgspec.Struct, kw_only=True):
     model: str = ""
-    open: dict[str, Conversation] = {}
-    failed: dict[str, Conversation] = {}  # finally failed, kept for a resume to continue
+    open: dict[Key, Conversation] = {}
+    failed: dict[Key, Conversation] = {}  # finally failed, kept for a resume to continue
 
 
-def apply(state: ConversationState, event: Event, overrides: Mapping[str, Parsed] | None = None) -> tuple[str, bytes] | None:
+def apply(state: ConversationState, event: Event, overrides: Mapping[Key, Parsed] | None = None) -> tuple[str, bytes] | None:
     """Fold one event in; return the file (name, content) it completes, if any."""
     handler = _HANDLERS.get(event.__class__)
     return handler(state, event, overrides) if handler is not None else None
@@ -92,7 +92,7 @@ def _run_started(state: ConversationState, event: RunStarted, _: Any) -> None:
 
 
 def _started(state: ConversationState, event: Started, _: Any) -> None:
-    key = f"{event.item_id}\x00{event.sample}"
+    key = (event.item_id, event.sample)
     conv = state.open.get(key)
     if conv is None:
         conv = state.failed.get(key)
@@ -107,7 +107,7 @@ def _started(state: ConversationState, event: Started, _: Any) -> None:
 
 
 def _response(state: ConversationState, event: Response, _: Any) -> None:
-    conv = state.open.get(f"{event.item_id}\x00{event.sample}")
+    conv = state.open.get((event.item_id, event.sample))
     if conv is None:
         return None
     conv.turns.append(TurnRecord(turn=event.turn, attempt=event.attempt, response=event.text,
@@ -117,8 +117,8 @@ def _response(state: ConversationState, event: Response, _: Any) -> None:
     return None
 
 
-def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[str, Parsed] | None) -> tuple[str, bytes] | None:
-    key = f"{event.item_id}\x00{event.sample}"
+def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Parsed] | None) -> tuple[str, bytes] | None:
+    key = (event.item_id, event.sample)
     conv = state.open.pop(key, None)
     if conv is None:
         return None
@@ -130,7 +130,7 @@ def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[str, Par
 
 
 def _failed(state: ConversationState, event: Failed, _: Any) -> tuple[str, bytes] | None:
-    key = f"{event.item_id}\x00{event.sample}"
+    key = (event.item_id, event.sample)
     conv = state.open.get(key)
     if conv is None:
         if not event.final or key in state.failed:

@@ -31,14 +31,16 @@ from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStar
 
 from .scoring import score
 
-__all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "key_of", "prompt_of", "failure_text",
+__all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "encode_rows", "Key", "key_of", "prompt_of", "failure_text",
            "label", "overridden", "MAX_LABELS"]
 
-_encode = msgspec.json.Encoder(order="deterministic").encode
+_encoder = msgspec.json.Encoder(order="deterministic")
+_encode, _encode_lines = _encoder.encode, _encoder.encode_lines
 MAX_LABELS = 50  # more distinct expected values than this: answers are not labels
+Key = tuple[str, int]  # (item_id, sample): how both folds and resume name an item's state
 
 
-class OpenRow(msgspec.Struct, kw_only=True, gc=False):
+class OpenRow(msgspec.Struct, gc=False):
     """What an unfinished (item, sample) contributes to its line so far."""
 
     item_id: str
@@ -109,42 +111,48 @@ class RunState(msgspec.Struct, kw_only=True):
     last_ts: float = 0.0
     last_seq: int = 0
     reparse_sessions: int = 0
-    open: dict[str, OpenRow] = {}
-    failed: dict[str, OpenRow] = {}  # finally failed, kept for a resume to continue
+    open: dict[Key, OpenRow] = {}
+    failed: dict[Key, OpenRow] = {}  # finally failed, kept for a resume to continue
     totals: Totals = msgspec.field(default_factory=Totals)
 
 
-def key_of(item_id: str, sample: int) -> str:
-    return f"{item_id}\x00{sample}"
+def key_of(item_id: str, sample: int) -> Key:
+    return (item_id, sample)
 
 
-def apply(state: RunState, event: Event, overrides: Mapping[str, Parsed] | None = None) -> bytes | None:
+def apply(state: RunState, event: Event, overrides: Mapping[Key, Parsed] | None = None) -> bytes | None:
     """Fold one event in; return the ``responses.jsonl`` line (newline included) it
     completes. ``overrides`` (reparse.py) replaces an item's parse by a later re-parse, at
     the position of the original."""
-    lines = apply_many(state, (event,), overrides)
-    return lines[0] if lines else None
+    rows = apply_many(state, (event,), overrides)
+    return encode_rows(rows) if rows else None
 
 
-def apply_many(state: RunState, events: Sequence[Event], overrides: Mapping[str, Parsed] | None = None,
-               after: int = 0) -> list[bytes]:
+def encode_rows(rows: list[Row]) -> bytes:
+    """``responses.jsonl`` lines, each ending in a newline (one encoder call for a batch)."""
+    return _encode_lines(rows)
+
+
+def apply_many(state: RunState, events: Sequence[Event], overrides: Mapping[Key, Parsed] | None = None,
+               after: int = 0) -> list[Row]:
     """Fold in the events whose seq is above ``after`` (a frame at a time: the projector's
-    loop); return the lines they complete, in order."""
+    loop); return the rows they complete, in order (a Row holds values, never the state, so
+    encoding can wait for the end of the batch)."""
     if not events or events[-1].seq <= after:
         return []
     if events[0].seq <= after:
         events = [e for e in events if e.seq > after]
     if not state.first_ts:
         state.first_ts = events[0].ts
-    lines: list[bytes] = []
+    rows: list[Row] = []
     handlers = _HANDLERS
     for event in events:
         handler = handlers.get(event.__class__)
-        if handler is not None and (line := handler(state, event, overrides)) is not None:
-            lines.append(line)
+        if handler is not None and (row := handler(state, event, overrides)) is not None:
+            rows.append(row)
     state.last_ts = events[-1].ts
     state.last_seq = events[-1].seq
-    return lines
+    return rows
 
 
 def _run_started(state: RunState, event: RunStarted, _: Any) -> None:
@@ -180,12 +188,12 @@ def prompt_of(messages: Any) -> Any:
 
 
 def _started(state: RunState, event: Started, _: Any) -> None:
-    key = f"{event.item_id}\x00{event.sample}"
+    key = (event.item_id, event.sample)
     row = state.open.get(key)
     if row is None:
         row = state.failed.get(key) if state.failed else None  # a failed item retried continues
         if row is None:
-            row = OpenRow(item_id=event.item_id, sample=event.sample, expected=event.expected)
+            row = OpenRow(event.item_id, event.sample, "", event.expected)
         state.open[key] = row
     request = event.request
     model = request.get("model", state.model)
@@ -197,7 +205,7 @@ def _started(state: RunState, event: Started, _: Any) -> None:
 
 
 def _response(state: RunState, event: Response, _: Any) -> None:
-    row = state.open.get(f"{event.item_id}\x00{event.sample}")
+    row = state.open.get((event.item_id, event.sample))
     if row is None:
         return None
     row.response = event.text
@@ -216,7 +224,7 @@ def _response(state: RunState, event: Response, _: Any) -> None:
     return None
 
 
-def overridden(event: Parsed, overrides: Mapping[str, Parsed] | None) -> Parsed:
+def overridden(event: Parsed, overrides: Mapping[Key, Parsed] | None) -> Parsed:
     """``event`` as re-parsed later, if it was (same position, newer parser and value)."""
     if not overrides:
         return event
@@ -232,8 +240,8 @@ def label(value: Any) -> Any:
     return value if value is None or isinstance(value, (str, int, float, bool)) else _encode(value).decode()
 
 
-def _parsed(state: RunState, event: Parsed, overrides: Mapping[str, Parsed] | None) -> bytes | None:
-    key = f"{event.item_id}\x00{event.sample}"
+def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | None) -> Row | None:
+    key = (event.item_id, event.sample)
     row = state.open.pop(key, None)
     if row is None:
         return None
@@ -266,14 +274,14 @@ def failure_text(event: Failed) -> str:
     return f"{text} (HTTP {event.status})" if event.status else text
 
 
-def _failed(state: RunState, event: Failed, _: Any) -> bytes | None:
-    key = f"{event.item_id}\x00{event.sample}"
+def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
+    key = (event.item_id, event.sample)
     row = state.open.get(key)
     if row is None:
         if not event.final or key in state.failed:
             return None
         # refused before any request (--max-context)
-        row = state.open[key] = OpenRow(item_id=event.item_id, sample=event.sample, model=state.model)
+        row = state.open[key] = OpenRow(event.item_id, event.sample, state.model)
     row.error = failure_text(event)
     if not event.final:
         state.totals.retries += 1
@@ -307,14 +315,12 @@ def _count_label(totals: Totals, expected: Any, predicted: Any, correct: bool, r
         labels.hits[cls] = labels.hits.get(cls, 0) + 1
 
 
-def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event) -> bytes:
-    return _encode(Row(
-        row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct, row.usage,
-        round(row.latency, 6), row.attempts, error, event.ts, event.seq,
-    )) + b"\n"
+def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event) -> Row:
+    return Row(row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct, row.usage,
+               round(row.latency, 6), row.attempts, error, event.ts, event.seq)
 
 
-_HANDLERS: dict[type, Callable[[RunState, Any, Any], bytes | None]] = {
+_HANDLERS: dict[type, Callable[[RunState, Any, Any], Row | None]] = {
     RunStarted: _run_started,
     SessionStarted: _session_started,
     SessionEnded: _session_ended,

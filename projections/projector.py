@@ -50,7 +50,7 @@ from ledger.recovery import locate_end
 from . import conversations as conv_fold
 from . import fold as rows_fold
 from .conversations import Conversation, ConversationState
-from .fold import RunState
+from .fold import Key, RunState
 from .reparse import overrides
 from .summary import encode_summary
 
@@ -101,7 +101,7 @@ class Projector:
         self._responses = None
         self._last_summary = 0.0
         self._last_ckpt = 0.0
-        self.overrides: dict[str, Parsed] = {}  # re-parses (reparse.py), for a fold from zero
+        self.overrides: dict[Key, Parsed] = {}  # re-parses (reparse.py), for a fold from zero
         self.refolded: set[str] = set()  # projections this open folds from offset zero
         # Conversation files: written inline by default (a live run's projector thread: extra
         # threads would only compete with the event loop for the GIL); a rebuild uses a few
@@ -117,7 +117,7 @@ class Projector:
         """The rows fold's state: totals, open and failed items (what summary.json shows)."""
         return self.ckpt.rows.state
 
-    def conversation(self, key: str) -> Conversation | None:
+    def conversation(self, key: Key) -> Conversation | None:
         """An unfinished or finally failed conversation (a resume continues it)."""
         state = self.ckpt.conversations.state
         return state.open.get(key) or state.failed.get(key)
@@ -269,14 +269,14 @@ class Projector:
     def _apply_rows(self, frames: Sequence[Frame]) -> None:
         ckpt = self.ckpt.rows
         state, overrides_, apply_many = ckpt.state, self.overrides, rows_fold.apply_many
-        lines: list[bytes] = []
+        rows: list[rows_fold.Row] = []
         for frame in frames:
             if frame.first_seq + len(frame.events) - 1 > ckpt.seq:  # else applied already
-                lines += apply_many(state, frame.events, overrides_, ckpt.seq)
+                rows += apply_many(state, frame.events, overrides_, ckpt.seq)
                 ckpt.seq = frame.events[-1].seq
             ckpt.offset = max(ckpt.offset, frame.end)
-        if lines:
-            data = b"".join(lines)
+        if rows:
+            data = rows_fold.encode_rows(rows)
             self._responses.write(data)
             self._responses.flush()
             ckpt.responses_bytes += len(data)

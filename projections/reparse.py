@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from ledger.events import Parsed, Response, SessionStarted
 from ledger.reader import iter_events
 
-from .fold import key_of
+from .fold import Key, key_of
 from .parsers import Parser
 
 __all__ = ["reparse_events", "overrides"]
@@ -26,9 +26,9 @@ __all__ = ["reparse_events", "overrides"]
 
 def reparse_events(log_path: str, parser: Parser) -> Iterator[Parsed]:
     """One new parsed event per key whose latest final reply was parsed before."""
-    replies: dict[str, Response] = {}
-    parsed_keys: list[str] = []
-    seen: set[str] = set()
+    replies: dict[Key, Response] = {}
+    parsed_keys: list[Key] = []
+    seen: set[Key] = set()
     for event in iter_events(log_path):
         if isinstance(event, Response) and event.final:
             replies[key_of(event.item_id, event.sample)] = event
@@ -44,9 +44,9 @@ def reparse_events(log_path: str, parser: Parser) -> Iterator[Parsed]:
                      parser_version=parser.version, ok=result.ok, value=result.value, error=result.error)
 
 
-def overrides(log_path: str) -> dict[str, Parsed]:
+def overrides(log_path: str) -> dict[Key, Parsed]:
     """key -> the newest re-parse of that key (empty when the log was never re-parsed)."""
-    out: dict[str, Parsed] = {}
+    out: dict[Key, Parsed] = {}
     in_block = False
     for event in iter_events(log_path):
         match event:

@@ -15,7 +15,7 @@ retried failure per 20 items, groups of 64 events) and prints one JSON object:
 
 Targets: rebuild >= 25% of the raw decode rate, exports >= 200,000 rows/s, peak RSS < 500 MB.
 
-    python bench/replay.py [--items 250000] [--no-conversations]
+    python bench/replay.py [--items 250000] [--no-conversations] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -120,16 +120,17 @@ def main() -> None:
     ap.add_argument("--run-dir")
     ap.add_argument("--out", default="")
     ap.add_argument("--no-conversations", action="store_true", help="skip the conversation files' rebuild")
+    ap.add_argument("--dir", default=None, help="where the run goes (default: the system's temporary directory)")
     args = ap.parse_args()
     if args.phase:
         run_phase(args.phase, args.run_dir, args.out)
         return
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(__file__)))
+    tmp = tempfile.mkdtemp(dir=args.dir)
     try:
         run_dir = os.path.join(tmp, "bench")
         t = time.perf_counter()
         events = build(run_dir, args.items)
-        out: dict = {"items": args.items, "events": events, "log_mb": round(os.path.getsize(os.path.join(run_dir, "events.log")) / 2**20, 1),
+        out: dict = {"items": args.items, "events": events, "dir": tmp, "log_mb": round(os.path.getsize(os.path.join(run_dir, "events.log")) / 2**20, 1),
                      "build_s": round(time.perf_counter() - t, 1)}
         decode = phase("decode", run_dir, "")
         replay = phase("replay", run_dir, "")

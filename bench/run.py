@@ -9,7 +9,7 @@ measure client-side overhead; each contender is measured ``--repeat`` times (med
 ``--rss-items N`` also runs `ledger run` as a subprocess on an N-item dataset and reports
 its peak RSS (target: under 300 MB for 200,000 items).
 
-    python bench/run.py [--items 3000] [--concurrency 32 256] [--rss-items 200000] [--limits]
+    python bench/run.py [--items 3000] [--concurrency 32 256] [--rss-items 200000] [--limits] [--dir DIR]
 
 ``--limits`` adds: against a simulator answering 20% of requests with 429, completed
 requests per second of ``ledger`` vs a tenacity-only loop at the same concurrency (target
@@ -206,13 +206,16 @@ def main() -> None:
     ap.add_argument("--limits", action="store_true", help="also: 20%% 429s vs a tenacity loop, and --rpm accuracy")
     ap.add_argument("--rpm", type=int, default=1200)
     ap.add_argument("--capacity", type=float, default=150.0, help="simulator capacity (req/s) for the 429 comparison")
+    ap.add_argument("--dir", default=None, help="where the runs and the naive writer's files go (default: the system's "
+                    "temporary directory; file creation costs differ a lot between file systems)")
     args = ap.parse_args()
     port = free_port()
     sim = start_simulator(port)
     base_url = f"http://127.0.0.1:{port}/v1"
-    result: dict = {"items": args.items, "repeat": args.repeat, "python": sys.version.split()[0], "openai": openai.__version__}
+    result: dict = {"items": args.items, "repeat": args.repeat, "python": sys.version.split()[0], "openai": openai.__version__,
+                    "dir": args.dir or tempfile.gettempdir()}
     try:
-        with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(__file__))) as tmp:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
             dataset = os.path.join(tmp, "data.jsonl")
             write_dataset(dataset, args.items)
             for c in args.concurrency:

@@ -36,7 +36,7 @@ from ledger.layout import RunPaths
 
 from .fold import RunState
 from .formats import FORMATS
-from .projector import Checkpoint, refresh
+from .projector import checkpointed_state, refresh
 from .summary import summarize
 
 __all__ = ["FORMATS", "SCHEMA", "export", "row_batches"]
@@ -284,11 +284,5 @@ def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False
 def _state(paths: RunPaths) -> RunState:
     """The fold's state, current; for a live run, as of its projector's last checkpoint."""
     state = refresh(paths)
-    if state is not None:
-        return state
-    try:
-        with open(paths.checkpoint, "rb") as f:
-            return msgspec.msgpack.decode(f.read(), type=Checkpoint).state
-    except (OSError, msgspec.DecodeError):
-        return RunState()
+    return state if state is not None else checkpointed_state(paths)
 

@@ -54,7 +54,7 @@ from .fold import Key, RunState
 from .reparse import overrides
 from .summary import encode_summary
 
-__all__ = ["Projector", "Checkpoint", "rebuild", "refresh", "ROWS", "CONVERSATIONS"]
+__all__ = ["Projector", "Checkpoint", "rebuild", "refresh", "checkpointed_state", "ROWS", "CONVERSATIONS"]
 
 _VERSION = 5  # bumped whenever a state changes shape: an older checkpoint means a full rebuild
 ROWS, CONVERSATIONS = "rows", "conversations"
@@ -406,6 +406,16 @@ def _crc_prefix(path: str, length: int) -> int:
             crc = zlib.crc32(chunk, crc)
             left -= len(chunk)
     return crc
+
+
+def checkpointed_state(paths: RunPaths) -> RunState:
+    """The rows fold's state as of the last checkpoint, without taking the run (a live run's
+    projector owns it); an empty state when there is no readable checkpoint."""
+    try:
+        with open(paths.checkpoint, "rb") as f:
+            return _decode(f.read()).rows.state
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return RunState()
 
 
 def refresh(paths: RunPaths, parts: Sequence[str] = (ROWS,)) -> RunState | None:

@@ -608,3 +608,23 @@ def test_more_than_max_labels_classes_are_not_labels():
     assert len(summarize(state)["labels"]["per_class"]) == MAX_LABELS
     state, _, _ = fold(stamp(events))
     assert summarize(state)["labels"] is None and summarize(state)["accuracy"] == 1.0
+
+
+def test_xlsx_export_of_a_run_held_by_a_writer_summarizes_its_last_checkpoint(finished_run, tmp_path):
+    """A live run's projector owns its files: the export reads the checkpointed state."""
+    from openpyxl import load_workbook
+
+    from ledger.lock import RunLock
+    from projections.export import export
+
+    paths = _pristine(finished_run, tmp_path)
+    out = tmp_path / "live.xlsx"
+    lock = RunLock.acquire(paths.lock)  # as a live `ledger run` holds it
+    try:
+        assert export([paths], "xlsx", str(out)) == 80
+    finally:
+        lock.release()
+    book = load_workbook(out, read_only=True)
+    summary = dict(row[:2] for row in book["summary"].iter_rows(values_only=True) if row and row[0])
+    book.close()
+    assert summary["counts.done"] == 80 and summary["run_id"] == "real" and summary["status"] == "completed"

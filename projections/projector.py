@@ -153,12 +153,11 @@ class Projector:
             self.overrides = overrides(self.paths.log)
         if ROWS in keep and not self._rows_intact(end):
             self._reset(ROWS)
-        if CONVERSATIONS not in keep:
-            pass
-        elif ckpt.conversations.offset > end:
-            self._reset(CONVERSATIONS)
-        elif not ckpt.clean:
-            self._remove_newer_conversations()
+        if CONVERSATIONS in keep:
+            if ckpt.conversations.offset > end:
+                self._reset(CONVERSATIONS)
+            elif not ckpt.clean:
+                self._remove_newer_conversations()
 
     def _rows_intact(self, end: int) -> bool:
         rows = self.ckpt.rows

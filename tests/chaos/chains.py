@@ -13,6 +13,10 @@ Kill moments (``trigger``), drawn from the chain's seed:
               index and projector catching up, planning, the first requests of a resume
     late      after every outstanding request was sent: while draining, writing the last
               projections, the summary, the checkpoint, session_ended (may miss: it exited)
+    checkpoint  the moment projections.ckpt is replaced (a temp checkpoint appears, or the
+              file's inode changes): while the projector writes its checkpoint
+    rebuild   (resumes only) the index is deleted first, and the kill comes while the
+              resume rebuilds it from the log (+ up to 50 ms after the lock is taken)
 
 What "acknowledged" means here: for a `ledger run` process the durable events are the log as
 a reader finds it right after the kill (kill -9 loses nothing that was written; a torn frame
@@ -29,13 +33,13 @@ from pathlib import Path
 
 from .invariants import (check_final_log, check_prefix, check_projections, check_reopen, encoded, lost_events,
                          read_log, reply_keys, resent)
-from .procs import kill_when, lines_after, lock_held_by, start_cli
+from .procs import checkpoint_replaced, kill_when, lines_after, lock_held_by, start_cli
 
 __all__ = ["Chain", "Kill", "KINDS", "REGEX_PARSER"]
 
 REGEX_PARSER = "regex:answer is (.+)$"
-KINDS = ("qa", "big", "chat")
-TRIGGERS = ("requests", "projection", "startup", "late")
+KINDS = ("qa", "big", "chat", "ids")
+TRIGGERS = ("requests", "projection", "startup", "late", "checkpoint", "rebuild")
 
 
 @dataclass
@@ -60,7 +64,15 @@ def _records(kind: str, n: int) -> list[dict]:
         return [{"id": f"m{i}", "turns": [f"Item {i} turn {t}. answer: R{i}-{t}" for t in range(3)],
                  "expected": f"R{i}-2"} for i in range(n)]
     pad = "Consider the following context carefully. " * 100 if kind == "big" else ""
-    return [{"id": f"q{i}", "prompt": f"{pad}What is item {i}? answer: A{i}", "expected": f"A{i}"} for i in range(n)]
+    ids = [_odd_id(i) if kind == "ids" else f"q{i}" for i in range(n)]
+    return [{"id": ids[i], "prompt": f"{pad}What is item {i}? answer: A{i}", "expected": f"A{i}"} for i in range(n)]
+
+
+def _odd_id(i: int) -> str:
+    """Ids that once broke the index or the request header: over LMDB's 511-byte key limit,
+    accents, CJK, emoji, spaces, slashes and tabs."""
+    forms = (f"café-{i}", f"问题 {i}", f"🙂{i}🚀", f"a/b/{i}", f"tab\t{i}", f"long-{i}-" + "é" * 300)
+    return forms[i % len(forms)]
 
 
 class Chain:
@@ -73,8 +85,8 @@ class Chain:
         base.mkdir(parents=True, exist_ok=True)
         self.scratch = base / "scratch"
         self.scratch.mkdir(exist_ok=True)
-        n = items or {"qa": 60, "big": 80, "chat": 24}[kind]
-        self.samples = 2 if kind == "qa" else 1
+        n = items or {"qa": 60, "big": 80, "chat": 24, "ids": 60}[kind]
+        self.samples = 2 if kind in ("qa", "ids") else 1
         records = _records(kind, n)
         self.dataset = base / "data.jsonl"
         self.dataset.write_text("".join(json.dumps(r) + "\n" for r in records))
@@ -99,7 +111,7 @@ class Chain:
 
     def _command(self) -> list[str]:
         if not self.kills or not (self.run_dir / "events.log").exists():
-            concurrency = {"qa": "16", "big": "64", "chat": "8"}[self.kind]
+            concurrency = {"qa": "16", "big": "64", "chat": "8", "ids": "16"}[self.kind]
             return ["run", str(self.dataset), "--runs-dir", str(self.runs), "--run-id", "chaos", "--samples",
                     str(self.samples), "--concurrency", concurrency, "--parser", REGEX_PARSER, "--sim", self._sim()]
         return ["resume", "chaos", "--runs-dir", str(self.runs)]
@@ -115,17 +127,22 @@ class Chain:
         """Start the next session, kill it at a seeded moment, check everything."""
         args = self._command()
         first = args[0] == "run"
-        weights = (3, 4, 2, 1) if self.kind == "big" else (5, 2, 2, 1)
+        weights = (3, 4, 2, 1, 1, 1) if self.kind == "big" else (5, 2, 2, 1, 1, 1)
         trigger = self.rng.choices(TRIGGERS, weights)[0]
-        if first and trigger in ("startup", "late"):
+        if first and trigger in ("startup", "late", "rebuild"):
             trigger = "requests"  # (a run killed before run_started is durable: test_kill.py)
+        if trigger == "rebuild":
+            shutil.rmtree(self.run_dir / "index.lmdb", ignore_errors=True)
         start = self._size()
         responses = self.run_dir / "responses.jsonl"
         responses_size = responses.stat().st_size if responses.exists() else 0
         proc = start_cli(*args, cwd=self.base, mode=self.mode, name=f"k{len(self.kills)}")
         remaining = self._remaining()
-        if trigger == "startup":
-            fire, delay = lock_held_by(self.run_dir / "events.log.lock", proc.pid), self.rng.uniform(0, 0.2)
+        if trigger in ("startup", "rebuild"):
+            spread = 0.2 if trigger == "startup" else 0.05
+            fire, delay = lock_held_by(self.run_dir / "events.log.lock", proc.pid), self.rng.uniform(0, spread)
+        elif trigger == "checkpoint":
+            fire, delay = checkpoint_replaced(self.run_dir), 0.0
         elif trigger == "projection":
             target = self.rng.randint(1, max(1, int(remaining * 0.5)))
             fire, delay = (lambda: lines_after(responses, responses_size) >= target), self.rng.uniform(0, 0.01)

@@ -218,6 +218,30 @@ def lock_held_by(lock: Path, pid: int) -> Callable[[], bool]:
     return check
 
 
+def checkpoint_replaced(run_dir: Path) -> Callable[[], bool]:
+    """True once the projector is writing its checkpoint: a temp checkpoint exists, or
+    ``projections.ckpt`` is a new file (another inode) since this check was made."""
+    path = run_dir / "projections.ckpt"
+
+    def inode() -> int:
+        try:
+            return path.stat().st_ino
+        except FileNotFoundError:
+            return 0
+
+    first = inode()
+
+    def check() -> bool:
+        try:
+            if any(p.name.startswith("projections.ckpt.tmp") for p in run_dir.iterdir()):
+                return True
+        except FileNotFoundError:  # the run directory is not made yet
+            return False
+        return inode() != first
+
+    return check
+
+
 def kill_when(proc: CliProc, trigger: Callable[[], bool], delay: float, hang_guard: float = 90) -> tuple[int, float]:
     """SIGKILL ``proc`` ``delay`` seconds after ``trigger()`` first holds. Returns (exit code,
     kill time); the code is -9 when the kill landed, else what the process exited with."""

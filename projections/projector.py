@@ -139,7 +139,8 @@ def read_checkpoint(path: str) -> Checkpoint | None:
 def _invalidate(path: str, parts: Iterable[str]) -> None:
     """Make the checkpoint at ``path`` stop vouching for ``parts``, durably, before their
     files are deleted or replaced (a checkpoint that fails its checks vouches for nothing)."""
-    ckpt = read_checkpoint(path)
+    parts = tuple(parts)
+    ckpt = read_checkpoint(path) if parts else None
     if ckpt is None:
         return
     if ROWS in parts:
@@ -189,7 +190,6 @@ class Projector:
         self._pending: list[Future[None]] = []
         self._dirty = False  # anything applied since the files were last written
         self.broken = False  # an error left the state ahead of the files: never checkpoint it
-        self._staging = False  # a rebuild folds into staged files: no checkpoint vouches for them
 
     @property
     def state(self) -> RunState:
@@ -207,33 +207,51 @@ class Projector:
     @classmethod
     def open(cls, paths: RunPaths, parts: Sequence[str] = (ROWS, CONVERSATIONS), **kw: float) -> "Projector":
         """Load the checkpoint, repair the files from it, catch ``parts`` up with the log
-        (a projection left out is repaired but stays where its checkpoint has it)."""
+        (a projection left out is repaired but stays where its checkpoint has it). A
+        projection the checkpoint does not vouch for is folded from zero into staged files
+        and swapped in when complete, as in ``rebuild``: a fold that fails (a damaged log)
+        leaves the old files as they were."""
         projector = cls(paths, **kw)
         projector._remove_stale_temps(parts)
-        projector._load()
+        projector._load(parts)
         projector._open_responses()
-        projector.catch_up(parts)
-        projector._redo_with_reparses(parts)
+        try:
+            projector.catch_up(parts)
+            projector._redo_with_reparses(parts)
+        except BaseException:
+            projector._discard_staged()
+            raise
+        for part in (ROWS, CONVERSATIONS):
+            if part in projector._staged_parts():
+                projector._commit(part, clean=False, reopen=True)
         return projector
 
-    def _load(self) -> None:
+    def _load(self, parts: Sequence[str] = (ROWS, CONVERSATIONS)) -> None:
         """Load the checkpoint if it proves itself, and check each projection's files and log
-        position against it (a projection that fails is folded again from zero)."""
+        position against it. A projection that fails is folded again from zero: staged if it
+        is among ``parts``; else the rows are reset in place and the conversations only in
+        memory (their files stay until a fold replaces them)."""
         ckpt = read_checkpoint(self.paths.checkpoint)
-        if ckpt is None:
-            self._reset(ROWS, CONVERSATIONS)
-            return
-        with open(self.paths.log, "rb") as f:
-            end = locate_end(f, self.paths.log)
-        self.ckpt = ckpt
-        if ckpt.reparsed:  # catching up must apply re-parses the way the checkpointed part did
-            self.overrides = overrides(self.paths.log)
-        if not (_on_log(self.paths.log, ckpt.rows, end) and self._rows_intact()):
-            self._reset(ROWS)
-        if not _on_log(self.paths.log, ckpt.conversations, end):
-            self._reset(CONVERSATIONS)
-        elif not ckpt.clean:
-            self._remove_newer_conversations(end.last_seq)
+        refold = {ROWS, CONVERSATIONS}
+        if ckpt is not None:
+            with open(self.paths.log, "rb") as f:
+                end = locate_end(f, self.paths.log)
+            self.ckpt, refold = ckpt, set()
+            if ckpt.reparsed:  # catching up must apply re-parses the way the checkpointed part did
+                self.overrides = overrides(self.paths.log)
+            if not (_on_log(self.paths.log, ckpt.rows, end) and self._rows_intact()):
+                refold.add(ROWS)
+            if not _on_log(self.paths.log, ckpt.conversations, end):
+                refold.add(CONVERSATIONS)
+            elif not ckpt.clean:
+                self._remove_newer_conversations(end.last_seq)
+        for part in (ROWS, CONVERSATIONS):
+            if part in refold and part in parts:
+                self._stage(part)
+            elif part == ROWS and part in refold:
+                self._reset(ROWS)
+            elif part in refold:
+                self.ckpt.conversations = ConversationsCheckpoint()
 
     def _rows_intact(self) -> bool:
         rows = self.ckpt.rows
@@ -280,8 +298,7 @@ class Projector:
     def _reset(self, *parts: str) -> None:
         """Forget these projections' files and state: they are folded again from zero. The
         checkpoint on disk stops vouching for them (durably) before a file is deleted."""
-        if not self._staging:
-            _invalidate(self.paths.checkpoint, parts)
+        _invalidate(self.paths.checkpoint, [p for p in parts if p not in self._staged_parts()])
         if ROWS in parts:
             for path in (self.files.responses, self.files.summary):
                 if os.path.exists(path):
@@ -331,16 +348,24 @@ class Projector:
 
     # -- rebuilding (staged files, swapped in when complete) ------------------------------
 
+    def _staged_parts(self) -> set[str]:
+        """The projections being folded into staged files (no checkpoint may cover them)."""
+        live = _files(self.paths)
+        return {part for part, staged in ((ROWS, self.files.responses != live.responses),
+                                          (CONVERSATIONS, self.files.conversations != live.conversations)) if staged}
+
     def _stage(self, part: str) -> None:
-        """Point ``part`` at new, empty files beside the run's and forget its state."""
-        self._staging = True
+        """Point ``part`` at new, empty files beside the run's and forget its state (the
+        rows' file is opened by ``_open_responses``)."""
         self.refolded.add(part)
         if part == ROWS:
             self.files = self.files._replace(responses=_staged(self.paths.responses), summary=_staged(self.paths.summary))
             self.ckpt.rows = RowsCheckpoint()
             if self._responses is not None:
                 self._responses.close()
-            self._responses = open(self.files.responses, "wb")
+                self._responses = None
+            if os.path.exists(self.files.responses):
+                os.unlink(self.files.responses)
         else:
             self.files = self.files._replace(conversations=_staged(self.paths.conversations))
             self.ckpt.conversations = ConversationsCheckpoint()
@@ -358,12 +383,14 @@ class Projector:
                 shutil.rmtree(staged, ignore_errors=True)
             elif staged != live and os.path.exists(staged):
                 os.unlink(staged)
-        self.files, self._staging = _files(self.paths), False
+        self.files = _files(self.paths)
 
-    def _commit(self, part: str, clean: bool) -> None:
+    def _commit(self, part: str, clean: bool, reopen: bool = False) -> None:
         """Swap ``part``'s staged files in: the checkpoint stops vouching for the old files
-        (durably), the staged ones are renamed over them, then the new checkpoint is written.
-        The old conversation files are deleted last, under a temp name nothing vouches for."""
+        (durably), the staged ones are renamed over them, then the new checkpoint is written
+        (once nothing is staged any more). The old conversation files are deleted last, under
+        a temp name nothing vouches for. ``reopen``: keep appending to the new
+        ``responses.jsonl`` (an open that goes on live)."""
         self._drain()
         if part == ROWS:
             self._responses.close()
@@ -374,16 +401,20 @@ class Projector:
         if part == ROWS:
             os.replace(self.files.responses, self.paths.responses)
             os.replace(self.files.summary, self.paths.summary)
+            self.files = self.files._replace(responses=self.paths.responses, summary=self.paths.summary)
+            if reopen:
+                self._responses = open(self.paths.responses, "ab")
         else:
             if os.path.isdir(self.paths.conversations):
                 old = f"{self.paths.conversations}.old.tmp.{os.getpid()}"
                 os.rename(self.paths.conversations, old)
             os.rename(self.files.conversations, self.paths.conversations)
+            self.files = self.files._replace(conversations=self.paths.conversations)
         fsync_dir(self.paths.dir)  # the swap is durable before a checkpoint vouches for it
-        self.files, self._staging = _files(self.paths), False
-        self.ckpt.clean = clean
-        self.ckpt.reparsed = bool(self.overrides)
-        write_atomic(self.paths.checkpoint, encode_checkpoint(self.ckpt))
+        if not self._staged_parts():
+            if part != ROWS:
+                self.write_summary()  # the rows' state may be ahead of summary.json
+            self._write_checkpoint_file(clean)
         if old is not None:
             shutil.rmtree(old)
 
@@ -459,10 +490,13 @@ class Projector:
 
     def write_checkpoint(self, clean: bool = False) -> None:
         """Summary first: a checkpoint must never be newer than the summary it vouches for."""
-        if self.broken or self._staging:
+        if self.broken or self._staged_parts():
             return
         self._drain()
         self.write_summary()
+        self._write_checkpoint_file(clean)
+
+    def _write_checkpoint_file(self, clean: bool) -> None:
         self._last_ckpt = time.monotonic()
         self.ckpt.clean = clean
         self.ckpt.reparsed = bool(self.overrides)
@@ -500,6 +534,8 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = (ROWS, CONVERSATIONS), *,
         for part in (p for p in (ROWS, CONVERSATIONS) if p in parts):
             start = time.perf_counter()
             projector._stage(part)
+            if part == ROWS:
+                projector._open_responses()
             try:
                 projector.catch_up((part,))
                 projector._redo_with_reparses((part,))

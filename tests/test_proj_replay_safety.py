@@ -79,6 +79,28 @@ def test_a_rebuild_that_fails_on_a_damaged_log_leaves_every_file_as_it_was(finis
     assert json.loads((run / "summary.json").read_bytes())["counts"]["done"] == N
 
 
+@pytest.mark.parametrize("command", [("replay", "r"), ("resume", "r"), ("export", "r", "jsonl")])
+def test_a_fold_from_zero_that_fails_on_a_damaged_log_leaves_every_file_as_it_was(finished, tmp_path, command):
+    """The same class of failure without --rebuild: the checkpoint is gone (or fails its
+    checks), so the next open folds from zero -- into staged files, swapped in only when
+    complete. The log is damaged: every command fails in one line, and nothing is lost."""
+    run = copy_run(finished, tmp_path)
+    (run / "projections.ckpt").unlink()
+    frames = list(iter_frames(str(run / "events.log")))
+    frame = frames[len(frames) // 2]
+    with open(run / "events.log", "r+b") as f:
+        f.seek(frame.end - 3)
+        byte = f.read(1)
+        f.seek(frame.end - 3)
+        f.write(bytes([byte[0] ^ 0x40]))
+    before = files(run)
+    args = [*command, "-o", str(tmp_path / "out.jsonl")] if command[0] == "export" else list(command)
+    r = ledger(tmp_path, *args)
+    assert r.returncode != 0 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r
+    assert "corrupt frame" in r.stderr, r.stderr
+    assert files(run) == before, f"a failed `ledger {' '.join(command)}` changed the projections"
+
+
 # -- 11.4: wall time is the sessions' sending time -----------------------------------------
 
 

@@ -207,3 +207,40 @@ def test_kill9_of_a_rebuild_loses_no_file_for_good(big_run, tmp_path, n):
     assert sorted(set(after) - set(pristine)) == []
     leftovers = sorted(p.name for p in run.iterdir() if ".tmp." in p.name)
     assert leftovers == [], f"{story}: temp files left behind: {leftovers}"
+
+
+# -- a checkpoint that checks out, over a log that changed under it -------------------------
+
+
+def test_a_checkpoint_over_a_log_cut_and_grown_again_is_not_trusted(tmp_path):
+    """The log lost its tail after the checkpoint (a repair), then grew past the checkpoint's
+    offset again: the checkpoint's CRC holds, but its offset and seq are not a boundary of
+    this log any more, so the next open folds from the log instead of trusting it."""
+    from ledger.reader import iter_frames
+    from projections.projector import Projector
+
+    run = tmp_path / "r"
+    run.mkdir()
+    paths = RunPaths(str(run))
+
+    def items(names: list[str], answer: str) -> list:
+        out = []
+        for name in names:
+            key = {"item_id": name}
+            out += [Started(**key, request={"messages": [{"role": "user", "content": name}]}, expected="A"),
+                    Response(**key, text=answer), Parsed(**key, value=answer)]
+        return out
+
+    with LogWriter.open(paths.log) as writer:
+        writer.append_many([RunStarted(run_id="r", items=30), SessionStarted(pid=1)])
+        for n in range(10):
+            writer.append_many(items([f"a{n}"], "A"))
+    Projector.open(paths).close()  # checkpoint at the end of this log
+    frames = list(iter_frames(paths.log))
+    os.truncate(paths.log, frames[4].end)  # what a repair leaves ...
+    with LogWriter.open(paths.log) as writer:  # ... then a session writes other events
+        writer.append(SessionStarted(pid=2, reason="resume"))
+        for n in range(20):
+            writer.append_many(items([f"b{n}", f"c{n}"], "B"))
+    Projector.open(paths).close()
+    assert check_projections(run, tmp_path / "scratch", repair=False) == []

@@ -32,7 +32,7 @@ from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStar
 from .scoring import score
 
 __all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "encode_rows", "Key", "key_of", "prompt_of", "failure_text",
-           "label", "overridden", "MAX_LABELS"]
+           "label", "overridden", "wall_time", "MAX_LABELS"]
 
 _encoder = msgspec.json.Encoder(order="deterministic")
 _encode, _encode_lines = _encoder.encode, _encoder.encode_lines
@@ -111,6 +111,9 @@ class RunState(msgspec.Struct, kw_only=True):
     last_ts: float = 0.0
     last_seq: int = 0
     reparse_sessions: int = 0
+    wall: float = 0.0  # sending time of the sessions ended so far (see wall_time)
+    session_ts: float = 0.0  # ts of the current session's session_started; 0: none open
+    session_attempts: int = 0  # totals.attempts at that moment (did the session send?)
     open: dict[Key, OpenRow] = {}
     failed: dict[Key, OpenRow] = {}  # finally failed, kept for a resume to continue
     totals: Totals = msgspec.field(default_factory=Totals)
@@ -163,13 +166,34 @@ def _run_started(state: RunState, event: RunStarted, _: Any) -> None:
     return None
 
 
+def wall_time(state: RunState, end: float | None = None) -> float:
+    """Seconds spent sending: summed over the sessions that sent at least one request, from
+    their ``session_started`` to their end (``session_ended``; for a session killed without
+    one, its last frame; for the open session, the last event so far). A re-parse or a
+    resume with nothing left sends nothing and adds nothing; the time between sessions is
+    not counted. From event timestamps only, so live and rebuilt summaries agree."""
+    if state.session_ts and state.totals.attempts > state.session_attempts:
+        return state.wall + max(0.0, (state.last_ts if end is None else end) - state.session_ts)
+    return state.wall
+
+
+def _end_session(state: RunState, end: float) -> None:
+    state.wall = wall_time(state, end)
+    state.session_ts = 0.0
+
+
 def _session_started(state: RunState, event: SessionStarted, _: Any) -> None:
+    # A session killed without session_ended ends at the last frame before this one (another
+    # process wrote it: sessions never share a frame, so ``last_ts`` is that frame's).
+    _end_session(state, state.last_ts)
+    state.session_ts, state.session_attempts = event.ts, state.totals.attempts
     state.status = "running"
     state.reparse_sessions += event.reason == "reparse"
     return None
 
 
 def _session_ended(state: RunState, event: SessionEnded, _: Any) -> None:
+    _end_session(state, event.ts)
     state.status = event.reason
     return None
 

@@ -11,12 +11,13 @@ import os
 from typing import Any
 
 from ledger import __version__
+from ledger.errors import InputError
 from ledger.events import SessionEnded, SessionStarted
 from ledger.layout import RunPaths
 from ledger.lock import RunLock
 from ledger.writer import LogWriter
 
-from .parsers import make_parser
+from .parsers import Parser, make_parser
 from .projector import Projector, rebuild
 from .reparse import reparse_events
 from .summary import summarize
@@ -46,7 +47,7 @@ def replay(paths: RunPaths, *, full: bool = False, reparse: str | None = None) -
 
 def _reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
     """Append the new parses and rebuild, all under the writer's lock."""
-    parser = make_parser(spec)
+    parser = _reparse_parser(spec)
     with LogWriter.open(paths.log) as writer:
         last_status = _last_status(paths)
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="reparse"))
@@ -63,6 +64,18 @@ def _reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
         timings: dict[str, float] = {}
         projector = rebuild(paths, timings=timings)
     return {**summarize(projector.state), "reparsed": n, "rebuilt": timings}
+
+
+def _reparse_parser(spec: str) -> Parser:
+    """The parser of ``--reparse SPEC``; a bad spec is named as that option (make_parser's
+    messages speak of ``--parser``, the option of `ledger run`)."""
+    try:
+        return make_parser(spec)
+    except InputError as exc:
+        message = str(exc)
+        if message.startswith("--parser"):
+            message = "--reparse" + message[len("--parser"):]
+        raise InputError(message) from None
 
 
 def _last_status(paths: RunPaths) -> str:

@@ -1,7 +1,9 @@
 """``summary.json``: the figures of a run, computed from the fold's state alone.
 
 Every number derives from event data (timestamps included), so a live run and a rebuild
-write the same bytes. Accuracy is over scored items (those with an ``expected``), with a
+write the same bytes. Wall time is the sessions' sending time (``fold.wall_time``): a pause
+between sessions, a re-parse or a resume with nothing left adds none; throughput is the
+finished items over it. Accuracy is over scored items (those with an ``expected``), with a
 95% Wilson interval; per-label precision / recall / F1 appear when answers are labels (at
 most ``fold.MAX_LABELS`` distinct expected values; the fold keeps the counts). Cost uses
 ``price_in`` / ``price_out`` (USD per million tokens) from the run's config when known.
@@ -15,7 +17,7 @@ from typing import Any
 
 import msgspec
 
-from .fold import Labels, RunState
+from .fold import Labels, RunState, wall_time
 
 __all__ = ["summarize", "encode_summary", "wilson", "percentile"]
 
@@ -43,7 +45,7 @@ def wilson(successes: int, n: int, z: float = 1.96) -> list[float] | None:
 def summarize(state: RunState) -> dict[str, Any]:
     t = state.totals
     latencies = sorted(t.latencies)
-    wall = max(0.0, state.last_ts - state.first_ts)
+    wall = wall_time(state)
     finished = t.done + t.failed
     return {
         "run_id": state.run_id,

@@ -306,7 +306,10 @@ class Session:
                     yield self._continue(item, sample, state.attempts)
 
     def _continue(self, item: Item, sample: int, attempts: int) -> Work:
-        """Continue a multi-turn item after its last completed turn, history from the log."""
+        """Continue a multi-turn item after its last completed turn, history from the log:
+        the projector's conversation state is the log's fold, either from offset zero or from
+        a checkpoint that proved itself (CRC, log position) when it was opened, never from
+        unchecked bytes."""
         key = key_of(item.id, sample)
         replies = _last_reply_per_turn(self.projector.conversation(key))
         done_turns = 0

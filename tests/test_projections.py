@@ -111,7 +111,8 @@ def test_fold_of_a_hand_built_stream():
     assert summary["tokens"] == {"prompt": 20, "completion": 10, "total": 30}
     assert summary["cost_usd"] == round((20 * 1.0 + 10 * 2.0) / 1e6, 6)
     assert summary["latency_s"] == {"p50": 0.5, "p90": 1.5, "p99": 1.5}
-    assert summary["wall_time_s"] == 6.0 and summary["throughput_per_s"] == 0.5
+    # wall time: the session's sending time, session_started (1001.0) to session_ended (1006.5)
+    assert summary["wall_time_s"] == 5.5 and summary["throughput_per_s"] == round(3 / 5.5, 3)
     assert summary["labels"]["per_class"]["A"] == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 1}
     assert summary["labels"]["per_class"]["B"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
     failed_class = set(summary["labels"]["per_class"]) - {"A", "B"}  # the finally failed item's expected

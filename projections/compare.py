@@ -12,9 +12,10 @@ wins, as for every reader of that file). Over the shared keys:
   first got right, ``c`` only the second; the two-sided p-value is
   ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)`` (1.0 when ``b + c = 0``).
 
-Keys that are not in every run are left out and counted per run. ``AnswerIndex`` is the
-incremental reader the viewer shares: it re-reads only what was appended since its last
-refresh, and starts over when the file was replaced or truncated.
+Keys that are not in every run are left out and counted per run. Figures keep full precision
+in JSON and CSV (a p-value of 1.9e-9 is never written as 0.0); only the screen rounds.
+``AnswerIndex`` is the incremental reader the viewer shares: it re-reads only what was
+appended since its last refresh, and starts over when the file was replaced or truncated.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key]) -> 
     scored = [answers[k].correct for k in shared if answers[k].correct is not None]
     right = sum(scored)
     return {"run_id": paths.run_id, "model": _model(paths), "finished": len(answers), "left_out": len(answers) - len(shared),
-            "scored": len(scored), "correct": right, "accuracy": round(right / len(scored), 6) if scored else None,
+            "scored": len(scored), "correct": right, "accuracy": right / len(scored) if scored else None,
             "ci95": wilson(right, len(scored))}
 
 
@@ -232,7 +233,7 @@ def _model(paths: RunPaths) -> str:
 
 def _agreement(a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> float:
     same = sum(normalized(a[k].parsed) == normalized(b[k].parsed) for k in shared)
-    return round(same / len(shared), 6)
+    return same / len(shared)
 
 
 def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> dict[str, Any]:
@@ -244,7 +245,7 @@ def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], 
     p = mcnemar_exact(only_a, only_b)
     return {"a": name_a, "b": name_b, "agreement": _agreement(a, b, shared), "both_correct": table[(True, True)],
             "only_a_correct": only_a, "only_b_correct": only_b, "both_wrong": table[(False, False)],
-            "p_value": round(p, 6), "significant": p < 0.05}
+            "p_value": p, "significant": p < 0.05}
 
 
 def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int:

@@ -186,7 +186,7 @@ def test_json_gives_the_known_accuracy_agreement_matrix_and_p_values(outputs):
         assert row["ci95"] == wilson(right, N)
     assert [r["correct"] for r in data["runs"]] == [12, 4, 8]
     matrix = [[expected_pair(x, y)[0] for y in names] for x in names]
-    assert data["agreement"] == [[round(v, 6) for v in row] for row in matrix]
+    assert data["agreement"] == [[pytest.approx(v, rel=1e-12) for v in row] for row in matrix]  # full precision
     assert matrix == [[1, 4 / 12, 8 / 12], [4 / 12, 1, 2 / 12], [8 / 12, 2 / 12, 1]]
     pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
     assert sorted(pairs) == [("a", "b"), ("a", "c"), ("b", "c")]

@@ -7,7 +7,8 @@ Endpoints (GET only; nothing writes, every other method is 405)::
     /api/runs            every run: status, model, counts, accuracy
     /api/items           ?run=A&run=B&q=&diff=1&wrong=1&sort=&desc=1&page=0&size=50
                          one page of the merged item table, runs side by side
-    /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts
+    /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts,
+                         with latency (``latency_s``) and ``usage`` summed over its replies
 
 What a request may read: a run is named only by an entry of the runs directory's listing
 (a directory holding ``events.log``); any other name -- ``..``, an absolute path, an encoded
@@ -41,9 +42,8 @@ from starlette.routing import Route
 
 from ledger.errors import InputError
 from ledger.layout import RunPaths
-from ledger.lock import is_locked
 from projections.compare import AnswerIndex, AnswerText, as_text, key_order, normalized
-from projections.runs import list_runs, read_summary
+from projections.runs import describe, list_runs
 from projections.show import item_story
 
 __all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
@@ -274,11 +274,9 @@ def _api_items(request: Request) -> Response:
 
 
 def _run_info(paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
-    summary = read_summary(paths)
-    counts = summary.get("counts", {})
-    status = "running" if is_locked(paths.lock) else summary.get("status", "unknown")
-    return {"run_id": paths.run_id, "status": status, "model": summary.get("model", ""),
-            "planned": counts.get("planned", 0), "failed": counts.get("failed", 0), **table.stats[i]}
+    """A run's card: status and counts from ``run_status`` (as ``ledger status`` and ``ls``
+    say them), answers from the table."""
+    return {**describe(paths), **table.stats[i]}
 
 
 def _row_json(row: Row) -> dict[str, Any]:
@@ -308,8 +306,22 @@ def _story(paths: RunPaths, item: str, sample: int) -> dict[str, Any]:
     try:
         story = item_story(paths, item, sample)
     except InputError:
-        return {"run_id": paths.run_id, "found": False, "conversation": None, "events": []}
-    return {"run_id": paths.run_id, "found": True, "conversation": story["conversation"], "events": story["events"]}
+        return {"run_id": paths.run_id, "found": False, "conversation": None, "events": [], **_reply_totals(None)}
+    conversation = story["conversation"]
+    return {"run_id": paths.run_id, "found": True, "conversation": conversation, "events": story["events"],
+            **_reply_totals(conversation)}
+
+
+def _reply_totals(conversation: dict[str, Any] | None) -> dict[str, Any]:
+    """Latency and tokens summed over every reply of the conversation file's ``turns`` (as
+    ``responses.jsonl`` sums them); None where nothing was received. The file holds them
+    per turn only, so the page must not look for them at its top level."""
+    turns = (conversation or {}).get("turns") or []
+    if not turns:
+        return {"latency_s": None, "usage": None}
+    usages = [t["usage"] for t in turns if t.get("usage")]
+    usage = {k: sum(u.get(k) or 0 for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")} if usages else None
+    return {"latency_s": sum(t.get("latency") or 0.0 for t in turns), "usage": usage}
 
 
 def create_app(runs_dir: str, allowed_hosts: list[str] | None = None) -> Starlette:

@@ -48,8 +48,9 @@ function stamp() {
   show($("live"), state.running);
 }
 
-function statusBadge(status) {
-  return el("span", { class: "badge status-" + status, text: status });
+function statusBadge(run) {
+  // run.status is the word (its colour); run.status_text is what a person reads ("completed, 3 failed")
+  return el("span", { class: "badge status-" + run.status, text: run.status_text || run.status });
 }
 
 function correctMark(correct) {
@@ -114,7 +115,7 @@ function runRow(r, checked) {
   return el("tr", {},
     el("td", { class: "narrow" }, box),
     el("td", {}, el("a", { class: "run-link", href: "/?run=" + encodeURIComponent(r.run_id), text: r.run_id })),
-    el("td", {}, statusBadge(r.status)),
+    el("td", {}, statusBadge(r)),
     el("td", { text: r.model || "–" }),
     el("td", { class: "mono small", title: r.dataset || "", text: dataset || "–" }),
     el("td", {}, progressBar(share, `${r.done} done, ${r.failed} failed of ${r.planned}`),
@@ -161,7 +162,7 @@ async function loadItems() {
 
 function renderCards(data) {
   const cards = data.runs.map((r) => el("div", { class: "card" },
-    el("div", { class: "card-head" }, el("span", { class: "card-title", text: r.run_id }), statusBadge(r.status)),
+    el("div", { class: "card-head" }, el("span", { class: "card-title", text: r.run_id }), statusBadge(r)),
     el("div", { class: "card-model muted", text: r.model || "–" }),
     el("div", { class: "card-figure" }, el("span", { class: "big", text: pct(r.accuracy) }),
       el("span", { class: "muted small", text: " accuracy" })),
@@ -286,8 +287,8 @@ function storyColumn(run) {
     fact("Expected", el("span", { class: "mono", text: fmt(c.expected) })),
     fact("Correct", correctMark(c.correct)),
     fact("Attempts", String(c.attempts)),
-    fact("Latency", `${(c.latency || 0).toFixed(3)} s`),
-    c.usage ? fact("Tokens", `${c.usage.prompt_tokens} in / ${c.usage.completion_tokens} out`) : null,
+    fact("Latency", run.latency_s === null ? "–" : `${run.latency_s.toFixed(3)} s`),
+    run.usage ? fact("Tokens", `${run.usage.prompt_tokens} in / ${run.usage.completion_tokens} out`) : null,
     c.error ? fact("Error", el("span", { class: "err-text", text: c.error })) : null)
     : el("p", { class: "muted", text: "Not finished yet: attempts so far below." });
   const messages = c ? el("div", { class: "conversation" }, c.messages.map((m) =>

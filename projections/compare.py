@@ -12,7 +12,11 @@ wins, as for every reader of that file). Over the shared keys:
   first got right, ``c`` only the second; the two-sided p-value is
   ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)`` (1.0 when ``b + c = 0``).
 
-Keys that are not in every run are left out and counted per run. Figures keep full precision
+Keys that are not in every run are left out and counted per run: ``coverage`` is the one
+rule ``compare`` and the viewer follow for runs that do not hold the same items (different
+datasets, or one still going). Both say "the runs share N of M items" (M: keys in any run);
+compare computes on the N shared keys and refuses (exit 2) when N is 0; the viewer shows
+every key and counts disagreements on the shared ones only, under a banner saying the same. Figures keep full precision
 in JSON and CSV (a p-value of 1.9e-9 is never written as 0.0); only the screen rounds.
 ``AnswerIndex`` is the incremental reader the viewer shares: it re-reads only what was
 appended since its last refresh, and starts over when the file was replaced or truncated.
@@ -25,7 +29,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +41,7 @@ from ledger.layout import RunPaths
 from .scoring import normalize
 from .summary import wilson
 
-__all__ = ["Answer", "AnswerText", "AnswerIndex", "Comparison", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
+__all__ = ["Answer", "AnswerText", "AnswerIndex", "Comparison", "Coverage", "coverage", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
 
 Key = tuple[str, int]
 TEXT_LIMIT = 4000  # characters of a response (and of a prompt) an AnswerText keeps in memory
@@ -148,6 +152,43 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How far a set of runs hold the same (item, sample) keys."""
+
+    run_ids: tuple[str, ...]
+    shared: int  # keys in every run
+    total: int  # keys in any run
+    left_out: tuple[int, ...]  # per run: its keys that are not in every run
+
+    @property
+    def complete(self) -> bool:
+        return self.shared == self.total
+
+    def message(self) -> str:
+        """The sentence both ``compare`` and the viewer print."""
+        if self.complete:
+            return f"the runs share all {self.shared} items"
+        left = ", ".join(f"{r} {n}" for r, n in zip(self.run_ids, self.left_out) if n)
+        return f"the runs share {self.shared} of {self.total} items; not in every run: {left}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shared": self.shared, "total": self.total, "complete": self.complete,
+                "left_out": dict(zip(self.run_ids, self.left_out)), "message": self.message()}
+
+
+def coverage(run_ids: Sequence[str], keys: Sequence[Collection[Key]]) -> Coverage:
+    """The rule for runs that do not hold the same keys, in one place (see the module doc)."""
+    if not keys:
+        return Coverage(tuple(run_ids), 0, 0, ())
+    smallest = min(keys, key=len)
+    shared = sum(all(k in other for other in keys) for k in smallest)
+    union: set[Key] = set()
+    for k in keys:
+        union.update(k)
+    return Coverage(tuple(run_ids), shared, len(union), tuple(len(k) - shared for k in keys))
+
+
 @dataclass
 class Comparison:
     run_ids: list[str]
@@ -156,6 +197,7 @@ class Comparison:
     answers: list[dict[Key, Answer]] = field(repr=False)
     agreement: list[list[float | None]]
     pairs: list[dict[str, Any]]
+    coverage: Coverage
 
     def same(self, key: Key) -> bool:
         first = normalized(self.answers[0][key].parsed)
@@ -175,7 +217,8 @@ class Comparison:
                 "agree": self.same(key)}
 
     def to_json(self, only_diff: bool = False) -> dict[str, Any]:
-        data = {"runs": self.runs, "shared": len(self.shared), "agreement": self.agreement, "pairs": self.pairs}
+        data = {"runs": self.runs, "shared": len(self.shared), "coverage": self.coverage.to_json(),
+                "agreement": self.agreement, "pairs": self.pairs}
         if only_diff:
             data["differences"] = self.differences()
         return data
@@ -189,14 +232,15 @@ def compare_runs(runs: Sequence[RunPaths]) -> Comparison:
     if len(set(run_ids)) != len(run_ids):
         raise InputError(f"a run is named twice: {' '.join(run_ids)}")
     answers = [_load(p) for p in runs]
+    cover = coverage(run_ids, [a.keys() for a in answers])
+    if not cover.shared:
+        raise InputError(f"runs {', '.join(run_ids)}: {cover.message()}: nothing to compare")
     shared = _shared(answers)
-    if not shared:
-        raise InputError(f"runs {', '.join(run_ids)} share no finished (item, sample); nothing to compare")
     rows = [_run_row(p, a, shared) for p, a in zip(runs, answers)]
     agreement = [[_agreement(a, b, shared) for b in answers] for a in answers]
     pairs = [_pair(run_ids[i], run_ids[j], answers[i], answers[j], shared)
              for i in range(len(runs)) for j in range(i + 1, len(runs))]
-    return Comparison(run_ids, rows, shared, answers, agreement, pairs)
+    return Comparison(run_ids, rows, shared, answers, agreement, pairs, cover)
 
 
 def _load(paths: RunPaths) -> dict[Key, Answer]:

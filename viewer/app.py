@@ -6,7 +6,9 @@ Endpoints (GET only; nothing writes, every other method is 405)::
     /static/NAME         one of the files in ``STATIC``; any other name is 404
     /api/runs            every run: status, model, counts, accuracy
     /api/items           ?run=A&run=B&q=&diff=1&wrong=1&sort=&desc=1&page=0&size=50
-                         one page of the merged item table, runs side by side
+                         one page of the merged item table, runs side by side, and its
+                         ``coverage`` (projections.compare.coverage: "the runs share N of M
+                         items"); disagreements count only keys every run holds
     /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts,
                          with latency (``latency_s``) and ``usage`` summed over its replies
 
@@ -42,7 +44,7 @@ from starlette.routing import Route
 
 from ledger.errors import InputError
 from ledger.layout import RunPaths
-from projections.compare import AnswerIndex, AnswerText, as_text, key_order, normalized
+from projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
 from projections.runs import describe, list_runs
 from projections.show import item_story
 
@@ -109,7 +111,7 @@ class RunsDir:
                 self._tables.pop(key, None)
                 if len(self._tables) >= 8:  # a few run sets stay cached; the oldest goes
                     self._tables.pop(next(iter(self._tables)))
-                table = self._tables[key] = Table(indexes)
+                table = self._tables[key] = Table(indexes, names)
             return table
 
     def _index(self, paths: RunPaths) -> AnswerIndex:
@@ -127,7 +129,7 @@ class RunsDir:
 class Row:
     key: Key
     answers: list[AnswerText | None]
-    agree: bool | None  # None: fewer than two runs have finished this item
+    agree: bool | None  # None: not in every run (the rule of ``compare.coverage``), or one run alone
 
     @property
     def wrong(self) -> bool:
@@ -148,8 +150,11 @@ class Row:
 
 
 def _agree(answers: list[AnswerText | None]) -> bool | None:
-    present = [normalized(a.parsed) for a in answers if a is not None]
-    return None if len(present) < 2 else all(v == present[0] for v in present[1:])
+    """Whether the runs' parsed answers agree; only on a key every run holds, as compare counts."""
+    if len(answers) < 2 or any(a is None for a in answers):
+        return None
+    first = normalized(answers[0].parsed)  # type: ignore[union-attr]
+    return all(normalized(a.parsed) == first for a in answers[1:])  # type: ignore[union-attr]
 
 
 def _sort_key(sort: str, n_runs: int):
@@ -169,10 +174,12 @@ def _sort_key(sort: str, n_runs: int):
 
 
 class Table:
-    """The items of several runs side by side (union of their keys), in natural item order."""
+    """The items of several runs side by side (union of their keys), in natural item order;
+    ``coverage`` says how many of them every run holds (the banner, and what compare uses)."""
 
-    def __init__(self, indexes: list[AnswerIndex]) -> None:
+    def __init__(self, indexes: list[AnswerIndex], names: list[str]) -> None:
         self.versions = [i.version for i in indexes]
+        self.coverage: Coverage = coverage(names, [i.answers.keys() for i in indexes])
         keys: dict[Key, None] = {}
         for index in indexes:
             keys.update(dict.fromkeys(index.answers))
@@ -267,7 +274,8 @@ def _api_items(request: Request) -> Response:
     page = min(_int(request, "page", 0), pages - 1)
     return _respond({
         "runs": [_run_info(runs.paths(n), table, i) for i, n in enumerate(names)],
-        "items": len(table.rows), "disagreements": table.disagreements, "matching": len(rows),
+        "items": len(table.rows), "coverage": table.coverage.to_json(), "disagreements": table.disagreements,
+        "matching": len(rows),
         "page": page, "pages": pages, "size": size,
         "rows": [_row_json(r) for r in rows[page * size:(page + 1) * size]],
     })

@@ -168,14 +168,23 @@ function renderCards(data) {
       el("span", { class: "muted small", text: " accuracy" })),
     el("div", { class: "small muted", text: `on ${r.scored} scored items` }),
     el("div", { class: "small muted", text: `${r.finished} finished · ${r.failed} failed · ${r.planned} planned` })));
+  const cover = data.coverage;
   if (data.runs.length > 1) {
-    const share = data.items ? data.disagreements / data.items : 0;
+    const shared = cover.shared;
+    const share = shared ? data.disagreements / shared : 0;
+    const where = cover.complete ? ` of ${shared} items (${pct(share)})` : ` of ${shared} shared items (${pct(share)})`;
     cards.push(el("div", { class: "card card-diff" },
       el("div", { class: "card-head" }, el("span", { class: "card-title", text: "Disagreements" })),
-      el("div", { class: "card-figure" }, el("span", { class: "big", text: String(data.disagreements) }),
-        el("span", { class: "muted small", text: ` of ${data.items} items (${pct(share)})` })),
+      el("div", { class: "card-figure" }, el("span", { class: "big", text: shared ? String(data.disagreements) : "–" }),
+        el("span", { class: "muted small", text: shared ? where : " no shared items" })),
       el("div", { class: "small muted", text: "parsed answers differ after normalization" })));
   }
+  // The same sentence `ledger compare` prints (projections.compare.coverage).
+  const multi = data.runs.length > 1 && !cover.complete;
+  $("coverage").textContent = !multi ? "" : cover.shared
+    ? `${cover.message[0].toUpperCase()}${cover.message.slice(1)}: disagreements and agreement count only the ${cover.shared} shared.`
+    : `${cover.message[0].toUpperCase()}${cover.message.slice(1)}: nothing to compare (ledger compare refuses these runs).`;
+  show($("coverage"), multi);
   $("run-cards").replaceChildren(...cards);
   $("crumbs").replaceChildren(el("a", { href: "/", text: "Runs" }), el("span", { class: "sep", text: "/" }),
     el("span", { text: state.runs.join(" vs ") }));
@@ -212,7 +221,7 @@ function renderHead(runs) {
 
 function renderRows(data) {
   const body = $("items-table").tBodies[0];
-  body.replaceChildren(...data.rows.map((row) => itemRow(row, data.runs.length > 1)));
+  body.replaceChildren(...data.rows.map((row) => itemRow(row, data.runs)));
   show($("items-empty"), data.rows.length === 0);
   const filtered = state.q || state.diff || state.wrong;
   $("counts").textContent = filtered ? `${data.matching} of ${data.items} items match` : `${data.items} items`;
@@ -221,7 +230,8 @@ function renderRows(data) {
   $("next").disabled = $("last").disabled = data.page >= data.pages - 1;
 }
 
-function itemRow(row, multi) {
+function itemRow(row, runs) {
+  const multi = runs.length > 1;
   const cls = row.agree === false ? "item disagree" : "item";
   const open = () => openDetail(row.item_id, row.sample);
   return el("tr", { class: cls, tabindex: 0, "data-item": row.item_id, "data-sample": row.sample, onclick: open,
@@ -229,19 +239,21 @@ function itemRow(row, multi) {
     el("td", { class: "mono item-id" }, row.item_id, row.sample ? el("span", { class: "muted small", text: ` s${row.sample}` }) : null),
     el("td", { class: "mono", text: row.expected ?? "–" }),
     multi ? el("td", { class: "narrow agree-cell" }, agreeMark(row.agree)) : null,
-    row.answers.map((a) => answerCells(a)));
+    row.answers.map((a, i) => answerCells(a, runs[i])));
 }
 
 function agreeMark(agree) {
   if (agree === false) return el("span", { class: "diff-flag", title: "the runs' parsed answers differ", text: "≠" });
   if (agree === true) return el("span", { class: "muted", title: "same parsed answer", text: "=" });
-  return el("span", { class: "muted", title: "not finished in every run", text: "…" });
+  return el("span", { class: "muted", title: "not in every run: not compared", text: "…" });
 }
 
-function answerCells(a) {
+function answerCells(a, run) {
   if (!a) {
+    // a run with nothing left to do never had this item; otherwise it may still come
+    const open = run.status === "running" || run.pending + run.in_flight > 0;
     return [el("td", { class: "narrow run-start" }, el("span", { class: "mark none", text: "·" })),
-      el("td", { class: "muted small", colspan: 2, text: "not finished" })];
+      el("td", { class: "muted small", colspan: 2, text: open ? "not finished" : "not in this run" })];
   }
   const answer = a.parsed === null ? el("span", { class: "muted", text: a.error ? "error" : "(none)" })
     : el("span", { class: "answer " + (a.correct === true ? "ok" : a.correct === false ? "bad" : ""), text: a.parsed });

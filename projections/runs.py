@@ -26,7 +26,7 @@ and the counts (``decide``):
 
 ``status_text`` is how a person reads it; ``status`` is the stable word. The accuracy shown
 beside it comes from ``summary.json`` only when that file vouches for the same log (its
-``last_seq`` is the log's last seq; for a live run, not ahead of it): a summary written
+``last_seq`` is the log's last seq; a live run's refreshes as it goes): a summary written
 before a crash or a repair is not passed off as the run's figure.
 """
 
@@ -210,7 +210,7 @@ def run_status(paths: RunPaths) -> dict[str, Any]:
     status = decide(counts.session, live, figures)
     summary = read_summary(paths)
     seq = summary.get("last_seq")
-    current = isinstance(seq, int) and (seq == counts.last_seq or (live and seq <= counts.last_seq))
+    current = isinstance(seq, int) and (live or seq == counts.last_seq)  # live: both lag by a few ms
     return {"run_id": paths.run_id, "status": status, "status_text": status_text(status, figures), **figures,
             "events": counts.last_seq, "accuracy": summary.get("accuracy") if current else None,
             "summary_current": current, "source": counts.source}

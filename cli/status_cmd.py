@@ -35,7 +35,9 @@ def status(
 def _status_lines(info: dict) -> list[tuple[str, object]]:
     """What a person reads: the status in words, the counts, and accuracy when it is current."""
     acc = info["accuracy"]
-    shown = "-" if acc is None else f"{acc:.1%}"
+    shown = f"{acc:.1%}" if acc is not None else "-"
+    if not info["summary_current"] and info["done"]:
+        shown += f" (summary.json is out of date: `ledger replay {info['run_id']} --rebuild` rewrites it)"
     return [("run_id", info["run_id"]), ("status", info["status_text"]),
             *((k, info[k]) for k in ("planned", "done", "failed", "in_flight", "pending", "events")), ("accuracy", shown)]
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,7 +48,7 @@ from ledger.layout import RunPaths
 from ledger.lock import is_locked
 from ledger.reader import iter_events, iter_frames, log_end
 
-__all__ = ["run_status", "describe", "list_runs", "read_summary", "first_event", "next_state", "decide", "status_text"]
+__all__ = ["run_status", "describe", "files_version", "list_runs", "read_summary", "first_event", "next_state", "decide", "status_text"]
 
 
 def read_summary(paths: RunPaths) -> dict[str, Any]:
@@ -219,14 +219,15 @@ def run_status(paths: RunPaths) -> dict[str, Any]:
 # -- listing -----------------------------------------------------------------------------
 
 
-def list_runs(runs_dir: str) -> list[dict[str, Any]]:
+def list_runs(runs_dir: str, describe_run: Callable[[RunPaths], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``describe`` of every run under ``runs_dir`` (or ``describe_run``: the viewer's cache)."""
     if not os.path.isdir(runs_dir):
         return []
     rows = []
     for name in sorted(os.listdir(runs_dir)):
         paths = RunPaths(os.path.join(runs_dir, name))
         if os.path.isfile(paths.log):
-            rows.append(describe(paths))
+            rows.append((describe_run or describe)(paths))
     return sorted(rows, key=lambda r: r["started"])
 
 
@@ -242,6 +243,19 @@ def describe(paths: RunPaths) -> dict[str, Any]:
     model = str(started.config.get("model", "")) if started else ""
     return {**info, "model": model or str(read_summary(paths).get("model") or ""),
             "dataset": started.dataset if started else "", "started": when}
+
+
+def files_version(paths: RunPaths) -> tuple:
+    """What ``describe`` reads, by size and mtime, and whether a writer holds the lock: while
+    this is unchanged, so is the answer (the viewer asks every few seconds)."""
+    stamps = []
+    for path in (paths.log, os.path.join(paths.index, "data.mdb"), paths.summary):
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return (*stamps, is_locked(paths.lock))
 
 
 def _damaged(paths: RunPaths, exc: LedgerError) -> dict[str, Any]:

@@ -65,8 +65,9 @@ def _from_log(runs: Path, run: str) -> dict[str, int]:
     return {**counts, "planned": planned, "pending": planned - sum(counts.values())}
 
 
-def surfaces(runs: Path, run: str) -> dict[str, dict]:
-    """What each surface says of ``run``: status word or text, and the counts."""
+def surfaces(runs: Path, run: str, client: TestClient | None = None) -> dict[str, dict]:
+    """What each surface says of ``run``: status word or text, and the counts (``client``: a
+    viewer that has already been asked, so that what it remembers is put to the test)."""
     ls = run_cli("ls", "--runs-dir", str(runs))
     assert ls.returncode == 0, ls.stderr
     header, *rows = [line.split("\t") for line in ls.stdout.splitlines()]
@@ -74,7 +75,8 @@ def surfaces(runs: Path, run: str) -> dict[str, dict]:
     status = run_cli("status", run, "--json", "--runs-dir", str(runs))
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
-    api = next(r for r in TestClient(create_app(str(runs))).get("/api/runs").json()["runs"] if r["run_id"] == run)
+    client = client or TestClient(create_app(str(runs)))
+    api = next(r for r in client.get("/api/runs").json()["runs"] if r["run_id"] == run)
     return {
         "ls": {"text": row["status"], **{k: int(row[k]) for k in ("done", "failed", "planned")}},
         "status": {"text": info.get("status_text", info["status"]), **{k: info[k] for k in ("done", "failed", "planned")}},
@@ -84,8 +86,8 @@ def surfaces(runs: Path, run: str) -> dict[str, dict]:
     }
 
 
-def assert_agree(runs: Path, run: str, text: str) -> dict:
-    said = surfaces(runs, run)
+def assert_agree(runs: Path, run: str, text: str, client: TestClient | None = None) -> dict:
+    said = surfaces(runs, run, client)
     truth = _from_log(runs, run)
     expected = {"text": text, **{k: truth[k] for k in ("done", "failed", "planned")}}
     assert said["ls"] == said["status"] == said["view"] == expected, said
@@ -158,13 +160,14 @@ def test_verify_repair_that_cut_replies_is_seen_by_every_surface(tmp_path):
     done = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "r", "--parser", "choice", "--concurrency", "2",
                   "--max-context", "200")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert assert_agree(runs, "r", "completed, 3 failed")["done"] == 37
+    viewer = TestClient(create_app(str(runs)))  # one viewer, asked before and after the repair
+    assert assert_agree(runs, "r", "completed, 3 failed", viewer)["done"] == 37
     path = runs / "r" / "events.log"
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # a bad checksum mid-log: repair keeps what precedes it
     path.write_bytes(bytes(raw))
     repaired = run_cli("verify", "r", "--repair", "--runs-dir", str(runs))
     assert repaired.returncode == 0, repaired.stdout + repaired.stderr
-    info = assert_agree(runs, "r", "interrupted")  # the session's end was cut too
+    info = assert_agree(runs, "r", "interrupted", viewer)  # the session's end was cut too
     assert info["done"] < 37 and info["source"] == "log"
     assert info["accuracy"] is None  # summary.json still counts the cut replies: not shown

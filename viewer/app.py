@@ -45,7 +45,7 @@ from starlette.routing import Route
 from ledger.errors import InputError
 from ledger.layout import RunPaths
 from projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
-from projections.runs import describe, list_runs
+from projections.runs import describe, files_version, list_runs
 from projections.show import item_story
 
 __all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
@@ -87,6 +87,7 @@ class RunsDir:
         self.dir = runs_dir
         self._indexes: dict[str, AnswerIndex] = {}
         self._tables: dict[tuple[str, ...], Table] = {}
+        self._described: dict[str, tuple[tuple, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> set[str]:
@@ -100,6 +101,19 @@ class RunsDir:
         if name not in self.names():
             raise _not_found(f"no run {name!r}")
         return RunPaths(os.path.join(self.dir, name))
+
+    def describe(self, paths: RunPaths) -> dict[str, Any]:
+        """``projections.runs.describe``, kept while the run's files and lock are unchanged: a
+        stopped run whose index is not current costs a replay of its log, once, not per poll."""
+        version = files_version(paths)
+        with self._lock:
+            cached = self._described.get(paths.run_id)
+        if cached is not None and cached[0] == version and not version[-1]:
+            return cached[1]
+        info = describe(paths)
+        with self._lock:
+            self._described[paths.run_id] = (version, info)
+        return info
 
     def table(self, names: list[str]) -> "Table":
         paths = [self.paths(n) for n in names]
@@ -243,7 +257,7 @@ def _static_file(name: str) -> Response:
 
 def _api_runs(request: Request) -> Response:
     runs: RunsDir = request.app.state.runs
-    return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": list_runs(runs.dir)})
+    return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": list_runs(runs.dir, runs.describe)})
 
 
 def _run_names(request: Request) -> list[str]:
@@ -273,7 +287,7 @@ def _api_items(request: Request) -> Response:
     pages = max(1, -(-len(rows) // size))
     page = min(_int(request, "page", 0), pages - 1)
     return _respond({
-        "runs": [_run_info(runs.paths(n), table, i) for i, n in enumerate(names)],
+        "runs": [_run_info(runs, runs.paths(n), table, i) for i, n in enumerate(names)],
         "items": len(table.rows), "coverage": table.coverage.to_json(), "disagreements": table.disagreements,
         "matching": len(rows),
         "page": page, "pages": pages, "size": size,
@@ -281,10 +295,10 @@ def _api_items(request: Request) -> Response:
     })
 
 
-def _run_info(paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
+def _run_info(runs: RunsDir, paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
     """A run's card: status and counts from ``run_status`` (as ``ledger status`` and ``ls``
     say them), answers from the table."""
-    return {**describe(paths), **table.stats[i]}
+    return {**runs.describe(paths), **table.stats[i]}
 
 
 def _row_json(row: Row) -> dict[str, Any]:

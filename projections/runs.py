@@ -35,7 +35,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,7 +120,7 @@ class _Counts:
         pending = max(0, self.planned - done - in_flight - failed)
         return {"planned": self.planned, "done": done, "failed": failed, "in_flight": in_flight, "pending": pending}
 
-    def fold(self, events: Iterable[Event], prior) -> None:
+    def fold(self, events: Iterable[Event], prior: Callable[[str, int], int]) -> None:
         """Fold events in; ``prior(item_id, sample)`` gives an item's state before them."""
         states: dict[tuple[str, int], int] = {}
         for event in events:
@@ -174,7 +174,7 @@ def _with_tail(paths: RunPaths, index: RunIndex, counts: _Counts, offset: int, e
     if first is None or first.first_seq != counts.last_seq + 1:
         return None
 
-    def events():
+    def events() -> Iterator[Event]:
         yield from first.events
         for frame in frames:
             yield from frame.events

@@ -8,14 +8,17 @@ next to what `ledger compare` says of the same runs.
   (exit 2, the same sentence) and the page still opens, says so, and marks the other run's
   cells "not in this run" (not "not finished": that run has nothing left to do).
 
-Runs: "p" on items q0..q9, "q" on q5..q14 (5 shared), "z" on z0..z4 (none shared); real
-`ledger run` subprocesses on the built-in simulator.
+* Issue 11.8: the run list's badge of a run that finished with failures says so.
+
+Runs: "p" on items q0..q9, "q" on q5..q14 (5 shared), "z" on z0..z4 (none shared), "fx"
+with one item that fails; real `ledger run` subprocesses on the built-in simulator.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -41,6 +44,11 @@ def runs(tmp_path_factory) -> Path:
         done = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", name, "--parser", "choice",
                        "--concurrency", "10", "--sim", json.dumps({"latency": 0.2}))
         assert done.returncode == 0, done.stdout + done.stderr
+    data = root / "fx.jsonl"  # one item too long for --max-context: it fails, unsent
+    data.write_text("".join(json.dumps({"id": f"f{i}", "prompt": "x " * (400 if i == 1 else 1) + "answer: A", "expected": "A"}) + "\n"
+                            for i in range(4)))
+    done = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "fx", "--parser", "choice", "--max-context", "200")
+    assert done.returncode == 1, done.stdout + done.stderr
     return runs
 
 
@@ -143,4 +151,21 @@ def test_runs_on_different_items_get_the_compare_sentence_in_a_banner(runs, brow
         page.goto(base + "/?run=p")  # one run: nothing to share, no banner
         page.locator("#items-table tbody tr").first.wait_for()
         assert page.locator("#coverage").is_hidden()
+    assert problems == []
+
+
+def test_run_list_badge_of_a_run_with_failures(runs, browser):
+    problems: list[str] = []
+    with view_server(runs) as (_, url, _base):
+        page = _page(browser, problems)
+        page.goto(url)
+        def badge_of(run: str):
+            link = page.locator("a.run-link", has_text=re.compile(f"^{run}$"))
+            return page.locator("#runs-table tbody tr").filter(has=link).locator(".badge")
+
+        badge = badge_of("fx")
+        badge.wait_for()
+        assert badge.inner_text() == "completed, 1 failed"
+        assert badge.get_attribute("class") == "badge status-completed_with_failures"  # not the green "completed"
+        assert badge_of("p").inner_text() == "completed"
     assert problems == []

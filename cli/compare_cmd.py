@@ -39,9 +39,9 @@ def compare(
 
 
 def _print_coverage(result: Comparison) -> None:
-    left = [f"{escape(r['run_id'])} {r['left_out']}" for r in result.runs if r["left_out"]]
-    note = f"; left out (not in every run): {', '.join(left)}" if left else ""
-    out.print(f"compared {len(result.shared)} (item, sample) shared by {len(result.runs)} runs{note}")
+    """The sentence the viewer's banner says too (projections.compare.coverage)."""
+    cover = result.coverage
+    out.print(cover.message() + ("" if cover.complete else f"; compared on the {cover.shared} shared"), markup=False)
 
 
 def _print_stats(result: Comparison) -> None:

@@ -22,14 +22,24 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Progress of a running or stopped run, read from its index (O(1) in the log size)."""
+    """Progress of a running or stopped run: from its index when current (O(1)), else from the log."""
     with handled():
         info = run_status(find_run(runs_dir, run))
         if as_json:
             out.print(json.dumps(info), soft_wrap=True)
             return
-        for key, value in info.items():
-            out.print(f"{key:>10}: {value}")
+        for key, value in _status_lines(info):
+            out.print(f"{key:>10}: {value}", markup=False)
+
+
+def _status_lines(info: dict) -> list[tuple[str, object]]:
+    """What a person reads: the status in words, the counts, and accuracy when it is current."""
+    acc = info["accuracy"]
+    shown = f"{acc:.1%}" if acc is not None else "-"
+    if not info["summary_current"] and info["done"]:
+        shown += f" (summary.json is out of date: `ledger replay {info['run_id']} --rebuild` rewrites it)"
+    return [("run_id", info["run_id"]), ("status", info["status_text"]),
+            *((k, info[k]) for k in ("planned", "done", "failed", "in_flight", "pending", "events")), ("accuracy", shown)]
 
 
 @app.command("ls")
@@ -53,5 +63,5 @@ def ls(runs_dir: RunsDir = "runs") -> None:
 
 def _ls_cells(row: dict) -> tuple[str, ...]:
     acc = row["accuracy"]
-    return (row["run_id"], row["status"], row["model"], os.path.basename(row["dataset"]), str(row["done"]),
+    return (row["run_id"], row["status_text"], row["model"], os.path.basename(row["dataset"]), str(row["done"]),
             str(row["failed"]), str(row["planned"]), "-" if acc is None else f"{acc:.1%}", row["started"])

@@ -12,9 +12,14 @@ wins, as for every reader of that file). Over the shared keys:
   first got right, ``c`` only the second; the two-sided p-value is
   ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)`` (1.0 when ``b + c = 0``).
 
-Keys that are not in every run are left out and counted per run. ``AnswerIndex`` is the
-incremental reader the viewer shares: it re-reads only what was appended since its last
-refresh, and starts over when the file was replaced or truncated.
+Keys that are not in every run are left out and counted per run: ``coverage`` is the one
+rule ``compare`` and the viewer follow for runs that do not hold the same items (different
+datasets, or one still going). Both say "the runs share N of M items" (M: keys in any run);
+compare computes on the N shared keys and refuses (exit 2) when N is 0; the viewer shows
+every key and counts disagreements on the shared ones only, under a banner saying the same. Figures keep full precision
+in JSON and CSV (a p-value of 1.9e-9 is never written as 0.0); only the screen rounds.
+``AnswerIndex`` is the incremental reader the viewer shares: it re-reads only what was
+appended since its last refresh, and starts over when the file was replaced or truncated.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import functools
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +41,7 @@ from ledger.layout import RunPaths
 from .scoring import normalize
 from .summary import wilson
 
-__all__ = ["Answer", "AnswerText", "AnswerIndex", "Comparison", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
+__all__ = ["Answer", "AnswerText", "AnswerIndex", "Comparison", "Coverage", "coverage", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
 
 Key = tuple[str, int]
 TEXT_LIMIT = 4000  # characters of a response (and of a prompt) an AnswerText keeps in memory
@@ -147,6 +152,43 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+@dataclass(frozen=True)
+class Coverage:
+    """How far a set of runs hold the same (item, sample) keys."""
+
+    run_ids: tuple[str, ...]
+    shared: int  # keys in every run
+    total: int  # keys in any run
+    left_out: tuple[int, ...]  # per run: its keys that are not in every run
+
+    @property
+    def complete(self) -> bool:
+        return self.shared == self.total
+
+    def message(self) -> str:
+        """The sentence both ``compare`` and the viewer print."""
+        if self.complete:
+            return f"the runs share all {self.shared} items"
+        left = ", ".join(f"{r} {n}" for r, n in zip(self.run_ids, self.left_out) if n)
+        return f"the runs share {self.shared} of {self.total} items; not in every run: {left}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"shared": self.shared, "total": self.total, "complete": self.complete,
+                "left_out": dict(zip(self.run_ids, self.left_out)), "message": self.message()}
+
+
+def coverage(run_ids: Sequence[str], keys: Sequence[Collection[Key]]) -> Coverage:
+    """The rule for runs that do not hold the same keys, in one place (see the module doc)."""
+    if not keys:
+        return Coverage(tuple(run_ids), 0, 0, ())
+    smallest = min(keys, key=len)
+    shared = sum(all(k in other for other in keys) for k in smallest)
+    union: set[Key] = set()
+    for k in keys:
+        union.update(k)
+    return Coverage(tuple(run_ids), shared, len(union), tuple(len(k) - shared for k in keys))
+
+
 @dataclass
 class Comparison:
     run_ids: list[str]
@@ -155,6 +197,7 @@ class Comparison:
     answers: list[dict[Key, Answer]] = field(repr=False)
     agreement: list[list[float | None]]
     pairs: list[dict[str, Any]]
+    coverage: Coverage
 
     def same(self, key: Key) -> bool:
         first = normalized(self.answers[0][key].parsed)
@@ -174,7 +217,8 @@ class Comparison:
                 "agree": self.same(key)}
 
     def to_json(self, only_diff: bool = False) -> dict[str, Any]:
-        data = {"runs": self.runs, "shared": len(self.shared), "agreement": self.agreement, "pairs": self.pairs}
+        data = {"runs": self.runs, "shared": len(self.shared), "coverage": self.coverage.to_json(),
+                "agreement": self.agreement, "pairs": self.pairs}
         if only_diff:
             data["differences"] = self.differences()
         return data
@@ -188,14 +232,15 @@ def compare_runs(runs: Sequence[RunPaths]) -> Comparison:
     if len(set(run_ids)) != len(run_ids):
         raise InputError(f"a run is named twice: {' '.join(run_ids)}")
     answers = [_load(p) for p in runs]
+    cover = coverage(run_ids, [a.keys() for a in answers])
+    if not cover.shared:
+        raise InputError(f"runs {', '.join(run_ids)}: {cover.message()}: nothing to compare")
     shared = _shared(answers)
-    if not shared:
-        raise InputError(f"runs {', '.join(run_ids)} share no finished (item, sample); nothing to compare")
     rows = [_run_row(p, a, shared) for p, a in zip(runs, answers)]
     agreement = [[_agreement(a, b, shared) for b in answers] for a in answers]
     pairs = [_pair(run_ids[i], run_ids[j], answers[i], answers[j], shared)
              for i in range(len(runs)) for j in range(i + 1, len(runs))]
-    return Comparison(run_ids, rows, shared, answers, agreement, pairs)
+    return Comparison(run_ids, rows, shared, answers, agreement, pairs, cover)
 
 
 def _load(paths: RunPaths) -> dict[Key, Answer]:
@@ -220,7 +265,7 @@ def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key]) -> 
     scored = [answers[k].correct for k in shared if answers[k].correct is not None]
     right = sum(scored)
     return {"run_id": paths.run_id, "model": _model(paths), "finished": len(answers), "left_out": len(answers) - len(shared),
-            "scored": len(scored), "correct": right, "accuracy": round(right / len(scored), 6) if scored else None,
+            "scored": len(scored), "correct": right, "accuracy": right / len(scored) if scored else None,
             "ci95": wilson(right, len(scored))}
 
 
@@ -232,7 +277,7 @@ def _model(paths: RunPaths) -> str:
 
 def _agreement(a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> float:
     same = sum(normalized(a[k].parsed) == normalized(b[k].parsed) for k in shared)
-    return round(same / len(shared), 6)
+    return same / len(shared)
 
 
 def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> dict[str, Any]:
@@ -244,7 +289,7 @@ def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], 
     p = mcnemar_exact(only_a, only_b)
     return {"a": name_a, "b": name_b, "agreement": _agreement(a, b, shared), "both_correct": table[(True, True)],
             "only_a_correct": only_a, "only_b_correct": only_b, "both_wrong": table[(False, False)],
-            "p_value": round(p, 6), "significant": p < 0.05}
+            "p_value": p, "significant": p < 0.05}
 
 
 def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int:

@@ -1,8 +1,33 @@
-"""Reading runs without opening them for writing: status from the index, listings.
+"""Reading runs without opening them for writing: the one function that decides a run's status.
 
-``run_status`` reads the LMDB index read-only (a consistent snapshot, O(1) in the log's
-size) and whether a writer holds the lock; it works from another terminal during a run.
-A run without an index (never opened since it was deleted) falls back to summary.json.
+``run_status`` is what ``ledger status``, ``ledger ls`` and the viewer all call, so they
+cannot disagree. Its counts (planned, done, failed, in flight, pending) and the state of
+the last session come from the log, read through the cheapest source that is true:
+
+* ``index``: the LMDB index, read-only, when it is current -- the log offset it applied is
+  the log's valid end (O(1)); or the run is live (a writer holds the lock), where it may lag
+  by a few milliseconds;
+* ``index+log``: the index plus the events after its offset, when the log grew past it (a
+  writer killed before its last index update): O(events after the offset);
+* ``log``: a replay of the whole log (streamed by ``ledger.reader``; one small state per
+  item) when there is no readable index or it is not a prefix of the log -- its offset is
+  past the log's end or not a frame of it (a ``verify --repair`` cut events it had applied).
+
+An item's state follows the index's lifecycle (``next_state``: started -> in flight, parsed
+-> done, final failure -> failed unless done). The status, from the lock, the last session
+and the counts (``decide``):
+
+    running                  a writer holds the lock
+    completed                the last session ended completed and every planned item is done
+    completed_with_failures  ... ended completed, N items failed finally ("completed, N failed")
+    completed_with_pending   ... ended completed with items never finished ("completed, N pending")
+    interrupted              the last session ended interrupted, or never ended (killed)
+    error                    the last session ended on an error
+
+``status_text`` is how a person reads it; ``status`` is the stable word. The accuracy shown
+beside it comes from ``summary.json`` only when that file vouches for the same log (its
+``last_seq`` is the log's last seq; a live run's refreshes as it goes): a summary written
+before a crash or a repair is not passed off as the run's figure.
 """
 
 from __future__ import annotations
@@ -10,16 +35,20 @@ from __future__ import annotations
 import datetime
 import json
 import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.errors import IndexError_
-from ledger.events import RunStarted
-from ledger.index import RunIndex
+import lmdb
+
+from ledger.errors import CorruptLogError, IndexError_, LedgerError
+from ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+from ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex
 from ledger.layout import RunPaths
 from ledger.lock import is_locked
-from ledger.reader import iter_events
+from ledger.reader import iter_events, iter_frames, log_end
 
-__all__ = ["run_status", "list_runs", "read_summary", "first_event"]
+__all__ = ["run_status", "describe", "files_version", "list_runs", "read_summary", "first_event", "next_state", "decide", "status_text"]
 
 
 def read_summary(paths: RunPaths) -> dict[str, Any]:
@@ -35,47 +64,201 @@ def first_event(paths: RunPaths) -> RunStarted | None:
     return event if isinstance(event, RunStarted) else None
 
 
-def run_status(paths: RunPaths) -> dict[str, Any]:
-    live = is_locked(paths.lock)
+# -- the item lifecycle and the status ---------------------------------------------------
+
+
+def next_state(state: int, event: Event) -> int:
+    """An item's state after one of its events: the lifecycle ``ledger.index`` applies."""
+    if isinstance(event, Started):
+        return IN_FLIGHT
+    if isinstance(event, Parsed):
+        return DONE
+    if isinstance(event, Response):
+        return state if state == DONE else IN_FLIGHT
+    if isinstance(event, Failed):
+        return state if state == DONE else (FAILED if event.final else IN_FLIGHT)
+    return state
+
+
+def decide(session: str, live: bool, counts: dict[str, int]) -> str:
+    """The status word from the last session's state, the lock and the counts."""
+    if live:
+        return "running"
+    if session == "completed":
+        if counts["failed"]:
+            return "completed_with_failures"
+        return "completed_with_pending" if counts["pending"] + counts["in_flight"] else "completed"
+    if session in ("", "running"):
+        return "interrupted"  # no session_ended: the process was killed
+    return session
+
+
+def status_text(status: str, counts: dict[str, int]) -> str:
+    """How a person reads the status: ``completed, 3 failed``."""
+    if not status.startswith("completed_with_"):
+        return status
+    parts = [f"{counts['failed']} failed"] if counts["failed"] else []
+    unfinished = counts["pending"] + counts["in_flight"]
+    return ", ".join(["completed", *parts, *([f"{unfinished} pending"] if unfinished else [])])
+
+
+# -- counting ----------------------------------------------------------------------------
+
+
+@dataclass
+class _Counts:
+    """What a source says: items per state, planned, the last session's state, last seq."""
+
+    by_state: list[int] = field(default_factory=lambda: [0, 0, 0, 0])
+    planned: int = 0
+    session: str = ""
+    last_seq: int = 0
+    source: str = "log"
+
+    def as_dict(self) -> dict[str, int]:
+        done, in_flight, failed = self.by_state[DONE], self.by_state[IN_FLIGHT], self.by_state[FAILED]
+        pending = max(0, self.planned - done - in_flight - failed)
+        return {"planned": self.planned, "done": done, "failed": failed, "in_flight": in_flight, "pending": pending}
+
+    def fold(self, events: Iterable[Event], prior: Callable[[str, int], int]) -> None:
+        """Fold events in; ``prior(item_id, sample)`` gives an item's state before them."""
+        states: dict[tuple[str, int], int] = {}
+        for event in events:
+            self.last_seq = event.seq
+            if isinstance(event, (Started, Response, Parsed, Failed)):
+                key = (event.item_id, event.sample)
+                before = states[key] if key in states else prior(*key)
+                after = states[key] = next_state(before, event)
+                if after != before:
+                    self.by_state[before] -= before != PENDING
+                    self.by_state[after] += 1
+            elif isinstance(event, RunStarted):
+                self.planned = event.items * int(event.config.get("samples", 1) or 1)
+                self.session = "running"
+            elif isinstance(event, SessionStarted):
+                self.session = "running"
+            elif isinstance(event, SessionEnded):
+                self.session = event.reason
+
+
+def _replay(paths: RunPaths) -> _Counts:
+    counts = _Counts()
+    counts.fold(iter_events(paths.log), lambda item_id, sample: PENDING)
+    return counts
+
+
+def _from_index(paths: RunPaths, index: RunIndex, live: bool) -> _Counts | None:
+    """The index's counts, brought up to the log's end; None when it is no prefix of the log."""
+    for _ in range(5):  # a live writer may apply between the two reads: take a matching pair
+        offset, seq = index.applied()
+        stored = index.counts()
+        if stored["applied_seq"] == seq:
+            break
+    counts = _Counts([stored[name] for name in STATE_NAMES], stored["planned"], str(stored["status"]), seq, "index")
+    if live:
+        return counts  # the writer keeps it a few ms behind the log at most
+    end = log_end(paths.log)
+    if offset == end:
+        return counts
+    if offset > end:
+        return None  # the log was cut below what the index applied
+    return _with_tail(paths, index, counts, offset, end)
+
+
+def _with_tail(paths: RunPaths, index: RunIndex, counts: _Counts, offset: int, end: int) -> _Counts | None:
+    frames = iter_frames(paths.log, offset, end)
+    try:
+        first = next(frames, None)
+    except CorruptLogError:
+        return None  # the offset is not a frame boundary of this log
+    if first is None or first.first_seq != counts.last_seq + 1:
+        return None
+
+    def events() -> Iterator[Event]:
+        yield from first.events
+        for frame in frames:
+            yield from frame.events
+
+    def prior(item_id: str, sample: int) -> int:
+        state = index.get(item_id, sample)
+        return PENDING if state is None else state.state
+
+    counts.fold(events(), prior)
+    counts.source = "index+log"
+    return counts
+
+
+def _counts(paths: RunPaths, live: bool) -> _Counts:
     try:
         index = RunIndex.open_readonly(paths.index)
     except IndexError_:
-        return _from_summary(paths, live)
+        return _replay(paths)
     try:
-        counts = index.counts()
+        counts = _from_index(paths, index, live)
+    except lmdb.Error:
+        counts = None
     finally:
         index.close()
-    status = "running" if live else (counts["status"] if counts["status"] != "running" else "interrupted")
-    return {"run_id": paths.run_id, "status": status, "planned": counts["planned"], "done": counts["done"],
-            "failed": counts["failed"], "in_flight": counts["in_flight"], "pending": counts["pending"],
-            "events": counts["applied_seq"]}
+    return counts if counts is not None else _replay(paths)
 
 
-def _from_summary(paths: RunPaths, live: bool) -> dict[str, Any]:
+def run_status(paths: RunPaths) -> dict[str, Any]:
+    """A run's status, counts and (when ``summary.json`` is current) accuracy."""
+    live = is_locked(paths.lock)
+    counts = _counts(paths, live)
+    figures = counts.as_dict()
+    status = decide(counts.session, live, figures)
     summary = read_summary(paths)
-    counts = summary.get("counts", {})
-    return {"run_id": paths.run_id, "status": "running" if live else summary.get("status", "unknown"),
-            "planned": counts.get("planned", 0), "done": counts.get("done", 0), "failed": counts.get("failed", 0),
-            "in_flight": 0, "pending": counts.get("pending", 0), "events": summary.get("last_seq", 0)}
+    seq = summary.get("last_seq")
+    current = isinstance(seq, int) and (live or seq == counts.last_seq)  # live: both lag by a few ms
+    return {"run_id": paths.run_id, "status": status, "status_text": status_text(status, figures), **figures,
+            "events": counts.last_seq, "accuracy": summary.get("accuracy") if current else None,
+            "summary_current": current, "source": counts.source}
 
 
-def list_runs(runs_dir: str) -> list[dict[str, Any]]:
+# -- listing -----------------------------------------------------------------------------
+
+
+def list_runs(runs_dir: str, describe_run: Callable[[RunPaths], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """``describe`` of every run under ``runs_dir`` (or ``describe_run``: the viewer's cache)."""
     if not os.path.isdir(runs_dir):
         return []
     rows = []
     for name in sorted(os.listdir(runs_dir)):
         paths = RunPaths(os.path.join(runs_dir, name))
         if os.path.isfile(paths.log):
-            rows.append(_row(paths))
+            rows.append((describe_run or describe)(paths))
     return sorted(rows, key=lambda r: r["started"])
 
 
-def _row(paths: RunPaths) -> dict[str, Any]:
-    summary = read_summary(paths)
-    started = first_event(paths)
-    counts = summary.get("counts", {})
+def describe(paths: RunPaths) -> dict[str, Any]:
+    """``run_status`` plus model, dataset and start time: a row of ``ledger ls`` and of the
+    viewer. A run whose log cannot be read is a ``damaged`` row, not an error for all."""
+    try:
+        started = first_event(paths)
+        info = run_status(paths)
+    except LedgerError as exc:  # one damaged run does not hide the others
+        started, info = None, _damaged(paths, exc)
     when = datetime.datetime.fromtimestamp(started.ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if started else ""
-    status = "running" if is_locked(paths.lock) else summary.get("status", "unknown")
-    return {"run_id": paths.run_id, "status": status, "model": summary.get("model") or (started.config.get("model", "") if started else ""),
-            "dataset": started.dataset if started else "", "done": counts.get("done", 0), "failed": counts.get("failed", 0),
-            "planned": counts.get("planned", 0), "accuracy": summary.get("accuracy"), "started": when}
+    model = str(started.config.get("model", "")) if started else ""
+    return {**info, "model": model or str(read_summary(paths).get("model") or ""),
+            "dataset": started.dataset if started else "", "started": when}
+
+
+def files_version(paths: RunPaths) -> tuple:
+    """What ``describe`` reads, by size and mtime, and whether a writer holds the lock: while
+    this is unchanged, so is the answer (the viewer asks every few seconds)."""
+    stamps = []
+    for path in (paths.log, os.path.join(paths.index, "data.mdb"), paths.summary):
+        try:
+            st = os.stat(path)
+            stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stamps.append(None)
+    return (*stamps, is_locked(paths.lock))
+
+
+def _damaged(paths: RunPaths, exc: LedgerError) -> dict[str, Any]:
+    zero = {"planned": 0, "done": 0, "failed": 0, "in_flight": 0, "pending": 0}
+    return {"run_id": paths.run_id, "status": "damaged", "status_text": f"damaged: {exc}", **zero, "events": 0,
+            "accuracy": None, "summary_current": False, "source": "log"}

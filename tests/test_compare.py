@@ -186,7 +186,7 @@ def test_json_gives_the_known_accuracy_agreement_matrix_and_p_values(outputs):
         assert row["ci95"] == wilson(right, N)
     assert [r["correct"] for r in data["runs"]] == [12, 4, 8]
     matrix = [[expected_pair(x, y)[0] for y in names] for x in names]
-    assert data["agreement"] == [[round(v, 6) for v in row] for row in matrix]
+    assert data["agreement"] == [[pytest.approx(v, rel=1e-12) for v in row] for row in matrix]  # full precision
     assert matrix == [[1, 4 / 12, 8 / 12], [4 / 12, 1, 2 / 12], [8 / 12, 2 / 12, 1]]
     pairs = {(p["a"], p["b"]): p for p in data["pairs"]}
     assert sorted(pairs) == [("a", "b"), ("a", "c"), ("b", "c")]
@@ -203,7 +203,7 @@ def test_json_gives_the_known_accuracy_agreement_matrix_and_p_values(outputs):
 
 def test_text_output_shows_accuracy_matrix_and_tests(outputs):
     out = outputs["text"].stdout
-    assert f"compared {N} (item, sample) shared by 2 runs" in out
+    assert f"the runs share all {N} items" in out
     assert "100.0%" in out and "33.3%" in out  # a's and b's accuracy
     assert "0.007812" in out  # p = 2 / 256
     assert "yes" in out.split("paired differences")[1]
@@ -250,7 +250,9 @@ def test_different_datasets_are_compared_on_their_intersection(outputs):
     assert data["agreement"] == [[1.0, 1.0], [1.0, 1.0]]
     assert data["pairs"][0]["p_value"] == 1.0
     text = outputs["subset-text"]
-    assert "compared 6 (item, sample) shared by 2 runs; left out (not in every run): a 6, d 2" in text.stdout
+    assert "the runs share 6 of 14 items; not in every run: a 6, d 2; compared on the 6 shared" in text.stdout
+    assert data["coverage"] == {"shared": 6, "total": 14, "complete": False, "left_out": {"a": 6, "d": 2},
+                                "message": "the runs share 6 of 14 items; not in every run: a 6, d 2"}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -208,8 +208,9 @@ def test_status_of_a_finished_run(world):
     r = results["status labels json"]
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
-    assert info == {"run_id": "labels", "status": "completed", "planned": 10, "done": 10, "failed": 0,
-                    "in_flight": 0, "pending": 0, "events": len(world["logs"]["labels"])}
+    assert info == {"run_id": "labels", "status": "completed", "status_text": "completed", "planned": 10, "done": 10,
+                    "failed": 0, "in_flight": 0, "pending": 0, "events": len(world["logs"]["labels"]),
+                    "accuracy": summary_of(world, "labels")["accuracy"], "summary_current": True, "source": "index"}
     r = results["status labels"]
     assert r.returncode == 0, r.stderr
     text = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)}
@@ -218,7 +219,8 @@ def test_status_of_a_finished_run(world):
 
     info = json.loads(results["status faulty json"].stdout)
     summary = summary_of(world, "faulty")
-    assert info["status"] == "completed" and info["planned"] == 10
+    assert info["status"] == "completed_with_failures" and info["planned"] == 10  # not a plain "completed"
+    assert info["status_text"] == f"completed, {info['failed']} failed"
     assert (info["done"], info["failed"], info["pending"]) == (summary["counts"]["done"], summary["counts"]["failed"], 0)
     assert info["failed"] > 0 and info["done"] + info["failed"] == 10
 
@@ -253,7 +255,7 @@ def test_status_during_a_run_from_another_process(world, tmp_path):
     assert seen is not None, f"never saw the run in progress: {polls}"
     assert seen["planned"] == n and 0 < seen["done"] < n
     assert seen["done"] + seen["failed"] + seen["in_flight"] + seen["pending"] == n
-    assert all(v >= 0 for k, v in seen.items() if k not in ("run_id", "status"))
+    assert all(seen[k] >= 0 for k in ("planned", "done", "failed", "in_flight", "pending", "events"))
     # an export taken meanwhile (or just after) holds whole rows, one per key, all finished
     assert exported.returncode == 0, exported.stderr
     rows = read_jsonl(tmp_path / "live.jsonl.out")
@@ -286,7 +288,8 @@ def test_ls_lists_every_run_with_status_model_and_counts(world):
     assert set(rows) == {"letters", "labels", "samples", "faulty"}, r.stdout
     for name, cells in rows.items():
         summary = summary_of(world, name)
-        assert cells[1] == "completed" and cells[2] == "sim-1", cells
+        failed = summary["counts"]["failed"]
+        assert cells[1] == (f"completed, {failed} failed" if failed else "completed") and cells[2] == "sim-1", cells
         assert cells[3] == f"{name}.jsonl"
         assert cells[4:7] == [str(summary["counts"][k]) for k in ("done", "failed", "planned")], cells
     assert rows["labels"][7] == "80.0%"

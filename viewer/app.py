@@ -6,8 +6,11 @@ Endpoints (GET only; nothing writes, every other method is 405)::
     /static/NAME         one of the files in ``STATIC``; any other name is 404
     /api/runs            every run: status, model, counts, accuracy
     /api/items           ?run=A&run=B&q=&diff=1&wrong=1&sort=&desc=1&page=0&size=50
-                         one page of the merged item table, runs side by side
-    /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts
+                         one page of the merged item table, runs side by side, and its
+                         ``coverage`` (projections.compare.coverage: "the runs share N of M
+                         items"); disagreements count only keys every run holds
+    /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts,
+                         with latency (``latency_s``) and ``usage`` summed over its replies
 
 What a request may read: a run is named only by an entry of the runs directory's listing
 (a directory holding ``events.log``); any other name -- ``..``, an absolute path, an encoded
@@ -41,9 +44,8 @@ from starlette.routing import Route
 
 from ledger.errors import InputError
 from ledger.layout import RunPaths
-from ledger.lock import is_locked
-from projections.compare import AnswerIndex, AnswerText, as_text, key_order, normalized
-from projections.runs import list_runs, read_summary
+from projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
+from projections.runs import describe, files_version, list_runs
 from projections.show import item_story
 
 __all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
@@ -85,6 +87,7 @@ class RunsDir:
         self.dir = runs_dir
         self._indexes: dict[str, AnswerIndex] = {}
         self._tables: dict[tuple[str, ...], Table] = {}
+        self._described: dict[str, tuple[tuple, dict[str, Any]]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> set[str]:
@@ -99,6 +102,19 @@ class RunsDir:
             raise _not_found(f"no run {name!r}")
         return RunPaths(os.path.join(self.dir, name))
 
+    def describe(self, paths: RunPaths) -> dict[str, Any]:
+        """``projections.runs.describe``, kept while the run's files and lock are unchanged: a
+        stopped run whose index is not current costs a replay of its log, once, not per poll."""
+        version = files_version(paths)
+        with self._lock:
+            cached = self._described.get(paths.run_id)
+        if cached is not None and cached[0] == version and not version[-1]:
+            return cached[1]
+        info = describe(paths)
+        with self._lock:
+            self._described[paths.run_id] = (version, info)
+        return info
+
     def table(self, names: list[str]) -> "Table":
         paths = [self.paths(n) for n in names]
         with self._lock:
@@ -109,7 +125,7 @@ class RunsDir:
                 self._tables.pop(key, None)
                 if len(self._tables) >= 8:  # a few run sets stay cached; the oldest goes
                     self._tables.pop(next(iter(self._tables)))
-                table = self._tables[key] = Table(indexes)
+                table = self._tables[key] = Table(indexes, names)
             return table
 
     def _index(self, paths: RunPaths) -> AnswerIndex:
@@ -127,7 +143,7 @@ class RunsDir:
 class Row:
     key: Key
     answers: list[AnswerText | None]
-    agree: bool | None  # None: fewer than two runs have finished this item
+    agree: bool | None  # None: not in every run (the rule of ``compare.coverage``), or one run alone
 
     @property
     def wrong(self) -> bool:
@@ -148,8 +164,11 @@ class Row:
 
 
 def _agree(answers: list[AnswerText | None]) -> bool | None:
-    present = [normalized(a.parsed) for a in answers if a is not None]
-    return None if len(present) < 2 else all(v == present[0] for v in present[1:])
+    """Whether the runs' parsed answers agree; only on a key every run holds, as compare counts."""
+    if len(answers) < 2 or any(a is None for a in answers):
+        return None
+    first = normalized(answers[0].parsed)  # type: ignore[union-attr]
+    return all(normalized(a.parsed) == first for a in answers[1:])  # type: ignore[union-attr]
 
 
 def _sort_key(sort: str, n_runs: int):
@@ -169,10 +188,12 @@ def _sort_key(sort: str, n_runs: int):
 
 
 class Table:
-    """The items of several runs side by side (union of their keys), in natural item order."""
+    """The items of several runs side by side (union of their keys), in natural item order;
+    ``coverage`` says how many of them every run holds (the banner, and what compare uses)."""
 
-    def __init__(self, indexes: list[AnswerIndex]) -> None:
+    def __init__(self, indexes: list[AnswerIndex], names: list[str]) -> None:
         self.versions = [i.version for i in indexes]
+        self.coverage: Coverage = coverage(names, [i.answers.keys() for i in indexes])
         keys: dict[Key, None] = {}
         for index in indexes:
             keys.update(dict.fromkeys(index.answers))
@@ -236,7 +257,7 @@ def _static_file(name: str) -> Response:
 
 def _api_runs(request: Request) -> Response:
     runs: RunsDir = request.app.state.runs
-    return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": list_runs(runs.dir)})
+    return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": list_runs(runs.dir, runs.describe)})
 
 
 def _run_names(request: Request) -> list[str]:
@@ -266,19 +287,18 @@ def _api_items(request: Request) -> Response:
     pages = max(1, -(-len(rows) // size))
     page = min(_int(request, "page", 0), pages - 1)
     return _respond({
-        "runs": [_run_info(runs.paths(n), table, i) for i, n in enumerate(names)],
-        "items": len(table.rows), "disagreements": table.disagreements, "matching": len(rows),
+        "runs": [_run_info(runs, runs.paths(n), table, i) for i, n in enumerate(names)],
+        "items": len(table.rows), "coverage": table.coverage.to_json(), "disagreements": table.disagreements,
+        "matching": len(rows),
         "page": page, "pages": pages, "size": size,
         "rows": [_row_json(r) for r in rows[page * size:(page + 1) * size]],
     })
 
 
-def _run_info(paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
-    summary = read_summary(paths)
-    counts = summary.get("counts", {})
-    status = "running" if is_locked(paths.lock) else summary.get("status", "unknown")
-    return {"run_id": paths.run_id, "status": status, "model": summary.get("model", ""),
-            "planned": counts.get("planned", 0), "failed": counts.get("failed", 0), **table.stats[i]}
+def _run_info(runs: RunsDir, paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
+    """A run's card: status and counts from ``run_status`` (as ``ledger status`` and ``ls``
+    say them), answers from the table."""
+    return {**runs.describe(paths), **table.stats[i]}
 
 
 def _row_json(row: Row) -> dict[str, Any]:
@@ -308,8 +328,22 @@ def _story(paths: RunPaths, item: str, sample: int) -> dict[str, Any]:
     try:
         story = item_story(paths, item, sample)
     except InputError:
-        return {"run_id": paths.run_id, "found": False, "conversation": None, "events": []}
-    return {"run_id": paths.run_id, "found": True, "conversation": story["conversation"], "events": story["events"]}
+        return {"run_id": paths.run_id, "found": False, "conversation": None, "events": [], **_reply_totals(None)}
+    conversation = story["conversation"]
+    return {"run_id": paths.run_id, "found": True, "conversation": conversation, "events": story["events"],
+            **_reply_totals(conversation)}
+
+
+def _reply_totals(conversation: dict[str, Any] | None) -> dict[str, Any]:
+    """Latency and tokens summed over every reply of the conversation file's ``turns`` (as
+    ``responses.jsonl`` sums them); None where nothing was received. The file holds them
+    per turn only, so the page must not look for them at its top level."""
+    turns = (conversation or {}).get("turns") or []
+    if not turns:
+        return {"latency_s": None, "usage": None}
+    usages = [t["usage"] for t in turns if t.get("usage")]
+    usage = {k: sum(u.get(k) or 0 for u in usages) for k in ("prompt_tokens", "completion_tokens", "total_tokens")} if usages else None
+    return {"latency_s": sum(t.get("latency") or 0.0 for t in turns), "usage": usage}
 
 
 def create_app(runs_dir: str, allowed_hosts: list[str] | None = None) -> Starlette:

@@ -48,8 +48,9 @@ function stamp() {
   show($("live"), state.running);
 }
 
-function statusBadge(status) {
-  return el("span", { class: "badge status-" + status, text: status });
+function statusBadge(run) {
+  // run.status is the word (its colour); run.status_text is what a person reads ("completed, 3 failed")
+  return el("span", { class: "badge status-" + run.status, text: run.status_text || run.status });
 }
 
 function correctMark(correct) {
@@ -114,7 +115,7 @@ function runRow(r, checked) {
   return el("tr", {},
     el("td", { class: "narrow" }, box),
     el("td", {}, el("a", { class: "run-link", href: "/?run=" + encodeURIComponent(r.run_id), text: r.run_id })),
-    el("td", {}, statusBadge(r.status)),
+    el("td", {}, statusBadge(r)),
     el("td", { text: r.model || "–" }),
     el("td", { class: "mono small", title: r.dataset || "", text: dataset || "–" }),
     el("td", {}, progressBar(share, `${r.done} done, ${r.failed} failed of ${r.planned}`),
@@ -161,20 +162,29 @@ async function loadItems() {
 
 function renderCards(data) {
   const cards = data.runs.map((r) => el("div", { class: "card" },
-    el("div", { class: "card-head" }, el("span", { class: "card-title", text: r.run_id }), statusBadge(r.status)),
+    el("div", { class: "card-head" }, el("span", { class: "card-title", text: r.run_id }), statusBadge(r)),
     el("div", { class: "card-model muted", text: r.model || "–" }),
     el("div", { class: "card-figure" }, el("span", { class: "big", text: pct(r.accuracy) }),
       el("span", { class: "muted small", text: " accuracy" })),
     el("div", { class: "small muted", text: `on ${r.scored} scored items` }),
     el("div", { class: "small muted", text: `${r.finished} finished · ${r.failed} failed · ${r.planned} planned` })));
+  const cover = data.coverage;
   if (data.runs.length > 1) {
-    const share = data.items ? data.disagreements / data.items : 0;
+    const shared = cover.shared;
+    const share = shared ? data.disagreements / shared : 0;
+    const where = cover.complete ? ` of ${shared} items (${pct(share)})` : ` of ${shared} shared items (${pct(share)})`;
     cards.push(el("div", { class: "card card-diff" },
       el("div", { class: "card-head" }, el("span", { class: "card-title", text: "Disagreements" })),
-      el("div", { class: "card-figure" }, el("span", { class: "big", text: String(data.disagreements) }),
-        el("span", { class: "muted small", text: ` of ${data.items} items (${pct(share)})` })),
+      el("div", { class: "card-figure" }, el("span", { class: "big", text: shared ? String(data.disagreements) : "–" }),
+        el("span", { class: "muted small", text: shared ? where : " no shared items" })),
       el("div", { class: "small muted", text: "parsed answers differ after normalization" })));
   }
+  // The same sentence `ledger compare` prints (projections.compare.coverage).
+  const multi = data.runs.length > 1 && !cover.complete;
+  $("coverage").textContent = !multi ? "" : cover.shared
+    ? `${cover.message[0].toUpperCase()}${cover.message.slice(1)}: disagreements and agreement count only the ${cover.shared} shared.`
+    : `${cover.message[0].toUpperCase()}${cover.message.slice(1)}: nothing to compare (ledger compare refuses these runs).`;
+  show($("coverage"), multi);
   $("run-cards").replaceChildren(...cards);
   $("crumbs").replaceChildren(el("a", { href: "/", text: "Runs" }), el("span", { class: "sep", text: "/" }),
     el("span", { text: state.runs.join(" vs ") }));
@@ -211,7 +221,7 @@ function renderHead(runs) {
 
 function renderRows(data) {
   const body = $("items-table").tBodies[0];
-  body.replaceChildren(...data.rows.map((row) => itemRow(row, data.runs.length > 1)));
+  body.replaceChildren(...data.rows.map((row) => itemRow(row, data.runs)));
   show($("items-empty"), data.rows.length === 0);
   const filtered = state.q || state.diff || state.wrong;
   $("counts").textContent = filtered ? `${data.matching} of ${data.items} items match` : `${data.items} items`;
@@ -220,7 +230,8 @@ function renderRows(data) {
   $("next").disabled = $("last").disabled = data.page >= data.pages - 1;
 }
 
-function itemRow(row, multi) {
+function itemRow(row, runs) {
+  const multi = runs.length > 1;
   const cls = row.agree === false ? "item disagree" : "item";
   const open = () => openDetail(row.item_id, row.sample);
   return el("tr", { class: cls, tabindex: 0, "data-item": row.item_id, "data-sample": row.sample, onclick: open,
@@ -228,19 +239,21 @@ function itemRow(row, multi) {
     el("td", { class: "mono item-id" }, row.item_id, row.sample ? el("span", { class: "muted small", text: ` s${row.sample}` }) : null),
     el("td", { class: "mono", text: row.expected ?? "–" }),
     multi ? el("td", { class: "narrow agree-cell" }, agreeMark(row.agree)) : null,
-    row.answers.map((a) => answerCells(a)));
+    row.answers.map((a, i) => answerCells(a, runs[i])));
 }
 
 function agreeMark(agree) {
   if (agree === false) return el("span", { class: "diff-flag", title: "the runs' parsed answers differ", text: "≠" });
   if (agree === true) return el("span", { class: "muted", title: "same parsed answer", text: "=" });
-  return el("span", { class: "muted", title: "not finished in every run", text: "…" });
+  return el("span", { class: "muted", title: "not in every run: not compared", text: "…" });
 }
 
-function answerCells(a) {
+function answerCells(a, run) {
   if (!a) {
+    // a run with nothing left to do never had this item; otherwise it may still come
+    const open = run.status === "running" || run.pending + run.in_flight > 0;
     return [el("td", { class: "narrow run-start" }, el("span", { class: "mark none", text: "·" })),
-      el("td", { class: "muted small", colspan: 2, text: "not finished" })];
+      el("td", { class: "muted small", colspan: 2, text: open ? "not finished" : "not in this run" })];
   }
   const answer = a.parsed === null ? el("span", { class: "muted", text: a.error ? "error" : "(none)" })
     : el("span", { class: "answer " + (a.correct === true ? "ok" : a.correct === false ? "bad" : ""), text: a.parsed });
@@ -286,8 +299,8 @@ function storyColumn(run) {
     fact("Expected", el("span", { class: "mono", text: fmt(c.expected) })),
     fact("Correct", correctMark(c.correct)),
     fact("Attempts", String(c.attempts)),
-    fact("Latency", `${(c.latency || 0).toFixed(3)} s`),
-    c.usage ? fact("Tokens", `${c.usage.prompt_tokens} in / ${c.usage.completion_tokens} out`) : null,
+    fact("Latency", run.latency_s === null ? "–" : `${run.latency_s.toFixed(3)} s`),
+    run.usage ? fact("Tokens", `${run.usage.prompt_tokens} in / ${run.usage.completion_tokens} out`) : null,
     c.error ? fact("Error", el("span", { class: "err-text", text: c.error })) : null)
     : el("p", { class: "muted", text: "Not finished yet: attempts so far below." });
   const messages = c ? el("div", { class: "conversation" }, c.messages.map((m) =>

@@ -1,16 +1,21 @@
 """What every command shares: the runs-dir option, error mapping, printing.
 
 A command parses, calls one library function inside ``handled()``, and prints. A
-``LedgerError`` becomes one red line on stderr and the error's exit code.
+``LedgerError`` becomes one red line on stderr and the error's exit code; so does any
+``OSError`` that no layer translated (full disk, read-only file system, I/O error): one line
+naming the path and the reason, exit 1. A reader leaving the pipe (``ledger log | head``) is a
+quiet exit 0.
 """
 
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import sys
 from collections.abc import Iterator
-from typing import Annotated
+from types import TracebackType
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -43,6 +48,56 @@ def handled() -> Iterator[None]:
         # `ledger log | head`: the reader left; exit quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
+    except OSError as exc:
+        raise fail(_escape(os_error_line(exc)), 1) from None
+
+
+def os_error_line(exc: OSError) -> str:
+    """``PATH: reason`` for an OSError: its own file name when it has one, else the file the
+    failing code was writing (found in the traceback), else the reason alone."""
+    reason = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+    if exc.filename is not None:
+        where = os.fsdecode(exc.filename)
+        if exc.filename2 is not None:
+            where += f" -> {os.fsdecode(exc.filename2)}"
+        return f"{where}: {reason}"
+    where = _file_in(exc.__traceback__)
+    return f"{where}: {reason}" if where else reason
+
+
+def _file_in(tb: TracebackType | None) -> str | None:
+    """The name of an open file object in the innermost frame that has one (a local, a bound
+    method's object, or an attribute of ``self``), files open for writing first. A file
+    object's write error carries no file name (``f.write`` on a full disk, a projector's
+    ``self._responses.write``); this names the file the user's disk refused."""
+    frames = []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        values = list(frame.f_locals.values())
+        owner = frame.f_locals.get("self")
+        if owner is not None and hasattr(owner, "__dict__"):
+            values += list(vars(owner).values())
+        files = [f for f in map(_as_file, values) if f is not None]
+        files.sort(key=lambda f: not _writable(f))
+        for f in files:
+            name = getattr(f, "name", None)
+            if isinstance(name, str):
+                return "standard output" if name == "<stdout>" else "standard error" if name == "<stderr>" else name
+    return None
+
+
+def _as_file(value: Any) -> io.IOBase | None:
+    value = getattr(value, "__self__", value)  # a bound method such as sys.stdout.buffer.write
+    return value if isinstance(value, io.IOBase) else None
+
+
+def _writable(f: io.IOBase) -> bool:
+    try:
+        return f.writable()
+    except ValueError:  # closed (a `with` block already left): its mode still tells
+        return any(c in getattr(f, "mode", "") for c in "wax+")
 
 
 def _escape(text: str) -> str:

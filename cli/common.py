@@ -43,13 +43,22 @@ def handled() -> Iterator[None]:
     try:
         yield
     except LedgerError as exc:
+        _quiet_after_error()
         raise fail(_escape(str(exc)), exc.exit_code) from None
     except BrokenPipeError:
         # `ledger log | head`: the reader left; exit quietly like other Unix tools.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
     except OSError as exc:
+        _quiet_after_error()
         raise fail(_escape(os_error_line(exc)), 1) from None
+
+
+def _quiet_after_error() -> None:
+    """The error's one line is said; a file object the failure left half-closed (openpyxl's
+    ZipFile on a full disk) must not add a second report when its destructor fails again at
+    exit ("Exception ignored in ... __del__")."""
+    sys.unraisablehook = lambda unraisable: None
 
 
 def os_error_line(exc: OSError) -> str:
@@ -66,26 +75,34 @@ def os_error_line(exc: OSError) -> str:
 
 
 def _file_in(tb: TracebackType | None) -> str | None:
-    """The name of an open file object in the innermost frame that has one (a local, a bound
-    method's object, or an attribute of ``self``), files open for writing first. A file
-    object's write error carries no file name (``f.write`` on a full disk, a projector's
-    ``self._responses.write``); this names the file the user's disk refused."""
+    """The file the failing code was working on, from the innermost frame that says: an
+    open file object (a local, a bound method's object, an attribute of ``self``; one open
+    for writing first), else a local string named ``path``. A file object's or a
+    descriptor's error carries no file name (``f.write`` on a full disk, a projector's
+    ``self._responses.write``, ``os.pwrite(fd, ...)``); this names what the disk refused."""
     frames = []
     while tb is not None:
         frames.append(tb.tb_frame)
         tb = tb.tb_next
     for frame in reversed(frames):
-        values = list(frame.f_locals.values())
-        owner = frame.f_locals.get("self")
-        if owner is not None and hasattr(owner, "__dict__"):
-            values += list(vars(owner).values())
-        files = [f for f in map(_as_file, values) if f is not None]
-        files.sort(key=lambda f: not _writable(f))
-        for f in files:
-            name = getattr(f, "name", None)
-            if isinstance(name, str):
-                return "standard output" if name == "<stdout>" else "standard error" if name == "<stderr>" else name
+        found = _named_file(frame.f_locals)
+        if found:
+            return found
     return None
+
+
+def _named_file(local: dict[str, Any]) -> str | None:
+    values = list(local.values())
+    owner = local.get("self")
+    if owner is not None and hasattr(owner, "__dict__"):
+        values += list(vars(owner).values())
+    files = sorted((f for f in map(_as_file, values) if f is not None), key=lambda f: not _writable(f))
+    for f in files:
+        name = getattr(f, "name", None)
+        if isinstance(name, str):
+            return {"<stdout>": "standard output", "<stderr>": "standard error"}.get(name, name)
+    path = local.get("path")
+    return path if isinstance(path, str) and path else None
 
 
 def _as_file(value: Any) -> io.IOBase | None:

@@ -95,18 +95,29 @@ def _named_file(local: dict[str, Any]) -> str | None:
     values = list(local.values())
     owner = local.get("self")
     if owner is not None and hasattr(owner, "__dict__"):
-        values += list(vars(owner).values())
+        values += [*vars(owner).values(), _attribute(owner, "file")]  # rich's Console.file: a property
     files = sorted((f for f in map(_as_file, values) if f is not None), key=lambda f: not _writable(f))
     for f in files:
         name = getattr(f, "name", None)
         if isinstance(name, str):
-            return {"<stdout>": "standard output", "<stderr>": "standard error"}.get(name, name)
+            return _STREAMS.get(name, name)
     path = local.get("path")
-    return path if isinstance(path, str) and path else None
+    return _STREAMS.get(path, path) if isinstance(path, str) and path else None
+
+
+_STREAMS = {"<stdout>": "standard output", "<stderr>": "standard error", "-": "standard output"}
+
+
+def _attribute(value: Any, name: str) -> Any:
+    try:
+        return getattr(value, name, None)
+    except Exception:  # a property that fails: nothing to learn from it
+        return None
 
 
 def _as_file(value: Any) -> io.IOBase | None:
-    value = getattr(value, "__self__", value)  # a bound method such as sys.stdout.buffer.write
+    bound = _attribute(value, "__self__")  # a bound method such as sys.stdout.buffer.write
+    value = value if bound is None else bound
     return value if isinstance(value, io.IOBase) else None
 
 

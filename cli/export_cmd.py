@@ -35,7 +35,7 @@ def export(
             raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
         path = output or ("-".join(r.run_id for r in runs) + ("-events" if events else "") + _SUFFIX[fmt])
         rows = export_runs(runs, fmt, path, events=events)
-    if path == "-":  # the rows went to stdout: the count goes to stderr
-        err.print(f"wrote {rows} rows to standard output", markup=False)
-    else:
-        out.print(f"wrote {rows} rows to {path}", markup=False)
+        if path == "-":  # the rows went to stdout: the count goes to stderr
+            err.print(f"wrote {rows} rows to standard output", markup=False)
+        else:
+            out.print(f"wrote {rows} rows to {path}", markup=False)

@@ -39,6 +39,7 @@ from .fold import RunState
 from .formats import FORMATS, STREAMABLE
 from .outputs import STDOUT, atomic_output
 from .projector import checkpointed_state, refresh
+from .runs import first_event
 from .summary import summarize
 
 __all__ = ["FORMATS", "SCHEMA", "export", "row_batches"]
@@ -264,8 +265,20 @@ def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False
             raise InputError(f"-o -: {fmt} is a binary format and cannot go to standard output; "
                              f"name a file, or use {', '.join(STREAMABLE)}")
         return _write(runs, fmt, _stdout_sink(fmt), events)
+    _not_a_dataset(runs, out)
     with atomic_output(out) as tmp:
         return _write(runs, fmt, tmp, events)
+
+
+def _not_a_dataset(runs: Sequence[RunPaths], out: str) -> None:
+    """Refuse to overwrite an exported run's dataset (``-o data.jsonl`` beside it is an easy
+    slip): resume re-reads it and checks its sha256, so the run could never finish."""
+    real = os.path.realpath(out)
+    for paths in runs:
+        first = first_event(paths)
+        if first is not None and first.dataset and os.path.realpath(first.dataset) == real:
+            raise InputError(f"{out}: refusing to write there: it is the dataset of run {paths.run_id} "
+                             f"(a resume re-reads it); name another file")
 
 
 def _write(runs: Sequence[RunPaths], fmt: str, sink: Any, events: bool) -> int:

@@ -162,3 +162,11 @@ def test_a_shard_inside_a_run_is_the_runs_too(tmp_path):
         (d / "events.log").write_bytes(b"")
     assert owner_of(str(shard / "mine.csv")) == os.path.realpath(run)  # the outer run owns shards/
     assert owner_of(str(run / "mine.csv")) is None
+
+
+def test_an_export_onto_the_runs_own_dataset_is_refused(world):
+    data = world["base"] / "d.jsonl"
+    before = data.read_bytes()
+    r = export(world, "r", "jsonl", "-o", str(world["base"] / "out" / ".." / "d.jsonl"))
+    assert r.returncode == 2 and "dataset of run r" in one_line(r), r.stderr[-2000:]
+    assert data.read_bytes() == before

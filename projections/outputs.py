@@ -121,19 +121,23 @@ def atomic_output(path: str) -> Iterator[str]:
         yield tmp
         _sync(tmp)
         os.replace(tmp, real)
-        fsync_dir(folder)
     except BaseException as exc:
         _unlink(tmp)
         if isinstance(exc, OSError) and _is_output_error(exc, tmp, real):
             raise OutputError(path, _reason(exc)) from exc
         raise
+    try:
+        fsync_dir(folder)
+    except OSError as exc:  # the file is written and named; only its entry's sync failed
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):  # file systems that cannot sync a directory
+            raise OutputError(path, f"written, but its folder could not be synced: {_reason(exc)}") from exc
 
 
 def _create(path: str, tmp: str) -> None:
     """Create the temp file now, so that a folder we cannot write to is said before any work
     (xlsx would only open its file at the very end)."""
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))  # a dead namesake's: ours now
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise InputError(f"{path}: no such directory {os.path.dirname(tmp)}") from exc

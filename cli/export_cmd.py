@@ -11,7 +11,7 @@ from ledger.layout import find_run
 from projections.formats import FORMATS
 
 from .app import app
-from .common import RunsDir, handled, out
+from .common import RunsDir, err, handled, out
 
 _SUFFIX = {"arrow": ".arrow", "parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "xlsx": ".xlsx", "openai-batch": ".batch.jsonl"}
 
@@ -19,7 +19,7 @@ _SUFFIX = {"arrow": ".arrow", "parquet": ".parquet", "csv": ".csv", "jsonl": ".j
 @app.command("export")
 def export(
     args: Annotated[list[str], typer.Argument(help="One or more runs, then the format: " + ", ".join(FORMATS) + ".", metavar="RUN... FORMAT")],
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output file (default: <run>.<format> here).")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output file (default: <run>.<format> here); - is standard output (csv, jsonl, openai-batch).")] = None,
     events: Annotated[bool, typer.Option("--events", help="Export the raw event table instead of one row per item.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
@@ -35,4 +35,7 @@ def export(
             raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
         path = output or ("-".join(r.run_id for r in runs) + ("-events" if events else "") + _SUFFIX[fmt])
         rows = export_runs(runs, fmt, path, events=events)
-        out.print(f"wrote {rows} rows to {path}")
+        if path == "-":  # the rows went to stdout: the count goes to stderr
+            err.print(f"wrote {rows} rows to standard output", markup=False)
+        else:
+            out.print(f"wrote {rows} rows to {path}", markup=False)

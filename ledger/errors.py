@@ -108,3 +108,19 @@ class LogClosedError(LogError):
 
 class IndexError_(LedgerError):
     """The LMDB index could not be opened, caught up or rebuilt."""
+
+
+# -- outputs (export -o, compare -o) ----------------------------------------------------------
+#    +-- OutputError                  1  a file the user asked for could not be written
+
+
+class OutputError(LedgerError):
+    """A file the user asked for could not be written (full disk, quota, I/O error); the
+    partial temp file is gone and any earlier file at that path is untouched."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot write {path}: {reason}")
+        self.path = path
+
+
+__all__.append("OutputError")

@@ -23,6 +23,7 @@ non-string does msgspec decode those three columns (``_texts``).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -35,8 +36,10 @@ from ledger.errors import InputError, LedgerError
 from ledger.layout import RunPaths
 
 from .fold import RunState
-from .formats import FORMATS
+from .formats import FORMATS, STREAMABLE
+from .outputs import STDOUT, atomic_output
 from .projector import checkpointed_state, refresh
+from .runs import first_event
 from .summary import summarize
 
 __all__ = ["FORMATS", "SCHEMA", "export", "row_batches"]
@@ -253,32 +256,53 @@ def _schema(multi: bool) -> pa.Schema:
 
 
 def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False) -> int:
-    """Write ``out`` (atomically: temp file, then rename); returns the number of rows."""
+    """Write ``out`` (checked by ``outputs.check_output_path``, then written aside and renamed;
+    ``-`` is standard output, for the text formats); returns the number of rows."""
     if fmt not in FORMATS:
         raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
-    folder = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(folder):
-        raise InputError(f"{out}: no such directory {folder}")
-    if not os.access(folder, os.W_OK):
-        raise InputError(f"{out}: directory {folder} is not writable")
+    if out == STDOUT:
+        if fmt not in STREAMABLE:
+            raise InputError(f"-o -: {fmt} is a binary format and cannot go to standard output; "
+                             f"name a file, or use {', '.join(STREAMABLE)}")
+        return _write(runs, fmt, _stdout_sink(fmt), events)
+    _not_a_dataset(runs, out)
+    with atomic_output(out) as tmp:
+        return _write(runs, fmt, tmp, events)
+
+
+def _not_a_dataset(runs: Sequence[RunPaths], out: str) -> None:
+    """Refuse to overwrite an exported run's dataset (``-o data.jsonl`` beside it is an easy
+    slip): resume re-reads it and checks its sha256, so the run could never finish."""
+    real = os.path.realpath(out)
+    for paths in runs:
+        first = first_event(paths)
+        if first is not None and first.dataset and os.path.realpath(first.dataset) == real:
+            raise InputError(f"{out}: refusing to write there: it is the dataset of run {paths.run_id} "
+                             f"(a resume re-reads it); name another file")
+
+
+def _write(runs: Sequence[RunPaths], fmt: str, sink: Any, events: bool) -> int:
+    """Run the format's writer on ``sink``: a path, or (standard output) what ``_stdout_sink``
+    gives."""
     from . import event_table, writers
 
     batches = event_table.event_batches(runs) if events else row_batches(runs)
     schema = event_table.schema(len(runs) > 1) if events else _schema(len(runs) > 1)
-    tmp = f"{out}.tmp.{os.getpid()}"
-    try:
-        if fmt == "openai-batch":
-            rows = writers.write_openai_batch(runs, tmp)
-        elif fmt == "xlsx":
-            rows = writers.write_xlsx(batches, schema, tmp, [summarize(_state(p)) for p in runs])
-        else:
-            rows = writers.WRITERS[fmt](batches, schema, tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return rows
+    if fmt == "openai-batch":
+        return writers.write_openai_batch(runs, sink)
+    if fmt == "xlsx":
+        return writers.write_xlsx(batches, schema, sink, [summarize(_state(p)) for p in runs])
+    return writers.WRITERS[fmt](batches, schema, sink)
+
+
+def _stdout_sink(fmt: str) -> Any:
+    """Standard output in a shape the writers take in place of a path: a descriptor for the
+    ones that call ``open()`` (jsonl, openai-batch), a file object for pyarrow's CSV writer.
+    Either is a duplicate, which the writer closes; stdout stays open and keeps its offset
+    (``>> file`` appends, a pipe streams; nothing is truncated or renamed)."""
+    sys.stdout.flush()
+    fd = os.dup(sys.stdout.fileno())
+    return os.fdopen(fd, "wb") if fmt == "csv" else fd
 
 
 def _state(paths: RunPaths) -> RunState:

@@ -121,8 +121,8 @@ def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None =
 
 
 def _check_run_id(run_id: str) -> None:
-    """The whole id must match (``re.match`` with ``$`` lets ``"abc\\n"`` through: a directory
-    whose name ends in a newline)."""
+    """The whole id must match: ``validate_run_id``'s ``$`` also matches before a trailing
+    newline, which let ``"abc\\n"`` through as a directory whose name ends in a newline."""
     if "\n" in run_id:
         raise InputError(f"run id {run_id[:80]!r}: use letters, digits, '.', '_' or '-' (at most 128)")
     validate_run_id(run_id)

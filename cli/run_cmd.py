@@ -102,13 +102,17 @@ def _plan_table(report: dict) -> "Table":
         ("prompt tokens (estimate)", f"~{report['prompt_tokens_estimate']:,}"),
         ("completion tokens (at most)", f"{bound:,}" if bound is not None else
          f"no bound: {report['requests_without_max_tokens']:,} requests without --max-tokens"),
-        ("prompt cost (estimate)", f"~${price[0]:,.4f}" if price[0] is not None else "- (no --price-in)"),
-        ("completion cost (at most)", f"${price[1]:,.4f}" if price[1] is not None else
+        ("prompt cost (estimate)", f"~{_usd(price[0])}" if price[0] is not None else "- (no --price-in)"),
+        ("completion cost (at most)", _usd(price[1]) if price[1] is not None else
          "- (no --price-out)" if bound is not None else "- (no bound)"),
     ]
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
 
 
 @app.command("resume")

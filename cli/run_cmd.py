@@ -12,6 +12,8 @@ from ledger.layout import find_run
 from .app import app
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from runners.session import Prepared, Session
 from .common import RunsDir, err, handled, out
 from .progress import make_bar, summary_table, ticker
@@ -19,19 +21,20 @@ from .progress import make_bar, summary_table, ticker
 
 @app.command("run")
 def run(
+    ctx: typer.Context,
     dataset: Annotated[str, typer.Argument(help="JSONL, CSV, Parquet or OpenAI Batch input file.")],
-    model: Annotated[Optional[str], typer.Option(help="Model name. Without --model and --base-url: the built-in simulator.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Model name. Without --model and --base-url: the built-in simulator; with --base-url alone: the endpoint's only model.")] = None,
     base_url: Annotated[Optional[list[str]], typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; repeat to spread over several.")] = None,
     api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
     samples: Annotated[int, typer.Option(help="Run each item N times (s0..sN-1).")] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items.")] = None,
-    concurrency: Annotated[int, typer.Option(help="Requests in flight at most.")] = 32,
+    concurrency: Annotated[int, typer.Option(help="Requests in flight at most (1 to 10,000).")] = 32,
     timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 60.0,
     retries: Annotated[int, typer.Option(help="Retries per request on 429/5xx/timeouts/connection errors.")] = 5,
     temperature: Annotated[Optional[float], typer.Option()] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for every conversation.")] = None,
-    template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:' (item fields by name).")] = None,
+    template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
     parser: Annotated[str, typer.Option(help="text, regex:PATTERN, json[:field], choice, number or module:function.")] = "text",
     price_in: Annotated[Optional[float], typer.Option("--price-in", help="USD per million prompt tokens.")] = None,
     price_out: Annotated[Optional[float], typer.Option("--price-out", help="USD per million completion tokens.")] = None,
@@ -43,45 +46,100 @@ def run(
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down before the run stops (exit 75, resumable).")] = None,
     max_context: Annotated[Optional[int], typer.Option("--max-context", help="Tokens; longer conversations fail without a request.")] = None,
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the GET /models check.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing: write plan.jsonl and print the estimate.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset (without --limit it has no effect).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of DATASET against a model; resumable at any moment."""
-    from runners.config import RunConfig
+    from runners.config import SIMULATOR_MODEL, RunConfig
+    from runners.dataset import interpret_escapes
     from runners.session import plan_only, prepare
 
     with handled():
         config = RunConfig(
-            model=model or "sim-1", base_url=(base_url or [""])[0], base_urls=list(base_url or []), api_key_env=api_key_env,
+            model=model or ("" if base_url else SIMULATOR_MODEL), base_url=(base_url or [""])[0],
+            base_urls=list(base_url or []), api_key_env=api_key_env,
             samples=samples, limit=limit, rpm=rpm, tpm=tpm, give_up_after=give_up_after, max_context=max_context,
             preflight=not no_preflight, seed=seed,
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
-            system=system, template=template, parser=parser, price_in=price_in, price_out=price_out,
-            simulator=_sim(sim),
+            system=system, template=interpret_escapes(template) if template else template, parser=parser,
+            price_in=price_in, price_out=price_out, simulator=_sim(sim),
         )
         if model and not base_url:
             config.base_url = "https://api.openai.com/v1"
-        prepared = prepare(dataset, config, runs_dir, run_id, skip_failed)
+        prepared = prepare(dataset, config, runs_dir, run_id, skip_failed, typed=_typed(ctx), dry_run=dry_run)
+        for note in prepared.notes:
+            err.print(f"note: {note}", markup=False, highlight=False)
         if dry_run:
-            report = plan_only(prepared)
-            out.print(json.dumps(report))
+            out.print(_plan_table(plan_only(prepared)))
             return
         raise typer.Exit(_execute(prepared, show_first))
+
+
+# option name -> the RunConfig fields it sets, where they differ
+_FIELDS = {"base_url": ("base_url", "base_urls"), "sim": ("simulator",), "no_preflight": ("preflight",)}
+
+
+def _typed(ctx: typer.Context) -> set[str]:
+    """The RunConfig fields the user set (command line or environment), not left at defaults."""
+    given = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")  # by name: typer may carry its own copy of click's enum
+    return {f for name in ctx.params if getattr(ctx.get_parameter_source(name), "name", "") in given
+            for f in _FIELDS.get(name, (name,))}
+
+
+def _plan_table(report: dict) -> "Table":
+    from rich.table import Table
+
+    table = Table(title="dry run: nothing sent", show_header=False)
+    price = report["prompt_cost_usd_estimate"], report["completion_cost_usd_max"]
+    bound = report["completion_tokens_max"]
+    rows = [
+        ("plan", report["plan"]),
+        ("model", report["model"]),
+        ("items x samples", f"{report['items']:,} x {report['samples']:,}"),
+        ("requests (all turns)", f"{report['requests']:,}"),
+        ("prompt tokens (estimate)", f"~{report['prompt_tokens_estimate']:,}"),
+        ("completion tokens (at most)", f"{bound:,}" if bound is not None else
+         f"no bound: {report['requests_without_max_tokens']:,} requests without --max-tokens"),
+        ("prompt cost (estimate)", f"~{_usd(price[0])}" if price[0] is not None else "- (no --price-in)"),
+        ("completion cost (at most)", _usd(price[1]) if price[1] is not None else
+         "- (no --price-out)" if bound is not None else "- (no bound)"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    return table
+
+
+def _usd(value: float) -> str:
+    return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
 
 
 @app.command("resume")
 def resume(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
     skip_failed: Annotated[bool, typer.Option("--skip-failed", help="Do not retry finally failed items.")] = False,
+    concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight at most, for this session.")] = None,
+    rpm: Annotated[Optional[int], typer.Option(help="Requests per minute, for this session.")] = None,
+    tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute, for this session.")] = None,
+    base_url: Annotated[Optional[list[str]], typer.Option("--base-url", help="Other endpoint(s) serving the same model, for this session.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Environment variable holding the key, for this session.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Seconds per request, for this session.")] = None,
+    give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down, for this session.")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Continue a stopped or crashed run: only unfinished work is sent."""
+    """Continue a stopped or crashed run: only unfinished work is sent.
+
+    Only settings that change how the work is sent can be given; they apply to this session
+    and are recorded in its session_started event. What is sent is fixed by the run."""
     from runners.session import prepare_resume
 
+    overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
+                 "give_up_after": give_up_after}
+    if base_url:
+        overrides.update(base_url=base_url[0], base_urls=list(base_url))
     with handled():
-        prepared = prepare_resume(find_run(runs_dir, run), skip_failed)
+        prepared = prepare_resume(find_run(runs_dir, run), skip_failed, {k: v for k, v in overrides.items() if v is not None})
         raise typer.Exit(_execute(prepared, False))
 
 
@@ -130,7 +188,9 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
     endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
     out.print(f"run {prepared.paths.run_id}")
     out.print(f"model {config.model} @ {endpoint}")
-    out.print(f"dataset {prepared.dataset.path} ({prepared.dataset.items} items x {config.samples} samples)")
+    items = prepared.dataset.items
+    shown = f"{config.limit} of {items}" if config.limit is not None and config.limit < items else f"{items}"
+    out.print(f"dataset {prepared.dataset.path} ({shown} items x {config.samples} samples)")
     out.print(f"output {prepared.paths.dir}")
     if prepared.resume:
         f = session.found

@@ -72,6 +72,7 @@ class SessionStarted(EventBase, frozen=True, kw_only=True, tag="session_started"
     host: str = ""
     version: str = ""
     reason: str = "new"
+    overrides: dict[str, Any] = {}  # settings a resume changed for this session (concurrency, endpoints ...)
 
 
 class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):

@@ -6,13 +6,23 @@ Never holds a secret: only the *name* of the environment variable with the key. 
 
 from __future__ import annotations
 
+import math
+from collections.abc import Collection
 from typing import Any
 
 import msgspec
 
-__all__ = ["RunConfig", "SIMULATOR_MODEL"]
+from ledger.errors import InputError
+
+__all__ = ["RunConfig", "SIMULATOR_MODEL", "HOW_FIELDS", "MAX_CONCURRENCY", "check_config", "compare"]
 
 SIMULATOR_MODEL = "sim-1"
+MAX_CONCURRENCY = 10_000
+# Settings that change only *how* the work is sent, never *what* is sent: a resume may change
+# them (recorded in that session's ``session_started.overrides``); every other setting is the
+# run's identity and fixed by ``run_started``.
+HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env")
+_NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
 
 
 class RunConfig(msgspec.Struct, kw_only=True):
@@ -62,3 +72,84 @@ class RunConfig(msgspec.Struct, kw_only=True):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "RunConfig":
         return msgspec.convert(data, cls)
+
+
+def compare(stored: RunConfig, given: RunConfig, typed: Collection[str] | None) -> tuple[list[str], dict[str, Any]]:
+    """What ``ledger run --run-id EXISTING`` asked compared with the run: the conflicts
+    (``"model: a (run) vs b (given)"``, one per differing setting that defines the run) and
+    the overrides (the differing settings of HOW_FIELDS, to be used by this session).
+    Only the settings in ``typed`` count (``None``: all of them); the rest come from the run."""
+    conflicts: list[str] = []
+    overrides: dict[str, Any] = {}
+    for name in RunConfig.__struct_fields__:
+        if name in _NOT_COMPARED or (typed is not None and name not in typed):
+            continue
+        old, new = getattr(stored, name), getattr(given, name)
+        if old == new:
+            continue
+        if name in HOW_FIELDS:
+            overrides[name] = new
+        else:
+            conflicts.append(f"{_option(name)}: {_shown(old)} (run) vs {_shown(new)} (given)")
+    return conflicts, overrides
+
+
+def _option(name: str) -> str:
+    return {"simulator": "--sim"}.get(name, "--" + name.replace("_", "-"))
+
+
+def _shown(value: Any) -> str:
+    text = repr(value) if isinstance(value, str) else msgspec.json.encode(value).decode()
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_config(config: RunConfig) -> None:
+    """Every number and the embedded simulator's settings, before anything is written.
+    NaN and infinity pass ``< 0`` tests, so each float is checked to be finite first."""
+    from .simulator import SimConfig
+
+    _at_least(config, 1, "samples", "concurrency")
+    _at_least(config, 0, "retries")
+    if config.concurrency > MAX_CONCURRENCY:
+        raise InputError(f"--concurrency {config.concurrency:,}: at most {MAX_CONCURRENCY:,} (each request in flight "
+                         "holds a connection, a socket and buffers; no endpoint serves more at once)")
+    _at_least(config, 1, "limit", "rpm", "tpm", "max_context", "max_tokens")
+    _finite(config.timeout, "--timeout", positive=True)
+    _finite(config.give_up_after, "--give-up-after", positive=True)
+    _finite(config.temperature, "--temperature")
+    _finite(config.price_in, "--price-in")
+    _finite(config.price_out, "--price-out")
+    for name in config.__struct_fields__:
+        value = getattr(config, name)
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
+            raise InputError(f"{_option(name)} {value}: too large (the log holds 64-bit integers)")
+    try:
+        sim = msgspec.convert(config.simulator, SimConfig)
+    except msgspec.ValidationError as exc:
+        raise InputError(f"--sim: {exc}") from None
+    _check_sim(sim)
+
+
+def _at_least(config: RunConfig, low: int, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < low:
+            raise InputError(f"{_option(name)} must be at least {low} (got {value})")
+
+
+def _finite(value: float | None, option: str, positive: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise InputError(f"{option} {value}: must be a finite number {'> 0' if positive else '>= 0'}")
+
+
+def _check_sim(sim: Any) -> None:
+    """Rates are probabilities; times and capacities are finite and not negative."""
+    for name in sim.__struct_fields__:
+        value = getattr(sim, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or name == "seed":
+            continue
+        if not math.isfinite(value) or value < 0 or (name.startswith("rate_") and value > 1):
+            allowed = "a probability in [0, 1]" if name.startswith("rate_") else "finite and >= 0"
+            raise InputError(f"--sim: {name} = {value}: must be {allowed}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import re
 import string
 from collections.abc import Iterator
 from typing import Any
@@ -28,7 +29,7 @@ import msgspec
 
 from ledger.errors import InputError
 
-__all__ = ["Item", "DatasetInfo", "scan", "iter_items", "template_fields"]
+__all__ = ["Item", "DatasetInfo", "scan", "iter_items", "template_fields", "interpret_escapes"]
 
 _RESERVED = {"id", "prompt", "messages", "turns", "expected", "custom_id", "body", "method", "url"}
 _json_decode = msgspec.json.Decoder().decode
@@ -61,11 +62,37 @@ def _format(path: str) -> str:
     raise InputError(f"{path}: unknown dataset format (use .jsonl, .csv or .parquet)")
 
 
+MAX_TEMPLATE_WIDTH = 100_000  # characters a format spec may pad or cut to: more is a typo, not a prompt
+_ESCAPES = {"n": "\n", "t": "\t", "\\": "\\"}
+
+
+def interpret_escapes(template: str) -> str:
+    """``\\n`` and ``\\t`` typed in a shell (``--template 'Q: {prompt}\\nA:'``) are a newline and
+    a tab; ``\\\\`` is one backslash. Any other backslash is kept as typed."""
+    return re.sub(r"\\([nt\\])", lambda m: _ESCAPES[m.group(1)], template)
+
+
 def template_fields(template: str) -> set[str]:
+    """The item fields a template names. Refuses what would fail or explode on every item:
+    a malformed template, a field inside a format spec, a width beyond MAX_TEMPLATE_WIDTH."""
     try:
-        return {name.split(".")[0].split("[")[0] for _, name, _, _ in string.Formatter().parse(template) if name}
+        parts = [(name, spec) for _, name, spec, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as exc:
         raise InputError(f"--template: {exc}") from exc
+    for name, spec in parts:
+        _check_spec(name, spec or "")
+    return {name.split(".")[0].split("[")[0] for name, _ in parts if name}
+
+
+def _check_spec(name: str, spec: str) -> None:
+    if not name:
+        raise InputError("--template: '{}' names no field; write the field, e.g. {prompt}")
+    if "{" in spec:
+        raise InputError(f"--template: {{{name}:{spec}}}: fields inside a format spec are not supported")
+    widths = [int(n) for n in re.findall(r"\d+", spec)]
+    if widths and max(widths) > MAX_TEMPLATE_WIDTH:
+        raise InputError(f"--template: {{{name}:{spec[:40]}}}: width {max(widths):,} is too large "
+                         f"(at most {MAX_TEMPLATE_WIDTH:,} characters)")
 
 
 def scan(path: str, template: str | None = None) -> DatasetInfo:
@@ -200,7 +227,7 @@ def _item(path: str, line: int, record: dict[str, Any], template: str | None, fi
         record = {**record, "messages": body.get("messages")}
     item_id = _item_id(where, record, line)
     metadata = {k: v for k, v in record.items() if k not in _RESERVED}
-    turns = _turns(where, record, template, fields, metadata)
+    turns = _turns(where, record, template, fields, {**metadata, "id": item_id})
     return Item(id=item_id, line=line, turns=turns, expected=record.get("expected"), params=params, metadata=metadata)
 
 
@@ -210,7 +237,23 @@ def _item_id(where: str, record: dict[str, Any], line: int) -> str:
         return str(line)
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise InputError(f"{where}: field 'id' must be a string or an integer, got {type(raw).__name__}")
-    return str(raw)
+    return _check_id(where, str(raw))
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_id(where: str, item_id: str) -> str:
+    """An id is a key others type and compare (``ledger show RUN ID``, exports, request headers):
+    control characters (newline, tab, NUL ...) and leading or trailing spaces are refused,
+    since two ids that print alike would then be different items."""
+    bad = _CONTROL.search(item_id)
+    if bad:
+        raise InputError(f"{where}: id {item_id[:40]!r} contains the control character {bad.group()!r}; "
+                         "ids must be printable")
+    if item_id != item_id.strip():
+        raise InputError(f"{where}: id {item_id[:40]!r} has leading or trailing whitespace; remove it in the file")
+    return item_id
 
 
 def _turns(where: str, record: dict[str, Any], template: str | None, fields: set[str], metadata: dict[str, Any]) -> list[list[dict[str, Any]]]:
@@ -246,6 +289,6 @@ def _render(where: str, template: str | None, fields: set[str], prompt: str, met
         raise InputError(f"{where}: --template uses field '{missing[0]}' which this item does not have")
     try:
         return template.format_map(values)
-    except (KeyError, IndexError, ValueError, AttributeError) as exc:
-        raise InputError(f"{where}: --template cannot be rendered: {exc}") from exc
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError, OverflowError, MemoryError) as exc:
+        raise InputError(f"{where}: --template cannot be rendered: {type(exc).__name__}: {exc}") from None
 

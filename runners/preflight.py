@@ -3,43 +3,90 @@
 Runs before anything is written; any problem is an InputError (one line, exit 2). Servers
 without ``/models`` are accepted with ``--no-preflight``. The key never appears in the
 message (only the endpoint URL and the server's own words, redacted).
+
+The reply is read by us, not by the SDK's model page: a 200 that is not an OpenAI model
+list (``{}``, ``[]``, ``{"data": null}``, an HTML page) is refused in one line that says what
+came back, instead of crashing on it or passing it as "no models".
 """
 
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
+import httpx2
+import msgspec
 import openai
 
 from ledger.errors import InputError
 
 from .client import make_client, redact
 
-__all__ = ["check_endpoints"]
+__all__ = ["check_endpoints", "list_models"]
+
+_SKIP = "use --no-preflight to skip this check"
 
 
 def check_endpoints(urls: list[str], model: str, api_key: str, timeout: float) -> None:
     asyncio.run(_check_all(urls, model, api_key, min(timeout, 15.0)))
 
 
+def list_models(url: str, api_key: str, timeout: float) -> list[str]:
+    """The model ids ``url`` serves, from ``GET /models``."""
+    return asyncio.run(_models(url, api_key, min(timeout, 15.0)))
+
+
 async def _check_all(urls: list[str], model: str, api_key: str, timeout: float) -> None:
     for url in urls:
-        await _check(url, model, api_key, timeout)
+        ids = await _models(url, api_key, timeout)
+        if ids and model not in ids:
+            shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
+            raise InputError(f"{url}: model {model!r} is not served here (available: {shown})")
 
 
-async def _check(url: str, model: str, api_key: str, timeout: float) -> None:
+async def _models(url: str, api_key: str, timeout: float) -> list[str]:
     client = make_client(url, api_key, timeout, 1)
     try:
-        page = await client.models.list()
-        ids = [m.id for m in page.data]
+        response = await client.get("/models", cast_to=httpx2.Response)
+        body = response.content
+        kind = response.headers.get("content-type", "")
     except openai.APIStatusError as exc:
-        hint = " (use --no-preflight for servers without /models)" if exc.status_code == 404 else ""
+        hint = f" ({_SKIP}: servers without /models)" if exc.status_code == 404 else ""
         raise InputError(f"{url}: GET /models failed with HTTP {exc.status_code}: {redact(str(exc.message), (api_key,))}{hint}") from None
     except openai.APIConnectionError as exc:
         raise InputError(f"{url}: cannot reach the endpoint ({type(exc.__cause__ or exc).__name__}); "
                          "check --base-url, or use --no-preflight") from None
     finally:
         await client.close()
-    if ids and model not in ids:
-        shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "")
-        raise InputError(f"{url}: model {model!r} is not served here (available: {shown})")
+    return _model_ids(url, body, kind)
+
+
+def _model_ids(url: str, body: bytes, content_type: str) -> list[str]:
+    """``{"data": [{"id": ...}, ...]}`` -> the ids; anything else is an InputError saying what it was."""
+    try:
+        page: Any = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        page = msgspec.UNSET
+    data = page.get("data") if isinstance(page, dict) else None
+    if isinstance(data, list) and all(isinstance(m, dict) and isinstance(m.get("id"), str) for m in data):
+        return [m["id"] for m in data]
+    raise InputError(f"{url}: GET /models answered HTTP 200 with {_described(page, body, content_type)}, "
+                     f"not a model list; check --base-url, or {_SKIP}")
+
+
+def _described(page: Any, body: bytes, content_type: str) -> str:
+    if page is msgspec.UNSET:
+        kind = content_type.split(";")[0].strip() or "no content type"
+        return f"{len(body):,} bytes that are not JSON ({kind})" if body else "an empty body"
+    if isinstance(page, dict):
+        if "data" not in page:
+            return "a JSON object without 'data'"
+        data = page["data"]
+        if not isinstance(data, list):
+            return f"'data' = {'null' if data is None else type(data).__name__}"
+        return "'data' entries without a string 'id'"
+    return f"a JSON {_json_type(page)}"
+
+
+def _json_type(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "null")

@@ -23,8 +23,8 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -45,12 +45,12 @@ from projections.projector import Projector
 
 from .breaker import Breaker
 from .client import make_clients
-from .config import RunConfig
+from .config import HOW_FIELDS, SIMULATOR_MODEL, RunConfig, check_config, compare
 from .dataset import DatasetInfo, Item, iter_items, scan
 from .endpoints import Endpoint, Pool
 from .engine import Engine, Progress, Work
 from .limits import AdaptiveLimit, RateLimits
-from .preflight import check_endpoints
+from .preflight import check_endpoints, list_models
 from .simulator import SimConfig, Simulator
 
 PROJECT_EVERY = 0.05  # seconds the projector thread lets commit groups gather before a batch
@@ -71,6 +71,8 @@ class Prepared:
     api_key: str
     resume: bool
     skip_failed: bool = False
+    overrides: dict[str, Any] = field(default_factory=dict)  # HOW_FIELDS this session changes
+    notes: list[str] = field(default_factory=list)  # what the user should know before it starts
 
 
 @dataclass
@@ -92,20 +94,99 @@ def new_run_id() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S-") + secrets.token_hex(3)
 
 
-def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None, skip_failed: bool = False) -> Prepared:
-    """Check a new run (or `run --run-id EXISTING`, which resumes) before writing anything."""
+def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None = None, skip_failed: bool = False, *,
+            typed: Collection[str] | None = None, dry_run: bool = False) -> Prepared:
+    """Check a new run (or `run --run-id EXISTING`, which resumes) before writing anything.
+
+    ``typed``: the settings the user gave (the others are defaults); for an existing run,
+    only those are compared with the run (``None``: all). ``dry_run``: nothing will be sent,
+    so neither an API key nor the endpoint is needed."""
+    if run_id is not None:
+        _check_run_id(run_id)
+    _check_runs_dir(runs_dir, run_id)
     if run_id and _has_events(os.path.join(runs_dir, run_id, "events.log")):
-        return prepare_resume(RunPaths(os.path.join(runs_dir, run_id)), skip_failed)
+        return _rerun(dataset, config, RunPaths(os.path.join(runs_dir, run_id)), typed, skip_failed, dry_run)
     paths = RunPaths(os.path.join(runs_dir, validate_run_id(run_id or new_run_id())))
     _check_writable(runs_dir)
     _check_numbers(config)
-    _resolve_prices(config)
     parser = make_parser(config.parser)
     info = scan(dataset, config.template)
-    api_key = _api_key(config)
-    if config.preflight and not config.embedded:
+    notes = _seed_notes(config, info.items)
+    api_key = "" if dry_run else _api_key(config)
+    notes += _resolve_model(config, api_key, dry_run)
+    _resolve_prices(config)
+    if config.preflight and not config.embedded and not dry_run:
         check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
-    return Prepared(paths, config, info, parser, api_key, resume=False, skip_failed=skip_failed)
+    return Prepared(paths, config, info, parser, api_key, resume=False, skip_failed=skip_failed, notes=notes)
+
+
+def _check_run_id(run_id: str) -> None:
+    """The whole id must match: ``validate_run_id``'s ``$`` also matches before a trailing
+    newline, which let ``"abc\\n"`` through as a directory whose name ends in a newline."""
+    if "\n" in run_id:
+        raise InputError(f"run id {run_id[:80]!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    validate_run_id(run_id)
+
+
+def _check_runs_dir(runs_dir: str, run_id: str | None) -> None:
+    """The runs directory and the run's directory are directories or do not exist yet: a file
+    in their place or above them would fail deep inside the first write, as a traceback."""
+    targets = [runs_dir] + ([os.path.join(runs_dir, run_id)] if run_id else [])
+    for target in targets:
+        existing = os.path.abspath(target)
+        while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            where = "" if existing == os.path.abspath(target) else f" ({existing} is not a directory)"
+            raise InputError(f"{target}: cannot hold runs: not a directory{where}")
+    log = os.path.join(runs_dir, run_id, "events.log") if run_id else ""
+    if log and os.path.lexists(log) and not os.path.isfile(log):
+        raise InputError(f"{log}: not a file")
+
+
+def _rerun(dataset: str, config: RunConfig, paths: RunPaths, typed: Collection[str] | None, skip_failed: bool,
+           dry_run: bool) -> Prepared:
+    """`ledger run --run-id EXISTING`: resume it, if what was typed agrees with the run. A
+    setting that defines the run (dataset, model, parser, samples ...) differing is refused,
+    naming each; the HOW_FIELDS settings typed apply to this session, as with `ledger resume`."""
+    started = _run_started(paths)
+    conflicts, overrides = compare(RunConfig.from_dict(started.config), config, typed)
+    if os.path.realpath(dataset) != os.path.realpath(started.dataset):
+        conflicts.insert(0, f"dataset: {started.dataset} (run) vs {dataset} (given)")
+    if conflicts:
+        raise InputError(f"run {paths.run_id} exists with other settings: {'; '.join(conflicts)}. Nothing was sent; "
+                         f"name a new run with another --run-id, or continue this one with `ledger resume {paths.run_id}`")
+    return prepare_resume(paths, skip_failed, overrides, dry_run=dry_run)
+
+
+def _seed_notes(config: RunConfig, items: int) -> list[str]:
+    if config.seed is None:
+        return []
+    if config.limit is None:
+        return [f"--seed {config.seed} has no effect without --limit: every item is sent, in file order"]
+    if config.limit >= items:
+        return [f"--seed {config.seed} has no effect: --limit {config.limit} covers all {items} items"]
+    return []
+
+
+def _resolve_model(config: RunConfig, api_key: str, dry_run: bool) -> list[str]:
+    """No --model: the simulator's model, or the one model a --base-url lists (said so).
+    Never a made-up name sent to a real endpoint."""
+    if config.model:
+        return []
+    if config.embedded:
+        config.model = SIMULATOR_MODEL
+        return []
+    url = config.endpoints()[0]
+    if dry_run or not config.preflight:
+        why = "a dry run asks no endpoint" if dry_run else "with --no-preflight it is not looked up"
+        raise InputError(f"--base-url {url} needs --model ({why})")
+    ids = list_models(url, api_key, config.timeout)
+    if len(ids) != 1:
+        shown = ", ".join(ids[:8]) + (" ..." if len(ids) > 8 else "") if ids else "none"
+        raise InputError(f"--base-url {url} needs --model: the endpoint lists {len(ids)} models ({shown})")
+    config.model = ids[0]
+    return [f"model {ids[0]}: the only model {url} lists (no --model given)"]
 
 
 def _has_events(log: str) -> bool:
@@ -125,16 +206,44 @@ def _check_writable(runs_dir: str) -> None:
         raise InputError(f"{runs_dir}: cannot create runs here ({existing} is not writable)")
 
 
-def prepare_resume(paths: RunPaths, skip_failed: bool = False) -> Prepared:
-    started = next(iter_events(paths.log), None)
-    if not isinstance(started, RunStarted):
-        raise InputError(f"{paths.log}: the log does not begin with run_started")
+def prepare_resume(paths: RunPaths, skip_failed: bool = False, overrides: dict[str, Any] | None = None, *,
+                   dry_run: bool = False) -> Prepared:
+    """Check a resume. ``overrides``: HOW_FIELDS settings for this session only (recorded in its
+    ``session_started``); the run's other settings are fixed by ``run_started``."""
+    started = _run_started(paths)
     config = RunConfig.from_dict(started.config)
+    changed = _overrides(config, overrides or {}, paths.run_id)
+    if changed:
+        config = msgspec.structs.replace(config, **changed)
+        _check_numbers(config)
     info = scan(started.dataset, config.template)
     if info.sha256 != started.dataset_sha256:
         raise InputError(f"{started.dataset}: the dataset changed since the run started (sha256 differs); "
                          "restore it or start a new run")
-    return Prepared(paths, config, info, make_parser(config.parser), _api_key(config), resume=True, skip_failed=skip_failed)
+    parser = make_parser(config.parser)
+    api_key = "" if dry_run else _api_key(config)
+    if ("base_url" in changed or "base_urls" in changed) and config.preflight and not dry_run:
+        check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
+    return Prepared(paths, config, info, parser, api_key, resume=True, skip_failed=skip_failed, overrides=changed)
+
+
+def _run_started(paths: RunPaths) -> RunStarted:
+    started = next(iter_events(paths.log), None)
+    if not isinstance(started, RunStarted):
+        raise InputError(f"{paths.log}: the log does not begin with run_started")
+    return started
+
+
+def _overrides(config: RunConfig, overrides: dict[str, Any], run_id: str) -> dict[str, Any]:
+    """The overrides that change something; only HOW_FIELDS, and never away from the simulator."""
+    wrong = sorted(set(overrides) - set(HOW_FIELDS))
+    if wrong:
+        raise InputError(f"a resume cannot change {', '.join(wrong)}: it defines what run {run_id} sends")
+    changed = {k: v for k, v in overrides.items() if getattr(config, k) != v}
+    if config.embedded and (changed.get("base_url") or changed.get("base_urls")):
+        raise InputError(f"run {run_id} uses the built-in simulator (model {config.model}); "
+                         "--base-url cannot send it to another endpoint")
+    return changed
 
 
 def _resolve_prices(config: RunConfig) -> None:
@@ -147,21 +256,7 @@ def _resolve_prices(config: RunConfig) -> None:
 
 def _check_numbers(config: RunConfig) -> None:
     """Every number and the embedded simulator's settings, before anything is written."""
-    for name in ("samples", "concurrency"):
-        if getattr(config, name) < 1:
-            raise InputError(f"--{name} must be at least 1")
-    if config.retries < 0 or config.timeout <= 0:
-        raise InputError("--retries must be >= 0 and --timeout > 0")
-    for name in ("limit", "rpm", "tpm", "max_context", "max_tokens"):
-        value = getattr(config, name)
-        if value is not None and value < 1:
-            raise InputError(f"--{name.replace('_', '-')} must be at least 1")
-    if config.give_up_after is not None and config.give_up_after <= 0:
-        raise InputError("--give-up-after must be > 0 seconds")
-    try:
-        msgspec.convert(config.simulator, SimConfig)
-    except msgspec.ValidationError as exc:
-        raise InputError(f"--sim: {exc}") from None
+    check_config(config)
     for url in config.endpoints():
         _check_url(url)
 
@@ -269,7 +364,7 @@ class Session:
                 dataset_sha256=info.sha256, items=_planned_items(info.items, prepared.config.limit), version=__version__,
             ))
         self.writer.append(SessionStarted(pid=os.getpid(), host=socket.gethostname(), version=__version__,
-                                          reason="resume" if prepared.resume else "new"))
+                                          reason="resume" if prepared.resume else "new", overrides=prepared.overrides))
 
     def plan(self) -> list[Work] | Iterator[Work]:
         """The works to send. For a resume, counted up front so that it can be reported."""

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from ledger.layout import find_run
 from projections.compare import Comparison, as_text, compare_runs, write_csv
+from projections.outputs import check_output_path
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -27,15 +28,15 @@ def compare(
     """Accuracy with 95% intervals, agreement and McNemar's exact test, paired over shared items."""
     with handled():
         result = compare_runs([find_run(runs_dir, run) for run in runs])
-        written = write_csv(result, output, only_diff) if output else None
-    if as_json:
-        out.print(json.dumps(result.to_json(only_diff), ensure_ascii=False), soft_wrap=True, markup=False)
-    elif only_diff:
-        _print_diff(result)
-    else:
-        _print_stats(result)
-    if written is not None and not as_json:
-        out.print(f"wrote {written} rows to {escape(output or '')}")
+        written = write_csv(result, check_output_path(output), only_diff) if output else None
+        if as_json:
+            out.print(json.dumps(result.to_json(only_diff), ensure_ascii=False), soft_wrap=True, markup=False)
+        elif only_diff:
+            _print_diff(result)
+        else:
+            _print_stats(result)
+        if written is not None and not as_json:
+            out.print(f"wrote {written} rows to {escape(output or '')}")
 
 
 def _print_coverage(result: Comparison) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .app import app
-from .common import out
+from .common import handled, out
 
 
 @app.command("simulate")
@@ -28,16 +28,25 @@ def simulate(
     request_log: Annotated[str, typer.Option("--request-log", help="Append one JSON line per request here.")] = "",
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
+    from projections.outputs import check_output_path
     from runners.simulator import SimConfig, Simulator
 
-    config = SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
+    with handled():
+        if request_log:
+            request_log = check_output_path(request_log)
+        sim = _start(SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
                        retry_after=retry_after, rate_500=error_rate, rate_hang=hang_rate, rate_reset=reset_rate,
                        rate_malformed=malformed_rate, request_log=request_log,
-                       capacity_rps=capacity)
-    sim = Simulator(config, port=port).start()
+                       capacity_rps=capacity), port)
     out.print(f"simulator on {sim.base_url} (model {model}); Ctrl-C to stop", highlight=False)
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         sim.stop()
+
+
+def _start(config: "SimConfig", port: int) -> "Simulator":  # noqa: F821 (imported lazily above)
+    from runners.simulator import Simulator
+
+    return Simulator(config, port=port).start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -53,7 +54,7 @@ def ls(runs_dir: RunsDir = "runs") -> None:
         rows = [_ls_cells(row) for row in list_runs(runs_dir)]
         if not out.is_terminal:
             for cells in (header, *rows):
-                print("\t".join(cells))
+                sys.stdout.write("\t".join(cells) + "\n")
             return
         table = Table(*header)
         for cells in rows:

@@ -24,6 +24,7 @@ from typing import Any
 
 import msgspec
 import uvicorn
+from ledger.errors import InputError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -211,6 +212,7 @@ class Simulator:
     """The app served by uvicorn on loopback in a background thread (port 0 = any free)."""
 
     def __init__(self, config: SimConfig | None = None, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self._address = f"{host}:{port}"
         self.config = config or SimConfig()
         self.app, self.state = build_app(self.config)
         uv_config = uvicorn.Config(
@@ -229,7 +231,7 @@ class Simulator:
         self._thread.start()
         while not self._server.started:
             if not self._thread.is_alive():
-                raise RuntimeError("simulator failed to start (port in use?)")
+                raise InputError(f"simulator: cannot listen on {self._address} (port in use?)")
             time.sleep(0.005)
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
         return self

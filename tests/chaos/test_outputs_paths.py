@@ -170,3 +170,25 @@ def test_an_export_onto_the_runs_own_dataset_is_refused(world):
     r = export(world, "r", "jsonl", "-o", str(world["base"] / "out" / ".." / "d.jsonl"))
     assert r.returncode == 2 and "dataset of run r" in one_line(r), r.stderr[-2000:]
     assert data.read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["events.log", "summary.json"])
+def test_compare_and_simulate_outputs_onto_a_runs_file_are_refused(world, name):
+    """Every command's output goes through the same check, not only export's."""
+    before = snapshot(world["run"])
+    target = str(world["run"] / name)
+    compared = run_cli("compare", "r", "r", "-o", target, "--runs-dir", str(world["runs"]), cwd=world["base"])
+    assert compared.returncode == 2 and "run" in one_line(compared)
+    simulated = run_cli("simulate", "--port", "0", "--request-log", target, cwd=world["base"], timeout=30)
+    assert simulated.returncode == 2 and "run" in one_line(simulated)
+    assert snapshot(world["run"]) == before
+
+
+def test_simulate_on_a_busy_port_is_one_line(world):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_cli("simulate", "--port", str(busy.getsockname()[1]), cwd=world["base"], timeout=30)
+    assert r.returncode == 2 and "port" in one_line(r)

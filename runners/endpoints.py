@@ -95,6 +95,8 @@ class Pool:
             raise GaveUp(f"every endpoint down for {self.give_up_after:g}s")
 
     async def release(self, endpoint: Endpoint, reply: Reply | None, error: EndpointError | None) -> None:
+        """Every acquire ends here, whatever ended the request (a reply, an endpoint error, or
+        neither: an exception of ours or a cancellation), so that the breaker moves on."""
         now = time.monotonic()
         endpoint.in_flight -= 1
         if reply is not None:
@@ -103,7 +105,9 @@ class Pool:
             endpoint.limit.on_success()
             if reply.pause:
                 endpoint.paused_until = max(endpoint.paused_until, now + reply.pause)
-        elif error is not None:
+        elif error is None:  # no verdict: an internal error or a cancelled request
+            endpoint.breaker.no_verdict()
+        else:
             endpoint.breaker.failure(error.error_type, now)
             if error.status == 429:
                 endpoint.limit.on_rate_limited()

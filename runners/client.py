@@ -117,7 +117,7 @@ async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
         raise EndpointError("connection", redact(f"connection failed: {cause}", secrets), retryable=True) from None
     latency = time.perf_counter() - start
-    return _reply(content, latency, redactor(secrets))._replace(pause=pause)
+    return _reply(content, latency, redactor(secrets, bearer=False))._replace(pause=pause)
 
 
 def _status_error(exc: openai.APIStatusError, secrets: tuple[str, ...]) -> EndpointError:

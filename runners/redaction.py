@@ -31,6 +31,7 @@ __all__ = ["Redactor", "redactor", "REDACTED", "MIN_SECRET"]
 REDACTED = "[redacted]"
 MIN_SECRET = 4  # shorter "keys" (placeholders) would redact ordinary words
 _BEARER = r"(?i:bearer)\s+\S+"
+_BEARER_IN_JSON = r'(?i:bearer)\s+[^\s"\\]+'  # in raw bytes: never past the end of a JSON string
 _SHORT_ESCAPES = {'"': r'\\"', "\\": r"\\\\", "/": r"\\/", "\b": r"\\b", "\f": r"\\f", "\n": r"\\n", "\r": r"\\r", "\t": r"\\t"}
 
 
@@ -85,21 +86,24 @@ def _pattern(secret: str) -> str:
 
 
 class Redactor:
-    """Replaces every form of the given secrets (and any Bearer token) with ``[redacted]``.
+    """Replaces every form of the given secrets with ``[redacted]``; with ``bearer``, any
+    ``Bearer`` token too (for error messages, which quote headers; not for reply content,
+    where a model may legitimately write about one).
 
     A text is scanned with the full expression only if it could hold a match: it contains
     a secret or a base64 core as is, or an escape (``\\u``, ``%``, a short JSON escape of a
     character the secrets have). Without any of these, every form but the raw ones is
     impossible; the check is a few ``in`` tests, about twenty times cheaper than the scan."""
 
-    def __init__(self, secrets: tuple[str, ...]) -> None:
+    def __init__(self, secrets: tuple[str, ...], bearer: bool = True) -> None:
         self.secrets = tuple(s for s in secrets if s and len(s) >= MIN_SECRET)
-        parts = [_pattern(s) for s in self.secrets] + [_BEARER]
-        self._text = re.compile("|".join(parts))
-        self._bytes = re.compile("|".join(parts).encode("utf-8"))
-        self._bearer = re.compile(_BEARER)
-        self._bearer_bytes = re.compile(_BEARER.encode())
-        needles = {"\\u", "%", *self.secrets}
+        parts = [_pattern(s) for s in self.secrets]
+        never = "(?!)"  # matches nothing
+        self._text = re.compile("|".join([*parts, _BEARER if bearer else never]))
+        self._bytes = re.compile("|".join([*parts, _BEARER_IN_JSON if bearer else never]).encode("utf-8"))
+        self._bearer = re.compile(_BEARER) if bearer else None
+        self._bearer_bytes = re.compile(_BEARER_IN_JSON.encode()) if bearer else None
+        needles = {"\\u", "%", *self.secrets} if self.secrets else set()
         for secret in self.secrets:
             needles.update(_base64_cores(secret.encode("utf-8")))
             if any(c in _SHORT_ESCAPES for c in secret):
@@ -108,20 +112,27 @@ class Redactor:
                 needles.add("+")
         self._needles = tuple(needles)
         self._needles_bytes = tuple(n.encode("utf-8") for n in needles)
+        self._idle = not self.secrets and not bearer  # nothing to look for (a local endpoint)
 
     def text(self, text: str) -> str:
-        if any(n in text for n in self._needles) or self._bearer.search(text):
+        if self._idle:
+            return text
+        if any(n in text for n in self._needles) or (self._bearer is not None and self._bearer.search(text)):
             return self._text.sub(REDACTED, text)
         return text
 
     def bytes(self, data: bytes) -> bytes:
-        if any(n in data for n in self._needles_bytes) or self._bearer_bytes.search(data):
+        if self._idle:
+            return data
+        if any(n in data for n in self._needles_bytes) or (self._bearer_bytes is not None and self._bearer_bytes.search(data)):
             return self._bytes.sub(REDACTED.encode(), data)
         return data
 
     def value(self, value: Any) -> Any:
         """``value`` (decoded JSON) with every string, keys included, redacted; the same
         object when nothing needed redacting (the common case costs no copy)."""
+        if self._idle:
+            return value
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, list):
@@ -135,5 +146,5 @@ class Redactor:
 
 
 @functools.lru_cache(maxsize=16)
-def redactor(secrets: tuple[str, ...]) -> Redactor:
-    return Redactor(secrets)
+def redactor(secrets: tuple[str, ...], bearer: bool = True) -> Redactor:
+    return Redactor(secrets, bearer)

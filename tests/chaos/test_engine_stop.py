@@ -101,3 +101,13 @@ def test_second_ctrl_c_cancels_everything_at_once_and_the_log_ends_cleanly(tmp_p
     assert not error and type(events[-1]).__name__ == "SessionEnded" and events[-1].reason == "interrupted"
     abandoned = [e for e in events if type(e).__name__ == "Failed"]
     assert len(abandoned) == 3 and {e.error_type for e in abandoned} == {"interrupted"}
+
+
+def test_an_outage_past_give_up_after_exits_75_saying_how_to_resume(tmp_path):
+    data = write_dataset(tmp_path / "d.jsonl", 30)
+    r = run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--run-id", "g", "--give-up-after", "1",
+                "--concurrency", "8", "--sim", json.dumps({"down": True}), cwd=tmp_path, timeout=HANG_GUARD)
+    assert r.returncode == 75, r
+    assert "30 items pending" in r.stderr and "resume with: ledger resume g" in r.stderr, r
+    events, error = read_log(tmp_path / "runs" / "g" / "events.log")
+    assert not error and [e for e in events if type(e).__name__ == "Failed" and e.error_type == "internal"] == []

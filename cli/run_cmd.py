@@ -134,7 +134,8 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     much, why, and the command that continues it."""
     progress = session.engine.progress if session.engine else None
     internal = progress.internal if progress else []
-    lines = internal[:5] + ([f"... and {len(internal) - 5} more internal errors (see `ledger log`)"] if len(internal) > 5 else [])
+    more = (progress.errors.get("internal", 0) if progress else 0) - len(internal)
+    lines = internal + ([f"... and {more} more internal errors (each a `failed` event: see `ledger log`)"] if more > 0 else [])
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
     items = f"{pending} item{'s' if pending != 1 else ''} pending"

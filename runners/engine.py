@@ -47,6 +47,7 @@ from .retry import retrying
 __all__ = ["Work", "Progress", "Engine", "GRACE", "request_key"]
 
 GRACE = 2.0  # seconds requests in flight may take to finish after a stop, then they are cancelled
+SHOWN_INTERNAL = 5  # internal errors kept for the end-of-run message (all are in the log)
 
 
 def request_key(item_id: str, sample: int, turn: int) -> str:
@@ -79,7 +80,7 @@ class Progress:
     limit: int = 0
     first_reply: tuple[dict[str, Any], str] | None = None
     errors: dict[str, int] = field(default_factory=dict)
-    internal: list[str] = field(default_factory=list)  # one line per internal error, for the user
+    internal: list[str] = field(default_factory=list)  # the first internal errors, one line each, for the user
 
 
 @dataclass
@@ -191,7 +192,8 @@ class Engine:
         message = redact(f"{type(exc).__name__}: {exc}"[:500] + where, self.secrets)
         self.progress.failed += 1
         self.progress.errors["internal"] = self.progress.errors.get("internal", 0) + 1
-        self.progress.internal.append(f"item {work.item.id!r} sample {work.sample}: internal error: {message}")
+        if len(self.progress.internal) < SHOWN_INTERNAL:  # the count is in errors["internal"]
+            self.progress.internal.append(f"item {work.item.id!r} sample {work.sample}: internal error: {message}")
         try:
             self.writer.submit([Failed(
                 item_id=work.item.id, sample=work.sample, turn=cursor.turn, attempt=max(1, cursor.attempt),

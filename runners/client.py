@@ -205,7 +205,10 @@ def _reply(content: bytes, latency: float, red: Redactor) -> Reply:
     """Decode, check and redact a 200's body. What cannot be decoded is a malformed reply;
     what can is redacted string by string (the key may hide behind JSON escapes)."""
     try:
-        data = red.value(_decode(red.bytes(content)))
+        content = red.bytes(content)
+        data = _decode(content)
+        if red.body_may_hold(content):
+            data = red.value(data)
         completion = msgspec.convert(data, _Completion)
         choice = completion.choices[0]
     except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:

@@ -91,3 +91,34 @@ def test_the_request_key_header_is_ascii_and_names_the_item(item_id):
     assert "\t" not in header and " " not in header
     assert ledger_key(header) == f"{item_id}/3/1"
     assert request_key("q1", 0, 0) == "q1/0/0"  # plain ids read as before
+
+
+def _completion_bytes(text: str, escape) -> bytes:
+    body = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": "stop"}], "x": text}
+    return escape(body)
+
+
+ESCAPES = {
+    "plain": lambda v: json.dumps(v, ensure_ascii=False).encode(),
+    "ascii": lambda v: json.dumps(v).encode(),
+    "php": lambda v: json.dumps(v).replace("/", "\\/").encode(),
+}
+
+
+@pytest.mark.parametrize("escape", sorted(ESCAPES))
+@pytest.mark.parametrize("key", KEYS)
+def test_a_reply_never_keeps_the_key_whatever_the_json_escaping(key, escape):
+    """Through the client's own decode path (the pre-check on the bytes decides whether the
+    decoded strings are walked: it must never skip a body that needs it)."""
+    from runners.client import _reply
+
+    red = Redactor((key,), bearer=False)
+    texts = [f"see {form} here" for form in _forms(key)]
+    for shift in range(3):
+        whole = b"ab"[:shift] + key.encode() + b"?"
+        texts += [f"b64 {base64.b64encode(whole).decode()}", f"b64 {base64.urlsafe_b64encode(whole).decode()}"]
+    for text in texts:
+        reply = _reply(_completion_bytes(text, ESCAPES[escape]), 0.0, red)
+        stored = json.dumps(reply.raw, ensure_ascii=False) + reply.text
+        assert "[redacted]" in reply.text and key not in stored, (text, reply.text)
+        assert not any(key.encode() in _decode_any(word) for word in reply.text.split()), reply.text

@@ -114,19 +114,27 @@ class Engine:
         self.progress.paused = self.pool.down()
 
     async def run(self, works: Iterator[Work]) -> None:
+        """Schedule every work, then wait for the tasks. If reading the works fails (the
+        dataset became unreadable mid-run), the run stops like an interrupt -- what is in
+        flight is recorded -- and the error is raised after."""
         slots = asyncio.Semaphore(self.config.concurrency)
-        for work in works:
-            await slots.acquire()
-            if self.progress.stopping:
-                slots.release()
-                break
-            task = asyncio.create_task(self._one(work))
-            self._tasks.add(task)
-            task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
-            if self.error is not None:
-                break
-        while self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            for work in works:
+                await slots.acquire()
+                if self.progress.stopping:
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._one(work))
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
+                if self.error is not None:
+                    break
+        except Exception as exc:
+            self.stop(f"error: {exc}")
+            raise
+        finally:
+            while self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.error is not None:
             raise self.error
 

@@ -171,6 +171,10 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     try:
         session, reason = run_prepared(prepared, on_planned=planned,
                                        on_tick=ticker(bar, task, (config.price_in, config.price_out), show_first))
+    except KeyboardInterrupt:  # a Ctrl-C after the run stopped, while the log was closing
+        bar.stop()
+        err.print(f"interrupted while closing the run; resume with: {_resume_command(prepared)}", markup=False, highlight=False)
+        return 130
     finally:
         bar.stop()
     with open(prepared.paths.summary, "rb") as f:
@@ -178,9 +182,42 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     out.print(summary_table(summary))
     out.print(f"outputs: {prepared.paths.dir}")
     code = session.exit_code(reason, summary)
-    if code == 75:
-        err.print("every endpoint stayed down past --give-up-after; resume later with `ledger resume`")
+    for line in _end_lines(prepared, session, summary, code):
+        err.print(line, markup=False, highlight=False)
     return code
+
+
+def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: int) -> list[str]:
+    """What a user must read at the end: internal errors, and work left pending -- how
+    much, why, and the command that continues it."""
+    progress = session.engine.progress if session.engine else None
+    internal = progress.internal if progress else []
+    more = (progress.errors.get("internal", 0) if progress else 0) - len(internal)
+    lines = internal + ([f"... and {more} more internal errors (each a `failed` event: see `ledger log`)"] if more > 0 else [])
+    pending = summary.get("counts", {}).get("pending") or 0
+    stop_reason = progress.stop_reason if progress else ""
+    items = f"{pending} item{'s' if pending != 1 else ''} pending"
+    if code == 75:
+        lines.append(f"every endpoint stayed down past --give-up-after; {items}")
+    elif code == 130:
+        lines.append(f"interrupted; {items}")
+    elif pending and stop_reason.startswith("error"):
+        lines.append(f"stopped by an error ({stop_reason[len('error: '):]}); {items}")
+    elif pending:
+        lines.append(f"the session ended with {items} (neither done nor failed)")
+    if code in (75, 130) or pending:
+        lines.append(f"resume with: {_resume_command(prepared)}")
+    return lines
+
+
+def _resume_command(prepared: "Prepared") -> str:
+    import os
+    import shlex
+
+    runs_dir = os.path.dirname(os.path.abspath(prepared.paths.dir))
+    default = os.path.abspath(os.environ.get("LEDGER_RUNS_DIR") or "runs")
+    extra = "" if runs_dir == default else f" --runs-dir {shlex.quote(runs_dir)}"
+    return f"ledger resume {shlex.quote(prepared.paths.run_id)}{extra}"
 
 
 def _print_header(prepared: "Prepared", session: "Session") -> None:

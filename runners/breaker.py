@@ -8,6 +8,12 @@ Failures that count are the endpoint's own (5xx, timeouts, refused or reset conn
 429s are back-pressure, handled by adaptive concurrency instead, and a 4xx is the
 request's fault. While open, nothing is sent to the endpoint and no retry is spent; in
 half-open exactly one request (the probe) is let through.
+
+Whatever ends a probe moves the breaker on: success closes it, a counted failure opens it
+again, and anything else -- an answer that says nothing about the endpoint (a 4xx), or a
+probe that never got an answer (an internal error, a cancelled request) -- lets the next
+request probe. A probe that ended without a verdict must never leave ``probing`` set: every
+later request would wait for it for ever.
 """
 
 from __future__ import annotations
@@ -52,10 +58,14 @@ class Breaker:
             self.state, self.probing, self.cooldown, self.down_since = "closed", False, FIRST_COOLDOWN, None
             self._on_change("resumed", "probe succeeded")
 
+    def no_verdict(self) -> None:
+        """The request ended without telling anything about the endpoint: probe again."""
+        if self.state == "half_open":
+            self.probing = False
+
     def failure(self, error_type: str, now: float) -> None:
         if error_type not in COUNTED:
-            if self.state == "half_open" and self.probing:
-                self.probing = False  # the probe got an answer, just not a good one: probe again
+            self.no_verdict()  # the probe got an answer, just not a good one: probe again
             return
         self.failures += 1
         if self.state == "half_open":

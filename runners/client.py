@@ -10,12 +10,20 @@ the SDK would otherwise hand back as garbage objects or plain strings. Status, t
 connection errors are the SDK's, as with ``create``.
 
 Every failure becomes an ``EndpointError`` whose message has been redacted: the API key
-and any ``Bearer`` token are replaced, and nothing from the request (whose headers hold
-the key) is ever read into a message.
+(in every form redaction.py knows) and any ``Bearer`` token are replaced, and nothing from
+the request (whose headers hold the key) is ever read into a message. A reply is redacted
+twice: its bytes before decoding, and every string of the decoded JSON after (escapes such
+as PHP's ``\\/`` only turn into the key once decoded).
+
+``timeout`` bounds the whole request, connect to last byte: httpx's own timeouts are per
+operation (a body that trickles a byte a second never trips a read timeout of 60 s).
+A reply that cannot be decoded at all (malformed, or nested deeper than the decoder
+allows) is a ``malformed_response``, retried like any broken reply.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 import ssl
@@ -28,11 +36,12 @@ import openai
 
 from ledger.errors import LedgerError
 
+from .redaction import Redactor, redactor
+
 __all__ = ["EndpointError", "Reply", "make_client", "make_clients", "send", "redact"]
 
 _decode = msgspec.json.Decoder().decode
 _PATH = "/chat/completions"
-_BEARER = re.compile(r"(?i)bearer\s+\S+")
 
 
 class EndpointError(LedgerError):
@@ -59,10 +68,8 @@ class Reply(NamedTuple):
 
 
 def redact(text: str, secrets: tuple[str, ...]) -> str:
-    for secret in secrets:
-        if secret and len(secret) >= 4:
-            text = text.replace(secret, "[redacted]")
-    return _BEARER.sub("Bearer [redacted]", text)
+    """``text`` without the secrets in any form, nor any Bearer token."""
+    return redactor(secrets).text(text)
 
 
 # httpcore's pool looks at every pooled connection on each request, so its cost per request
@@ -91,12 +98,17 @@ def make_client(base_url: str, api_key: str, timeout: float, concurrency: int) -
 
 
 async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[str, ...],
-               headers: dict[str, str] | None = None) -> Reply:
+               headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
+    """One request; ``timeout`` (seconds) is a deadline for all of it, connect to last byte."""
     start = time.perf_counter()
+    options = {"headers": headers} if headers else {}
     try:
-        response = await client.post(_PATH, cast_to=httpx2.Response, body=body, options={"headers": headers} if headers else {})
+        async with asyncio.timeout(timeout):
+            response = await client.post(_PATH, cast_to=httpx2.Response, body=body, options=options)
         content = response.content
         pause = ratelimit_pause(response.headers)
+    except TimeoutError:
+        raise EndpointError("timeout", f"no complete reply within {timeout:g} s", retryable=True) from None
     except openai.APIStatusError as exc:
         raise _status_error(exc, secrets) from None
     except openai.APITimeoutError:
@@ -105,10 +117,7 @@ async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[
         cause = type(exc.__cause__).__name__ if exc.__cause__ else "connection error"
         raise EndpointError("connection", redact(f"connection failed: {cause}", secrets), retryable=True) from None
     latency = time.perf_counter() - start
-    for secret in secrets:  # a server that echoes the Authorization header must not log it
-        if secret and len(secret) >= 4 and secret.encode() in content:
-            content = content.replace(secret.encode(), b"[redacted]")
-    return _reply(content, latency)._replace(pause=pause)
+    return _reply(content, latency, redactor(secrets, bearer=False))._replace(pause=pause)
 
 
 def _status_error(exc: openai.APIStatusError, secrets: tuple[str, ...]) -> EndpointError:
@@ -192,13 +201,21 @@ class _Completion(msgspec.Struct):
     usage: _Usage | None = None
 
 
-def _reply(content: bytes, latency: float) -> Reply:
+def _reply(content: bytes, latency: float, red: Redactor) -> Reply:
+    """Decode, check and redact a 200's body. What cannot be decoded is a malformed reply;
+    what can is redacted string by string (the key may hide behind JSON escapes)."""
     try:
+        content = red.bytes(content)
         data = _decode(content)
+        if red.body_may_hold(content):
+            data = red.value(data)
         completion = msgspec.convert(data, _Completion)
         choice = completion.choices[0]
     except (msgspec.DecodeError, msgspec.ValidationError, IndexError) as exc:
         raise EndpointError("malformed_response", f"reply is not a chat completion: {_first_line(exc)}", retryable=True) from None
+    except RecursionError:
+        raise EndpointError("malformed_response", "reply is not a chat completion: JSON nested too deeply to decode",
+                            retryable=True) from None
     usage = msgspec.to_builtins(completion.usage) if completion.usage else None
     return Reply(choice.message.content or "", choice.finish_reason, usage, data, latency)
 

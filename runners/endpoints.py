@@ -56,7 +56,7 @@ class Pool:
     def __init__(self, endpoints: list[Endpoint], give_up_after: float | None = None) -> None:
         self.endpoints = endpoints
         self.give_up_after = give_up_after
-        self._changed = asyncio.Condition()
+        self._wakeup: asyncio.Event | None = None  # set (and replaced) by every release
 
     @staticmethod
     def watch(endpoint_url: str, notify: Callable[[str, str, str], None]) -> Callable[[str, str], None]:
@@ -71,21 +71,26 @@ class Pool:
         return all(e.breaker.state != "closed" for e in self.endpoints)
 
     async def acquire(self) -> Endpoint:
-        async with self._changed:
-            while True:
-                now = time.monotonic()
-                ready = [e for e in self.endpoints if e.ready(now)]
-                if ready:
-                    chosen = min(ready, key=lambda e: e.in_flight)
-                    chosen.in_flight += 1
-                    chosen.breaker.sending()
-                    return chosen
-                self._check_give_up(now)
-                wake = min(e.wake_at(now) for e in self.endpoints)
-                try:
-                    await asyncio.wait_for(self._changed.wait(), timeout=max(0.01, min(wake - now, 0.5)))
-                except TimeoutError:
-                    pass
+        """Wait for an endpoint that may send. Choosing and taking it happen without an await
+        in between, so no lock is needed; waiting is on an event, which a cancellation (a
+        stop) leaves in no half state (a Condition's lock, cancelled while wait_for re-takes
+        it, could be released by a task that no longer held it)."""
+        while True:
+            now = time.monotonic()
+            ready = [e for e in self.endpoints if e.ready(now)]
+            if ready:
+                chosen = min(ready, key=lambda e: e.in_flight)
+                chosen.in_flight += 1
+                chosen.breaker.sending()
+                return chosen
+            self._check_give_up(now)
+            wake = min(e.wake_at(now) for e in self.endpoints)
+            if self._wakeup is None:
+                self._wakeup = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), timeout=max(0.01, min(wake - now, 0.5)))
+            except TimeoutError:
+                pass
 
     def _check_give_up(self, now: float) -> None:
         if self.give_up_after is None:
@@ -95,6 +100,8 @@ class Pool:
             raise GaveUp(f"every endpoint down for {self.give_up_after:g}s")
 
     async def release(self, endpoint: Endpoint, reply: Reply | None, error: EndpointError | None) -> None:
+        """Every acquire ends here, whatever ended the request (a reply, an endpoint error, or
+        neither: an exception of ours or a cancellation), so that the breaker moves on."""
         now = time.monotonic()
         endpoint.in_flight -= 1
         if reply is not None:
@@ -103,7 +110,9 @@ class Pool:
             endpoint.limit.on_success()
             if reply.pause:
                 endpoint.paused_until = max(endpoint.paused_until, now + reply.pause)
-        elif error is not None:
+        elif error is None:  # no verdict: an internal error or a cancelled request
+            endpoint.breaker.no_verdict()
+        else:
             endpoint.breaker.failure(error.error_type, now)
             if error.status == 429:
                 endpoint.limit.on_rate_limited()
@@ -111,5 +120,6 @@ class Pool:
             hold = max(error.pause or 0.0, (error.retry_after or 0.0) if error.status == 429 else 0.0)
             if hold:
                 endpoint.paused_until = max(endpoint.paused_until, now + min(hold, 120.0))
-        async with self._changed:
-            self._changed.notify_all()
+        if self._wakeup is not None:
+            self._wakeup.set()
+            self._wakeup = None

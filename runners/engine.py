@@ -7,34 +7,54 @@ to the group-committing writer without waiting (``submit``; order per task is ke
 queue); a reply and its parse are awaited until durable, so a crash can only cost the
 replies that were inside one group commit at that instant.
 
-Stopping (first Ctrl-C): nothing new is scheduled, no new turn and no retry starts (a retry's
-backoff is cut short); requests in flight finish (bounded by the timeout) and are recorded.
+Every reply goes through one path to the log (durable.py): whatever arrived is recorded,
+degraded if the log cannot hold it as is, so that one bad reply fails one item, never the
+run. Every task is wrapped: an unexpected exception while working an item becomes a final
+``failed`` event with ``error_type: internal`` (type, message and place, redacted) and a
+line in ``Progress.internal``; no item is ever left pending silently.
+
+Stopping (first Ctrl-C, SIGTERM, an outage past --give-up-after, a fatal error): nothing new
+is scheduled; tasks that are not sending (waiting for an endpoint, a rate limit or a retry's
+backoff) are cancelled at once; requests in flight get ``GRACE`` seconds to finish and be
+recorded, then they are cancelled too (their attempt becomes a ``failed`` event of type
+``interrupted``, not final: resume sends it again). ``abort`` (second Ctrl-C) cancels
+everything at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
-
-import msgspec
+from urllib.parse import quote
 
 from ledger.errors import LedgerError, LogError
-from ledger.events import Failed, Parsed, Paused, Response, Resumed, Started, Usage
+from ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
 from ledger.writer import LogWriter
-from projections.parsers import ParseResult, Parser
+from projections.parsers import Parser
 
-from .client import EndpointError, Reply, send
+from .client import EndpointError, Reply, redact, send
 from .config import RunConfig
 from .dataset import Item
+from .durable import loggable_result, plain_usage, reply_events
 from .endpoints import GaveUp, Pool
 from .limits import RateLimits, estimate_tokens
 from .retry import retrying
 
-__all__ = ["Work", "Progress", "Engine"]
+__all__ = ["Work", "Progress", "Engine", "GRACE", "request_key"]
 
-_probe = msgspec.msgpack.Encoder().encode
+GRACE = 2.0  # seconds requests in flight may take to finish after a stop, then they are cancelled
+SHOWN_INTERNAL = 5  # internal errors kept for the end-of-run message (all are in the log)
+
+
+def request_key(item_id: str, sample: int, turn: int) -> str:
+    """The ``x-ledger-key`` header: ``ID/SAMPLE/TURN`` with the id percent-encoded (UTF-8,
+    nothing kept but letters, digits and ``_.-~``), so that any id is a valid header value
+    and ``/`` in an id cannot be confused with the separators."""
+    return f"{quote(item_id, safe='')}/{sample}/{turn}"
 
 
 class Work(NamedTuple):
@@ -60,6 +80,16 @@ class Progress:
     limit: int = 0
     first_reply: tuple[dict[str, Any], str] | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    internal: list[str] = field(default_factory=list)  # the first internal errors, one line each, for the user
+
+
+@dataclass
+class _Cursor:
+    """Where a task is, for the event of an unexpected error."""
+
+    turn: int
+    attempt: int
+    endpoint: str = ""
 
 
 @dataclass
@@ -74,6 +104,8 @@ class Engine:
     names: dict[str, str] = field(default_factory=dict)  # endpoint url -> name recorded in events
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     error: LedgerError | None = None  # a log that cannot be written stops the run
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    _sending: set[asyncio.Task[None] | None] = field(default_factory=set)  # tasks with a request out
 
     def breaker_changed(self, state: str, url: str, reason: str) -> None:
         """Breaker callback: record the decision in the log and on the progress bar."""
@@ -82,53 +114,101 @@ class Engine:
         self.progress.paused = self.pool.down()
 
     async def run(self, works: Iterator[Work]) -> None:
+        """Schedule every work, then wait for the tasks. If reading the works fails (the
+        dataset became unreadable mid-run), the run stops like an interrupt -- what is in
+        flight is recorded -- and the error is raised after."""
         slots = asyncio.Semaphore(self.config.concurrency)
-        tasks: set[asyncio.Task[None]] = set()
-        for work in works:
-            await slots.acquire()
-            if self.progress.stopping:
-                slots.release()
-                break
-            task = asyncio.create_task(self._one(work))
-            tasks.add(task)
-            task.add_done_callback(lambda t: (tasks.discard(t), slots.release()))
-            if self.error is not None:
-                break
-        if tasks:
-            await asyncio.gather(*tasks, return_exceptions=True)
+        try:
+            for work in works:
+                await slots.acquire()
+                if self.progress.stopping:
+                    slots.release()
+                    break
+                task = asyncio.create_task(self._one(work))
+                self._tasks.add(task)
+                task.add_done_callback(lambda t: (self._tasks.discard(t), slots.release()))
+                if self.error is not None:
+                    break
+        except Exception as exc:
+            self.stop(f"error: {exc}")
+            raise
+        finally:
+            while self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.error is not None:
             raise self.error
 
     def stop(self, reason: str = "interrupted") -> None:
+        """Stop sending: cancel what waits at once, give requests in flight ``GRACE`` seconds."""
+        first = not self.progress.stopping
         self.progress.stopping = True
         self.progress.stop_reason = self.progress.stop_reason or reason
         self._stopped.set()
+        if first:
+            self._cancel(lambda task: task not in self._sending)
+            asyncio.get_running_loop().call_later(GRACE, self.abort)
+
+    def abort(self) -> None:
+        """Stop now (the second Ctrl-C, or the end of the grace): cancel every task."""
+        self.progress.stopping = True
+        self.progress.stop_reason = self.progress.stop_reason or "interrupted"
+        self._stopped.set()
+        self._cancel(lambda task: True)
+
+    def _cancel(self, which: Any) -> None:
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current and not task.done() and which(task):
+                task.cancel()
 
     async def _one(self, work: Work) -> None:
         item, progress = work.item, self.progress
-        messages = list(work.history) if work.start_turn else self._system()
-        attempts = work.attempts
+        cursor = _Cursor(work.start_turn, work.attempts)
         progress.in_flight += 1
         try:
+            messages = list(work.history) if work.start_turn else self._system()
             for turn in range(work.start_turn, len(item.turns)):
                 if self.progress.stopping and turn > work.start_turn:
                     return  # stopping: no new turn; the item continues from here on resume
+                cursor.turn = turn
                 messages = messages + item.turns[turn]
                 body = {"model": self.config.model, "messages": messages, **self.config.params(), **item.params}
                 if self._too_long(work, turn, body):
                     return
-                outcome = await self._attempts(work, turn, body, attempts)
-                if outcome is None:
+                reply = await self._attempts(work, body, cursor)
+                if reply is None:
                     return
-                reply, attempts = outcome
                 messages = messages + [{"role": "assistant", "content": reply.text}]
             progress.done += 1
         except LogError as exc:  # the writer died (disk full, I/O error): stop everything once
-            if self.error is None:
-                self.error = exc
-                self.stop(f"error: {exc}")
+            self._fatal(exc)
+        except Exception as exc:  # a bug, or input nobody foresaw: this item fails, the run goes on
+            self._internal(work, cursor, exc)
         finally:
             progress.in_flight -= 1
+
+    def _fatal(self, exc: LogError) -> None:
+        if self.error is None:
+            self.error = exc
+            self.stop(f"error: {exc}")
+
+    def _internal(self, work: Work, cursor: _Cursor, exc: Exception) -> None:
+        """An unexpected exception: a final ``failed`` event of type ``internal`` that says
+        what and where, and a line for the user; the item is never left pending silently."""
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" (at {os.path.basename(frame[0].filename)}:{frame[0].lineno})" if frame else ""
+        message = redact(f"{type(exc).__name__}: {exc}"[:500] + where, self.secrets)
+        self.progress.failed += 1
+        self.progress.errors["internal"] = self.progress.errors.get("internal", 0) + 1
+        if len(self.progress.internal) < SHOWN_INTERNAL:  # the count is in errors["internal"]
+            self.progress.internal.append(f"item {work.item.id!r} sample {work.sample}: internal error: {message}")
+        try:
+            self.writer.submit([Failed(
+                item_id=work.item.id, sample=work.sample, turn=cursor.turn, attempt=max(1, cursor.attempt),
+                error_type="internal", message=message, retryable=False, final=True, endpoint=cursor.endpoint,
+            )])
+        except LogError as log_error:
+            self._fatal(log_error)
 
     def _too_long(self, work: Work, turn: int, body: dict[str, Any]) -> bool:
         """Fail an item whose conversation cannot fit --max-context, instead of paying for a 400."""
@@ -154,35 +234,38 @@ class Engine:
     def _system(self) -> list[dict[str, Any]]:
         return [{"role": "system", "content": self.config.system}] if self.config.system else []
 
-    async def _attempts(self, work: Work, turn: int, body: dict[str, Any], attempts: int) -> tuple[Reply, int] | None:
+    async def _attempts(self, work: Work, body: dict[str, Any], cursor: _Cursor) -> Reply | None:
         """Try until a reply, a final failure (None), or a stop (None, item left unfinished)."""
         try:
             async for attempt in retrying(self.config.retries, sleep=self._backoff):
                 with attempt:
                     if self.progress.stopping and attempt.retry_state.attempt_number > 1:
                         return None
-                    attempts += 1
-                    number = attempt.retry_state.attempt_number
-                    reply = await self._attempt(work, turn, body, attempts, last=number > self.config.retries)
-                    return reply, attempts
+                    cursor.attempt += 1
+                    last = attempt.retry_state.attempt_number > self.config.retries
+                    return await self._attempt(work, body, cursor, last)
         except EndpointError:
             self.progress.failed += 1
         except GaveUp as exc:
             self.stop(f"endpoint down: {exc}")
         return None
 
-    async def _attempt(self, work: Work, turn: int, body: dict[str, Any], attempt: int, last: bool) -> Reply:
+    async def _attempt(self, work: Work, body: dict[str, Any], cursor: _Cursor, last: bool) -> Reply:
         """One request: wait for an endpoint that may send and for the rate limits, then send."""
         endpoint = await self.pool.acquire()
         reply, error = None, None
+        task = asyncio.current_task()
         try:
             tokens = estimate_tokens(body["messages"], body.get("max_tokens"))
             await self.limits.acquire(tokens)
-            name = self.names.get(endpoint.url, endpoint.url)
-            item, key = work.item, {"item_id": work.item.id, "sample": work.sample, "turn": turn, "attempt": attempt}
+            name = cursor.endpoint = self.names.get(endpoint.url, endpoint.url)
+            item, turn = work.item, cursor.turn
+            key = {"item_id": item.id, "sample": work.sample, "turn": turn, "attempt": cursor.attempt}
+            self._sending.add(task)
             self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected)])
             try:
-                reply = await send(endpoint.client(), body, self.secrets, {"x-ledger-key": f"{item.id}/{work.sample}/{turn}"})
+                reply = await send(endpoint.client(), body, self.secrets,
+                                   {"x-ledger-key": request_key(item.id, work.sample, turn)}, timeout=self.config.timeout)
             except EndpointError as exc:
                 error = exc
                 final = not exc.retryable or last
@@ -192,11 +275,20 @@ class Engine:
                     retryable=exc.retryable, final=final, endpoint=name,
                 )])
                 raise
-            if reply.usage:
-                self.limits.correct(tokens, reply.usage.get("total_tokens", 0))
+            except asyncio.CancelledError:
+                if self.progress.stopping:
+                    self.writer.submit([Failed(
+                        **key, error_type="interrupted", retryable=True, final=False, endpoint=name,
+                        message=f"request abandoned: still in flight {GRACE:g} s after the run was told to stop",
+                    )])
+                raise
+            usage = plain_usage(reply.usage)
+            if usage is not None:
+                self.limits.correct(tokens, usage.total_tokens)
             await self._record(work, turn, key, body, reply, name)
             return reply
         finally:
+            self._sending.discard(task)
             await self.pool.release(endpoint, reply, error)
             self.progress.limit = self.pool.limit
             self.progress.paused = self.pool.down()
@@ -209,42 +301,25 @@ class Engine:
 
     async def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply, endpoint: str) -> None:
         """Log the reply (and its parse) and wait until it is durable: a paid-for reply is
-        acknowledged before the item counts as done or its next turn is sent."""
+        acknowledged before the item counts as done or its next turn is sent. The events go
+        through ``reply_events``: degraded if need be, never refused by the writer."""
         final = turn == len(work.item.turns) - 1
-        usage = Usage(**reply.usage) if reply.usage else None
-        events: list[Any] = [Response(
-            **key, text=reply.text, finish_reason=reply.finish_reason, usage=usage,
-            latency=round(reply.latency, 6), raw=_loggable_raw(reply.raw), endpoint=endpoint, final=final,
-        )]
+        response = Response(
+            **key, text=reply.text, finish_reason=reply.finish_reason, usage=plain_usage(reply.usage),
+            latency=round(reply.latency, 6), raw=reply.raw, endpoint=endpoint, final=final,
+        )
+        parsed = None
         if final:
-            result = _loggable(self.parser(reply.text))
-            events.append(Parsed(
+            result = loggable_result(self.parser(reply.text))
+            parsed = Parsed(
                 item_id=work.item.id, sample=work.sample, turn=turn, parser=self.parser.spec,
                 parser_version=self.parser.version, ok=result.ok, value=result.value, error=result.error,
-            ))
+            )
+        events = reply_events(response, parsed)
         await self.writer.append_many_async(events)
-        progress = self.progress
-        if reply.usage:
-            progress.prompt_tokens += reply.usage["prompt_tokens"]
-            progress.completion_tokens += reply.usage["completion_tokens"]
+        progress, usage = self.progress, events[0].usage
+        if usage is not None:
+            progress.prompt_tokens += usage.prompt_tokens
+            progress.completion_tokens += usage.completion_tokens
         if progress.first_reply is None:
-            progress.first_reply = (body, reply.text)
-
-
-def _loggable_raw(raw: dict[str, Any]) -> dict[str, Any] | None:
-    """The reply's JSON as received, unless MessagePack cannot hold it (an integer over 64
-    bits): then the text, usage and finish reason are kept, the raw body is not."""
-    try:
-        _probe(raw)
-        return raw
-    except (TypeError, msgspec.EncodeError, OverflowError):
-        return None
-
-
-def _loggable(result: ParseResult) -> ParseResult:
-    """A user parser may return anything; the log takes only plain data."""
-    try:
-        _probe(result.value)
-        return result
-    except (TypeError, msgspec.EncodeError, OverflowError):
-        return ParseResult(False, None, f"parser returned a {type(result.value).__name__}, not plain data")
+            progress.first_reply = (body, events[0].text)

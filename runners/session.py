@@ -430,7 +430,7 @@ class Session:
         names = {simulator.base_url: "embedded-simulator"} if simulator else {u: u for u in urls}
         pool = Pool([Endpoint(u, make_clients(u, self.prepared.api_key, config.timeout, config.concurrency),
                               AdaptiveLimit(config.concurrency)) for u in urls], config.give_up_after)
-        self.engine = Engine(config, self.writer, pool, self.prepared.parser, (self.prepared.api_key,),
+        self.engine = Engine(config, self.writer, pool, self.prepared.parser, _secrets(self.prepared.api_key, config),
                              RateLimits(config.rpm, config.tpm), names=names)
         for endpoint in pool.endpoints:
             endpoint.breaker = Breaker(Pool.watch(endpoint.url, self.engine.breaker_changed))
@@ -538,13 +538,16 @@ async def _tick(progress: Progress, on_tick: Callable[[Progress], None]) -> None
 
 
 def _install_interrupts(engine: Engine) -> Callable[[], None]:
-    """First Ctrl-C (or SIGTERM): stop scheduling, drain. Second: exit at once (130)."""
+    """First Ctrl-C (or SIGTERM): stop scheduling; what waits is cancelled, requests in flight
+    get ``GRACE`` seconds. Second: cancel everything now. Either way the session then closes
+    normally (the log ends with ``session_ended``), and the CLI exits 130."""
     loop = asyncio.get_running_loop()
 
     def handler() -> None:
         if engine.progress.stopping:
-            os._exit(130)
-        engine.stop()
+            engine.abort()
+        else:
+            engine.stop()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, handler)
@@ -554,3 +557,10 @@ def _install_interrupts(engine: Engine) -> Callable[[], None]:
             loop.remove_signal_handler(sig)
 
     return remove
+
+
+_PLACEHOLDER_KEYS = frozenset({"sk-simulator", "EMPTY"})  # not secrets: redacting them would edit replies
+
+
+def _secrets(api_key: str, config: RunConfig) -> tuple[str, ...]:
+    return () if config.embedded or api_key in _PLACEHOLDER_KEYS else (api_key,)

@@ -9,7 +9,9 @@ datasets with known answers score 100% on the simulator.
 Faults are drawn per request from a seeded RNG: 429 with ``Retry-After``, 500, a hang past
 the client's timeout, a dropped connection and a malformed body, each with its own rate.
 Every request is logged (one JSON line: time, item key if sent, outcome) so tests can count
-what was sent and what was paid for.
+what was sent and what was paid for. The key is the ``x-ledger-key`` header with the item
+id decoded (the client percent-encodes it so that any id is a valid header value): the log
+says ``café/0/0``, as the run's events name the item.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import msgspec
 import uvicorn
@@ -30,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["SimConfig", "Simulator", "build_app", "reply_text"]
+__all__ = ["SimConfig", "Simulator", "build_app", "reply_text", "ledger_key"]
 
 _json = msgspec.json.Encoder()
 
@@ -108,7 +111,7 @@ def build_app(config: SimConfig) -> tuple[Starlette, _State]:
 async def _chat(state: _State, request: Request) -> Response:
     config = state.config
     body = msgspec.json.decode(await request.body())
-    key = request.headers.get("x-ledger-key", "")
+    key = ledger_key(request.headers.get("x-ledger-key", ""))
     outcome = "down" if config.down else _over_capacity(state) or _draw_fault(state)
     _log(state, key, outcome)
     if config.latency or config.latency_jitter:
@@ -132,6 +135,14 @@ async def _chat(state: _State, request: Request) -> Response:
         case "malformed":
             return Response(b'{"choices": [ {"message": ', media_type="application/json")
     return Response(_json.encode(_completion(config, body)), media_type="application/json")
+
+
+def ledger_key(header: str) -> str:
+    """``ID/SAMPLE/TURN`` from the header's ``QUOTED-ID/SAMPLE/TURN`` (any id, ``/`` included)."""
+    parts = header.rsplit("/", 2)
+    if len(parts) != 3:
+        return header
+    return f"{unquote(parts[0])}/{parts[1]}/{parts[2]}"
 
 
 def _over_capacity(state: _State) -> str:

@@ -116,6 +116,7 @@ class Failed(ItemEvent, frozen=True, kw_only=True, tag="failed"):
     retryable: bool = False
     final: bool = False
     endpoint: str = ""
+    expected: Any = None  # for an item failed before any request (--max-context): it still scores
 
 
 class SessionEnded(EventBase, frozen=True, kw_only=True, tag="session_ended"):

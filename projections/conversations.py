@@ -135,7 +135,8 @@ def _failed(state: ConversationState, event: Failed, _: Any) -> tuple[str, bytes
     if conv is None:
         if not event.final or key in state.failed:
             return None
-        conv = state.open[key] = Conversation(item_id=event.item_id, sample=event.sample, model=state.model)
+        conv = state.open[key] = Conversation(item_id=event.item_id, sample=event.sample, model=state.model,
+                                              expected=event.expected)
     error = failure_text(event)
     conv.errors.append(error)
     if not event.final:

@@ -305,7 +305,7 @@ def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
         if not event.final or key in state.failed:
             return None
         # refused before any request (--max-context)
-        row = state.open[key] = OpenRow(event.item_id, event.sample, state.model)
+        row = state.open[key] = OpenRow(event.item_id, event.sample, state.model, event.expected)
     row.error = failure_text(event)
     if not event.final:
         state.totals.retries += 1

@@ -206,6 +206,7 @@ class Engine:
             self.writer.submit([Failed(
                 item_id=work.item.id, sample=work.sample, turn=cursor.turn, attempt=max(1, cursor.attempt),
                 error_type="internal", message=message, retryable=False, final=True, endpoint=cursor.endpoint,
+                expected=work.item.expected,
             )])
         except LogError as log_error:
             self._fatal(log_error)
@@ -218,7 +219,7 @@ class Engine:
             return False
         self.writer.submit([Failed(
             item_id=work.item.id, sample=work.sample, turn=turn, attempt=work.attempts,
-            error_type="context_overflow", final=True, retryable=False,
+            error_type="context_overflow", final=True, retryable=False, expected=work.item.expected,
             message=f"conversation needs ~{need} tokens (with max_tokens), over --max-context {limit}; not sent",
         )])
         self.progress.failed += 1

@@ -108,6 +108,11 @@ def test_clean_finish_and_finish_with_failures_agree(tmp_path):
     assert failing.returncode == 1, failing.stdout + failing.stderr
     info = assert_agree(runs, "failing", "completed, 3 failed")
     assert (info["status"], info["done"], info["failed"], info["pending"]) == ("completed_with_failures", 17, 3, 0)
+    # the 3 unsent items have an expected answer: they count as wrong, not as unscored
+    summary = json.loads((runs / "failing" / "summary.json").read_bytes())
+    assert (summary["scored"], summary["correct"], info["accuracy"]) == (20, 17, 17 / 20)
+    rows = [json.loads(line) for line in (runs / "failing" / "responses.jsonl").read_bytes().splitlines()]
+    assert sorted((r["item_id"], r["correct"]) for r in rows if r["error"]) == sorted((f"q{i}", False) for i in LONG)
 
     shutil.rmtree(runs / "failing" / "index.lmdb")  # no index: the same from a replay
     info = assert_agree(runs, "failing", "completed, 3 failed")

@@ -108,3 +108,31 @@ class LogClosedError(LogError):
 
 class IndexError_(LedgerError):
     """The LMDB index could not be opened, caught up or rebuilt."""
+
+
+# -- storage layer (fix-log) ----------------------------------------------------------------
+
+
+class StorageError(LedgerError):
+    """A file of the run could not be written or created: no space left, an I/O error, a
+    quota. Exit 1: nothing acknowledged is lost, and the run resumes once the cause is gone.
+    (No permission or a read-only file system is LogAccessError, exit 2: configuration.)"""
+
+    def __init__(self, path: str, exc: OSError, doing: str = "cannot write") -> None:
+        super().__init__(f"{path}: {doing}: {exc.strerror or exc}")
+        self.path = path
+        self.errno = exc.errno
+
+
+class LogNotSoundError(CorruptLogError):
+    """A writer was about to append to a log that is damaged before its end: refused, so that
+    nothing new lands behind a corrupt frame (repair first)."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(path, offset, reason)
+        self.args = (f"{path}: corrupt frame at byte offset {offset}: {reason}; nothing was appended: "
+                     f"run `ledger verify --repair` first (it keeps every frame it can read and saves "
+                     f"the damaged bytes beside the log), then resume",)
+
+    def __str__(self) -> str:
+        return self.args[0]

@@ -132,6 +132,11 @@ class LogWriter:
         return self._end
 
     @property
+    def dead(self) -> BaseException | None:
+        """The write error that killed this writer, if one did (it appends nothing more)."""
+        return self._dead
+
+    @property
     def last_seq(self) -> int:
         return self._next_seq - 1
 

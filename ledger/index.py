@@ -498,6 +498,14 @@ def _apply_event(txn, items, meta, cache, counts, offset: int, event: Event) -> 
             _apply_item(txn, items, cache, counts, offset, event)
 
 
+def _starts_an_item(event: Event) -> bool:
+    """What can be an item's first event: a request, or a final failure refused before any
+    request (--max-context). A reply or parse of an item whose request is not in the log
+    (lost with a damaged frame, then repaired) does not make it done: the projections could
+    not show it (no prompt, no expected), so resume runs it again, as the folds see it."""
+    return isinstance(event, Started) or (isinstance(event, Failed) and event.final)
+
+
 def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
     key = item_key(event.item_id, event.sample)
     value = cache.get(key)
@@ -506,8 +514,10 @@ def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
         if raw:
             old = _unpack(raw)
             value = [old.state, old.attempts, old.turn, old.offset, old.seq, event.item_id]
-        else:
+        elif _starts_an_item(event):
             value = [PENDING, 0, -1, 0, 0, event.item_id]
+        else:  # its start was lost (a repaired log): like the folds, the item never started
+            return
         cache[key] = value
     before = value[0]
     match event:

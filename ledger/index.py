@@ -157,7 +157,7 @@ class RunIndex:
             raise LogNotSoundError(exc.path, exc.offset, exc.reason) from exc
         except lmdb.Error as exc:
             index.close()
-            raise IndexError_(f"{path}: index cannot be brought up to date: {exc}") from exc
+            raise IndexError_(f"{path}: index cannot be brought up to date: {_cause(exc, path)}") from exc
         except BaseException:
             index.close()
             raise
@@ -203,13 +203,13 @@ class RunIndex:
         try:
             index = cls(path, _env(path, readonly=False), readonly=False, log_path=log_path)
         except lmdb.Error as exc:
-            raise IndexError_(f"{path}: index cannot be created: {exc}") from exc
+            raise IndexError_(f"{path}: index cannot be created: {_cause(exc, path)}") from exc
         try:
             with index._env.begin(write=True) as txn:
                 txn.put(b"format", FORMAT, db=index._meta)
         except lmdb.Error as exc:
             index.close()
-            raise IndexError_(f"{path}: index cannot be created: {exc}") from exc
+            raise IndexError_(f"{path}: index cannot be created: {_cause(exc, path)}") from exc
         return index
 
     def _current_format(self) -> bool:
@@ -300,7 +300,7 @@ class RunIndex:
         except (lmdb.Error, OSError, _OutOfOrder) as exc:
             self.stale = exc
             raise IndexError_(f"{self.path}: index could not apply the log from offset {frames[0].offset}: "
-                              f"{getattr(exc, 'strerror', None) or exc}; the next session rebuilds it") from exc
+                              f"{_cause(exc, self.path)}; the next session brings it up to date") from exc
 
     def _apply_retrying(self, log_fd: int, frames: Sequence[Frame]) -> None:
         while True:
@@ -358,6 +358,20 @@ class RunIndex:
         except lmdb.MapResizedError:
             self._env.set_mapsize(0)  # adopt the size another process grew it to
             return self._env.begin()
+
+
+def _cause(exc: BaseException, path: str) -> str:
+    """What went wrong, said once: LMDB reports a full disk as whatever its short write
+    became (sometimes EIO), so a file system with (almost) no space left is named as such."""
+    text = getattr(exc, "strerror", None) or str(exc)
+    text = text.removeprefix(f"{path}: ")
+    try:
+        st = os.statvfs(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+    except OSError:
+        return text
+    if st.f_bavail * st.f_frsize < _LOCK_BYTES and "No space" not in text:
+        return f"No space left on device ({text})"
+    return text
 
 
 class _OutOfOrder(Exception):

@@ -438,25 +438,42 @@ class Session:
             try:
                 self.projector.close()
             except OSError as exc:
-                error = error or ProjectionError(f"projections stopped: {os_error(exc.filename or self.paths.dir, exc)}; "
+                error = error or ProjectionError(f"projections stopped: {_described(exc, self.paths)}; "
                                                  f"the log is complete: fix the cause, then `ledger resume`")
             self.index.close()
         if died_before:
             raise self.writer.dead  # type: ignore[misc]  # the same error the producers got
         if self.projection_error is not None:
-            raise ProjectionError(f"projections stopped: {self.projection_error}; the log is complete: "
-                                  f"fix the cause, then `ledger resume` or `ledger replay --rebuild`") from self.projection_error
+            raise ProjectionError(f"projections stopped: {_described(self.projection_error, self.paths)}; the log is "
+                                  f"complete: fix the cause, then `ledger resume` or `ledger replay --rebuild`") from self.projection_error
         if self.index_error is not None:
             raise self.index_error
         if error is not None:
             raise error
 
 
+def _described(exc: BaseException, paths: RunPaths) -> str:
+    """An OSError as "path: what: cause". A write to an open file carries no file name: then
+    the projections' directory whose file system is full is named (else the run's)."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    path = exc.filename or next((d for d in (paths.conversations, paths.dir) if _full(d)), paths.dir)
+    return str(os_error(path, exc))
+
+
+def _full(directory: str) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 << 10
+
+
 def _open_projector(paths: RunPaths) -> Projector:
     try:
         return Projector.open(paths)
     except OSError as exc:  # a full disk under the projections at start-up
-        raise ProjectionError(f"projections cannot be opened: {os_error(exc.filename or paths.dir, exc)}; "
+        raise ProjectionError(f"projections cannot be opened: {_described(exc, paths)}; "
                               f"the log is complete: fix the cause, then `ledger resume`") from exc
 
 

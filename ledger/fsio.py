@@ -16,14 +16,14 @@ __all__ = ["fsync_dir", "write_durable", "write_atomic", "os_error", "preallocat
 
 # Refusals that are configuration (exit 2); anything else -- ENOSPC, EDQUOT, EIO -- is the
 # disk failing under us (exit 1, resumable).
-_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG)
+_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ENOENT)
 
 
 def os_error(path: str, exc: OSError, doing: str = "cannot write") -> LedgerError:
     """The one-line error for an OSError on ``path``: the path, what failed, the cause."""
     if exc.errno in _ACCESS:
         return LogAccessError(path, exc)
-    return StorageError(getattr(exc, "filename", None) or path, exc, doing)
+    return StorageError(path, exc, doing)
 
 
 def preallocate(path: str, size: int) -> None:

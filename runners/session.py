@@ -211,7 +211,12 @@ class Session:
         self.prepared = prepared
         self.paths = prepared.paths
         created = self._make_run_dir()
-        self.writer = LogWriter.open(self.paths.log)
+        try:
+            self.writer = LogWriter.open(self.paths.log)
+        except BaseException:
+            if created:  # nothing of the run exists: leave nothing behind
+                shutil.rmtree(self.paths.dir, ignore_errors=True)
+            raise
         try:
             if not prepared.resume:
                 self._append_run_started()
@@ -420,9 +425,11 @@ class Session:
 
     def close(self, reason: str) -> None:
         """End the session: make everything durable, finish projections, release the lock.
+
         A writer that died of a write error gets no session_ended (the log is as the error
-        left it; the next session recovers it) and its error is the one raised. Errors are one line each: the first one
-        met is raised (a projection or index error comes with what to do)."""
+        left it; the next session recovers it) and its error is the one raised. Otherwise one
+        error is raised, the most telling first: projections, index, then anything met here
+        (each one line, saying what to do)."""
         error: BaseException | None = None
         died_before = self.writer.dead is not None  # its error is already on its way up
         try:

@@ -14,7 +14,7 @@ import asyncio
 
 import pytest
 
-from ledger.errors import LedgerError, LogAccessError, LogError
+from ledger.errors import LedgerError, LogError
 from ledger.events import Parsed, Response, Started
 from ledger.maintenance import verify_log
 from ledger.reader import iter_events

@@ -65,7 +65,7 @@ import msgspec
 from .errors import CorruptLogError, IndexError_, LogNotSoundError
 from .events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from .framing import FRAME_HEAD_SIZE, HEADER_SIZE, Frame
-from .fsio import preallocate
+from .fsio import os_error, preallocate
 from .reader import iter_frames, log_end
 
 __all__ = ["RunIndex", "ItemState", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "item_key"]
@@ -159,6 +159,9 @@ class RunIndex:
         except lmdb.Error as exc:
             index.close()
             raise IndexError_(f"{path}: index cannot be brought up to date: {_cause(exc, path)}") from exc
+        except OSError as exc:  # reading the log failed (EIO ...)
+            index.close()
+            raise os_error(log_path, exc, "cannot read") from exc
         except BaseException:
             index.close()
             raise

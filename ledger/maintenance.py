@@ -23,7 +23,7 @@ import msgspec
 
 from .events import encode_many
 from .framing import encode_frame
-from .fsio import fsync_dir
+from .fsio import fsync_dir, os_error
 from .layout import RunPaths
 from .lock import RunLock
 from .recovery import VerifyReport, broken_path, cut_tail, salvage, verify
@@ -48,31 +48,40 @@ def verify_log(path: str) -> VerifyReport:
 
 
 def repair_log(path: str) -> RepairReport:
+    """Repair under the run's lock; an OSError (a full disk for the copy ...) is one line,
+    and leaves the log as it was."""
     lock = RunLock.acquire(f"{path}.lock")
     try:
-        report = verify_log(path)
-        kept, last_seq = _prefix(report)
-        if not report.problems or not _anything_after(path, report, last_seq):
-            fd = os.open(path, os.O_RDWR)
-            try:
-                saved, dropped = cut_tail(fd, path, report.end)
-            finally:
-                os.close(fd)
-            return RepairReport(report.end, kept, dropped, saved)
-        tmp = f"{path}.repair.{os.getpid()}"
-        try:
-            salvaged, size = _write_repaired(path, tmp, report, last_seq)
-            saved = _save_cut(path, report.end, report.size)
-            os.replace(tmp, path)
-            fsync_dir(os.path.dirname(os.path.abspath(path)))
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        _forget_checkpoint(path)
-        dropped = report.size - size
-        return RepairReport(size, kept + salvaged, dropped, saved, salvaged, last_seq + 1)
+        return _repair(path)
+    except OSError as exc:
+        raise os_error(path, exc, "cannot repair") from exc
     finally:
         lock.release()
+
+
+def _repair(path: str) -> RepairReport:
+    """Keep every readable frame (the module docstring); the lock is held by the caller."""
+    report = verify_log(path)
+    kept, last_seq = _prefix(report)
+    if not report.problems or not _anything_after(path, report, last_seq):
+        fd = os.open(path, os.O_RDWR)
+        try:
+            saved, dropped = cut_tail(fd, path, report.end)
+        finally:
+            os.close(fd)
+        return RepairReport(report.end, kept, dropped, saved)
+    tmp = f"{path}.repair.{os.getpid()}"
+    try:
+        salvaged, size = _write_repaired(path, tmp, report, last_seq)
+        saved = _save_cut(path, report.end, report.size)
+        os.replace(tmp, path)
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _forget_checkpoint(path)
+    dropped = report.size - size
+    return RepairReport(size, kept + salvaged, dropped, saved, salvaged, last_seq + 1)
 
 
 def _prefix(report: VerifyReport) -> tuple[int, int]:
@@ -132,13 +141,18 @@ def _save_cut(path: str, start: int, end: int) -> str:
     log is replaced (streamed: the damaged part may be large)."""
     saved = broken_path(path)
     tmp = f"{saved}.tmp.{os.getpid()}"
-    with open(path, "rb", buffering=0) as src:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            _copy(src.fileno(), out, start, end)
-            os.fsync(out)
-        finally:
-            os.close(out)
+    try:
+        with open(path, "rb", buffering=0) as src:
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                _copy(src.fileno(), out, start, end)
+                os.fsync(out)
+            finally:
+                os.close(out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     os.replace(tmp, saved)
     fsync_dir(os.path.dirname(os.path.abspath(saved)))
     return saved

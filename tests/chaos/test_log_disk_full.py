@@ -102,3 +102,36 @@ def test_a_full_disk_at_any_moment_is_one_line_and_resume_completes(tmp_path, ca
         assert check_projections(run, tmp_path / "scratch", repair=False) == []
         summary = json.loads((run / "summary.json").read_bytes())
         assert summary["status"] == "completed" and summary["counts"]["done"] == N, summary["counts"]
+
+
+def test_repair_on_a_full_disk_is_one_line_and_changes_nothing(tmp_path):
+    """`verify --repair` writes a copy of the log and of the damaged bytes: on a full disk it
+    says so in one line and leaves the log as it was; with space, it repairs."""
+    from ledger.events import Response, RunStarted, Started
+    from ledger.reader import iter_frames
+    from ledger.writer import LogWriter
+
+    runs = tmp_path / "runs"
+    with tmpfs(runs, "1m"):
+        log = runs / "r" / "events.log"
+        log.parent.mkdir()
+        with LogWriter.open(str(log)) as writer:
+            writer.append(RunStarted(run_id="r", items=200))
+            for i in range(200):
+                writer.append_many([Started(item_id=f"q{i}", request={"p": "x" * 300}), Response(item_id=f"q{i}", text="y" * 300)])
+        middle = list(iter_frames(str(log)))[50]
+        with open(log, "r+b") as f:
+            f.seek(middle.offset + 40)
+            f.write(b"\xff\xff")
+        damaged = log.read_bytes()
+        fill(runs, 4)
+        r = run_cli("verify", "r", "--repair", "--runs-dir", str(runs), cwd=tmp_path)
+        lines = [line for line in r.stderr.splitlines() if line.strip() and "corrupt frame" not in line]
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert len(lines) == 1 and "No space left on device" in lines[0] and str(log) in lines[0], r.stderr
+        assert log.read_bytes() == damaged
+        assert sorted(p.name for p in log.parent.iterdir()) == ["events.log", "events.log.lock"], "temp files left behind"
+        grow(runs)
+        r = run_cli("verify", "r", "--repair", "--runs-dir", str(runs), cwd=tmp_path)
+        assert r.returncode == 0 and "salvaged" in r.stdout, r
+        assert run_cli("verify", "r", "--runs-dir", str(runs), cwd=tmp_path).returncode == 0

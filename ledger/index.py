@@ -68,7 +68,7 @@ from .framing import FRAME_HEAD_SIZE, HEADER_SIZE, Frame
 from .fsio import os_error, preallocate
 from .reader import iter_frames, log_end
 
-__all__ = ["RunIndex", "ItemState", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "item_key"]
+__all__ = ["RunIndex", "ItemState", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "item_key", "next_state"]
 
 PENDING, IN_FLIGHT, DONE, FAILED = 0, 1, 2, 3
 STATE_NAMES = ("pending", "in_flight", "done", "failed")
@@ -516,12 +516,28 @@ def _apply_event(txn, items, meta, cache, counts, offset: int, event: Event) -> 
             _apply_item(txn, items, cache, counts, offset, event)
 
 
-def _starts_an_item(event: Event) -> bool:
-    """What can be an item's first event: a request, or a final failure refused before any
-    request (--max-context). A reply or parse of an item whose request is not in the log
-    (lost with a damaged frame, then repaired) does not make it done: the projections could
-    not show it (no prompt, no expected), so resume runs it again, as the folds see it."""
-    return isinstance(event, Started) or (isinstance(event, Failed) and event.final)
+def next_state(state: int | None, event: Event) -> int | None:
+    """An item's state after one of its events -- the lifecycle, decided once (every reader
+    that folds item events should call this). ``state`` None: the item has no record yet.
+
+    An item's first event is a request, or a final failure refused before any request
+    (--max-context). A reply or parse of an item whose request is not in the log (lost with
+    a damaged frame, then repaired) leaves it without a record (None): the projections
+    could not show it (no prompt, no expected), so resume runs it again, as the folds do."""
+    if state is None:
+        if not (isinstance(event, Started) or (isinstance(event, Failed) and event.final)):
+            return None
+        state = PENDING
+    match event:
+        case Started():
+            return IN_FLIGHT
+        case Response():
+            return DONE if state == DONE else IN_FLIGHT
+        case Parsed():
+            return DONE
+        case Failed(final=final):
+            return DONE if state == DONE else (FAILED if final else IN_FLIGHT)
+    return state
 
 
 def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
@@ -532,22 +548,17 @@ def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
         if raw:
             old = _unpack(raw)
             value = [old.state, old.attempts, old.turn, old.offset, old.seq, event.item_id]
-        elif _starts_an_item(event):
-            value = [PENDING, 0, -1, 0, 0, event.item_id]
-        else:  # its start was lost (a repaired log): like the folds, the item never started
+        elif next_state(None, event) is None:  # its request was lost (a repaired log)
             return
+        else:
+            value = [PENDING, 0, -1, 0, 0, event.item_id]
         cache[key] = value
     before = value[0]
-    match event:
-        case Started():
-            value[0], value[1] = IN_FLIGHT, value[1] + 1
-        case Response(turn=turn):
-            value[0], value[2] = (IN_FLIGHT if value[0] != DONE else DONE), max(value[2], turn)
-        case Parsed():
-            value[0] = DONE
-        case Failed(final=final):
-            if value[0] != DONE:
-                value[0] = FAILED if final else IN_FLIGHT
+    value[0] = next_state(before, event)
+    if isinstance(event, Started):
+        value[1] += 1
+    elif isinstance(event, Response):
+        value[2] = max(value[2], event.turn)
     value[3], value[4] = offset, event.seq
     if value[0] != before:
         counts[before] = counts.get(before, 0) - (before != PENDING)

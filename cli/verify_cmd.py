@@ -16,7 +16,7 @@ from .common import RunsDir, err, handled, out
 @app.command("verify")
 def verify(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    repair: Annotated[bool, typer.Option("--repair", help="Keep what precedes the first bad frame; save the rest beside the log.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Keep every frame that can be read (those after the damage renumbered); save the damaged bytes beside the log.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Check every frame of the log; exit 1 if any is damaged (0 after a repair)."""
@@ -36,3 +36,6 @@ def verify(
             f"repaired: kept {fixed.kept_events} events ({fixed.kept_bytes} bytes); "
             f"dropped {fixed.dropped_bytes} bytes, saved to {fixed.saved_to}"
         )
+        if fixed.salvaged_events:
+            out.print(f"salvaged {fixed.salvaged_events} events after the damage (now seq {fixed.renumbered_from} "
+                      f"onwards); the events of the damaged frames are lost: `ledger resume` runs their items again")

@@ -10,11 +10,14 @@ catch ``LedgerError`` alone and map it to an exit code::
     +-- LogError                     1  the event log cannot be used as asked
     |   +-- LogFormatError           2  not a ledger log, or a format version we cannot read
     |   +-- CorruptLogError          1  a damaged frame before the tail (carries .offset)
+    |   |   +-- LogNotSoundError     1  a writer refused to append behind a damaged frame
     |   +-- LogLockedError           2  another process holds the run (carries .pid)
     |   +-- LogAccessError           2  the log or its lock cannot be opened for writing
     |   +-- LogWriteError            1  a write or fsync failed; the writer is dead
     |   +-- LogClosedError           1  append after close or after a fatal write error
     +-- IndexError_                  1  the LMDB index could not be opened or rebuilt
+    +-- StorageError                 1  a run's file could not be written (disk full, I/O error)
+    +-- OutputError                  1  a file the user asked for could not be written
 
 Messages never contain secrets: the runner redacts before raising.
 """
@@ -33,6 +36,9 @@ __all__ = [
     "LogWriteError",
     "LogClosedError",
     "IndexError_",
+    "StorageError",
+    "LogNotSoundError",
+    "OutputError",
 ]
 
 
@@ -110,8 +116,29 @@ class IndexError_(LedgerError):
     """The LMDB index could not be opened, caught up or rebuilt."""
 
 
-# -- outputs (export -o, compare -o) ----------------------------------------------------------
-#    +-- OutputError                  1  a file the user asked for could not be written
+class StorageError(LedgerError):
+    """A file of the run could not be written or created: no space left, an I/O error, a
+    quota. Exit 1: nothing acknowledged is lost, and the run resumes once the cause is gone.
+    (No permission or a read-only file system is LogAccessError, exit 2: configuration.)"""
+
+    def __init__(self, path: str, exc: OSError, doing: str = "cannot write") -> None:
+        super().__init__(f"{path}: {doing}: {exc.strerror or exc}")
+        self.path = path
+        self.errno = exc.errno
+
+
+class LogNotSoundError(CorruptLogError):
+    """A writer was about to append to a log that is damaged before its end: refused, so that
+    nothing new lands behind a corrupt frame (repair first)."""
+
+    def __init__(self, path: str, offset: int, reason: str) -> None:
+        super().__init__(path, offset, reason)
+        self.args = (f"{path}: corrupt frame at byte offset {offset}: {reason}; nothing was appended: "
+                     f"run `ledger verify --repair` first (it keeps every frame it can read and saves "
+                     f"the damaged bytes beside the log), then resume",)
+
+    def __str__(self) -> str:
+        return self.args[0]
 
 
 class OutputError(LedgerError):
@@ -122,5 +149,3 @@ class OutputError(LedgerError):
         super().__init__(f"cannot write {path}: {reason}")
         self.path = path
 
-
-__all__.append("OutputError")

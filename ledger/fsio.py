@@ -7,9 +7,40 @@ layer creates goes through here.
 
 from __future__ import annotations
 
+import errno
 import os
 
-__all__ = ["fsync_dir", "write_durable", "write_atomic"]
+from .errors import LedgerError, LogAccessError, StorageError
+
+__all__ = ["fsync_dir", "write_durable", "write_atomic", "os_error", "preallocate"]
+
+# Refusals that are configuration (exit 2); anything else -- ENOSPC, EDQUOT, EIO -- is the
+# disk failing under us (exit 1, resumable).
+_ACCESS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ENOENT)
+
+
+def os_error(path: str, exc: OSError, doing: str = "cannot write") -> LedgerError:
+    """The one-line error for an OSError on ``path``: the path, what failed, the cause."""
+    if exc.errno in _ACCESS:
+        return LogAccessError(path, exc)
+    return StorageError(path, exc, doing)
+
+
+def preallocate(path: str, size: int) -> None:
+    """Make sure the first ``size`` bytes of ``path`` (created if missing) have disk blocks.
+
+    A file that is extended with ftruncate and then written through a memory map (LMDB's
+    lock.mdb) has no blocks behind it: on a full disk the first store kills the process
+    with SIGBUS. Allocated beforehand, the same full disk is an OSError (ENOSPC) here.
+    Bytes already in the file are kept (posix_fallocate never overwrites data)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        st = os.fstat(fd)
+        size = max(size, st.st_size)
+        if st.st_blocks * 512 < size:
+            os.posix_fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: str) -> None:

@@ -1,7 +1,7 @@
 """Where a run's files live. One place, so no module spells a path twice.
 
-    <runs_dir>/<run_id>/events.log        the log (the truth)
-    <runs_dir>/<run_id>/events.log.lock   the writer's lock, holding its pid
+    <runs_dir>/<run_id>/events.log        the log (the truth); its writer holds a flock on it
+    <runs_dir>/<run_id>/events.log.lock   a note naming the writer's pid (lock.py: not the lock)
     <runs_dir>/<run_id>/events.log.broken bytes cut off by recovery or repair
     <runs_dir>/<run_id>/index.lmdb/       the derived LMDB index
     <runs_dir>/<run_id>/responses.jsonl   projections (see the projections package)

@@ -1,7 +1,18 @@
-"""One writer per run: an exclusive ``flock`` on ``events.log.lock`` holding the owner's pid.
+"""One writer per run: an exclusive ``flock`` on the log file itself.
 
-flock locks die with their process (``kill -9`` included), so a crashed run never leaves a
-stale lock: the pid in the file is only there to name the holder in the error message.
+What is locked is the log's own inode, not a separate lock file: a lock file can be
+deleted under a live run (a temp cleaner, a user's ``rm``), and the next process would
+create a new one, lock it and append to the same log -- two writers. The log cannot be
+replaced under its writer without the writer's knowledge: after taking the lock we check
+that the inode we locked is still the one at the path (a repair renames a rewritten log
+into place; a process that locked the old inode retries on the new one).
+
+``events.log.lock`` survives only as a note naming the holder's pid, for the error message
+(``holder_pid``); it is written best-effort (a full disk must not stop the lock) and its
+absence changes nothing. flock locks die with their process (``kill -9`` included), so a
+crashed run never leaves a stale lock.
+
+Callers name the lock by its note's path (``<log>.lock``), as they always have.
 """
 
 from __future__ import annotations
@@ -12,11 +23,16 @@ import time
 
 from .errors import LogAccessError, LogLockedError
 
-__all__ = ["RunLock", "holder_pid", "is_locked"]
+__all__ = ["RunLock", "holder_pid", "is_locked", "locked_path"]
 
 # A reader's is_locked() takes a shared lock for an instant; a writer retries this often
 # (10 ms apart) before concluding that another writer really holds the run.
 _TRIES = 20
+
+
+def locked_path(lock_path: str) -> str:
+    """The file whose inode is locked for the lock named ``lock_path``: the log."""
+    return lock_path.removesuffix(".lock")
 
 
 class RunLock:
@@ -26,28 +42,68 @@ class RunLock:
 
     @classmethod
     def acquire(cls, path: str) -> "RunLock":
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:  # a read-only run directory, file system ...
-            raise LogAccessError(path, exc) from exc
-        for attempt in range(_TRIES):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt == _TRIES - 1:
-                    os.close(fd)
-                    raise LogLockedError(path.removesuffix(".lock"), holder_pid(path)) from None
-                time.sleep(0.01)  # maybe a reader's is_locked() probe, held for microseconds
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        return cls(path, fd)
+        """Lock the log of the lock note ``path`` (the log must exist)."""
+        target = locked_path(path)
+        for _ in range(100):  # each round: the file at the path was replaced meanwhile
+            fd = _open(target)
+            _lock(fd, target, path)
+            if _same_file(fd, target):
+                _note_pid(path)
+                return cls(path, fd)
+            os.close(fd)
+        raise LogLockedError(target, None)
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
+
+
+def _open(target: str) -> int:
+    """Read-write, though only locked: who takes the lock writes to the run, and a run it
+    cannot write is refused here, before anything is touched."""
+    try:
+        return os.open(target, os.O_RDWR)
+    except OSError as exc:  # no log, no permission ...
+        raise LogAccessError(target, exc) from exc
+
+
+def _lock(fd: int, target: str, note: str) -> None:
+    for attempt in range(_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if attempt == _TRIES - 1:
+                os.close(fd)
+                raise LogLockedError(target, holder_pid(note)) from None
+            time.sleep(0.01)  # maybe a reader's is_locked() probe, held for microseconds
+
+
+def _same_file(fd: int, target: str) -> bool:
+    """Whether the locked descriptor is still the file at ``target`` (not unlinked or
+    replaced between our open and our lock)."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _note_pid(path: str) -> None:
+    """Best effort: the note only names the holder in other processes' error messages."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    except OSError:
+        return
+    try:
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def holder_pid(path: str) -> int | None:
@@ -60,10 +116,11 @@ def holder_pid(path: str) -> int | None:
 
 
 def is_locked(path: str) -> bool:
-    """Whether a live process holds the lock (used by readers to tell live from stopped)."""
+    """Whether a live process holds the lock named ``path`` (readers use it to tell live
+    from stopped)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+        fd = os.open(locked_path(path), os.O_RDONLY)
+    except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

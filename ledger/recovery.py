@@ -10,6 +10,9 @@ The recovery rule is in framing.py's docstring. This module applies it to files:
 * ``cut_tail`` saves the bytes past a given offset beside the log (``events.log.broken``,
   or ``.broken.N`` when that exists) and only then truncates: nothing is destroyed
   without a copy. It is used both for torn tails on open and by ``verify --repair``.
+* ``salvage`` finds the valid frames after a damaged region (frames are self-delimiting:
+  magic, length, CRC, trailer), so that repair keeps every frame it can read, not only
+  those before the first damage (maintenance.py).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ from .framing import (
 )
 from .fsio import fsync_dir, write_durable
 
-__all__ = ["LogEnd", "Problem", "VerifyReport", "locate_end", "verify", "cut_tail", "read_header"]
+__all__ = ["LogEnd", "Problem", "VerifyReport", "locate_end", "verify", "cut_tail", "read_header", "salvage",
+           "broken_path"]
 
 # No frame is larger: a length field above it is damage, not a reason to read gigabytes.
 _LARGEST_FRAME = 1 << 30
@@ -165,6 +169,23 @@ def _resync(f: BinaryIO, offset: int, size: int) -> int:
             return candidate
         offset = candidate + 1
     return size
+
+
+def salvage(f: BinaryIO, start: int, size: int, after_seq: int):
+    """The valid frames in [start, size), in order, skipping damaged bytes: each frame's
+    events must come after every frame kept before it (``after_seq`` is the last seq of
+    what precedes ``start``), so a stale copy or a frame quoted inside a damaged payload is
+    never taken for a later one. Yields Frames (decoded), streaming."""
+    offset = start
+    while offset < size:
+        check = next(iter(_walk(f, offset, size)))[1]
+        frame = check.frame
+        if frame is not None and frame.first_seq > after_seq:
+            yield frame
+            after_seq = frame.first_seq + len(frame.events) - 1
+            offset = frame.end
+        else:
+            offset = _resync(f, offset + 1, size)
 
 
 def broken_path(path: str) -> str:

@@ -20,6 +20,7 @@ recovers it as after a crash.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import queue
 import threading
@@ -29,10 +30,10 @@ from typing import Any
 
 import msgspec
 
-from .errors import LogAccessError, LogClosedError, LogError, LogWriteError
+from .errors import LogClosedError, LogError, LogWriteError
 from .events import Event, EventBase, decode, decode_many, encode, encode_many
 from .framing import MAX_FRAME, Frame, encode_frame, file_header
-from .fsio import fsync_dir
+from .fsio import fsync_dir, os_error
 from .lock import RunLock
 from .recovery import cut_tail, locate_end
 
@@ -101,16 +102,25 @@ class LogWriter:
 
     @classmethod
     def open(cls, path: str) -> "LogWriter":
-        """Lock, create durably if new, cut a torn tail (saved beside the log), start."""
-        lock = RunLock.acquire(f"{path}.lock")
+        """Create durably if new, lock (lock.py), cut a torn tail (saved beside the log),
+        start. Only the tail is checked here: a caller appending to an existing log proves
+        the rest sound first (the session through its index, index.py)."""
         try:
             if not os.path.exists(path):
                 _create(path)
-            fd = os.open(path, os.O_RDWR)
-            recovered = _recover(fd, path)
         except OSError as exc:  # a read-only run directory, a full or failing disk ...
+            raise os_error(path, exc, "cannot create") from exc
+        lock = RunLock.acquire(f"{path}.lock")
+        try:
+            fd = os.open(path, os.O_RDWR)
+            try:
+                recovered = _recover(fd, path)
+            except BaseException:
+                os.close(fd)
+                raise
+        except OSError as exc:
             lock.release()
-            raise LogAccessError(path, exc) from exc
+            raise os_error(path, exc, "cannot open for writing") from exc
         except BaseException:
             lock.release()
             raise
@@ -120,6 +130,11 @@ class LogWriter:
     def end(self) -> int:
         """Offset just past the last durable frame."""
         return self._end
+
+    @property
+    def dead(self) -> BaseException | None:
+        """The write error that killed this writer, if one did (it appends nothing more)."""
+        return self._dead
 
     @property
     def last_seq(self) -> int:
@@ -264,15 +279,32 @@ class LogWriter:
 
 
 def _create(path: str) -> None:
-    tmp = f"{path}.new"
+    """A new log holding its header, made durable before its name appears; linked into
+    place, never renamed over: two processes creating the same run race harmlessly (one
+    link wins, the other finds the log), and a log, once there, is never replaced by a
+    creator under a writer that has locked it."""
+    tmp = f"{path}.new.{os.getpid()}"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        _write_all(fd, file_header())
-        os.fsync(fd)
+        try:
+            _write_all(fd, file_header())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            os.replace(tmp, path)  # a file system without hard links (vfat, some FUSE)
+            fsync_dir(os.path.dirname(os.path.abspath(path)))
+            return
+        fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def _recover(fd: int, path: str) -> Recovered:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import shutil
 import signal
 import socket
 import threading
@@ -30,9 +31,9 @@ from typing import Any
 import msgspec
 
 from ledger import __version__
-from ledger.errors import InputError, LedgerError
+from ledger.errors import IndexError_, InputError, LedgerError
 from ledger.events import RunStarted, SessionEnded, SessionStarted
-from ledger.fsio import fsync_dir
+from ledger.fsio import fsync_dir, os_error
 from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
 from ledger.layout import RunPaths, validate_run_id
 from ledger.reader import iter_events
@@ -296,20 +297,35 @@ class Session:
     """An open run: log writer, index and projector wired together."""
 
     def __init__(self, prepared: Prepared) -> None:
+        """Open the run. A new run's ``run_started`` is the first thing made durable after
+        the log is created, so that a start-up stopped by anything later (a full disk at the
+        index or the projections) leaves a run that `ledger resume` continues; one stopped
+        before it leaves nothing behind (no empty log for resume to reject). For an existing
+        run, the index proves the log sound up to its end before anything is appended
+        (index.py): a log damaged in the middle is refused, never appended to."""
         self.prepared = prepared
         self.paths = prepared.paths
-        if not os.path.isdir(self.paths.dir):
-            os.makedirs(self.paths.dir)
-            fsync_dir(os.path.dirname(os.path.abspath(self.paths.dir)))  # the run's own entry, durably
-        self.writer = LogWriter.open(self.paths.log)
+        created = self._make_run_dir()
         try:
+            self.writer = LogWriter.open(self.paths.log)
+        except BaseException:
+            if created:  # nothing of the run exists: leave nothing behind
+                shutil.rmtree(self.paths.dir, ignore_errors=True)
+            raise
+        try:
+            if not prepared.resume:
+                self._append_run_started()
             self.index = RunIndex.open_for_log(self.paths.index, self.paths.log)
-            self.projector = Projector.open(self.paths)
+            self._opened_end = self.writer.end  # what the plan must be made from
+            self.projector = _open_projector(self.paths)
         except BaseException:
             self.writer.close()
+            if not prepared.resume:
+                _forget_unstarted(self.paths, created)
             raise
         self._frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self.writer.add_listener(self.index.apply)
+        self.index_error: Exception | None = None
+        self.writer.add_listener(self._apply_to_index)
         self.writer.add_listener(self._frames.put)
         self._projecting = threading.Thread(target=self._project, name="ledger-projector", daemon=True)
         self._projecting.start()
@@ -317,6 +333,37 @@ class Session:
         self.found = Found()
         self.projection_error: Exception | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _make_run_dir(self) -> bool:
+        """Create the run's directory durably; True if this session created it."""
+        if os.path.isdir(self.paths.dir):
+            return False
+        try:
+            os.makedirs(self.paths.dir)
+            fsync_dir(os.path.dirname(os.path.abspath(self.paths.dir)))  # the run's own entry, durably
+        except OSError as exc:
+            raise os_error(self.paths.dir, exc, "cannot create the run directory") from exc
+        return True
+
+    def _append_run_started(self) -> None:
+        prepared, info = self.prepared, self.prepared.dataset
+        self.writer.append(RunStarted(
+            run_id=self.paths.run_id, config=prepared.config.to_dict(), dataset=info.path,
+            dataset_sha256=info.sha256, items=_planned_items(info.items, prepared.config.limit), version=__version__,
+        ))
+
+    def _apply_to_index(self, frames: Any) -> None:
+        """The index's commit listener. An index that cannot apply a group (a full disk ...)
+        stops the run with its error: it must never fall silently behind the log (the next
+        session catches it up or rebuilds it)."""
+        try:
+            self.index.apply(frames)
+        except Exception as exc:
+            if self.index_error is None:
+                self.index_error = exc
+                if self.engine is not None and self._loop is not None:
+                    self._loop.call_soon_threadsafe(self.engine.stop, f"error: {exc}")
+            raise
 
     def _project(self) -> None:
         """The projector thread. It wakes at most every ``PROJECT_EVERY`` seconds and applies
@@ -356,24 +403,29 @@ class Session:
     # -- planning ------------------------------------------------------------------------
 
     def begin(self) -> None:
-        prepared = self.prepared
-        if not prepared.resume:
-            info = prepared.dataset
-            self.writer.append(RunStarted(
-                run_id=self.paths.run_id, config=prepared.config.to_dict(), dataset=info.path,
-                dataset_sha256=info.sha256, items=_planned_items(info.items, prepared.config.limit), version=__version__,
-            ))
+        """Mark this process's session in the log (a new run's run_started is already there)."""
         self.writer.append(SessionStarted(pid=os.getpid(), host=socket.gethostname(), version=__version__,
-                                          reason="resume" if prepared.resume else "new", overrides=prepared.overrides))
+                                          reason="resume" if self.prepared.resume else "new",
+                                          overrides=self.prepared.overrides))
 
     def plan(self) -> list[Work] | Iterator[Work]:
-        """The works to send. For a resume, counted up front so that it can be reported."""
+        """The works to send. For a resume, counted up front so that it can be reported.
+        Refuses (IndexError_) to plan from an index that did not apply the whole log as it
+        was when the session opened: a lagging index would re-send durable replies."""
+        self._check_index_level()
         works = self._works()
         if not self.prepared.resume:
             return works
         planned = list(works)
         self.found.to_send = len(planned)
         return planned
+
+    def _check_index_level(self) -> None:
+        applied = self.index.applied()[0]
+        if self.index_error is not None or self.index.stale is not None or applied < self._opened_end:
+            cause = self.index_error or self.index.stale or f"it applied the log up to offset {applied}"
+            raise IndexError_(f"{self.paths.index}: index is behind the log ({cause}); not planning from it: "
+                              f"run `ledger resume` again to rebuild it")
 
     def _works(self) -> Iterator[Work]:
         config, found = self.prepared.config, self.found
@@ -471,18 +523,82 @@ class Session:
         return 1 if counts.get("failed") or counts.get("pending") else 0
 
     def close(self, reason: str) -> None:
-        """End the session: make everything durable, finish projections, release the lock."""
+        """End the session: make everything durable, finish projections, release the lock.
+
+        A writer that died of a write error gets no session_ended (the log is as the error
+        left it; the next session recovers it) and its error is the one raised. Otherwise one
+        error is raised, the most telling first: projections, index, then anything met here
+        (each one line, saying what to do)."""
+        error: BaseException | None = None
+        died_before = self.writer.dead is not None  # its error is already on its way up
         try:
-            self.writer.append(SessionEnded(reason="error" if self.projection_error else reason))
+            if not died_before:
+                failed = self.projection_error or self.index_error
+                self.writer.append(SessionEnded(reason="error" if failed else reason))
+        except LedgerError as exc:
+            error = exc
         finally:
             self.writer.close()
             self._frames.put(None)
             self._projecting.join()
-            self.projector.close()
+            try:
+                self.projector.close()
+            except OSError as exc:
+                error = error or ProjectionError(f"projections stopped: {_described(exc, self.paths)}; "
+                                                 f"the log is complete: fix the cause, then `ledger resume`")
             self.index.close()
+        if died_before:
+            raise self.writer.dead  # type: ignore[misc]  # the same error the producers got
         if self.projection_error is not None:
-            raise ProjectionError(f"projections stopped: {self.projection_error}; the log is complete: "
-                                  f"fix the cause, then `ledger resume` or `ledger replay --rebuild`") from self.projection_error
+            raise ProjectionError(f"projections stopped: {_described(self.projection_error, self.paths)}; the log is "
+                                  f"complete: fix the cause, then `ledger resume` or `ledger replay --rebuild`") from self.projection_error
+        if self.index_error is not None:
+            raise self.index_error
+        if error is not None:
+            raise error
+
+
+def _described(exc: BaseException, paths: RunPaths) -> str:
+    """An OSError as "path: what: cause". A write to an open file carries no file name: then
+    the projections' directory whose file system is full is named (else the run's)."""
+    if not isinstance(exc, OSError):
+        return str(exc)
+    path = exc.filename or next((d for d in (paths.conversations, paths.dir) if _full(d)), paths.dir)
+    return str(os_error(path, exc))
+
+
+def _full(directory: str) -> bool:
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < 64 << 10
+
+
+def _open_projector(paths: RunPaths) -> Projector:
+    try:
+        return Projector.open(paths)
+    except OSError as exc:  # a full disk under the projections at start-up
+        raise ProjectionError(f"projections cannot be opened: {_described(exc, paths)}; "
+                              f"the log is complete: fix the cause, then `ledger resume`") from exc
+
+
+def _forget_unstarted(paths: RunPaths, created: bool) -> None:
+    """A new run whose run_started never became durable holds nothing: remove what this
+    session made, so the run id can simply be run again (resume could not: no config)."""
+    try:
+        if next(iter_events(paths.log), None) is not None:
+            return
+    except LedgerError:
+        return
+    if created:
+        shutil.rmtree(paths.dir, ignore_errors=True)
+        return
+    for path in (paths.log, paths.lock):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
 
 
 def plan_only(prepared: Prepared) -> dict[str, Any]:

@@ -185,7 +185,7 @@ def test_verify_reports_the_offset_of_a_damaged_frame_and_changes_nothing(cli, r
     assert not os.path.exists(str(run) + ".broken")
 
 
-def test_verify_repair_keeps_the_good_prefix_and_saves_the_rest(cli, run):
+def test_verify_repair_keeps_every_readable_frame_and_saves_the_damaged_bytes(cli, run):
     frames = list(iter_frames(str(run)))
     bad = frames[2].offset
     flip(run, frames[2].end - 2)  # the trailer magic
@@ -193,13 +193,17 @@ def test_verify_repair_keeps_the_good_prefix_and_saves_the_rest(cli, run):
     done = cli("verify", "r1", "--repair")
     assert done.returncode == 0, done.stderr
     assert f"corrupt frame at byte offset {bad}" in done.stderr
-    assert f"kept 3 events ({bad} bytes); dropped {len(damaged) - bad} bytes" in done.stdout
+    size = run.stat().st_size
+    assert f"kept 6 events ({size} bytes); dropped {len(damaged) - size} bytes" in done.stdout
+    assert "salvaged 3 events after the damage (now seq 4 onwards)" in done.stdout, done.stdout
     broken = Path(str(run) + ".broken")
     assert broken.read_bytes() == damaged[bad:]
-    assert run.read_bytes() == damaged[:bad]
+    assert run.read_bytes()[:bad] == damaged[:bad]
     again = cli("verify", "r1")
     assert again.returncode == 0 and again.stdout.splitlines()[-1] == "ok"
-    assert [e.seq for e in iter_events(str(run))] == [1, 2, 3]
+    events = list(iter_events(str(run)))
+    assert [e.seq for e in events] == [1, 2, 3, 4, 5, 6]
+    assert [type(e).__name__ for e in events[3:]] == ["Parsed", "Response", "SessionEnded"]  # the lost frame: a Response
 
 
 def test_verify_repair_refuses_while_a_writer_holds_the_run(cli, run):

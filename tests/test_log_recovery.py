@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 
+import msgspec
 import pytest
 
 from ledger.errors import CorruptLogError
@@ -163,21 +164,25 @@ def test_a_flipped_byte_before_the_tail_is_corruption_at_that_frames_offset(tmp_
     assert report.end == bad.offset
     assert report.frames == len(frames) - 1  # every later frame is still found and checked
 
-    fixed = repair_log(log)
-    assert (fixed.kept_bytes, fixed.kept_events) == (bad.offset, len(before))
-    assert fixed.dropped_bytes == len(data) - bad.offset
+    fixed = repair_log(log)  # keeps every frame it can read: those after the damage too, renumbered
+    after = [e for f in frames[frame_no + 1:] for e in f.events]
+    assert (fixed.kept_events, fixed.salvaged_events) == (len(before) + len(after), len(after))
     assert fixed.saved_to == log + ".broken"
     with open(fixed.saved_to, "rb") as f:
         assert f.read() == bytes(damaged[bad.offset :])
     with open(log, "rb") as f:
-        assert f.read() == data[: bad.offset]
-
-    assert list(iter_events(log)) == before
+        repaired = f.read()
+    assert repaired[: bad.offset] == data[: bad.offset] and len(repaired) == fixed.kept_bytes
+    kept = list(iter_events(log))
+    assert kept[: len(before)] == before
+    lost = len(bad.events)
+    assert [msgspec.structs.replace(e, seq=e.seq + lost) for e in kept[len(before):]] == after  # only renumbered
+    assert [e.seq for e in kept] == list(range(1, len(kept) + 1))
     assert verify_log(log).ok
     with LogWriter.open(log) as writer:
         assert writer.recovered.cut_bytes == 0
-        assert writer.append(Started(item_id="resumed")).seq == len(before) + 1
-    assert [e.seq for e in iter_events(log)] == list(range(1, len(before) + 2))
+        assert writer.append(Started(item_id="resumed")).seq == len(kept) + 1
+    assert [e.seq for e in iter_events(log)] == list(range(1, len(kept) + 2))
 
 
 def test_the_opening_writer_does_not_cut_damage_before_the_tail(tmp_path, pristine):

@@ -1,0 +1,91 @@
+"""A log damaged in the middle, behind what the index and the projections have applied (so
+neither would read it again). Before, `ledger resume` appended the replies it paid for after
+the corrupt frame, `verify --repair` cut them away with everything else after the damage,
+and the next resume paid for them again.
+
+Now: resume refuses (one line, nothing appended, nothing sent) and names `ledger verify
+--repair`; repair keeps every frame it can read; the resume after it pays only for the items
+whose events were in the damaged frame."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from chaos.chains import REGEX_PARSER
+from chaos.invariants import check_projections, read_log, reply_keys, resent
+from chaos.procs import kill_when, lines_after, run_cli, start_cli
+from ledger.reader import iter_frames
+
+N = 40
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A run killed after 25 requests, then reopened once by `ledger replay` (so the index and
+    the projections' checkpoint have applied the whole log): (base, run dir, request log)."""
+    base = tmp_path_factory.mktemp("corrupt")
+    data = base / "qa.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Item {i}? answer: A{i}", "expected": f"A{i}"}) + "\n"
+                            for i in range(N)))
+    req_log = base / "requests.jsonl"
+    sim = json.dumps({"latency": 0.01, "request_log": str(req_log), "seed": 9})
+    proc = start_cli("run", str(data), "--runs-dir", str(base / "runs"), "--run-id", "c", "--parser", REGEX_PARSER,
+                     "--concurrency", "4", "--sim", sim, cwd=base)
+    code, _ = kill_when(proc, lambda: lines_after(req_log, 0) >= 25, 0.02)
+    assert code == -9, proc.stderr
+    assert run_cli("replay", "c", "--runs-dir", str(base / "runs"), cwd=base).returncode == 0
+    return base, base / "runs" / "c", req_log
+
+
+def damage_a_middle_frame(run: Path) -> tuple[int, set[str]]:
+    """Flip a byte inside a frame in the middle that holds a reply; returns its offset and the
+    replies of every other frame (what a repair must keep)."""
+    frames = list(iter_frames(str(run / "events.log")))
+    middle = [f for f in frames[len(frames) // 3: 2 * len(frames) // 3] if any(e.__class__.__name__ == "Response" for e in f.events)]
+    bad = middle[0]
+    with open(run / "events.log", "r+b") as f:
+        f.seek(bad.offset + 40)
+        byte = f.read(1)
+        f.seek(bad.offset + 40)
+        f.write(bytes([byte[0] ^ 0x5A]))
+    readable = reply_keys([e for f in frames if f is not bad for e in f.events])
+    return bad.offset, readable
+
+
+def test_resume_refuses_a_log_corrupt_in_the_middle_then_repair_keeps_every_readable_reply(killed, tmp_path):
+    base, original, req_log = killed
+    runs = tmp_path / "runs"
+    run = runs / "c"
+    shutil.copytree(original, run)
+    bad, readable = damage_a_middle_frame(run)
+    damaged, sent = (run / "events.log").read_bytes(), lines_after(req_log, 0)
+
+    r = run_cli("resume", "c", "--runs-dir", str(runs), cwd=base)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1, r
+    assert len(lines) == 1 and f"corrupt frame at byte offset {bad}" in lines[0] and "ledger verify --repair" in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert (run / "events.log").read_bytes() == damaged, "the refused resume appended to the log"
+    assert lines_after(req_log, 0) == sent, "the refused resume sent requests"
+
+    r = run_cli("verify", "c", "--repair", "--runs-dir", str(runs), cwd=base)
+    assert r.returncode == 0, r
+    assert (run / "events.log.broken").read_bytes() == damaged[bad:]
+    events, error = read_log(run / "events.log")
+    assert error == "" and reply_keys(events) == readable, "repair lost replies it could read"
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+
+    offset = req_log.stat().st_size
+    r = run_cli("resume", "c", "--runs-dir", str(runs), cwd=base)
+    assert r.returncode == 0, r
+    assert resent(req_log, offset, readable) == [], "a reply kept by the repair was paid for again"
+    events, error = read_log(run / "events.log")
+    assert error == ""
+    assert {e.item_id for e in events if e.__class__.__name__ == "Parsed"} == {f"q{i}" for i in range(N)}
+    assert check_projections(run, tmp_path / "scratch", repair=False) == []
+    status = json.loads(run_cli("status", "c", "--json", "--runs-dir", str(runs), cwd=base).stdout)
+    assert (status["status"], status["done"], status["planned"]) == ("completed", N, N), status

@@ -43,12 +43,12 @@ import lmdb
 
 from ledger.errors import CorruptLogError, IndexError_, LedgerError
 from ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-from ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex
+from ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex, next_state
 from ledger.layout import RunPaths
 from ledger.lock import is_locked
 from ledger.reader import iter_events, iter_frames, log_end
 
-__all__ = ["run_status", "describe", "files_version", "list_runs", "read_summary", "first_event", "next_state", "decide", "status_text"]
+__all__ = ["run_status", "describe", "files_version", "list_runs", "read_summary", "first_event", "decide", "status_text"]
 
 
 def read_summary(paths: RunPaths) -> dict[str, Any]:
@@ -65,19 +65,6 @@ def first_event(paths: RunPaths) -> RunStarted | None:
 
 
 # -- the item lifecycle and the status ---------------------------------------------------
-
-
-def next_state(state: int, event: Event) -> int:
-    """An item's state after one of its events: the lifecycle ``ledger.index`` applies."""
-    if isinstance(event, Started):
-        return IN_FLIGHT
-    if isinstance(event, Parsed):
-        return DONE
-    if isinstance(event, Response):
-        return state if state == DONE else IN_FLIGHT
-    if isinstance(event, Failed):
-        return state if state == DONE else (FAILED if event.final else IN_FLIGHT)
-    return state
 
 
 def decide(session: str, live: bool, counts: dict[str, int]) -> str:
@@ -120,9 +107,10 @@ class _Counts:
         pending = max(0, self.planned - done - in_flight - failed)
         return {"planned": self.planned, "done": done, "failed": failed, "in_flight": in_flight, "pending": pending}
 
-    def fold(self, events: Iterable[Event], prior: Callable[[str, int], int]) -> None:
-        """Fold events in; ``prior(item_id, sample)`` gives an item's state before them."""
-        states: dict[tuple[str, int], int] = {}
+    def fold(self, events: Iterable[Event], prior: Callable[[str, int], int | None]) -> None:
+        """Fold events in; ``prior(item_id, sample)`` gives an item's state before them (None:
+        no record yet). The lifecycle is the index's own ``next_state``."""
+        states: dict[tuple[str, int], int | None] = {}
         for event in events:
             self.last_seq = event.seq
             if isinstance(event, (Started, Response, Parsed, Failed)):
@@ -130,8 +118,10 @@ class _Counts:
                 before = states[key] if key in states else prior(*key)
                 after = states[key] = next_state(before, event)
                 if after != before:
-                    self.by_state[before] -= before != PENDING
-                    self.by_state[after] += 1
+                    if before is not None and before != PENDING:
+                        self.by_state[before] -= 1
+                    if after is not None:
+                        self.by_state[after] += 1
             elif isinstance(event, RunStarted):
                 self.planned = event.items * int(event.config.get("samples", 1) or 1)
                 self.session = "running"
@@ -143,7 +133,7 @@ class _Counts:
 
 def _replay(paths: RunPaths) -> _Counts:
     counts = _Counts()
-    counts.fold(iter_events(paths.log), lambda item_id, sample: PENDING)
+    counts.fold(iter_events(paths.log), lambda item_id, sample: None)
     return counts
 
 
@@ -179,9 +169,9 @@ def _with_tail(paths: RunPaths, index: RunIndex, counts: _Counts, offset: int, e
         for frame in frames:
             yield from frame.events
 
-    def prior(item_id: str, sample: int) -> int:
+    def prior(item_id: str, sample: int) -> int | None:
         state = index.get(item_id, sample)
-        return PENDING if state is None else state.state
+        return None if state is None else state.state
 
     counts.fold(events(), prior)
     counts.source = "index+log"
@@ -190,7 +180,7 @@ def _with_tail(paths: RunPaths, index: RunIndex, counts: _Counts, offset: int, e
 
 def _counts(paths: RunPaths, live: bool) -> _Counts:
     try:
-        index = RunIndex.open_readonly(paths.index)
+        index = RunIndex.open_readonly(paths.index, paths.log)  # refused when it does not match the log
     except IndexError_:
         return _replay(paths)
     try:

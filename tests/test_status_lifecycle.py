@@ -2,7 +2,7 @@
 
 The status function reads the index when it is current, the index plus the events after its
 offset when the log grew past it, and a replay of the log otherwise. The last two fold
-events with ``projections.runs.next_state``, which must follow the index's own lifecycle:
+events with ``ledger.index.next_state``, the index's own lifecycle:
 each seed writes a real log of events in any order per item (a start after a parse, a
 failure after a success, a reply after a final failure...), builds the index with the
 storage code, and checks that all three sources give its counts. Seeds are printed on

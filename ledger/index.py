@@ -521,11 +521,12 @@ def next_state(state: int | None, event: Event) -> int | None:
     that folds item events should call this). ``state`` None: the item has no record yet.
 
     An item's first event is a request, or a final failure refused before any request
-    (--max-context). A reply or parse of an item whose request is not in the log (lost with
-    a damaged frame, then repaired) leaves it without a record (None): the projections
-    could not show it (no prompt, no expected), so resume runs it again, as the folds do."""
+    (--max-context). A reply or parse whose request is not in the log (lost with a damaged
+    frame, then salvaged by a repair) still counts: the reply was paid for and is durable,
+    so it is never requested again; the folds show it without a prompt or expected answer.
+    A non-final failure without its request leaves the item without a record (None)."""
     if state is None:
-        if not (isinstance(event, Started) or (isinstance(event, Failed) and event.final)):
+        if isinstance(event, Failed) and not event.final:
             return None
         state = PENDING
     match event:
@@ -548,7 +549,7 @@ def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
         if raw:
             old = _unpack(raw)
             value = [old.state, old.attempts, old.turn, old.offset, old.seq, event.item_id]
-        elif next_state(None, event) is None:  # its request was lost (a repaired log)
+        elif next_state(None, event) is None:  # a retryable failure whose request was lost
             return
         else:
             value = [PENDING, 0, -1, 0, 0, event.item_id]

@@ -107,9 +107,13 @@ def _started(state: ConversationState, event: Started, _: Any) -> None:
 
 
 def _response(state: ConversationState, event: Response, _: Any) -> None:
-    conv = state.open.get((event.item_id, event.sample))
+    key = (event.item_id, event.sample)
+    conv = state.open.get(key)
     if conv is None:
-        return None
+        if key in state.failed:
+            return None
+        # its request was lost with a damaged frame that a repair cut: the reply still counts
+        conv = state.open[key] = Conversation(item_id=event.item_id, sample=event.sample, model=state.model)
     conv.turns.append(TurnRecord(turn=event.turn, attempt=event.attempt, response=event.text,
                                  finish_reason=event.finish_reason, usage=event.usage, latency=event.latency,
                                  endpoint=event.endpoint, ts=event.ts))

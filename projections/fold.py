@@ -229,9 +229,13 @@ def _started(state: RunState, event: Started, _: Any) -> None:
 
 
 def _response(state: RunState, event: Response, _: Any) -> None:
-    row = state.open.get((event.item_id, event.sample))
+    key = (event.item_id, event.sample)
+    row = state.open.get(key)
     if row is None:
-        return None
+        if key in state.failed:
+            return None
+        # its request was lost with a damaged frame that a repair cut: the reply still counts
+        row = state.open[key] = OpenRow(event.item_id, event.sample, state.model)
     row.response = event.text
     row.latency += event.latency
     totals = state.totals

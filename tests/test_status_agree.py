@@ -55,10 +55,9 @@ def _from_log(runs: Path, run: str) -> dict[str, int]:
         if e["type"] == "run_started":
             planned = e["items"] * int(e["config"].get("samples", 1) or 1)
         key = (e.get("item_id"), e.get("sample"))
-        first = e["type"] == "started" or (e["type"] == "failed" and e["final"])
-        if key not in state and e["type"] in ("response", "parsed", "failed") and not first:
-            continue  # its request was lost with a damaged frame: the item runs again
-        if e["type"] == "started":
+        if key not in state and e["type"] == "failed" and not e["final"]:
+            continue  # a retryable failure whose request was lost with a damaged frame
+        if e["type"] == "started" or (e["type"] == "response" and state.get(key) is None):
             state[key] = "in_flight"
         elif e["type"] == "parsed":
             state[key] = "done"

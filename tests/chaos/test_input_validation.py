@@ -36,7 +36,6 @@ CASES: dict[str, tuple[str, list[str], str, str]] = {
     "concurrency_huge": (GOOD, ["--concurrency", "100000000"], "", "at most 10,000"),
     "run_id_trailing_newline": (GOOD, ["--run-id", "abc\n"], "", "run id 'abc\\n'"),
     "run_id_leading_space": (GOOD, ["--run-id", " abc"], "", "run id ' abc'"),
-    "item_id_tab": (_dataset_with_id("b\tc"), [], "", "d.jsonl:2: id 'b\\tc' contains"),
     "timeout_nan": (GOOD, ["--timeout", "nan"], "", "--timeout nan: must be a finite number > 0"),
     "timeout_negative": (GOOD, ["--timeout", "-1"], "", "--timeout -1.0: must be a finite number > 0"),
     "timeout_inf": (GOOD, ["--timeout", "inf"], "", "--timeout inf"),

@@ -89,3 +89,38 @@ def test_resume_refuses_a_log_corrupt_in_the_middle_then_repair_keeps_every_read
     assert check_projections(run, tmp_path / "scratch", repair=False) == []
     status = json.loads(run_cli("status", "c", "--json", "--runs-dir", str(runs), cwd=base).stdout)
     assert (status["status"], status["done"], status["planned"]) == ("completed", N, N), status
+
+
+def test_a_reply_whose_request_was_lost_to_damage_counts_as_done(tmp_path):
+    """The frame holding q1's `started` is damaged; its reply and parse, in a later frame,
+    are salvaged by repair. The reply was paid for: the index counts q1 done (resume never
+    sends it again) and the rows fold shows it, without prompt or expected."""
+    from ledger.events import Parsed, Response, RunStarted, SessionStarted, Started
+    from ledger.index import DONE, RunIndex
+    from ledger.maintenance import repair_log
+    from ledger.writer import LogWriter
+    from projections.projector import rebuild
+    from ledger.layout import RunPaths
+
+    run = tmp_path / "r"
+    run.mkdir()
+    log = run / "events.log"
+    with LogWriter.open(str(log)) as writer:
+        writer.append(RunStarted(run_id="r", config={"model": "m", "samples": 1}, dataset="d.jsonl", items=2))
+        writer.append(SessionStarted(pid=1, reason="new"))
+        writer.append(Started(item_id="q1", sample=0, turn=0, attempt=1, request={"model": "m", "messages": []}, expected="A"))
+        writer.append_many([Response(item_id="q1", sample=0, turn=0, attempt=1, text="answer: A", final=True),
+                            Parsed(item_id="q1", sample=0, turn=0, parser="text", ok=True, value="A")])
+    frames = list(iter_frames(str(log)))
+    raw = bytearray(log.read_bytes())
+    raw[frames[2].offset + 20] ^= 0xFF  # inside the frame of q1's `started`
+    log.write_bytes(bytes(raw))
+    repair_log(str(log))
+    index = RunIndex.open_for_log(str(run / "index.lmdb"), str(log))
+    try:
+        assert index.get("q1", 0).state == DONE
+    finally:
+        index.close()
+    rebuild(RunPaths(str(run)))
+    rows = [json.loads(line) for line in (run / "responses.jsonl").read_bytes().splitlines()]
+    assert [(r["item_id"], r["response"], r["parsed"]) for r in rows] == [("q1", "answer: A", "A")]

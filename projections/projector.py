@@ -40,6 +40,7 @@ a full disk) or is killed leaves the old files and checkpoint as they were.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import re
@@ -57,7 +58,7 @@ import msgspec
 from ledger.events import Parsed, decode_many_view
 from ledger.framing import HEADER_SIZE, Frame
 from ledger.errors import LedgerError, LogLockedError
-from ledger.fsio import fsync_dir, write_atomic
+from ledger.fsio import fsync_dir, os_error, write_atomic
 from ledger.layout import RunPaths
 from ledger.lock import RunLock
 from ledger.reader import iter_frames
@@ -165,6 +166,35 @@ def _files(paths: RunPaths) -> _Files:
 
 def _staged(path: str) -> str:
     return f"{path}.rebuild.tmp.{os.getpid()}"
+
+
+def _staged_conversations(live: str) -> str:
+    """Beside the directory, or inside it when it is a mount point of its own (projections
+    on their own file system: a mount point cannot be renamed, nor a file moved across)."""
+    return os.path.join(live, f".rebuild.tmp.{os.getpid()}") if os.path.ismount(live) else _staged(live)
+
+
+def _swap_conversations(staged: str, live: str) -> str | None:
+    """Put the staged conversation files in the live directory's place; returns where the
+    old files went (a temp name nothing vouches for, deleted by the caller), if anywhere."""
+    if os.path.dirname(staged) != live:
+        old = None
+        if os.path.isdir(live):
+            old = f"{live}.old.tmp.{os.getpid()}"
+            os.rename(live, old)
+        os.rename(staged, live)
+        return old
+    old = os.path.join(live, f".old.tmp.{os.getpid()}")  # a mount point: move file by file
+    os.makedirs(old, exist_ok=True)
+    keep = {os.path.basename(staged), os.path.basename(old)}
+    for name in os.listdir(live):
+        if name not in keep:
+            os.rename(os.path.join(live, name), os.path.join(old, name))
+    for name in os.listdir(staged):
+        os.rename(os.path.join(staged, name), os.path.join(live, name))
+    os.rmdir(staged)
+    fsync_dir(live)
+    return old
 
 
 class Projector:
@@ -367,7 +397,7 @@ class Projector:
             if os.path.exists(self.files.responses):
                 os.unlink(self.files.responses)
         else:
-            self.files = self.files._replace(conversations=_staged(self.paths.conversations))
+            self.files = self.files._replace(conversations=_staged_conversations(self.paths.conversations))
             self.ckpt.conversations = ConversationsCheckpoint()
             os.makedirs(self.files.conversations)
 
@@ -376,7 +406,8 @@ class Projector:
         wait(self._pending)
         self._pending = []
         if self._responses is not None:
-            self._responses.close()
+            with contextlib.suppress(OSError):  # its unwritten buffer goes with the staged file
+                self._responses.close()
             self._responses = None
         for staged, live in zip(self.files, _files(self.paths)):
             if staged != live and os.path.isdir(staged):
@@ -405,10 +436,7 @@ class Projector:
             if reopen:
                 self._responses = open(self.paths.responses, "ab")
         else:
-            if os.path.isdir(self.paths.conversations):
-                old = f"{self.paths.conversations}.old.tmp.{os.getpid()}"
-                os.rename(self.paths.conversations, old)
-            os.rename(self.files.conversations, self.paths.conversations)
+            old = _swap_conversations(self.files.conversations, self.paths.conversations)
             self.files = self.files._replace(conversations=self.paths.conversations)
         fsync_dir(self.paths.dir)  # the swap is durable before a checkpoint vouches for it
         if not self._staged_parts():
@@ -445,8 +473,11 @@ class Projector:
             ckpt.offset = max(ckpt.offset, frame.end)
         if rows:
             data = rows_fold.encode_rows(rows)
-            self._responses.write(data)
-            self._responses.flush()
+            try:
+                self._responses.write(data)
+                self._responses.flush()
+            except OSError as exc:
+                raise os_error(self.paths.responses, exc) from exc
             ckpt.responses_bytes += len(data)
             ckpt.responses_crc = zlib.crc32(data, ckpt.responses_crc)
 

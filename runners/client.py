@@ -28,15 +28,16 @@ import functools
 import re
 import ssl
 import time
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-import httpx2
 import msgspec
-import openai
 
 from ledger.errors import LedgerError
 
 from .redaction import Redactor, redactor
+
+if TYPE_CHECKING:  # the SDK takes ~0.5 s to import: only a session that sends pays for it
+    import openai
 
 __all__ = ["EndpointError", "Reply", "make_client", "make_clients", "send", "redact"]
 
@@ -87,10 +88,15 @@ def make_clients(base_url: str, api_key: str, timeout: float, concurrency: int) 
 def _tls_context() -> ssl.SSLContext:
     """httpx's default TLS settings, made once: each client would otherwise load the
     system's certificate store again (about 20 ms per client and shard)."""
+    import httpx2
+
     return httpx2.create_ssl_context()
 
 
 def make_client(base_url: str, api_key: str, timeout: float, concurrency: int) -> openai.AsyncOpenAI:
+    import httpx2
+    import openai
+
     limits = httpx2.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
                                           verify=_tls_context())
@@ -100,6 +106,9 @@ def make_client(base_url: str, api_key: str, timeout: float, concurrency: int) -
 async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[str, ...],
                headers: dict[str, str] | None = None, timeout: float | None = None) -> Reply:
     """One request; ``timeout`` (seconds) is a deadline for all of it, connect to last byte."""
+    import httpx2
+    import openai
+
     start = time.perf_counter()
     options = {"headers": headers} if headers else {}
     try:

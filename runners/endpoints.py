@@ -13,11 +13,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-import openai
+from typing import TYPE_CHECKING
 
 from .breaker import Breaker
 from .client import EndpointError, Reply
+
+if TYPE_CHECKING:
+    import openai
 from .limits import AdaptiveLimit
 
 __all__ = ["Endpoint", "Pool", "GaveUp"]

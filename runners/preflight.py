@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx2
 import msgspec
-import openai
 
 from ledger.errors import InputError
 
@@ -45,6 +43,9 @@ async def _check_all(urls: list[str], model: str, api_key: str, timeout: float) 
 
 
 async def _models(url: str, api_key: str, timeout: float) -> list[str]:
+    import httpx2
+    import openai
+
     client = make_client(url, api_key, timeout, 1)
     try:
         response = await client.get("/models", cast_to=httpx2.Response)

@@ -29,7 +29,7 @@ def run(
     samples: Annotated[int, typer.Option(help="Run each item N times (s0..sN-1).")] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most (1 to 10,000).")] = 32,
-    timeout: Annotated[float, typer.Option(help="Seconds per request.")] = 60.0,
+    timeout: Annotated[float, typer.Option(help="Deadline in seconds for each request, connect to last byte.")] = 60.0,
     retries: Annotated[int, typer.Option(help="Retries per request on 429/5xx/timeouts/connection errors.")] = 5,
     temperature: Annotated[Optional[float], typer.Option()] = None,
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
@@ -124,7 +124,7 @@ def resume(
     tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute, for this session.")] = None,
     base_url: Annotated[Optional[list[str]], typer.Option("--base-url", help="Other endpoint(s) serving the same model, for this session.")] = None,
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Environment variable holding the key, for this session.")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Seconds per request, for this session.")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Deadline in seconds for each request (connect to last byte), for this session.")] = None,
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down, for this session.")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:

@@ -233,7 +233,7 @@ class LogWriter:
         try:
             payload = encode_many([e for evs, _ in stamped for e in evs])
             decode_many(payload)  # a frame no reader could decode must never reach the log
-        except (msgspec.EncodeError, msgspec.DecodeError, TypeError, OverflowError):
+        except (msgspec.EncodeError, msgspec.DecodeError, TypeError, ValueError, OverflowError, RecursionError):
             payload = b""
         if payload and len(payload) <= MAX_FRAME:
             groups = [(stamped, payload)]
@@ -342,7 +342,7 @@ def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[li
     for events, waiter in stamped:
         try:
             encoded.append((events, waiter, sum(len(_checked(e)) for e in events)))
-        except (msgspec.EncodeError, msgspec.DecodeError, TypeError, OverflowError) as exc:
+        except (msgspec.EncodeError, msgspec.DecodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
             _resolve(waiter, None, LogError(f"event cannot be encoded: {exc}"))
     if not encoded:
         return []

@@ -1,0 +1,30 @@
+"""An event the log cannot hold (nested too deep for the encoder) fails its own submission
+with LogError; the writer lives on and the events around it are durable, gapless."""
+
+from __future__ import annotations
+
+import pytest
+
+from ledger.errors import LogError
+from ledger.events import Parsed, RunStarted
+from ledger.reader import iter_events
+from ledger.writer import LogWriter
+
+
+def _deep(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_a_too_deep_event_fails_alone_and_the_writer_goes_on(tmp_path):
+    log = str(tmp_path / "events.log")
+    with LogWriter.open(log) as writer:
+        writer.append(RunStarted(run_id="r", items=1))
+        with pytest.raises(LogError, match="cannot be encoded"):
+            writer.append(Parsed(item_id="q", sample=0, parser="json", ok=True, value=_deep(100_000)))
+        writer.append(Parsed(item_id="q", sample=0, parser="json", ok=True, value=[1]))
+    events = list(iter_events(log))
+    assert [type(e).__name__ for e in events] == ["RunStarted", "Parsed"]
+    assert [e.seq for e in events] == [1, 2] and events[1].value == [1]

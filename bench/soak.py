@@ -22,6 +22,8 @@ Prints one JSON object:
                         earlier kill                                        -- promised 0
     invariant_failures  every failed check above, all kinds                 -- promised 0
     kills_mid_projection kills that left a partial responses.jsonl line or a temp file
+    kills_by_moment     kills that landed per moment (requests, projection, startup, late,
+                        checkpoint write, index rebuild) and in runs of long/unicode ids
 
 and, on stderr, the first failures with their seeds. Exit 1 if any promised zero is not.
 Children are forked from a warm server (tests/chaos/procs.py); nothing here is a test.
@@ -70,20 +72,23 @@ def main() -> int:
         except Exception as exc:  # a crash of the harness itself counts as a failure
             failures = [f"{chain.label}: harness error {type(exc).__name__}: {exc}"]
             chain.final_failures.append(failures[0])
-        tally = chain.tally()
+        tally = {**chain.tally(), "moments": chain.moments()}
         if not failures and not args.keep:
             chain.cleanup()
         print(f"{chain.label}: {json.dumps(tally)}", file=sys.stderr, flush=True)
         return tally, failures
 
     totals = dict.fromkeys(KEYS, 0)
+    moments: dict[str, int] = {}
     failures: list[str] = []
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
         for tally, fails in pool.map(one, specs):
             for key in KEYS:
                 totals[key] += tally[key]
+            for moment, n in tally["moments"].items():
+                moments[moment] = moments.get(moment, 0) + n
             failures += fails
-    report = {**totals, "chains": len(specs), "items_per_run": args.items, "seed": args.seed,
+    report = {**totals, "kills_by_moment": moments, "chains": len(specs), "items_per_run": args.items, "seed": args.seed,
               "seconds": round(time.monotonic() - started, 1)}
     print(json.dumps(report))
     for failure in failures[:20]:

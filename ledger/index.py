@@ -182,6 +182,24 @@ class RunIndex:
             return False
         return not verify or self._prefix_intact(log_path)
 
+    @staticmethod
+    def durable_end(path: str) -> int:
+        """How far the log was durable when the index last applied it (0 when unknown): a
+        writer must not cut a damaged tail below it (writer.py). An index that cannot be read
+        vouches for nothing."""
+        if not os.path.isdir(path):
+            return 0
+        try:
+            index = RunIndex.open_readonly(path)
+        except IndexError_:
+            return 0
+        try:
+            return index.applied()[0]
+        except (lmdb.Error, ValueError):
+            return 0
+        finally:
+            index.close()
+
     @classmethod
     def open_readonly(cls, path: str, log_path: str | None = None) -> "RunIndex":
         """A reader's handle. With ``log_path``, an index that does not match that log (ahead

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import LogClosedError, LogError, LogWriteError
+from .errors import LogClosedError, LogError, LogNotSoundError, LogWriteError
 from .events import Event, EventBase, decode, decode_many, encode, encode_many
 from .framing import MAX_FRAME, Frame, encode_frame, file_header
 from .fsio import fsync_dir, os_error
@@ -101,10 +101,16 @@ class LogWriter:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str) -> "LogWriter":
+    def open(cls, path: str, durable_end: Callable[[], int] | None = None) -> "LogWriter":
         """Create durably if new, lock (lock.py), cut a torn tail (saved beside the log),
         start. Only the tail is checked here: a caller appending to an existing log proves
-        the rest sound first (the session through its index, index.py)."""
+        the rest sound first (the session through its index, index.py).
+
+        ``durable_end`` (called once the lock is held) says how far the log is known to
+        have been durable -- the index applies a frame only after its fdatasync. A damaged
+        last frame below that is no torn write but damage to acknowledged events: it is
+        refused (LogNotSoundError, repair first), never cut, so that no durable reply is
+        dropped and paid for again."""
         try:
             if not os.path.exists(path):
                 _create(path)
@@ -114,7 +120,7 @@ class LogWriter:
         try:
             fd = os.open(path, os.O_RDWR)
             try:
-                recovered = _recover(fd, path)
+                recovered = _recover(fd, path, durable_end() if durable_end else 0)
             except BaseException:
                 os.close(fd)
                 raise
@@ -307,9 +313,12 @@ def _create(path: str) -> None:
             os.unlink(tmp)
 
 
-def _recover(fd: int, path: str) -> Recovered:
+def _recover(fd: int, path: str, durable: int = 0) -> Recovered:
     with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
         found = locate_end(f, path)
+    if found.size > found.end and found.end < durable:
+        raise LogNotSoundError(path, found.end, f"the last frame is damaged, but events up to byte {durable} were "
+                                                "durable (the index applied them): not a torn write")
     saved, cut = cut_tail(fd, path, found.end) if found.size > found.end else ("", 0)
     os.lseek(fd, found.end, os.SEEK_SET)
     return Recovered(found.end, found.last_seq, cut, saved)

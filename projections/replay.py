@@ -12,6 +12,7 @@ from typing import Any
 
 from ledger import __version__
 from ledger.errors import InputError
+from ledger.index import RunIndex
 from ledger.events import SessionEnded, SessionStarted
 from ledger.layout import RunPaths
 from ledger.lock import RunLock
@@ -48,7 +49,7 @@ def replay(paths: RunPaths, *, full: bool = False, reparse: str | None = None) -
 def _reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
     """Append the new parses and rebuild, all under the writer's lock."""
     parser = _reparse_parser(spec)
-    with LogWriter.open(paths.log) as writer:
+    with LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index)) as writer:
         last_status = _last_status(paths)
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="reparse"))
         batch, n = [], 0

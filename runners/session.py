@@ -307,7 +307,7 @@ class Session:
         self.paths = prepared.paths
         created = self._make_run_dir()
         try:
-            self.writer = LogWriter.open(self.paths.log)
+            self.writer = LogWriter.open(self.paths.log, lambda: RunIndex.durable_end(self.paths.index))
         except BaseException:
             if created:  # nothing of the run exists: leave nothing behind
                 shutil.rmtree(self.paths.dir, ignore_errors=True)

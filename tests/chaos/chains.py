@@ -219,6 +219,13 @@ class Chain:
             "kills_mid_projection": sum(k.mid_projection for k in self.kills),
         }
 
+    def moments(self) -> dict[str, int]:
+        """Kills that landed, per moment (trigger), and those in a run of odd ids."""
+        landed = [k for k in self.kills if k.killed]
+        counts = {trigger: sum(k.trigger == trigger for k in landed) for trigger in TRIGGERS}
+        counts["odd_ids"] = len(landed) if self.kind == "ids" else 0
+        return counts
+
     def cleanup(self) -> None:
         shutil.rmtree(self.base, ignore_errors=True)
 

@@ -124,3 +124,24 @@ def test_a_reply_whose_request_was_lost_to_damage_counts_as_done(tmp_path):
     rebuild(RunPaths(str(run)))
     rows = [json.loads(line) for line in (run / "responses.jsonl").read_bytes().splitlines()]
     assert [(r["item_id"], r["response"], r["parsed"]) for r in rows] == [("q1", "answer: A", "A")]
+
+
+def test_a_damaged_last_frame_the_index_applied_is_refused_not_cut(tmp_path):
+    """The last frame held durable events (the index applied them after their fdatasync):
+    its damage is no torn write. Resume and re-parse refuse (repair first) instead of
+    cutting it and paying again for the replies it held."""
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"answer: A{i}", "expected": f"A{i}"}) + "\n" for i in range(6)))
+    runs = tmp_path / "runs"
+    assert run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "t", cwd=tmp_path).returncode == 0
+    log = runs / "t" / "events.log"
+    last = list(iter_frames(str(log)))[-1]
+    raw = bytearray(log.read_bytes())
+    raw[last.offset + 20] ^= 0xFF
+    log.write_bytes(bytes(raw))
+    for args in (["resume", "t"], ["replay", "t", "--reparse", "text"]):
+        r = run_cli(*args, "--runs-dir", str(runs), cwd=tmp_path)
+        lines = [line for line in r.stderr.splitlines() if line.strip()]
+        assert r.returncode == 1 and len(lines) == 1 and "ledger verify --repair" in lines[0], r.stderr
+        assert log.read_bytes() == bytes(raw), f"`ledger {args[0]}` changed the log"
+        assert not (runs / "t" / "events.log.broken").exists()

@@ -110,10 +110,12 @@ def _response(state: ConversationState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
     if conv is None:
-        if key in state.failed:
-            return None
         # its request was lost with a damaged frame that a repair cut: the reply still counts
-        conv = state.open[key] = Conversation(item_id=event.item_id, sample=event.sample, model=state.model)
+        # (a finally failed item continues, as on a retry's `started`; ledger.index.next_state)
+        conv = state.failed.get(key)
+        if conv is None:
+            conv = Conversation(item_id=event.item_id, sample=event.sample, model=state.model)
+        state.open[key] = conv
     conv.turns.append(TurnRecord(turn=event.turn, attempt=event.attempt, response=event.text,
                                  finish_reason=event.finish_reason, usage=event.usage, latency=event.latency,
                                  endpoint=event.endpoint, ts=event.ts))

@@ -232,10 +232,12 @@ def _response(state: RunState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
     if row is None:
-        if key in state.failed:
-            return None
         # its request was lost with a damaged frame that a repair cut: the reply still counts
-        row = state.open[key] = OpenRow(event.item_id, event.sample, state.model)
+        # (a finally failed item continues, as on a retry's `started`; ledger.index.next_state)
+        row = state.failed.get(key) if state.failed else None
+        if row is None:
+            row = OpenRow(event.item_id, event.sample, state.model)
+        state.open[key] = row
     row.response = event.text
     row.latency += event.latency
     totals = state.totals

@@ -145,3 +145,36 @@ def test_a_damaged_last_frame_the_index_applied_is_refused_not_cut(tmp_path):
         assert r.returncode == 1 and len(lines) == 1 and "ledger verify --repair" in lines[0], r.stderr
         assert log.read_bytes() == bytes(raw), f"`ledger {args[0]}` changed the log"
         assert not (runs / "t" / "events.log.broken").exists()
+
+
+def test_a_failed_items_reply_whose_retry_request_was_lost_counts_as_done_everywhere(tmp_path):
+    """q1 failed finally; a resume's `started` was lost to damage, its reply survived: the
+    index, responses.jsonl and summary.json all say done (the folds follow next_state)."""
+    from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+    from ledger.index import DONE, RunIndex
+    from ledger.layout import RunPaths
+    from ledger.writer import LogWriter
+    from projections.projector import rebuild
+
+    run = tmp_path / "r"
+    run.mkdir()
+    log = run / "events.log"
+    with LogWriter.open(str(log)) as writer:
+        writer.append(RunStarted(run_id="r", config={"model": "m", "samples": 1}, dataset="d.jsonl", items=1))
+        writer.append(SessionStarted(pid=1, reason="new"))
+        writer.append_many([Started(item_id="q1", sample=0, turn=0, attempt=1, request={"model": "m", "messages": []}, expected="A"),
+                            Failed(item_id="q1", sample=0, turn=0, attempt=1, error_type="http_error", final=True)])
+        writer.append(SessionEnded(reason="completed"))
+        writer.append(SessionStarted(pid=2, reason="resume"))
+        writer.append(Response(item_id="q1", sample=0, turn=0, attempt=2, text="answer: A", final=True))
+        writer.append(Parsed(item_id="q1", sample=0, turn=0, parser="text", ok=True, value="A"))
+    index = RunIndex.open_for_log(str(run / "index.lmdb"), str(log))
+    try:
+        assert index.get("q1", 0).state == DONE
+    finally:
+        index.close()
+    rebuild(RunPaths(str(run)))
+    rows = [json.loads(line) for line in (run / "responses.jsonl").read_bytes().splitlines()]
+    assert [(r["item_id"], r["parsed"], r["correct"], r["error"]) for r in rows][-1] == ("q1", "A", True, None)
+    summary = json.loads((run / "summary.json").read_bytes())
+    assert (summary["counts"]["done"], summary["counts"]["failed"]) == (1, 0)

@@ -319,9 +319,11 @@ class Session:
             self._opened_end = self.writer.end  # what the plan must be made from
             self.projector = _open_projector(self.paths)
         except BaseException:
-            self.writer.close()
-            if not prepared.resume:
+            if getattr(self, "index", None) is not None:
+                self.index.close()
+            if not prepared.resume:  # while the lock is still held: no other writer in between
                 _forget_unstarted(self.paths, created)
+            self.writer.close()
             raise
         self._frames: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self.index_error: Exception | None = None
@@ -361,8 +363,7 @@ class Session:
         except Exception as exc:
             if self.index_error is None:
                 self.index_error = exc
-                if self.engine is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.engine.stop, f"error: {exc}")
+                self._stop_engine(f"error: {exc}")
             raise
 
     def _project(self) -> None:
@@ -397,8 +398,17 @@ class Session:
             except Exception as exc:
                 self.projection_error = exc
                 self.projector.broken = True
-                if self.engine is not None and self._loop is not None:
-                    self._loop.call_soon_threadsafe(self.engine.stop, f"error: projections failed: {exc}")
+                self._stop_engine(f"error: projections failed: {exc}")
+
+    def _stop_engine(self, reason: str) -> None:
+        """Stop the engine from another thread, if it still runs (after ``execute`` its loop
+        is closed: the error is reported by ``close``)."""
+        loop = self._loop
+        if self.engine is not None and loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.engine.stop, reason)
+            except RuntimeError:  # the loop closed meanwhile
+                pass
 
     # -- planning ------------------------------------------------------------------------
 
@@ -472,7 +482,10 @@ class Session:
 
     def execute(self, works: Iterator[Work] | list[Work], on_tick: Callable[[Progress], None] | None = None) -> str:
         """Run the works; returns the session's end reason."""
-        return asyncio.run(self._execute(works, on_tick))
+        try:
+            return asyncio.run(self._execute(works, on_tick))
+        finally:
+            self._loop = None
 
     async def _execute(self, works: Any, on_tick: Callable[[Progress], None] | None) -> str:
         config = self.prepared.config

@@ -211,7 +211,7 @@ class RunIndex:
         try:
             index.counts()
             trusted = index._current_format() and (log_path is None or index.matches(log_path))
-        except (lmdb.Error, CorruptLogError, OSError) as exc:
+        except (lmdb.Error, CorruptLogError, OSError, ValueError, msgspec.DecodeError) as exc:  # scribbled (no sync)
             index.close()
             raise IndexError_(f"{path}: index cannot be read: {exc}") from exc
         if not trusted:

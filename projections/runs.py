@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lmdb
+import msgspec
 
 from ledger.errors import CorruptLogError, IndexError_, LedgerError
 from ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
@@ -185,7 +186,7 @@ def _counts(paths: RunPaths, live: bool) -> _Counts:
         return _replay(paths)
     try:
         counts = _from_index(paths, index, live)
-    except lmdb.Error:
+    except (lmdb.Error, ValueError, msgspec.DecodeError):  # a scribbled index: the log decides
         counts = None
     finally:
         index.close()

@@ -169,3 +169,24 @@ def test_run_list_badge_of_a_run_with_failures(runs, browser):
         assert badge.get_attribute("class") == "badge status-completed_with_failures"  # not the green "completed"
         assert badge_of("p").inner_text() == "completed"
     assert problems == []
+
+
+def test_a_damaged_log_is_said_in_the_detail_panel_not_a_500(tmp_path):
+    """The item API of a run whose log is damaged in the middle answers 200 with the error."""
+    import shutil
+
+    from ledger.reader import iter_frames
+
+    runs = tmp_path / "runs"
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(f'{{"id": "q{i}", "prompt": "answer: A"}}\n' for i in range(6)))
+    assert run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "d").returncode == 0
+    log = runs / "d" / "events.log"
+    frames = list(iter_frames(str(log)))
+    raw = bytearray(log.read_bytes())
+    raw[frames[len(frames) // 2].offset + 20] ^= 0xFF
+    log.write_bytes(bytes(raw))
+    shutil.rmtree(runs / "d" / "conversations")  # the story is read from the log
+    response = TestClient(create_app(str(runs))).get("/api/item?run=d&item=q5")
+    assert response.status_code == 200
+    assert "corrupt" in response.json()["runs"][0]["error"]

@@ -42,7 +42,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.errors import InputError
+from ledger.errors import InputError, LedgerError
 from ledger.layout import RunPaths
 from projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
 from projections.runs import describe, files_version, list_runs
@@ -319,7 +319,7 @@ def _api_item(request: Request) -> Response:
         raise HTTPException(400, "name an item: ?item=ID")
     sample = _int(request, "sample", 0)
     stories = [_story(runs.paths(n), item, sample) for n in names]
-    if not any(s["found"] for s in stories):
+    if not any(s["found"] or s.get("error") for s in stories):
         raise _not_found(f"no item {item!r} sample {sample} in {', '.join(names)}")
     return _respond({"item_id": item, "sample": sample, "runs": stories})
 
@@ -329,6 +329,9 @@ def _story(paths: RunPaths, item: str, sample: int) -> dict[str, Any]:
         story = item_story(paths, item, sample)
     except InputError:
         return {"run_id": paths.run_id, "found": False, "conversation": None, "events": [], **_reply_totals(None)}
+    except LedgerError as exc:  # a damaged log: say so in the panel, never a 500
+        return {"run_id": paths.run_id, "found": False, "conversation": None, "events": [], "error": str(exc),
+                **_reply_totals(None)}
     conversation = story["conversation"]
     return {"run_id": paths.run_id, "found": True, "conversation": conversation, "events": story["events"],
             **_reply_totals(conversation)}

@@ -292,7 +292,7 @@ function closeDetail() {
 
 function storyColumn(run) {
   const head = el("h3", {}, run.run_id);
-  if (!run.found) return el("section", { class: "story" }, head, el("p", { class: "muted", text: "No events for this item in this run." }));
+  if (!run.found) return el("section", { class: "story" }, head, el("p", { class: "muted", text: run.error || "No events for this item in this run." }));
   const c = run.conversation;
   const facts = c ? el("dl", { class: "facts" },
     fact("Parsed", el("span", { class: "mono answer " + (c.correct === true ? "ok" : c.correct === false ? "bad" : ""), text: fmt(c.parsed) })),

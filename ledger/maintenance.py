@@ -74,12 +74,12 @@ def _repair(path: str) -> RepairReport:
     try:
         salvaged, size = _write_repaired(path, tmp, report, last_seq)
         saved = _save_cut(path, report.end, report.size)
+        _forget_checkpoint(path)  # before the swap: the lock stays on the old file until we return
         os.replace(tmp, path)
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    _forget_checkpoint(path)
     dropped = report.size - size
     return RepairReport(size, kept + salvaged, dropped, saved, salvaged, last_seq + 1)
 

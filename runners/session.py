@@ -106,6 +106,9 @@ def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None =
         _check_run_id(run_id)
     _check_runs_dir(runs_dir, run_id)
     if run_id and _has_events(os.path.join(runs_dir, run_id, "events.log")):
+        if dry_run:  # it would price the whole dataset and write into a run another process may hold
+            raise InputError(f"--dry-run plans a new run; run {run_id} exists: `ledger status {run_id}` says what "
+                             "is left, and `ledger resume` sends only that")
         return _rerun(dataset, config, RunPaths(os.path.join(runs_dir, run_id)), typed, skip_failed, dry_run)
     paths = RunPaths(os.path.join(runs_dir, validate_run_id(run_id or new_run_id())))
     _check_writable(runs_dir)

@@ -194,3 +194,15 @@ def test_seed_without_limit_is_said_and_header_counts_the_limit(tmp_path):
     r = run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--limit", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "(5 of 20 items x 1 samples)" in r.stdout, r.stdout
+
+
+def test_dry_run_on_an_existing_run_is_refused_and_writes_nothing(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"id": "a", "prompt": "answer: A"}\n')
+    runs = tmp_path / "runs"
+    assert run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "x").returncode == 0
+    before = sorted(p.name for p in (runs / "x").iterdir())
+    r = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "x", "--dry-run")
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and "--dry-run plans a new run" in lines[0], r.stderr
+    assert sorted(p.name for p in (runs / "x").iterdir()) == before and not (runs / "x" / "plan.jsonl").exists()

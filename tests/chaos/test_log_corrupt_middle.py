@@ -91,38 +91,64 @@ def test_resume_refuses_a_log_corrupt_in_the_middle_then_repair_keeps_every_read
     assert (status["status"], status["done"], status["planned"]) == ("completed", N, N), status
 
 
+def _hand_made_log(run: Path, groups: list[list]) -> Path:
+    """A run directory whose log holds ``groups`` (each one frame), after a run_started."""
+    from ledger.events import RunStarted
+    from ledger.writer import LogWriter
+
+    run.mkdir()
+    log = run / "events.log"
+    with LogWriter.open(str(log)) as writer:
+        writer.append(RunStarted(run_id="r", config={"model": "m", "samples": 1}, dataset="d.jsonl", items=1))
+        for group in groups:
+            writer.append_many(group)
+    return log
+
+
+def _index_state_and_rows(run: Path, key: tuple[str, int]) -> tuple[int, list[dict]]:
+    """The index's state of ``key`` and the rows of a rebuild: what resume and readers see."""
+    from ledger.index import RunIndex
+    from ledger.layout import RunPaths
+    from projections.projector import rebuild
+
+    index = RunIndex.open_for_log(str(run / "index.lmdb"), str(run / "events.log"))
+    try:
+        state = index.get(*key).state
+    finally:
+        index.close()
+    rebuild(RunPaths(str(run)))
+    return state, [json.loads(line) for line in (run / "responses.jsonl").read_bytes().splitlines()]
+
+
+def _request(attempt: int = 1):
+    from ledger.events import Started
+
+    return Started(item_id="q1", sample=0, turn=0, attempt=attempt, request={"model": "m", "messages": []}, expected="A")
+
+
+def _reply(attempt: int = 1) -> list:
+    from ledger.events import Parsed, Response
+
+    return [Response(item_id="q1", sample=0, turn=0, attempt=attempt, text="answer: A", final=True),
+            Parsed(item_id="q1", sample=0, turn=0, parser="text", ok=True, value="A")]
+
+
 def test_a_reply_whose_request_was_lost_to_damage_counts_as_done(tmp_path):
     """The frame holding q1's `started` is damaged; its reply and parse, in a later frame,
     are salvaged by repair. The reply was paid for: the index counts q1 done (resume never
     sends it again) and the rows fold shows it, without prompt or expected."""
-    from ledger.events import Parsed, Response, RunStarted, SessionStarted, Started
-    from ledger.index import DONE, RunIndex
+    from ledger.events import SessionStarted
+    from ledger.index import DONE
     from ledger.maintenance import repair_log
-    from ledger.writer import LogWriter
-    from projections.projector import rebuild
-    from ledger.layout import RunPaths
 
-    run = tmp_path / "r"
-    run.mkdir()
-    log = run / "events.log"
-    with LogWriter.open(str(log)) as writer:
-        writer.append(RunStarted(run_id="r", config={"model": "m", "samples": 1}, dataset="d.jsonl", items=2))
-        writer.append(SessionStarted(pid=1, reason="new"))
-        writer.append(Started(item_id="q1", sample=0, turn=0, attempt=1, request={"model": "m", "messages": []}, expected="A"))
-        writer.append_many([Response(item_id="q1", sample=0, turn=0, attempt=1, text="answer: A", final=True),
-                            Parsed(item_id="q1", sample=0, turn=0, parser="text", ok=True, value="A")])
+    log = _hand_made_log(tmp_path / "r", [[SessionStarted(pid=1, reason="new")], [_request()], _reply()])
     frames = list(iter_frames(str(log)))
     raw = bytearray(log.read_bytes())
     raw[frames[2].offset + 20] ^= 0xFF  # inside the frame of q1's `started`
     log.write_bytes(bytes(raw))
     repair_log(str(log))
-    index = RunIndex.open_for_log(str(run / "index.lmdb"), str(log))
-    try:
-        assert index.get("q1", 0).state == DONE
-    finally:
-        index.close()
-    rebuild(RunPaths(str(run)))
-    rows = [json.loads(line) for line in (run / "responses.jsonl").read_bytes().splitlines()]
+    state, rows = _index_state_and_rows(tmp_path / "r", ("q1", 0))
+    assert state == DONE
     assert [(r["item_id"], r["response"], r["parsed"]) for r in rows] == [("q1", "answer: A", "A")]
 
 
@@ -150,31 +176,15 @@ def test_a_damaged_last_frame_the_index_applied_is_refused_not_cut(tmp_path):
 def test_a_failed_items_reply_whose_retry_request_was_lost_counts_as_done_everywhere(tmp_path):
     """q1 failed finally; a resume's `started` was lost to damage, its reply survived: the
     index, responses.jsonl and summary.json all say done (the folds follow next_state)."""
-    from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-    from ledger.index import DONE, RunIndex
-    from ledger.layout import RunPaths
-    from ledger.writer import LogWriter
-    from projections.projector import rebuild
+    from ledger.events import Failed, SessionEnded, SessionStarted
+    from ledger.index import DONE
 
-    run = tmp_path / "r"
-    run.mkdir()
-    log = run / "events.log"
-    with LogWriter.open(str(log)) as writer:
-        writer.append(RunStarted(run_id="r", config={"model": "m", "samples": 1}, dataset="d.jsonl", items=1))
-        writer.append(SessionStarted(pid=1, reason="new"))
-        writer.append_many([Started(item_id="q1", sample=0, turn=0, attempt=1, request={"model": "m", "messages": []}, expected="A"),
-                            Failed(item_id="q1", sample=0, turn=0, attempt=1, error_type="http_error", final=True)])
-        writer.append(SessionEnded(reason="completed"))
-        writer.append(SessionStarted(pid=2, reason="resume"))
-        writer.append(Response(item_id="q1", sample=0, turn=0, attempt=2, text="answer: A", final=True))
-        writer.append(Parsed(item_id="q1", sample=0, turn=0, parser="text", ok=True, value="A"))
-    index = RunIndex.open_for_log(str(run / "index.lmdb"), str(log))
-    try:
-        assert index.get("q1", 0).state == DONE
-    finally:
-        index.close()
-    rebuild(RunPaths(str(run)))
-    rows = [json.loads(line) for line in (run / "responses.jsonl").read_bytes().splitlines()]
+    failed = Failed(item_id="q1", sample=0, turn=0, attempt=1, error_type="http_error", final=True)
+    _hand_made_log(tmp_path / "r", [[SessionStarted(pid=1, reason="new")], [_request(), failed],
+                                    [SessionEnded(reason="completed")], [SessionStarted(pid=2, reason="resume")],
+                                    _reply(2)[:1], _reply(2)[1:]])
+    state, rows = _index_state_and_rows(tmp_path / "r", ("q1", 0))
+    assert state == DONE
     assert [(r["item_id"], r["parsed"], r["correct"], r["error"]) for r in rows][-1] == ("q1", "A", True, None)
-    summary = json.loads((run / "summary.json").read_bytes())
+    summary = json.loads((tmp_path / "r" / "summary.json").read_bytes())
     assert (summary["counts"]["done"], summary["counts"]["failed"]) == (1, 0)

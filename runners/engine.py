@@ -134,9 +134,20 @@ class Engine:
             raise
         finally:
             while self._tasks:
-                await asyncio.gather(*self._tasks, return_exceptions=True)
+                for outcome in await asyncio.gather(*self._tasks, return_exceptions=True):
+                    self._escaped(outcome)
         if self.error is not None:
             raise self.error
+
+    def _escaped(self, outcome: object) -> None:
+        """A task's exception that ``_one`` could not turn into an event (its own handler
+        failed): never swallowed -- the user is told, and the item shows as pending, which
+        the end of the run counts and resume sends. A cancellation is a stop's, not an error."""
+        if isinstance(outcome, Exception):
+            self.progress.errors["internal"] = self.progress.errors.get("internal", 0) + 1
+            if len(self.progress.internal) < SHOWN_INTERNAL:
+                message = redact(f"{type(outcome).__name__}: {outcome}"[:500], self.secrets)
+                self.progress.internal.append(f"internal error while recording an item: {message}")
 
     def stop(self, reason: str = "interrupted") -> None:
         """Stop sending: cancel what waits at once, give requests in flight ``GRACE`` seconds."""

@@ -15,6 +15,7 @@ catch ``LedgerError`` alone and map it to an exit code::
     |   +-- LogAccessError           2  the log or its lock cannot be opened for writing
     |   +-- LogWriteError            1  a write or fsync failed; the writer is dead
     |   +-- LogClosedError           1  append after close or after a fatal write error
+    |   +-- UnencodableEventError    1  one submission the log cannot hold; the writer lives on
     +-- IndexError_                  1  the LMDB index could not be opened or rebuilt
     +-- StorageError                 1  a run's file could not be written (disk full, I/O error)
     +-- OutputError                  1  a file the user asked for could not be written
@@ -39,6 +40,7 @@ __all__ = [
     "StorageError",
     "LogNotSoundError",
     "OutputError",
+    "UnencodableEventError",
 ]
 
 
@@ -110,6 +112,11 @@ class LogWriteError(LogError):
 
 class LogClosedError(LogError):
     """Append on a closed writer, or on one that died of a write error."""
+
+
+class UnencodableEventError(LogError):
+    """A submission the log cannot hold (a value MessagePack cannot encode, or that would
+    not decode back). Only that submission failed; the writer goes on."""
 
 
 class IndexError_(LedgerError):

@@ -30,7 +30,7 @@ from typing import Any
 
 import msgspec
 
-from .errors import LogClosedError, LogError, LogNotSoundError, LogWriteError
+from .errors import LogClosedError, LogError, LogNotSoundError, LogWriteError, UnencodableEventError
 from .events import Event, EventBase, decode, decode_many, encode, encode_many
 from .framing import MAX_FRAME, Frame, encode_frame, file_header
 from .fsio import fsync_dir, os_error
@@ -352,7 +352,7 @@ def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[li
         try:
             encoded.append((events, waiter, sum(len(_checked(e)) for e in events)))
         except (msgspec.EncodeError, msgspec.DecodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
-            _resolve(waiter, None, LogError(f"event cannot be encoded: {exc}"))
+            _resolve(waiter, None, UnencodableEventError(f"event cannot be encoded: {exc}"))
     if not encoded:
         return []
     seq = stamped[0][0][0].seq

@@ -2,11 +2,11 @@
 
 Once a reply's bytes have arrived it has been paid for. Its events must reach the log --
 or its attempt must become a ``failed`` event that says why -- and one bad reply must never
-stop the run. The writer refuses a submission it cannot encode (and a refused reply would
-be requested, and paid for, again on every resume), so every reply goes through
-``reply_events``, which checks its events with the log's own codec (encode, then decode,
-as the writer does) and, when they do not pass, degrades them step by step, keeping what
-can be kept:
+stop the run. The writer refuses a submission it cannot encode (UnencodableEventError; a
+refused reply would be requested, and paid for, again on every resume). The engine then
+sends the reply through ``reply_events``, which checks its events with the log's own codec
+(encode, then decode, as the writer does) and degrades them step by step, keeping what can
+be kept (only refused replies pay for this second check):
 
 1. as received;
 2. made plain: integers MessagePack cannot hold (beyond 64 bits) become strings, strings

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from ledger.errors import LedgerError, LogError
+from ledger.errors import LedgerError, LogError, UnencodableEventError
 from ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
 from ledger.writer import LogWriter
-from projections.parsers import Parser
+from projections.parsers import ParseResult, Parser
 
 from .client import EndpointError, Reply, redact, send
 from .config import RunConfig
@@ -311,24 +311,28 @@ class Engine:
         if not final:
             self.progress.retrying += 1
 
+    def _parsed(self, work: Work, turn: int, result: ParseResult) -> Parsed:
+        return Parsed(item_id=work.item.id, sample=work.sample, turn=turn, parser=self.parser.spec,
+                      parser_version=self.parser.version, ok=result.ok, value=result.value, error=result.error)
+
     async def _record(self, work: Work, turn: int, key: dict[str, Any], body: dict[str, Any], reply: Reply, endpoint: str) -> None:
         """Log the reply (and its parse) and wait until it is durable: a paid-for reply is
-        acknowledged before the item counts as done or its next turn is sent. The events go
-        through ``reply_events``: degraded if need be, never refused by the writer."""
+        acknowledged before the item counts as done or its next turn is sent. The writer
+        checks every event it frames; one it refuses is degraded by ``reply_events`` and
+        sent again (the rare path: no reply pays for a second check on the way)."""
         final = turn == len(work.item.turns) - 1
         response = Response(
             **key, text=reply.text, finish_reason=reply.finish_reason, usage=plain_usage(reply.usage),
             latency=round(reply.latency, 6), raw=reply.raw, endpoint=endpoint, final=final,
         )
-        parsed = None
-        if final:
-            result = loggable_result(self.parser(reply.text))
-            parsed = Parsed(
-                item_id=work.item.id, sample=work.sample, turn=turn, parser=self.parser.spec,
-                parser_version=self.parser.version, ok=result.ok, value=result.value, error=result.error,
-            )
-        events = reply_events(response, parsed)
-        await self.writer.append_many_async(events)
+        result = self.parser(reply.text) if final else None
+        events = [response, *([self._parsed(work, turn, result)] if result is not None else [])]
+        try:
+            await self.writer.append_many_async(events)
+        except UnencodableEventError:
+            parsed = self._parsed(work, turn, loggable_result(result)) if result is not None else None
+            events = reply_events(response, parsed)
+            await self.writer.append_many_async(events)
         progress, usage = self.progress, events[0].usage
         if usage is not None:
             progress.prompt_tokens += usage.prompt_tokens

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import time
 from collections import Counter
@@ -159,3 +160,23 @@ def test_a_key_echoed_in_escaped_forms_is_written_nowhere(tmp_path):
     assert len(files) > 10
     found = {str(p.relative_to(tmp_path)): leaks(readable_text(p), SECRET) for p in files}
     assert {name: forms for name, forms in found.items() if forms} == {}
+
+
+def test_a_parser_returning_what_the_log_cannot_hold_fails_the_parse_not_the_run(tmp_path):
+    """A user parser returns an object (and an int over 64 bits): the writer refuses the
+    submission, the engine degrades the parse and the reply is still durable, once."""
+    (tmp_path / "oddparse.py").write_text("def parse(text):\n    return object() if 'A0' in text else 2**70\n")
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"answer: A{i}"}) + "\n" for i in range(3)))
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    from conftest import run_cli as run_process  # a fresh interpreter: it must import oddparse
+
+    r = run_process("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--run-id", "p", "--parser", "oddparse:parse",
+                    cwd=tmp_path, env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    events, error = read_log(tmp_path / "runs" / "p" / "events.log")
+    assert not error
+    parsed = sorted((e.item_id, e.ok, e.error) for e in events if type(e).__name__ == "Parsed")
+    assert [p[0] for p in parsed] == ["q0", "q1", "q2"]
+    assert all(not ok and "not plain data" in err for _, ok, err in parsed), parsed
+    assert sum(type(e).__name__ == "Response" for e in events) == 3

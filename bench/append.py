@@ -48,10 +48,10 @@ from collections.abc import Callable
 
 import msgspec
 
-from ledger.events import Started, decode_many, encode
-from ledger.framing import FRAME_HEAD_SIZE, TRAILER_SIZE
-from ledger.reader import iter_events, iter_frames
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Started, decode_many, encode
+from llm_ledger.ledger.framing import FRAME_HEAD_SIZE, TRAILER_SIZE
+from llm_ledger.ledger.reader import iter_events, iter_frames
+from llm_ledger.ledger.writer import LogWriter
 
 SWEEP_PRODUCERS = [1, 4, 16, 64, 256]
 SWEEP_EVENTS_PER_PRODUCER = 5_000  # sweep caps N at this many events per producer

@@ -30,13 +30,11 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 
 def build(run_dir: str, items: int) -> int:
-    from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
-    from ledger.writer import LogWriter
+    from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
+    from llm_ledger.ledger.writer import LogWriter
 
     os.makedirs(run_dir, exist_ok=True)
     writer = LogWriter.open(os.path.join(run_dir, "events.log"))
@@ -76,11 +74,11 @@ def phase(name: str, run_dir: str, out: str) -> dict:
 
 
 def run_phase(name: str, run_dir: str, out: str) -> None:
-    from ledger.events import decode_many
-    from ledger.layout import RunPaths
-    from ledger.reader import iter_events, iter_frames
-    from projections.export import export
-    from projections.projector import CONVERSATIONS, ROWS, rebuild
+    from llm_ledger.ledger.events import decode_many
+    from llm_ledger.ledger.layout import RunPaths
+    from llm_ledger.ledger.reader import iter_events, iter_frames
+    from llm_ledger.projections.export import export
+    from llm_ledger.projections.projector import CONVERSATIONS, ROWS, rebuild
 
     paths = RunPaths(run_dir)
     start = time.perf_counter()
@@ -106,7 +104,7 @@ def run_phase(name: str, run_dir: str, out: str) -> None:
 
 
 def _payload(log: str, frame) -> bytes:
-    from ledger.framing import FRAME_OVERHEAD
+    from llm_ledger.ledger.framing import FRAME_OVERHEAD
 
     with open(log, "rb") as f:
         f.seek(frame.offset + 24)

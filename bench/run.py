@@ -33,11 +33,9 @@ import time
 
 import openai
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from runners.client import make_client  # noqa: E402
-from runners.config import RunConfig  # noqa: E402
-from runners.session import prepare, run_prepared  # noqa: E402
+from llm_ledger.runners.client import make_client
+from llm_ledger.runners.config import RunConfig
+from llm_ledger.runners.session import prepare, run_prepared
 
 
 def free_port() -> int:
@@ -47,7 +45,7 @@ def free_port() -> int:
 
 
 def start_simulator(port: int, *flags: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "simulate", "--port", str(port), *flags],
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "simulate", "--port", str(port), *flags],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
@@ -189,7 +187,7 @@ def peak_rss_mb(base_url: str, n: int, tmp: str) -> dict:
     dataset = os.path.join(tmp, "rss.jsonl")
     write_dataset(dataset, n)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "cli", "run", dataset, "--base-url", base_url, "--model", "sim-1",
+    proc = subprocess.run([sys.executable, "-m", "llm_ledger.cli", "run", dataset, "--base-url", base_url, "--model", "sim-1",
                            "--concurrency", "64", "--runs-dir", os.path.join(tmp, "rss-runs")],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rss_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from ledger.errors import LedgerError
+from llm_ledger.ledger.errors import LedgerError
 
 __all__ = ["RunsDir", "handled", "err", "out", "fail"]
 

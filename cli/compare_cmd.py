@@ -9,9 +9,9 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from ledger.layout import find_run
-from projections.compare import Comparison, as_text, compare_runs, write_csv
-from projections.outputs import check_output_path
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.compare import Comparison, as_text, compare_runs, write_csv
+from llm_ledger.projections.outputs import check_output_path
 
 from .app import app
 from .common import RunsDir, handled, out

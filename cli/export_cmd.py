@@ -6,9 +6,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ledger.errors import InputError
-from ledger.layout import find_run
-from projections.formats import FORMATS
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.formats import FORMATS
 
 from .app import app
 from .common import RunsDir, err, handled, out
@@ -24,7 +24,7 @@ def export(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Export runs as Arrow (IPC file), Parquet, CSV, JSONL, xlsx or OpenAI Batch output."""
-    from projections.export import export as export_runs
+    from llm_ledger.projections.export import export as export_runs
 
     with handled():
         if len(args) < 2:

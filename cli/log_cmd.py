@@ -8,9 +8,9 @@ from typing import Annotated
 import msgspec
 import typer
 
-from ledger.layout import find_run
-from ledger.lock import is_locked
-from ledger.reader import follow_events, iter_events
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.ledger.lock import is_locked
+from llm_ledger.ledger.reader import follow_events, iter_events
 
 from .app import app
 from .common import RunsDir, handled

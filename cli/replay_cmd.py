@@ -6,8 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ledger.layout import find_run
-from projections.replay import replay as replay_run
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.replay import replay as replay_run
 
 from .app import app
 from .common import RunsDir, handled, out

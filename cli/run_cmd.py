@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
-from ledger.layout import find_run
+from llm_ledger.ledger.layout import find_run
 
 from .app import app
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from runners.session import Prepared, Session
+    from llm_ledger.runners.session import Prepared, Session
 from .common import RunsDir, err, handled, out
 from .progress import make_bar, summary_table, ticker
 
@@ -52,9 +52,9 @@ def run(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of DATASET against a model; resumable at any moment."""
-    from runners.config import SIMULATOR_MODEL, RunConfig
-    from runners.dataset import interpret_escapes
-    from runners.session import plan_only, prepare
+    from llm_ledger.runners.config import SIMULATOR_MODEL, RunConfig
+    from llm_ledger.runners.dataset import interpret_escapes
+    from llm_ledger.runners.session import plan_only, prepare
 
     with handled():
         config = RunConfig(
@@ -132,7 +132,7 @@ def resume(
 
     Only settings that change how the work is sent can be given; they apply to this session
     and are recorded in its session_started event. What is sent is fixed by the run."""
-    from runners.session import prepare_resume
+    from llm_ledger.runners.session import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
                  "give_up_after": give_up_after}
@@ -144,7 +144,7 @@ def resume(
 
 
 def _sim(text: str | None) -> dict:
-    from ledger.errors import InputError
+    from llm_ledger.ledger.errors import InputError
 
     if not text:
         return {}
@@ -158,7 +158,7 @@ def _sim(text: str | None) -> dict:
 
 
 def _execute(prepared: "Prepared", show_first: bool) -> int:
-    from runners.session import run_prepared
+    from llm_ledger.runners.session import run_prepared
 
     config = prepared.config
     bar = make_bar()

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ledger.layout import find_run
-from projections.show import item_story
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.show import item_story
 
 from .app import app
 from .common import RunsDir, handled, out

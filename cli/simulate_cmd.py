@@ -28,8 +28,8 @@ def simulate(
     request_log: Annotated[str, typer.Option("--request-log", help="Append one JSON line per request here.")] = "",
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
-    from projections.outputs import check_output_path
-    from runners.simulator import SimConfig, Simulator
+    from llm_ledger.projections.outputs import check_output_path
+    from llm_ledger.runners.simulator import SimConfig, Simulator
 
     with handled():
         if request_log:
@@ -47,6 +47,6 @@ def simulate(
 
 
 def _start(config: "SimConfig", port: int) -> "Simulator":  # noqa: F821 (imported lazily above)
-    from runners.simulator import Simulator
+    from llm_ledger.runners.simulator import Simulator
 
     return Simulator(config, port=port).start()

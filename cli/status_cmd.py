@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from ledger.layout import find_run
-from projections.runs import list_runs, run_status
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.runs import list_runs, run_status
 
 from .app import app
 from .common import RunsDir, handled, out

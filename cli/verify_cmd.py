@@ -6,8 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ledger.layout import find_run
-from ledger.maintenance import repair_log, verify_log
+from llm_ledger.ledger.layout import find_run
+from llm_ledger.ledger.maintenance import repair_log, verify_log
 
 from .app import app
 from .common import RunsDir, err, handled, out

@@ -21,7 +21,7 @@ def view(
     """A local, read-only web page: runs side by side, disagreements marked, every attempt."""
     if host not in ("127.0.0.1", "localhost", "::1"):
         err.print(f"[yellow]warning:[/yellow] listening on {escape(host)}: anyone who can reach it can read these runs")
-    from viewer import serve  # starlette and uvicorn load only for this command
+    from llm_ledger.viewer import serve  # starlette and uvicorn load only for this command
 
     with handled():
         serve(runs_dir, runs or [], host=host, port=port, on_ready=lambda url: out.print(f"ledger view: {url}  (Ctrl-C to stop)", markup=False))

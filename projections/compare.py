@@ -35,8 +35,8 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import InputError
-from ledger.layout import RunPaths
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.layout import RunPaths
 
 from .scoring import normalize
 from .summary import wilson

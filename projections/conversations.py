@@ -24,7 +24,7 @@ from urllib.parse import quote
 
 import msgspec
 
-from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, Started, Usage
+from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, Started, Usage
 
 from .fold import Key, failure_text, overridden
 from .scoring import score

@@ -12,8 +12,8 @@ from typing import Any
 import msgspec
 import pyarrow as pa
 
-from ledger.layout import RunPaths
-from ledger.reader import iter_events
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_events
 
 __all__ = ["schema", "event_batches"]
 

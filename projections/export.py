@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from ledger.errors import InputError, LedgerError
-from ledger.layout import RunPaths
+from llm_ledger.ledger.errors import InputError, LedgerError
+from llm_ledger.ledger.layout import RunPaths
 
 from .fold import RunState
 from .formats import FORMATS, STREAMABLE

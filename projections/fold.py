@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, SessionEnded, SessionStarted, Started, Usage
 
 from .scoring import score
 

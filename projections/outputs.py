@@ -38,9 +38,9 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ledger.errors import InputError, OutputError
-from ledger.fsio import fsync_dir
-from ledger.layout import RunPaths
+from llm_ledger.ledger.errors import InputError, OutputError
+from llm_ledger.ledger.fsio import fsync_dir
+from llm_ledger.ledger.layout import RunPaths
 
 __all__ = ["STDOUT", "check_output_path", "atomic_output", "remove_dead_temps", "owner_of"]
 

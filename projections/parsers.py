@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError
 
 __all__ = ["Parser", "ParseResult", "make_parser"]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError
 
 __all__ = ["BUILTIN", "lookup"]
 

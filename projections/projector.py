@@ -55,14 +55,14 @@ from typing import NamedTuple
 
 import msgspec
 
-from ledger.events import Parsed, decode_many_view
-from ledger.framing import HEADER_SIZE, Frame
-from ledger.errors import LedgerError, LogLockedError
-from ledger.fsio import fsync_dir, os_error, write_atomic
-from ledger.layout import RunPaths
-from ledger.lock import RunLock
-from ledger.reader import iter_frames
-from ledger.recovery import LogEnd, locate_end
+from llm_ledger.ledger.events import Parsed, decode_many_view
+from llm_ledger.ledger.framing import HEADER_SIZE, Frame
+from llm_ledger.ledger.errors import LedgerError, LogLockedError
+from llm_ledger.ledger.fsio import fsync_dir, os_error, write_atomic
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.lock import RunLock
+from llm_ledger.ledger.reader import iter_frames
+from llm_ledger.ledger.recovery import LogEnd, locate_end
 
 from . import conversations as conv_fold
 from . import fold as rows_fold

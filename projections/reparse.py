@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from ledger.events import Parsed, Response, SessionStarted
-from ledger.reader import iter_events
+from llm_ledger.ledger.events import Parsed, Response, SessionStarted
+from llm_ledger.ledger.reader import iter_events
 
 from .fold import Key, key_of
 from .parsers import Parser

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from ledger import __version__
-from ledger.errors import InputError
-from ledger.index import RunIndex
-from ledger.events import SessionEnded, SessionStarted
-from ledger.layout import RunPaths
-from ledger.lock import RunLock
-from ledger.writer import LogWriter
+from llm_ledger.ledger import __version__
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.index import RunIndex
+from llm_ledger.ledger.events import SessionEnded, SessionStarted
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.lock import RunLock
+from llm_ledger.ledger.writer import LogWriter
 
 from .parsers import Parser, make_parser
 from .projector import Projector, rebuild
@@ -81,7 +81,7 @@ def _reparse_parser(spec: str) -> Parser:
 
 def _last_status(paths: RunPaths) -> str:
     """A re-parse does not change whether the run completed: keep its last end reason."""
-    from ledger.reader import iter_events
+    from llm_ledger.ledger.reader import iter_events
 
     status = "interrupted"
     for event in iter_events(paths.log):

@@ -42,12 +42,12 @@ from typing import Any
 import lmdb
 import msgspec
 
-from ledger.errors import CorruptLogError, IndexError_, LedgerError
-from ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-from ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex, next_state
-from ledger.layout import RunPaths
-from ledger.lock import is_locked
-from ledger.reader import iter_events, iter_frames, log_end
+from llm_ledger.ledger.errors import CorruptLogError, IndexError_, LedgerError
+from llm_ledger.ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex, next_state
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.lock import is_locked
+from llm_ledger.ledger.reader import iter_events, iter_frames, log_end
 
 __all__ = ["run_status", "describe", "files_version", "list_runs", "read_summary", "first_event", "decide", "status_text"]
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import InputError
-from ledger.events import Failed, Parsed, Response, Started
-from ledger.layout import RunPaths
-from ledger.reader import iter_events
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.events import Failed, Parsed, Response, Started
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_events
 
 from .conversations import file_name
 

@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from ledger.errors import InputError
-from ledger.events import Failed, Parsed, Response
-from ledger.layout import RunPaths
-from ledger.reader import iter_events
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.events import Failed, Parsed, Response
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_events
 
 __all__ = ["WRITERS", "write_xlsx", "write_openai_batch"]
 

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from ledger.errors import LedgerError
+from llm_ledger.ledger.errors import LedgerError
 
 from .redaction import Redactor, redactor
 

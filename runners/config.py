@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError
 
 __all__ = ["RunConfig", "SIMULATOR_MODEL", "HOW_FIELDS", "MAX_CONCURRENCY", "check_config", "compare"]
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError
 
 __all__ = ["Item", "DatasetInfo", "scan", "iter_items", "template_fields", "interpret_escapes"]
 

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from ledger.errors import LedgerError, LogError, UnencodableEventError
-from ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
-from ledger.writer import LogWriter
-from projections.parsers import ParseResult, Parser
+from llm_ledger.ledger.errors import LedgerError, LogError, UnencodableEventError
+from llm_ledger.ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.parsers import ParseResult, Parser
 
 from .client import EndpointError, Reply, redact, send
 from .config import RunConfig

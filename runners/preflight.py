@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError
 
 from .client import make_client, redact
 

@@ -30,19 +30,19 @@ from typing import Any
 
 import msgspec
 
-from ledger import __version__
-from ledger.errors import IndexError_, InputError, LedgerError
-from ledger.events import RunStarted, SessionEnded, SessionStarted
-from ledger.fsio import fsync_dir, os_error
-from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
-from ledger.layout import RunPaths, validate_run_id
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
-from projections.conversations import Conversation
-from projections.fold import key_of
-from projections.parsers import Parser, make_parser
-from projections.prices import lookup
-from projections.projector import Projector
+from llm_ledger.ledger import __version__
+from llm_ledger.ledger.errors import IndexError_, InputError, LedgerError
+from llm_ledger.ledger.events import RunStarted, SessionEnded, SessionStarted
+from llm_ledger.ledger.fsio import fsync_dir, os_error
+from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
+from llm_ledger.ledger.layout import RunPaths, validate_run_id
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.conversations import Conversation
+from llm_ledger.projections.fold import key_of
+from llm_ledger.projections.parsers import Parser, make_parser
+from llm_ledger.projections.prices import lookup
+from llm_ledger.projections.projector import Projector
 
 from .breaker import Breaker
 from .client import make_clients

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 
 import msgspec
 import uvicorn
-from ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

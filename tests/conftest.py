@@ -13,7 +13,7 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
     """Run `ledger ARGS` in a real subprocess (the same interpreter as the tests)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
+        [sys.executable, "-m", "llm_ledger.cli", *args],
         cwd=cwd,
         env=full_env,
         capture_output=True,

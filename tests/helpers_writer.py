@@ -22,9 +22,9 @@ import random
 import sys
 import threading
 
-from ledger.errors import LogLockedError
-from ledger.events import Failed, Parsed, Response, Started
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import LogLockedError
+from llm_ledger.ledger.events import Failed, Parsed, Response, Started
+from llm_ledger.ledger.writer import LogWriter
 
 
 def say(line: str) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import Parsed, Response, RunStarted, SessionEnded, Started, Usage
-from ledger.reader import iter_events, iter_frames
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Parsed, Response, RunStarted, SessionEnded, Started, Usage
+from llm_ledger.ledger.reader import iter_events, iter_frames
+from llm_ledger.ledger.writer import LogWriter
 
 HELPER = str(Path(__file__).with_name("helpers_writer.py"))
 
@@ -127,7 +127,7 @@ def test_log_follow_prints_live_events_and_exits_when_the_writer_closes(cli, tmp
             return writer.stdout.readline().strip()
 
         assert tell("append 3") == "acked 1 2 3"
-        follower = subprocess.Popen([sys.executable, "-m", "cli", "log", "live", "--follow"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        follower = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "log", "live", "--follow"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         lines = Lines(follower.stdout)
         first = [json.loads(line) for line in lines.take(3)]
         assert [(d["type"], d["seq"], d["item_id"]) for d in first] == [("started", 1, "q1"), ("started", 2, "q2"), ("started", 3, "q3")]

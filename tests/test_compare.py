@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from projections.compare import Answer, AnswerIndex, mcnemar_exact
-from projections.summary import wilson
+from llm_ledger.projections.compare import Answer, AnswerIndex, mcnemar_exact
+from llm_ledger.projections.summary import wilson
 
 N = 12
 EXPECTED = ["ABCD"[i % 4] for i in range(N)]
@@ -112,7 +112,7 @@ def compare_here(runs: Path, *args: str) -> Result:
     """The same command in-process (Typer's runner): no interpreter start-up per call."""
     from typer.testing import CliRunner
 
-    from cli.app import _register, app
+    from llm_ledger.cli.app import _register, app
 
     _register()
     r = CliRunner().invoke(app, ["compare", *args, "--runs-dir", str(runs)])

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from ledger.errors import InputError
-from runners.dataset import iter_items, scan, template_fields
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.runners.dataset import iter_items, scan, template_fields
 
 # name -> (file name, file bytes, extra args, the "file:line" (or file) the error must name, text it must contain)
 # The file part is the path as given on the command line; "{f}" stands for it.

@@ -10,9 +10,9 @@ from urllib.parse import quote
 
 import pytest
 
-from runners.engine import request_key
-from runners.redaction import Redactor
-from runners.simulator import ledger_key
+from llm_ledger.runners.engine import request_key
+from llm_ledger.runners.redaction import Redactor
+from llm_ledger.runners.simulator import ledger_key
 
 KEYS = ["sk-live/ab+CD/9f8e7d6c5b4a3210", "sk-proj-abcdefghijklmnop", "tok with space/é", "k\"ey\\with/escapes"]
 
@@ -110,7 +110,7 @@ ESCAPES = {
 def test_a_reply_never_keeps_the_key_whatever_the_json_escaping(key, escape):
     """Through the client's own decode path (the pre-check on the bytes decides whether the
     decoded strings are walked: it must never skip a body that needs it)."""
-    from runners.client import _reply
+    from llm_ledger.runners.client import _reply
 
     red = Redactor((key,), bearer=False)
     texts = [f"see {form} here" for form in _forms(key)]

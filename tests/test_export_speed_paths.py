@@ -23,14 +23,14 @@ import pyarrow.ipc
 import pyarrow.parquet as pq
 import pytest
 
-import projections.export as export_module
-from ledger.errors import LedgerError
-from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
-from ledger.layout import RunPaths
-from ledger.lock import RunLock
-from ledger.writer import LogWriter
-from projections.export import SCHEMA, export
-from projections.projector import refresh
+import llm_ledger.projections.export as export_module
+from llm_ledger.ledger.errors import LedgerError
+from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.lock import RunLock
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.export import SCHEMA, export
+from llm_ledger.projections.projector import refresh
 
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")

@@ -16,14 +16,14 @@ import sys
 import msgspec
 import pytest
 
-import ledger.index
-from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, encode_many
-from ledger.framing import FRAME_OVERHEAD
-from ledger.errors import IndexError_
-from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
-from ledger.maintenance import repair_log
-from ledger.reader import iter_events, iter_frames, log_end
-from ledger.writer import LogWriter
+from llm_ledger.ledger import index as ledger_index
+from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, encode_many
+from llm_ledger.ledger.framing import FRAME_OVERHEAD
+from llm_ledger.ledger.errors import IndexError_
+from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
+from llm_ledger.ledger.maintenance import repair_log
+from llm_ledger.ledger.reader import iter_events, iter_frames, log_end
+from llm_ledger.ledger.writer import LogWriter
 
 FATES = ("done", "failed", "in_flight", "retrying", "done_after_retry")
 
@@ -250,7 +250,7 @@ def test_stale_index_whose_offset_falls_inside_a_later_frame_is_rebuilt(run):
 
 READER = """
 import json, sys, time
-from ledger.index import RunIndex
+from llm_ledger.ledger.index import RunIndex
 index = RunIndex.open_readonly(sys.argv[1])
 target, seen = int(sys.argv[2]), None
 print("ready", flush=True)
@@ -292,7 +292,7 @@ def test_readonly_reader_in_another_process_sees_consistent_states(run):
 
 def test_map_grows_when_full(run, monkeypatch):
     log, path = run
-    monkeypatch.setattr(ledger.index, "_INITIAL_MAP", 64 << 10)
+    monkeypatch.setattr(ledger_index, "_INITIAL_MAP", 64 << 10)
     groups = [[RunStarted(run_id="r", items=3000)]]
     groups += [[Started(item_id=f"item-{i:05d}-" + "k" * 40, request={"i": i}) for i in range(j, j + 100)] for j in range(0, 3000, 100)]
     index = write(log, groups, path)

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import run_cli
 from input_server import InputServer, model_list
-from ledger.events import SessionStarted, Started
-from ledger.reader import iter_events
+from llm_ledger.ledger.events import SessionStarted, Started
+from llm_ledger.ledger.reader import iter_events
 
 
 def _dataset(path: Path, n: int = 6, **extra) -> Path:

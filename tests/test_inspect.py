@@ -72,7 +72,7 @@ def records(prefix: str, pairs: list[tuple[str, str]]) -> list[dict]:
 def _piped(*args: str) -> subprocess.CompletedProcess:
     """The CLI with stdout a pipe and no COLUMNS/LINES in its environment (as in `ledger ls | cat`)."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env, timeout=60)
+    return subprocess.run([sys.executable, "-m", "llm_ledger.cli", *args], capture_output=True, text=True, env=env, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -229,7 +229,7 @@ def test_status_during_a_run_from_another_process(world, tmp_path):
     n = 100
     dataset = write_jsonl(tmp_path / "live.jsonl", records("v", [("A", "A")] * n))
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cli", "run", str(dataset), "--run-id", "live", "--runs-dir", str(runs),
+    cmd = [sys.executable, "-m", "llm_ledger.cli", "run", str(dataset), "--run-id", "live", "--runs-dir", str(runs),
            "--concurrency", "4", "--parser", REGEX, "--sim", json.dumps({"latency": 0.1})]
     proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     seen = None

@@ -6,9 +6,9 @@ import asyncio
 import threading
 from collections import Counter
 
-from ledger.events import Response, Started
-from ledger.reader import iter_events, iter_frames
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Response, Started
+from llm_ledger.ledger.reader import iter_events, iter_frames
+from llm_ledger.ledger.writer import LogWriter
 
 THREADS, TASKS, PER_PRODUCER = 8, 8, 40
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import Resumed
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Resumed
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 HELPER = str(Path(__file__).with_name("helpers_writer.py"))
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from ledger.events import Failed, Parsed, Paused, Response, Resumed, RunStarted, SessionEnded, SessionStarted, Started, Usage
-from ledger.index import RunIndex
-from ledger.maintenance import verify_log
-from ledger.reader import iter_events, iter_frames
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Failed, Parsed, Paused, Response, Resumed, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.index import RunIndex
+from llm_ledger.ledger.maintenance import verify_log
+from llm_ledger.ledger.reader import iter_events, iter_frames
+from llm_ledger.ledger.writer import LogWriter
 
 V1 = Path(__file__).parent / "fixtures" / "v1" / "events.log"
 V1_SHA256 = "dd571c01e847019b3a06acba23cc88da78e053261ef203bdbbb14dc8dfe57cb6"

@@ -7,10 +7,10 @@ the writer from inside it, so every interleaving they check is deterministic.
 
 from __future__ import annotations
 
-from ledger.events import Started
-from ledger.lock import is_locked
-from ledger.reader import follow_events, iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Started
+from llm_ledger.ledger.lock import is_locked
+from llm_ledger.ledger.reader import follow_events, iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 
 def test_follow_yields_events_appended_between_polls(tmp_path):

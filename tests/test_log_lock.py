@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from ledger.errors import LogLockedError
-from ledger.events import Started
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import LogLockedError
+from llm_ledger.ledger.events import Started
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 HELPER = str(Path(__file__).with_name("helpers_writer.py"))
 

@@ -8,11 +8,11 @@ import random
 import msgspec
 import pytest
 
-from ledger.errors import CorruptLogError
-from ledger.events import Failed, Parsed, Response, RunStarted, Started, Usage
-from ledger.maintenance import repair_log, verify_log
-from ledger.reader import iter_events, iter_frames, log_end
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import CorruptLogError
+from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, Started, Usage
+from llm_ledger.ledger.maintenance import repair_log, verify_log
+from llm_ledger.ledger.reader import iter_events, iter_frames, log_end
+from llm_ledger.ledger.writer import LogWriter
 
 GROUPS = [
     [RunStarted(run_id="r-ü", items=3, config={"model": "m", "samples": 1})],

@@ -11,8 +11,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.errors import LogError
-from ledger.events import (
+from llm_ledger.ledger.errors import LogError
+from llm_ledger.ledger.events import (
     Failed,
     Parsed,
     Paused,
@@ -24,9 +24,9 @@ from ledger.events import (
     Started,
     Usage,
 )
-from ledger.framing import FRAME_OVERHEAD, MAX_FRAME
-from ledger.reader import iter_events, iter_frames
-from ledger.writer import LogWriter
+from llm_ledger.ledger.framing import FRAME_OVERHEAD, MAX_FRAME
+from llm_ledger.ledger.reader import iter_events, iter_frames
+from llm_ledger.ledger.writer import LogWriter
 
 # -- strategies ------------------------------------------------------------------------
 

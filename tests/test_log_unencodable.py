@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from ledger.errors import LogError
-from ledger.events import Parsed, RunStarted
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import LogError
+from llm_ledger.ledger.events import Parsed, RunStarted
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 
 def _deep(depth: int) -> list:

@@ -13,11 +13,11 @@ import threading
 
 import pytest
 
-import ledger.writer
-from ledger.errors import LogClosedError, LogError, LogWriteError
-from ledger.events import Response, Started
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger import writer as ledger_writer
+from llm_ledger.ledger.errors import LogClosedError, LogError, LogWriteError
+from llm_ledger.ledger.events import Response, Started
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 REAL_FDATASYNC, REAL_WRITE = os.fdatasync, os.write
 
@@ -33,8 +33,8 @@ class Faults:
         self.fail_sync = self.fail_write = False
         self.short_write_first = False
         self.failed_writes = 0
-        monkeypatch.setattr(ledger.writer.os, "fdatasync", self.fdatasync)
-        monkeypatch.setattr(ledger.writer.os, "write", self.write)
+        monkeypatch.setattr(ledger_writer.os, "fdatasync", self.fdatasync)
+        monkeypatch.setattr(ledger_writer.os, "write", self.write)
 
     def is_log(self, fd: int) -> bool:
         st = os.fstat(fd)
@@ -147,7 +147,7 @@ def test_partial_frame_left_by_a_dead_writer_is_recovered_on_reopen(tmp_path, mo
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_ftruncate(fd, length)
 
-    monkeypatch.setattr(ledger.writer.os, "ftruncate", ftruncate)
+    monkeypatch.setattr(ledger_writer.os, "ftruncate", ftruncate)
     try:
         good = writer.append(Started(item_id="a"))
         durable_size = os.path.getsize(log)

@@ -121,7 +121,7 @@ def test_log_into_a_file_on_a_full_disk_is_one_line_exit_1(world, tmp_path):
     with tmpfs(tmp_path / "disk", "64k") as disk:
         fill(disk)
         with open(disk / "log.jsonl", "wb") as sink:
-            r = subprocess.run([sys.executable, "-m", "cli", "log", "r", "--runs-dir", str(world["runs"])],
+            r = subprocess.run([sys.executable, "-m", "llm_ledger.cli", "log", "r", "--runs-dir", str(world["runs"])],
                                cwd=tmp_path, stdout=sink, stderr=subprocess.PIPE, text=True, timeout=120)
         assert r.returncode == 1, (r.returncode, r.stderr[-3000:])
         line = one_line(r)
@@ -158,7 +158,7 @@ def test_an_output_that_cannot_be_a_file_is_one_line_exit_2(world, tmp_path, cas
 def test_dash_is_standard_output_with_the_bytes_of_the_file(world, fmt, tmp_path):
     to_file = export(world, "r", fmt, "-o", str(tmp_path / "file.out"))
     assert to_file.returncode == 0, to_file.stderr
-    proc = subprocess.run([sys.executable, "-m", "cli", "export", "r", fmt, "-o", "-", "--runs-dir", str(world["runs"])],
+    proc = subprocess.run([sys.executable, "-m", "llm_ledger.cli", "export", "r", fmt, "-o", "-", "--runs-dir", str(world["runs"])],
                           cwd=tmp_path, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout == (tmp_path / "file.out").read_bytes()
@@ -170,7 +170,7 @@ def test_dash_appends_to_a_redirected_file_without_truncating_it(world, tmp_path
     sink_path = tmp_path / "all.jsonl"
     sink_path.write_bytes(b'{"earlier": true}\n')
     with open(sink_path, "ab") as sink:
-        r = subprocess.run([sys.executable, "-m", "cli", "export", "r", "jsonl", "-o", "-", "--runs-dir", str(world["runs"])],
+        r = subprocess.run([sys.executable, "-m", "llm_ledger.cli", "export", "r", "jsonl", "-o", "-", "--runs-dir", str(world["runs"])],
                            cwd=tmp_path, stdout=sink, stderr=subprocess.PIPE, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = sink_path.read_bytes().splitlines()
@@ -179,7 +179,7 @@ def test_dash_appends_to_a_redirected_file_without_truncating_it(world, tmp_path
 
 @pytest.mark.parametrize("fmt", TEXT)
 def test_a_reader_leaving_the_pipe_is_a_quiet_exit_0(world, fmt, tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "export", "r", fmt, "-o", "-", "--runs-dir", str(world["runs"])],
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "export", "r", fmt, "-o", "-", "--runs-dir", str(world["runs"])],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     first = proc.stdout.readline()

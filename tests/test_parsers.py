@@ -6,9 +6,9 @@ import textwrap
 
 import pytest
 
-from ledger.errors import InputError
-from projections.parsers import make_parser
-from projections.scoring import normalize, score
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.projections.parsers import make_parser
+from llm_ledger.projections.scoring import normalize, score
 
 
 def parsed(spec: str, text: str):

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from ledger.events import SessionEnded, SessionStarted, Started
-from ledger.reader import iter_events, iter_frames
+from llm_ledger.ledger.events import SessionEnded, SessionStarted, Started
+from llm_ledger.ledger.reader import iter_events, iter_frames
 
 REGEX = "regex:answer is (.+)$"
 N = 60
@@ -158,7 +158,7 @@ def test_wall_time_of_a_resumed_run_is_the_sum_of_its_sending_sessions(tmp_path)
     data = tmp_path / "qa.jsonl"
     data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Item {i}? answer: A{i}"}) + "\n" for i in range(40)))
     sim = json.dumps({"latency": 0.05, "seed": 1})
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", str(data), "--runs-dir", str(tmp_path / "runs"),
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(data), "--runs-dir", str(tmp_path / "runs"),
                              "--run-id", "w", "--concurrency", "2", "--sim", sim], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = tmp_path / "runs" / "w" / "events.log"

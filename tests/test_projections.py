@@ -19,13 +19,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
-from ledger.layout import RunPaths
-from ledger.writer import LogWriter
-from projections import conversations
-from projections.fold import RunState, apply
-from projections.projector import Projector, rebuild
-from projections.summary import encode_summary, percentile, summarize, wilson
+from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections import conversations
+from llm_ledger.projections.fold import RunState, apply
+from llm_ledger.projections.projector import Projector, rebuild
+from llm_ledger.projections.summary import encode_summary, percentile, summarize, wilson
 
 # -- hand-built streams through the pure fold --------------------------------------------
 
@@ -353,7 +353,7 @@ def test_live_projection_in_two_sessions_equals_a_rebuild(tmp_path, run, seed, d
     assert projection_files(copy) == live, f"seed={seed} damage={damage} split={split}"
 
     # ... and both equal the pure fold of the events as written.
-    from ledger.reader import iter_events
+    from llm_ledger.ledger.reader import iter_events
 
     state, lines = RunState(), []
     for event in iter_events(paths.log):
@@ -371,8 +371,8 @@ def test_live_projection_in_two_sessions_equals_a_rebuild(tmp_path, run, seed, d
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory):
     """A real run (runners.session in-process, embedded simulator over loopback); its files."""
-    from runners.config import RunConfig
-    from runners.session import prepare, run_prepared
+    from llm_ledger.runners.config import RunConfig
+    from llm_ledger.runners.session import prepare, run_prepared
 
     base = tmp_path_factory.mktemp("real")
     dataset = base / "qa.jsonl"
@@ -534,7 +534,7 @@ def test_a_damaged_responses_file_refolds_the_rows_and_leaves_conversations_alon
 
 
 def test_rebuild_of_one_projection_keeps_the_other(finished_run, tmp_path):
-    from projections.projector import CONVERSATIONS, ROWS
+    from llm_ledger.projections.projector import CONVERSATIONS, ROWS
 
     paths = _pristine(finished_run, tmp_path)
     before = projection_files(paths.dir)
@@ -552,7 +552,7 @@ def test_rebuild_of_one_projection_keeps_the_other(finished_run, tmp_path):
 def test_a_rebuild_stopped_between_projections_is_finished_by_the_next_open(finished_run, tmp_path):
     """The reset of a projection is checkpointed before its files are written again: an
     open after a rebuild killed there folds that projection from zero."""
-    from projections.projector import CONVERSATIONS
+    from llm_ledger.projections.projector import CONVERSATIONS
 
     paths = _pristine(finished_run, tmp_path)
     before = projection_files(paths.dir)
@@ -566,7 +566,7 @@ def test_a_rebuild_stopped_between_projections_is_finished_by_the_next_open(fini
 
 
 def test_refresh_brings_the_rows_up_to_date_and_leaves_conversations_to_the_next_open(tmp_path):
-    from projections.projector import refresh
+    from llm_ledger.projections.projector import refresh
 
     paths = _log_run(tmp_path, run_header(2) + _q("a"))
     Projector.open(paths).close()
@@ -599,7 +599,7 @@ def test_label_counts_follow_a_failure_superseded_by_a_success():
 
 
 def test_more_than_max_labels_classes_are_not_labels():
-    from projections.fold import MAX_LABELS
+    from llm_ledger.projections.fold import MAX_LABELS
 
     events = run_header(MAX_LABELS + 1)
     for i in range(MAX_LABELS + 1):
@@ -615,8 +615,8 @@ def test_xlsx_export_of_a_run_held_by_a_writer_summarizes_its_last_checkpoint(fi
     """A live run's projector owns its files: the export reads the checkpointed state."""
     from openpyxl import load_workbook
 
-    from ledger.lock import RunLock
-    from projections.export import export
+    from llm_ledger.ledger.lock import RunLock
+    from llm_ledger.projections.export import export
 
     paths = _pristine(finished_run, tmp_path)
     out = tmp_path / "live.xlsx"

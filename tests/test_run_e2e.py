@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from ledger.events import Failed, Started
-from ledger.reader import iter_events
+from llm_ledger.ledger.events import Failed, Started
+from llm_ledger.ledger.reader import iter_events
 
 REGEX_PARSER = "regex:answer is (.+)$"
 
@@ -82,7 +82,7 @@ def standalone_simulator(tmp_path: Path, *args: str, port: int | None = None):
     """`ledger simulate --port P ARGS` in a subprocess; yields (base_url, port)."""
     port = port or free_port()
     log = open(tmp_path / f"simulate-{port}-{time.monotonic_ns()}.out", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "simulate", "--port", str(port), *args],
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "simulate", "--port", str(port), *args],
                             stdout=log, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:

@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-from ledger.events import Failed, Response, SessionEnded, SessionStarted, Started
-from ledger.layout import RunPaths
-from ledger.reader import iter_events
-from projections.projector import rebuild
+from llm_ledger.ledger.events import Failed, Response, SessionEnded, SessionStarted, Started
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.projections.projector import rebuild
 from test_run_e2e import (
     REGEX_PARSER,
     qa_records,
@@ -87,7 +87,7 @@ def _kill_scenario(seed: int, tmp_path: Path) -> dict:
     run_dir = runs / "crashy"
     all_keys = {f"{rec['id']}/{s}/0" for rec in records for s in range(2)}
     sim = sim_json(req_log, seed=seed, latency=0.02, rate_429=0.05, retry_after=0.01)
-    base = [sys.executable, "-m", "cli"]
+    base = [sys.executable, "-m", "llm_ledger.cli"]
     commands = [
         base + ["run", str(dataset), "--runs-dir", str(runs), "--run-id", "crashy", "--samples", "2",
                 "--concurrency", "16", "--parser", REGEX_PARSER, "--sim", sim],
@@ -271,7 +271,7 @@ def test_multi_turn_item_in_flight_at_a_kill_continues_from_its_last_turn(cli, t
     dataset = write_jsonl(tmp_path / "chat.jsonl", records)
     req_log = tmp_path / "req.jsonl"
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cli", "run", str(dataset), "--runs-dir", str(runs), "--run-id", "chat",
+    cmd = [sys.executable, "-m", "llm_ledger.cli", "run", str(dataset), "--runs-dir", str(runs), "--run-id", "chat",
            "--concurrency", "8", "--system", "Be terse.", "--parser", REGEX_PARSER,
            "--sim", sim_json(req_log, latency=0.02, seed=9)]
     code = _kill_after(cmd, req_log, 60, 0.0, tmp_path / "run.out")
@@ -313,7 +313,7 @@ def test_sigint_drains_and_exits_130_then_resume_finishes(cli, tmp_path):
     dataset = write_jsonl(tmp_path / "qa.jsonl", records)
     req_log = tmp_path / "req.jsonl"
     runs = tmp_path / "runs"
-    cmd = [sys.executable, "-m", "cli", "run", str(dataset), "--runs-dir", str(runs), "--run-id", "int",
+    cmd = [sys.executable, "-m", "llm_ledger.cli", "run", str(dataset), "--runs-dir", str(runs), "--run-id", "int",
            "--concurrency", "8", "--parser", REGEX_PARSER, "--sim", sim_json(req_log, latency=0.02)]
     with open(tmp_path / "run.out", "wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=sink)

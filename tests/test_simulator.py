@@ -12,8 +12,8 @@ from collections import Counter
 
 import pytest
 
-from runners.client import EndpointError, make_client, redact, send
-from runners.simulator import SimConfig, Simulator, reply_text
+from llm_ledger.runners.client import EndpointError, make_client, redact, send
+from llm_ledger.runners.simulator import SimConfig, Simulator, reply_text
 
 
 def post(sim: Simulator, messages: list[dict], key: str | None = None, model: str = "sim-1"):

@@ -29,7 +29,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from conftest import run_cli
-from viewer.app import create_app
+from llm_ledger.viewer.app import create_app
 
 LONG = {3, 7, 11}  # items whose prompt is over --max-context: they fail finally, unsent
 FIELDS = ("done", "failed", "in_flight", "pending", "planned")
@@ -140,7 +140,7 @@ def test_kill_9_mid_run_then_resume_then_a_lagging_index_agree(tmp_path):
     data = _dataset(tmp_path / "d.jsonl", 300)
     sim = json.dumps({"latency": 0.03, "request_log": str(log)})
     args = ["run", str(data), "--runs-dir", str(runs), "--run-id", "k", "--parser", "choice", "--concurrency", "8", "--max-context", "200", "--sim", sim]
-    proc = subprocess.Popen([sys.executable, "-m", "cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for(lambda: _lines(log) >= 60 or proc.poll() is not None)
         os.kill(proc.pid, signal.SIGKILL)

@@ -16,11 +16,11 @@ import shutil
 
 import pytest
 
-from ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-from ledger.index import RunIndex
-from ledger.layout import RunPaths
-from ledger.writer import LogWriter
-from projections.runs import run_status
+from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+from llm_ledger.ledger.index import RunIndex
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.runs import run_status
 
 FIELDS = ("planned", "done", "failed", "in_flight", "pending", "events", "status")
 

@@ -26,7 +26,7 @@ from starlette.testclient import TestClient
 
 from conftest import run_cli
 from test_view import view_server
-from viewer.app import create_app
+from llm_ledger.viewer.app import create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -175,7 +175,7 @@ def test_a_damaged_log_is_said_in_the_detail_panel_not_a_500(tmp_path):
     """The item API of a run whose log is damaged in the middle answers 200 with the error."""
     import shutil
 
-    from ledger.reader import iter_frames
+    from llm_ledger.ledger.reader import iter_frames
 
     runs = tmp_path / "runs"
     data = tmp_path / "d.jsonl"

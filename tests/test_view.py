@@ -29,7 +29,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from test_compare import EXPECTED, HINTS, N, shared_runs
-from viewer.app import create_app
+from llm_ledger.viewer.app import create_app
 
 TRAVERSALS = [
     "/static/../../../etc/passwd",
@@ -223,7 +223,7 @@ def test_100000_item_runs_are_paged_on_the_server(tmp_path):
 @contextlib.contextmanager
 def view_server(runs: Path, *names: str):
     """`ledger view NAMES --port 0` in a subprocess; yields (process, printed URL, base URL)."""
-    proc = subprocess.Popen([sys.executable, "-m", "cli", "view", *names, "--runs-dir", str(runs), "--port", "0"],
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "view", *names, "--runs-dir", str(runs), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     guard = threading.Timer(90, proc.kill)  # a hang guard, not a performance threshold
     guard.start()
@@ -267,7 +267,7 @@ def test_real_server_serves_refuses_traversal_and_follows_a_live_run(runs, tmp_p
     dataset = tmp_path / "slow.jsonl"
     dataset.write_text("".join(json.dumps({"id": f"s{i}", "prompt": f"answer: {EXPECTED[i]}", "expected": "A"}) + "\n"
                                for i in range(6)))
-    slow = subprocess.Popen([sys.executable, "-m", "cli", "run", str(dataset), "--runs-dir", str(live_runs), "--run-id", "live",
+    slow = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(dataset), "--runs-dir", str(live_runs), "--run-id", "live",
                              "--parser", "choice", "--concurrency", "1", "--sim", json.dumps({"latency": 0.3})],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -310,7 +310,7 @@ def _watch_live_run(http: httpx.Client, slow: subprocess.Popen) -> None:
 def test_view_refuses_unknown_runs_and_a_busy_port(runs):
     from typer.testing import CliRunner
 
-    from cli.app import _register, app
+    from llm_ledger.cli.app import _register, app
 
     _register()
     r = CliRunner().invoke(app, ["view", "nope", "--runs-dir", str(runs)])

@@ -42,11 +42,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ledger.errors import InputError, LedgerError
-from ledger.layout import RunPaths
-from projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
-from projections.runs import describe, files_version, list_runs
-from projections.show import item_story
+from llm_ledger.ledger.errors import InputError, LedgerError
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
+from llm_ledger.projections.runs import describe, files_version, list_runs
+from llm_ledger.projections.show import item_story
 
 __all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
 
@@ -251,7 +251,7 @@ def _static(request: Request) -> Response:
 def _static_file(name: str) -> Response:
     if name not in STATIC:
         raise _not_found(name)
-    body = resources.files("viewer").joinpath("static", name).read_bytes()
+    body = resources.files("llm_ledger.viewer").joinpath("static", name).read_bytes()
     return Response(body, media_type=STATIC[name], headers=_HEADERS)
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import msgspec
 
-from ledger.errors import LedgerError
-from ledger.events import Event, Parsed, Response
-from ledger.index import RunIndex
-from ledger.layout import RunPaths
-from ledger.maintenance import verify_log
-from ledger.reader import iter_events, log_end
-from ledger.writer import LogWriter
-from projections.projector import Projector, rebuild
+from llm_ledger.ledger.errors import LedgerError
+from llm_ledger.ledger.events import Event, Parsed, Response
+from llm_ledger.ledger.index import RunIndex
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.maintenance import verify_log
+from llm_ledger.ledger.reader import iter_events, log_end
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.projector import Projector, rebuild
 
 __all__ = ["read_log", "encoded", "reply_keys", "done_keys", "lost_events", "check_prefix", "check_reopen",
            "check_projections", "projection_files", "requests_after", "resent", "check_final_log"]

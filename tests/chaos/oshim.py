@@ -31,7 +31,7 @@ from typing import Any
 
 __all__ = ["MODULES", "OsProxy", "FaultyOs", "PowerLossDisk", "install", "install_in_child", "SECTOR"]
 
-MODULES = ("ledger.writer", "ledger.fsio", "ledger.recovery")
+MODULES = ("llm_ledger.ledger.writer", "llm_ledger.ledger.fsio", "llm_ledger.ledger.recovery")
 SECTOR = 512
 _REAL = os
 

@@ -31,9 +31,9 @@ from typing import Any
 __all__ = ["CliProc", "start_cli", "run_cli", "kill_when", "lines_after", "lock_held_by", "PRELOAD"]
 
 PRELOAD = [
-    "cli.app", "cli.common", "cli.run_cmd", "cli.status_cmd", "cli.log_cmd", "cli.replay_cmd",
-    "cli.export_cmd", "cli.verify_cmd", "cli.show_cmd", "runners.session", "runners.simulator",
-    "projections.projector", "projections.export", "chaos.oshim", "chaos.warm",
+    "llm_ledger.cli.app", "llm_ledger.cli.common", "llm_ledger.cli.run_cmd", "llm_ledger.cli.status_cmd", "llm_ledger.cli.log_cmd", "llm_ledger.cli.replay_cmd",
+    "llm_ledger.cli.export_cmd", "llm_ledger.cli.verify_cmd", "llm_ledger.cli.show_cmd", "llm_ledger.runners.session", "llm_ledger.runners.simulator",
+    "llm_ledger.projections.projector", "llm_ledger.projections.export", "chaos.oshim", "chaos.warm",
 ]
 _ctx_lock = threading.Lock()
 _ctx: Any = None
@@ -78,7 +78,7 @@ def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], s
             from chaos.oshim import install_in_child
 
             install_in_child(shim)
-        from cli.app import _register, app
+        from llm_ledger.cli.app import _register, app
 
         _register()
         sys.argv = ["ledger", *args]
@@ -108,7 +108,7 @@ class CliProc:
         if mode == "exec":
             assert shim is None, "fault shims need the fork mode"
             with open(out, "ab") as o, open(err, "ab") as e:
-                self._popen = subprocess.Popen([sys.executable, "-m", "cli", *args], cwd=cwd, stdout=o, stderr=e,
+                self._popen = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", *args], cwd=cwd, stdout=o, stderr=e,
                                                env={**os.environ, **(env or {})})
             self.pid = self._popen.pid
         else:

@@ -118,7 +118,7 @@ def _without_dac_override() -> None:
 
 def _unprivileged(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     preexec = _without_dac_override if os.geteuid() == 0 else None
-    return subprocess.run([sys.executable, "-m", "cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "llm_ledger.cli", *args], cwd=cwd, capture_output=True, text=True,
                           preexec_fn=preexec, timeout=120)
 
 

@@ -19,10 +19,10 @@ import pytest
 from chaos.chains import REGEX_PARSER
 from chaos.invariants import check_projections, projection_files, read_log, reply_keys, resent
 from chaos.procs import kill_when, lines_after, run_cli, start_cli
-from ledger.layout import RunPaths
-from ledger.reader import iter_frames
-from projections.projector import Projector, rebuild
-from projections.runs import run_status
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_frames
+from llm_ledger.projections.projector import Projector, rebuild
+from llm_ledger.projections.runs import run_status
 
 N = 40
 
@@ -174,7 +174,7 @@ PROJECTION_DAMAGE = {  # name -> (damage, repaired by the next open, not only by
 
 @pytest.mark.parametrize("damage", list(PROJECTION_DAMAGE))
 def test_deleted_or_cut_projection_files_are_repaired(finished_run, tmp_path, damage):
-    from projections.replay import replay
+    from llm_ledger.projections.replay import replay
 
     run = copy_run(finished_run, tmp_path)
     pristine = projection_files(run)
@@ -190,7 +190,7 @@ def test_deleted_or_cut_projection_files_are_repaired(finished_run, tmp_path, da
 
 
 def test_a_zeroed_sector_in_responses_below_the_checkpoint_is_repaired_on_open(finished_run, tmp_path):
-    from projections.replay import replay
+    from llm_ledger.projections.replay import replay
 
     run = copy_run(finished_run, tmp_path)
     pristine = projection_files(run)
@@ -254,8 +254,8 @@ def test_verify_repair_of_a_corrupt_frame_then_resume_rebuilds_and_finishes(fini
 
 
 def test_conversation_files_ahead_of_a_cut_log_are_not_left_behind(tmp_path):
-    from ledger.events import Parsed, Response, RunStarted, SessionStarted, Started
-    from ledger.writer import LogWriter
+    from llm_ledger.ledger.events import Parsed, Response, RunStarted, SessionStarted, Started
+    from llm_ledger.ledger.writer import LogWriter
 
     run = tmp_path / "r"
     run.mkdir()

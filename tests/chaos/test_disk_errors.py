@@ -22,10 +22,10 @@ from chaos.chains import REGEX_PARSER
 from chaos.invariants import check_projections, read_log, reply_keys, resent
 from chaos.oshim import FaultyOs, install
 from chaos.procs import run_cli
-from ledger.errors import LedgerError, LogWriteError
-from ledger.events import Started
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import LedgerError, LogWriteError
+from llm_ledger.ledger.events import Started
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 FAULTS = {  # name -> FaultyOs arguments
     "enospc_write": dict(op="write", err=errno.ENOSPC),
@@ -69,8 +69,8 @@ def check_nothing_unsynced_acknowledged(run_dir: Path) -> list[str]:
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_disk_error_in_process_stops_the_run_cleanly_and_resume_finishes(tmp_path, monkeypatch, fault):
-    from runners.config import RunConfig
-    from runners.session import Session, prepare, prepare_resume, run_prepared
+    from llm_ledger.runners.config import RunConfig
+    from llm_ledger.runners.session import Session, prepare, prepare_resume, run_prepared
 
     data = dataset(tmp_path)
     req_log = tmp_path / "requests.jsonl"

@@ -22,17 +22,17 @@ from hypothesis import strategies as st
 from chaos.endpoints import BrokenServer
 from chaos.invariants import read_log
 from chaos.procs import run_cli
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
-from projections.parsers import make_parser
-from runners.breaker import THRESHOLD
-from runners.client import make_clients
-from runners.config import RunConfig
-from runners.dataset import Item
-from runners.endpoints import Endpoint, Pool
-from runners.engine import Engine, Work
-from runners.limits import AdaptiveLimit, RateLimits
-from runners.simulator import Simulator
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.parsers import make_parser
+from llm_ledger.runners.breaker import THRESHOLD
+from llm_ledger.runners.client import make_clients
+from llm_ledger.runners.config import RunConfig
+from llm_ledger.runners.dataset import Item
+from llm_ledger.runners.endpoints import Endpoint, Pool
+from llm_ledger.runners.engine import Engine, Work
+from llm_ledger.runners.limits import AdaptiveLimit, RateLimits
+from llm_ledger.runners.simulator import Simulator
 
 # Any text but lone surrogates (not valid in a UTF-8 dataset) and "" (an empty id means
 # "use the line number").

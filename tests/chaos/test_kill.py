@@ -22,7 +22,7 @@ import pytest
 
 from chaos.chains import Chain, REGEX_PARSER
 from chaos.procs import run_cli
-from ledger.writer import LogWriter
+from llm_ledger.ledger.writer import LogWriter
 
 # (seed, kind, sessions killed): 25 kill attempts (a "late" or "startup" kill may find the
 # session already finished; at least 20 must land)
@@ -79,12 +79,12 @@ def test_a_run_killed_before_run_started_was_durable_can_be_run_again(tmp_path):
 
 def test_replay_after_a_reparse_killed_mid_rebuild_equals_a_rebuild(tmp_path):
     from chaos.invariants import check_projections
-    from ledger.events import Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-    from ledger.layout import RunPaths
-    from ledger.reader import iter_frames
-    from projections.projector import Projector
-    from projections.replay import replay
-    from projections.reparse import overrides
+    from llm_ledger.ledger.events import Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+    from llm_ledger.ledger.layout import RunPaths
+    from llm_ledger.ledger.reader import iter_frames
+    from llm_ledger.projections.projector import Projector
+    from llm_ledger.projections.replay import replay
+    from llm_ledger.projections.reparse import overrides
 
     run = tmp_path / "r"
     run.mkdir()

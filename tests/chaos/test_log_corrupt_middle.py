@@ -18,7 +18,7 @@ import pytest
 from chaos.chains import REGEX_PARSER
 from chaos.invariants import check_projections, read_log, reply_keys, resent
 from chaos.procs import kill_when, lines_after, run_cli, start_cli
-from ledger.reader import iter_frames
+from llm_ledger.ledger.reader import iter_frames
 
 N = 40
 
@@ -93,8 +93,8 @@ def test_resume_refuses_a_log_corrupt_in_the_middle_then_repair_keeps_every_read
 
 def _hand_made_log(run: Path, groups: list[list]) -> Path:
     """A run directory whose log holds ``groups`` (each one frame), after a run_started."""
-    from ledger.events import RunStarted
-    from ledger.writer import LogWriter
+    from llm_ledger.ledger.events import RunStarted
+    from llm_ledger.ledger.writer import LogWriter
 
     run.mkdir()
     log = run / "events.log"
@@ -107,9 +107,9 @@ def _hand_made_log(run: Path, groups: list[list]) -> Path:
 
 def _index_state_and_rows(run: Path, key: tuple[str, int]) -> tuple[int, list[dict]]:
     """The index's state of ``key`` and the rows of a rebuild: what resume and readers see."""
-    from ledger.index import RunIndex
-    from ledger.layout import RunPaths
-    from projections.projector import rebuild
+    from llm_ledger.ledger.index import RunIndex
+    from llm_ledger.ledger.layout import RunPaths
+    from llm_ledger.projections.projector import rebuild
 
     index = RunIndex.open_for_log(str(run / "index.lmdb"), str(run / "events.log"))
     try:
@@ -121,13 +121,13 @@ def _index_state_and_rows(run: Path, key: tuple[str, int]) -> tuple[int, list[di
 
 
 def _request(attempt: int = 1):
-    from ledger.events import Started
+    from llm_ledger.ledger.events import Started
 
     return Started(item_id="q1", sample=0, turn=0, attempt=attempt, request={"model": "m", "messages": []}, expected="A")
 
 
 def _reply(attempt: int = 1) -> list:
-    from ledger.events import Parsed, Response
+    from llm_ledger.ledger.events import Parsed, Response
 
     return [Response(item_id="q1", sample=0, turn=0, attempt=attempt, text="answer: A", final=True),
             Parsed(item_id="q1", sample=0, turn=0, parser="text", ok=True, value="A")]
@@ -137,9 +137,9 @@ def test_a_reply_whose_request_was_lost_to_damage_counts_as_done(tmp_path):
     """The frame holding q1's `started` is damaged; its reply and parse, in a later frame,
     are salvaged by repair. The reply was paid for: the index counts q1 done (resume never
     sends it again) and the rows fold shows it, without prompt or expected."""
-    from ledger.events import SessionStarted
-    from ledger.index import DONE
-    from ledger.maintenance import repair_log
+    from llm_ledger.ledger.events import SessionStarted
+    from llm_ledger.ledger.index import DONE
+    from llm_ledger.ledger.maintenance import repair_log
 
     log = _hand_made_log(tmp_path / "r", [[SessionStarted(pid=1, reason="new")], [_request()], _reply()])
     frames = list(iter_frames(str(log)))
@@ -176,8 +176,8 @@ def test_a_damaged_last_frame_the_index_applied_is_refused_not_cut(tmp_path):
 def test_a_failed_items_reply_whose_retry_request_was_lost_counts_as_done_everywhere(tmp_path):
     """q1 failed finally; a resume's `started` was lost to damage, its reply survived: the
     index, responses.jsonl and summary.json all say done (the folds follow next_state)."""
-    from ledger.events import Failed, SessionEnded, SessionStarted
-    from ledger.index import DONE
+    from llm_ledger.ledger.events import Failed, SessionEnded, SessionStarted
+    from llm_ledger.ledger.index import DONE
 
     failed = Failed(item_id="q1", sample=0, turn=0, attempt=1, error_type="http_error", final=True)
     _hand_made_log(tmp_path / "r", [[SessionStarted(pid=1, reason="new")], [_request(), failed],

@@ -107,9 +107,9 @@ def test_a_full_disk_at_any_moment_is_one_line_and_resume_completes(tmp_path, ca
 def test_repair_on_a_full_disk_is_one_line_and_changes_nothing(tmp_path):
     """`verify --repair` writes a copy of the log and of the damaged bytes: on a full disk it
     says so in one line and leaves the log as it was; with space, it repairs."""
-    from ledger.events import Response, RunStarted, Started
-    from ledger.reader import iter_frames
-    from ledger.writer import LogWriter
+    from llm_ledger.ledger.events import Response, RunStarted, Started
+    from llm_ledger.ledger.reader import iter_frames
+    from llm_ledger.ledger.writer import LogWriter
 
     runs = tmp_path / "runs"
     with tmpfs(runs, "1m"):

@@ -14,11 +14,11 @@ import asyncio
 
 import pytest
 
-from ledger.errors import LedgerError, LogError
-from ledger.events import Parsed, Response, Started
-from ledger.maintenance import verify_log
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import LedgerError, LogError
+from llm_ledger.ledger.events import Parsed, Response, Started
+from llm_ledger.ledger.maintenance import verify_log
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 
 @pytest.mark.parametrize("bad", [
@@ -67,7 +67,7 @@ def test_verify_calls_a_torn_tail_a_tail_not_corruption(tmp_path, torn):
     frame: opening cuts it, readers stop before it. `verify` must not report it as a corrupt
     frame (exit 1) -- the same bytes are not damage to the writer or the readers."""
     from chaos.procs import run_cli
-    from ledger.reader import iter_frames
+    from llm_ledger.ledger.reader import iter_frames
 
     log = tmp_path / "runs" / "r" / "events.log"
     log.parent.mkdir(parents=True)

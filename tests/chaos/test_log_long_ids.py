@@ -10,9 +10,9 @@ import json
 from chaos.chains import REGEX_PARSER
 from chaos.invariants import check_final_log, check_projections, read_log, reply_keys, resent
 from chaos.procs import kill_when, lines_after, run_cli, start_cli
-from ledger.events import Failed, Parsed, Response, RunStarted, Started
-from ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
-from ledger.writer import LogWriter
+from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, Started
+from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
+from llm_ledger.ledger.writer import LogWriter
 
 N = 40
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import run_cli
-from projections.outputs import check_output_path, owner_of
+from llm_ledger.projections.outputs import check_output_path, owner_of
 
 ITEMS = 30
 
@@ -129,7 +129,7 @@ def test_an_export_killed_mid_write_leaves_nothing_after_the_next_one(world):
     out.mkdir()
     env = {**os.environ}
     for delay in (0.3, 0.6, 0.9, 1.2, 1.5):
-        child = subprocess.Popen([sys.executable, "-m", "cli", "export", "r", "xlsx", "-o", str(out / "x.xlsx"),
+        child = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "export", "r", "xlsx", "-o", str(out / "x.xlsx"),
                                   "--runs-dir", str(world["runs"])], cwd=world["base"], env=env,
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)

@@ -29,11 +29,11 @@ import msgspec
 import pytest
 
 from chaos.oshim import PowerLossDisk, install
-from ledger.errors import LedgerError
-from ledger.events import Failed, Parsed, Response, Started
-from ledger.maintenance import verify_log
-from ledger.reader import iter_events
-from ledger.writer import LogWriter
+from llm_ledger.ledger.errors import LedgerError
+from llm_ledger.ledger.events import Failed, Parsed, Response, Started
+from llm_ledger.ledger.maintenance import verify_log
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.writer import LogWriter
 
 MODES = ("drop", "keep", "sectors", "first_sector_lost")
 
@@ -43,7 +43,7 @@ def powered_by(disk: PowerLossDisk):
     """The log's modules call ``disk`` instead of ``os`` inside the block."""
     import importlib
 
-    modules = [importlib.import_module(m) for m in ("ledger.writer", "ledger.fsio", "ledger.recovery")]
+    modules = [importlib.import_module(m) for m in ("llm_ledger.ledger.writer", "llm_ledger.ledger.fsio", "llm_ledger.ledger.recovery")]
     saved = [m.os for m in modules]
     install(disk)
     try:
@@ -241,7 +241,7 @@ def test_power_loss_during_recovery_and_the_appends_after_it(tmp_path, seed):
 
 
 def _clean_end(log: Path) -> int:
-    from ledger.reader import log_end
+    from llm_ledger.ledger.reader import log_end
 
     return log_end(str(log))
 

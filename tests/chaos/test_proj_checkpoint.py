@@ -25,11 +25,11 @@ import pytest
 
 from chaos.invariants import check_projections, projection_files, read_log
 from chaos.procs import kill_when, lines_after, lock_held_by, run_cli, start_cli
-from ledger.events import Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-from ledger.layout import RunPaths
-from ledger.writer import LogWriter
-from runners.dataset import file_sha256
-from projections.replay import replay
+from llm_ledger.ledger.events import Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.runners.dataset import file_sha256
+from llm_ledger.projections.replay import replay
 
 # -- 12.3: a changed byte in the checkpoint ------------------------------------------------
 
@@ -216,8 +216,8 @@ def test_a_checkpoint_over_a_log_cut_and_grown_again_is_not_trusted(tmp_path):
     """The log lost its tail after the checkpoint (a repair), then grew past the checkpoint's
     offset again: the checkpoint's CRC holds, but its offset and seq are not a boundary of
     this log any more, so the next open folds from the log instead of trusting it."""
-    from ledger.reader import iter_frames
-    from projections.projector import Projector
+    from llm_ledger.ledger.reader import iter_frames
+    from llm_ledger.projections.projector import Projector
 
     run = tmp_path / "r"
     run.mkdir()

@@ -12,8 +12,8 @@ import tempfile
 
 
 def _warm() -> None:
-    from runners.config import RunConfig
-    from runners.session import prepare, run_prepared
+    from llm_ledger.runners.config import RunConfig
+    from llm_ledger.runners.session import prepare, run_prepared
 
     directory = tempfile.mkdtemp(prefix="ledger-warm-")
     try:

@@ -16,7 +16,7 @@ catch ``LedgerError`` alone and map it to an exit code::
     |   +-- LogWriteError            1  a write or fsync failed; the writer is dead
     |   +-- LogClosedError           1  append after close or after a fatal write error
     |   +-- UnencodableEventError    1  one submission the log cannot hold; the writer lives on
-    +-- IndexError_                  1  the LMDB index could not be opened or rebuilt
+    +-- IndexStateError              1  the LMDB index could not be opened or rebuilt
     +-- StorageError                 1  a run's file could not be written (disk full, I/O error)
     +-- OutputError                  1  a file the user asked for could not be written
 
@@ -36,7 +36,7 @@ __all__ = [
     "LogAccessError",
     "LogWriteError",
     "LogClosedError",
-    "IndexError_",
+    "IndexStateError",
     "StorageError",
     "LogNotSoundError",
     "OutputError",
@@ -119,7 +119,7 @@ class UnencodableEventError(LogError):
     not decode back). Only that submission failed; the writer goes on."""
 
 
-class IndexError_(LedgerError):
+class IndexStateError(LedgerError):
     """The LMDB index could not be opened, caught up or rebuilt."""
 
 

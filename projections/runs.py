@@ -42,7 +42,7 @@ from typing import Any
 import lmdb
 import msgspec
 
-from llm_ledger.ledger.errors import CorruptLogError, IndexError_, LedgerError
+from llm_ledger.ledger.errors import CorruptLogError, IndexStateError, LedgerError
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex, next_state
 from llm_ledger.ledger.layout import RunPaths
@@ -182,7 +182,7 @@ def _with_tail(paths: RunPaths, index: RunIndex, counts: _Counts, offset: int, e
 def _counts(paths: RunPaths, live: bool) -> _Counts:
     try:
         index = RunIndex.open_readonly(paths.index, paths.log)  # refused when it does not match the log
-    except IndexError_:
+    except IndexStateError:
         return _replay(paths)
     try:
         counts = _from_index(paths, index, live)

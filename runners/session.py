@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from llm_ledger.ledger import __version__
-from llm_ledger.ledger.errors import IndexError_, InputError, LedgerError
+from llm_ledger.ledger.errors import IndexStateError, InputError, LedgerError
 from llm_ledger.ledger.events import RunStarted, SessionEnded, SessionStarted
 from llm_ledger.ledger.fsio import fsync_dir, os_error
 from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
@@ -423,7 +423,7 @@ class Session:
 
     def plan(self) -> list[Work] | Iterator[Work]:
         """The works to send. For a resume, counted up front so that it can be reported.
-        Refuses (IndexError_) to plan from an index that did not apply the whole log as it
+        Refuses (IndexStateError) to plan from an index that did not apply the whole log as it
         was when the session opened: a lagging index would re-send durable replies."""
         self._check_index_level()
         works = self._works()
@@ -437,7 +437,7 @@ class Session:
         applied = self.index.applied()[0]
         if self.index_error is not None or self.index.stale is not None or applied < self._opened_end:
             cause = self.index_error or self.index.stale or f"it applied the log up to offset {applied}"
-            raise IndexError_(f"{self.paths.index}: index is behind the log ({cause}); not planning from it: "
+            raise IndexStateError(f"{self.paths.index}: index is behind the log ({cause}); not planning from it: "
                               f"run `ledger resume` again to rebuild it")
 
     def _works(self) -> Iterator[Work]:

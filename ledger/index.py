@@ -1,14 +1,14 @@
 """The LMDB index of a run (``index.lmdb``): derived, rebuildable, never ahead of the log,
 and able to prove which log it was built from.
 
-Layout (three named databases in one environment)::
+Layout (two named databases in one environment; an index written by an earlier
+version may also hold a third, ``open``, which nothing reads any more)::
 
     items  key: the item key (``item_key``), value: MessagePack array
              [state, attempts, turn, offset, seq] (+ item_id, for a hashed key)
              state: 0 pending, 1 in flight, 2 done, 3 failed (finally)
              turn: last turn whose reply is in the log (-1: none)
              offset: log offset of the frame holding the item's latest event
-    open   the keys of items whose state is in flight or failed (so resume is O(unfinished))
     meta   b"format": b"2" (another value, or none: the index is rebuilt)
            b"applied_offset", b"applied_seq": the log end that has been applied
            b"applied_chain": CRC-32 of every log byte from the header's end to applied_offset
@@ -23,7 +23,7 @@ the id + NUL + sample, with the full id kept in the value. Any id works.
 Everything for one commit group is written in one transaction together with the applied
 offset and chain, so a reader (``ledger status`` in another process) always sees a state
 that matches a prefix of the log. Frames are applied strictly in log order: a frame that does
-not start where the index ends, or an update that fails, raises IndexError_ (and the handle
+not start where the index ends, or an update that fails, raises IndexStateError (and the handle
 applies nothing more): the index never stops silently. Durability is not needed (the log is
 the truth): ``sync=False, metasync=False``; ``writemap`` is off so a full disk raises instead
 of crashing, and ``lock.mdb`` (which LMDB extends with ftruncate and writes through a map) is
@@ -33,7 +33,7 @@ Derived state proves itself (what a writer checks before the log is appended to)
 
 * cheap, for everyone (``matches``): the applied offset ends a frame of this log whose last
   seq and stored CRC are the recorded ones. A repaired, cut or replaced log fails this; a
-  reader (``open_readonly(..., log_path)``) then gets IndexError_, a writer rebuilds.
+  reader (``open_readonly(..., log_path)``) then gets IndexStateError, a writer rebuilds.
 * full, for a writer (``open_for_log``): the log bytes the index vouches for still have the
   recorded chain CRC (one sequential read at CRC-32 speed, no decoding: 0.25 s for a 210 MB
   log here, page cache warm -- the same order as the dataset's sha256 every resume computes,
@@ -56,13 +56,13 @@ import os
 import shutil
 import struct
 import zlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import lmdb
 import msgspec
 
-from .errors import CorruptLogError, IndexError_, LogNotSoundError
+from .errors import CorruptLogError, IndexStateError, LogNotSoundError
 from .events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from .framing import FRAME_HEAD_SIZE, HEADER_SIZE, Frame
 from .fsio import os_error, preallocate
@@ -129,7 +129,6 @@ class RunIndex:
         self._log_fd: int | None = None  # the log, read to extend the chain CRC
         self._env = env
         self._items = env.open_db(b"items", create=not readonly)
-        self._open = env.open_db(b"open", create=not readonly)
         self._meta = env.open_db(b"meta", create=not readonly)
 
     # -- opening -------------------------------------------------------------------------
@@ -139,7 +138,7 @@ class RunIndex:
         """Open (creating or rebuilding as needed) and catch up with the log's valid end.
 
         ``verify``: also prove the log sound up to its end (the module docstring): raises
-        LogNotSoundError for a damaged frame anywhere. Raises IndexError_ when the index
+        LogNotSoundError for a damaged frame anywhere. Raises IndexStateError when the index
         cannot be brought level with the log (a full disk ...)."""
         index = cls._open_or_create(path, log_path)
         try:
@@ -148,7 +147,7 @@ class RunIndex:
                 index = cls._recreate(path, log_path)
             try:
                 index.catch_up(log_path)
-            except (lmdb.Error, IndexError_):  # damage the checks could not see (a page freed and reused)
+            except (lmdb.Error, IndexStateError):  # damage the checks could not see (a page freed and reused)
                 index.close()
                 index = cls._recreate(path, log_path)
                 index.catch_up(log_path)
@@ -158,7 +157,7 @@ class RunIndex:
             raise LogNotSoundError(exc.path, exc.offset, exc.reason) from exc
         except lmdb.Error as exc:
             index.close()
-            raise IndexError_(f"{path}: index cannot be brought up to date: {_cause(exc, path)}") from exc
+            raise IndexStateError(f"{path}: index cannot be brought up to date: {_cause(exc, path)}") from exc
         except OSError as exc:  # reading the log failed (EIO ...)
             index.close()
             raise os_error(log_path, exc, "cannot read") from exc
@@ -191,7 +190,7 @@ class RunIndex:
             return 0
         try:
             index = RunIndex.open_readonly(path)
-        except IndexError_:
+        except IndexStateError:
             return 0
         try:
             return index.applied()[0]
@@ -203,20 +202,20 @@ class RunIndex:
     @classmethod
     def open_readonly(cls, path: str, log_path: str | None = None) -> "RunIndex":
         """A reader's handle. With ``log_path``, an index that does not match that log (ahead
-        of it after a repair or a cut, or built from another log) is refused: IndexError_."""
+        of it after a repair or a cut, or built from another log) is refused: IndexStateError."""
         try:
             index = cls(path, _env(path, readonly=True), readonly=True)
         except lmdb.Error as exc:
-            raise IndexError_(f"{path}: index cannot be read: {exc}") from exc
+            raise IndexStateError(f"{path}: index cannot be read: {exc}") from exc
         try:
             index.counts()
             trusted = index._current_format() and (log_path is None or index.matches(log_path))
         except (lmdb.Error, CorruptLogError, OSError, ValueError, msgspec.DecodeError) as exc:  # scribbled (no sync)
             index.close()
-            raise IndexError_(f"{path}: index cannot be read: {exc}") from exc
+            raise IndexStateError(f"{path}: index cannot be read: {exc}") from exc
         if not trusted:
             index.close()
-            raise IndexError_(f"{path}: index does not match {log_path or 'this ledger'}; the next writer rebuilds it")
+            raise IndexStateError(f"{path}: index does not match {log_path or 'this ledger'}; the next writer rebuilds it")
         return index
 
     @classmethod
@@ -225,13 +224,13 @@ class RunIndex:
         try:
             index = cls(path, _env(path, readonly=False), readonly=False, log_path=log_path)
         except lmdb.Error as exc:
-            raise IndexError_(f"{path}: index cannot be created: {_cause(exc, path)}") from exc
+            raise IndexStateError(f"{path}: index cannot be created: {_cause(exc, path)}") from exc
         try:
             with index._env.begin(write=True) as txn:
                 txn.put(b"format", FORMAT, db=index._meta)
         except lmdb.Error as exc:
             index.close()
-            raise IndexError_(f"{path}: index cannot be created: {_cause(exc, path)}") from exc
+            raise IndexStateError(f"{path}: index cannot be created: {_cause(exc, path)}") from exc
         return index
 
     def _current_format(self) -> bool:
@@ -246,8 +245,6 @@ class RunIndex:
             with self._env.begin() as txn:
                 for key, value in txn.cursor(db=self._items):
                     _split(key, _unpack(value))
-                for key in txn.cursor(db=self._open).iternext(keys=True, values=False):
-                    struct.unpack(">I", key[-4:])
                 for key, value in txn.cursor(db=self._meta):
                     if key not in (b"status", b"format"):
                         int(value)
@@ -266,8 +263,6 @@ class RunIndex:
         found = _frame_ending_at(log_path, offset)
         return found is not None and found == (seq, self._meta_int(b"applied_frame_crc"))
 
-    _matches = matches  # the name it had
-
     def _prefix_intact(self, log_path: str) -> bool:
         """The log bytes this index applied still have the chain CRC it recorded."""
         offset = self.applied()[0]
@@ -277,7 +272,7 @@ class RunIndex:
     def _check_level(self, log_path: str) -> None:
         end, applied = log_end(log_path), self.applied()[0]
         if applied != end:
-            raise IndexError_(f"{self.path}: index stopped at log offset {applied}, the log ends at {end}")
+            raise IndexStateError(f"{self.path}: index stopped at log offset {applied}, the log ends at {end}")
 
     def close(self) -> None:
         if self._log_fd is not None:
@@ -307,28 +302,28 @@ class RunIndex:
     def apply(self, frames: Sequence[Frame]) -> None:
         """Fold durable frames in, in one transaction with the new applied offset and chain.
 
-        Frames must start where the index ends. Any failure raises IndexError_ and stops this
+        Frames must start where the index ends. Any failure raises IndexStateError and stops this
         handle for good: a later frame must never move the applied offset past one that was
         lost. The next open catches up from the last offset that was really applied (or
         rebuilds)."""
         if not frames:
             return
         if self.stale is not None:
-            raise IndexError_(f"{self.path}: index stopped after an earlier error: {self.stale}")
+            raise IndexStateError(f"{self.path}: index stopped after an earlier error: {self.stale}")
         try:
             if self._log_fd is None:
                 self._log_fd = os.open(self.log_path, os.O_RDONLY)
             self._apply_retrying(self._log_fd, frames)
         except (lmdb.Error, OSError, _OutOfOrder) as exc:
             self.stale = exc
-            raise IndexError_(f"{self.path}: index could not apply the log from offset {frames[0].offset}: "
+            raise IndexStateError(f"{self.path}: index could not apply the log from offset {frames[0].offset}: "
                               f"{_cause(exc, self.path)}; the next session brings it up to date") from exc
 
     def _apply_retrying(self, log_fd: int, frames: Sequence[Frame]) -> None:
         while True:
             try:
                 with self._env.begin(write=True) as txn:
-                    _apply_frames(txn, self._items, self._open, self._meta, frames, log_fd)
+                    _apply_frames(txn, self._items, self._meta, frames, log_fd)
                 return
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
@@ -358,21 +353,6 @@ class RunIndex:
     def get(self, item_id: str, sample: int) -> ItemState | None:
         with self._begin() as txn:
             return _lookup(txn, self._items, item_id, sample)
-
-    def unfinished(self) -> Iterator[tuple[str, int, ItemState]]:
-        """Items in flight or finally failed: the work a resume must look at."""
-        with self._begin() as txn:
-            keys = list(txn.cursor(db=self._open).iternext(keys=True, values=False))
-            for key in keys:
-                raw = txn.get(key, db=self._items)
-                if raw:
-                    value = _unpack(raw)
-                    yield (*_split(key, value), _state(value))
-
-    def known(self, keys: Iterable[tuple[str, int]]) -> Iterator[ItemState | None]:
-        with self._begin() as txn:
-            for item_id, sample in keys:
-                yield _lookup(txn, self._items, item_id, sample)
 
     def _begin(self) -> lmdb.Transaction:
         try:
@@ -407,7 +387,7 @@ def _lookup(txn, items, item_id: str, sample: int) -> ItemState | None:
         return None
     value = _unpack(raw)
     if key[:1] == _HASHED and value.item_id != item_id:  # a SHA-256 collision: never seen
-        raise IndexError_(f"two item ids share the index key {key.hex()}: {item_id!r}, {value.item_id!r}")
+        raise IndexStateError(f"two item ids share the index key {key.hex()}: {item_id!r}, {value.item_id!r}")
     return _state(value)
 
 
@@ -491,7 +471,7 @@ def _frame_ending_at(log_path: str, offset: int) -> tuple[int, int] | None:
     return None
 
 
-def _apply_frames(txn, items, open_db, meta, frames: Sequence[Frame], log_fd: int) -> None:
+def _apply_frames(txn, items, meta, frames: Sequence[Frame], log_fd: int) -> None:
     applied = int(txn.get(b"applied_offset", str(HEADER_SIZE).encode(), db=meta))
     previous = applied
     for frame in frames:
@@ -505,10 +485,6 @@ def _apply_frames(txn, items, open_db, meta, frames: Sequence[Frame], log_fd: in
             _apply_event(txn, items, meta, cache, counts, frame.offset, event)
     for key, value in cache.items():
         txn.put(key, _pack(value if key[:1] == _HASHED else value[:5]), db=items)
-        if value[0] in (IN_FLIGHT, FAILED):
-            txn.put(key, b"", db=open_db)
-        else:
-            txn.delete(key, db=open_db)
     for state, delta in counts.items():
         name = f"count:{STATE_NAMES[state]}".encode()
         txn.put(name, str(int(txn.get(name, b"0", db=meta)) + delta).encode(), db=meta)

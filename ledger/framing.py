@@ -28,7 +28,9 @@ a clean log: if the last 8 bytes are a trailer of a valid frame, the log is clea
 Otherwise scan backwards (at most MAX_FRAME bytes) for the last valid frame; everything
 after it is the *tail* (a torn or unsynced write) and is cut away by the writer after
 copying it beside the log. A frame that fails its checks *before* that end is corruption:
-readers raise CorruptLogError with its offset and never skip it.
+readers raise CorruptLogError with its offset and never skip it. (Walking frames in a file,
+forwards or back from the end, is walk.py; what a failure means is recovery.py and
+reader.py.)
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ __all__ = [
     "check_file_header",
     "encode_frame",
     "check_frame",
-    "find_end",
 ]
 
 FILE_MAGIC = b"LEDGRLOG"
@@ -146,24 +147,3 @@ def _decode_frame(buf, pos: int, offset: int, length: int, first_seq: int, count
         return FrameCheck(None, "events do not match the frame's seq range")
     end = offset + FRAME_OVERHEAD + length
     return FrameCheck(Frame(offset, end, first_seq, events), "")
-
-
-def find_end(tail: bytes, tail_offset: int) -> Frame | None:
-    """The last valid frame wholly inside ``tail`` (the file's last bytes, starting at file
-    offset ``tail_offset``) that ends exactly at a trailer, scanning backwards; None if none.
-
-    Only frames ending at the end of ``tail`` or before a torn region qualify: the caller
-    treats everything after the returned frame as the tail.
-    """
-    pos = len(tail)
-    while pos >= TRAILER_SIZE:
-        hit = tail.rfind(TRAILER_MAGIC, 0, pos)
-        if hit < TRAILER_SIZE - 4:
-            return None
-        start = hit + 4 - _TRAILER.unpack_from(tail, hit - 4)[0]
-        if start >= 0:
-            check = check_frame(tail, start, tail_offset + start)
-            if check.frame is not None and check.frame.end == tail_offset + hit + 4:
-                return check.frame
-        pos = hit + 3  # keep looking before this candidate (overlaps allowed)
-    return None

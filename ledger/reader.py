@@ -12,17 +12,14 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from .errors import CorruptLogError, LogFormatError
 from .events import Event, decode_many
-from .framing import FRAME_OVERHEAD, HEADER_SIZE, Frame, check_frame
+from .framing import HEADER_SIZE, Frame
 from .recovery import locate_end, read_header
+from .walk import Decode, FrameWalker
 
 __all__ = ["iter_frames", "iter_events", "follow_events", "log_end"]
-
-_CHUNK = 1 << 20
-Decode = Callable[[bytes | memoryview], list[Any]]
 
 
 def log_end(path: str) -> int:
@@ -49,53 +46,17 @@ def iter_frames(path: str, start: int = HEADER_SIZE, stop: int | None = None, *,
 
 
 def _frames(f, path: str, offset: int, size: int, decode: Decode) -> Iterator[Frame]:
-    buf, buf_off, expected_seq = memoryview(b""), offset, None
-    while offset < size:
-        pos = offset - buf_off
-        check = check_frame(buf, pos, offset, decode)
-        if check.reason == "incomplete" and buf_off + len(buf) < size:
-            buf, buf_off = _refill(f, buf, pos, offset, size), offset
-            continue
+    expected_seq = None
+    for at, check in FrameWalker(f, size, decode).forward(offset):
         frame = check.frame
-        if frame is not None and expected_seq is not None and frame.first_seq != expected_seq:
-            frame, check = None, check._replace(reason=f"seq gap: expected {expected_seq}")
-        if frame is None and not check.reason.startswith("seq gap"):
-            frame = _recheck(f, offset, decode)
-            buf, buf_off = memoryview(b""), frame.end if frame else offset
         if frame is None:
-            _raise_unless_tail(f, path, offset, check.reason)
+            _raise_unless_tail(f, path, at, check.reason)
             return
         if expected_seq is not None and frame.first_seq != expected_seq:
-            raise CorruptLogError(path, offset, f"seq gap: expected {expected_seq}, found {frame.first_seq}")
+            _raise_unless_tail(f, path, at, f"seq gap: expected {expected_seq}, found {frame.first_seq}")
+            return
         expected_seq = frame.first_seq + len(frame.events)
         yield frame
-        offset = frame.end
-
-
-def _refill(f, buf: memoryview, pos: int, offset: int, size: int) -> memoryview:
-    """A new buffer from ``offset``: the unread rest of ``buf``, then one read straight into
-    the new buffer (each byte is copied once on its way from the page cache)."""
-    rest = buf[pos:]
-    need = FRAME_OVERHEAD
-    if len(rest) >= 8:
-        need += int.from_bytes(rest[4:8], "little")
-    want = max(_CHUNK, min(need, size - offset))
-    new = bytearray(want)
-    new[: len(rest)] = rest
-    f.seek(offset + len(rest))
-    got = f.readinto(memoryview(new)[len(rest):])
-    return memoryview(new)[: len(rest) + (got or 0)]
-
-
-def _recheck(f, offset: int, decode: Decode) -> Frame | None:
-    """Read the frame again, fresh from the file: a live writer may have finished it since
-    our buffer was filled (a reader must not call a frame in progress corrupt)."""
-    f.seek(offset)
-    head = f.read(FRAME_OVERHEAD)
-    if len(head) < 8:
-        return None
-    data = head + f.read(int.from_bytes(head[4:8], "little"))
-    return check_frame(data, 0, offset, decode).frame
 
 
 def _raise_unless_tail(f, path: str, offset: int, reason: str) -> None:

@@ -22,24 +22,13 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
 from .errors import LogFormatError
-from .framing import (
-    FRAME_MAGIC,
-    FRAME_OVERHEAD,
-    HEADER_SIZE,
-    MAX_FRAME,
-    TRAILER_SIZE,
-    check_file_header,
-    FrameCheck,
-    check_frame,
-    find_end,
-)
+from .framing import FRAME_OVERHEAD, HEADER_SIZE, MAX_FRAME, check_file_header
 from .fsio import fsync_dir, write_durable
+from .walk import FrameWalker
 
 __all__ = ["LogEnd", "Problem", "VerifyReport", "locate_end", "verify", "cut_tail", "read_header", "salvage",
            "broken_path"]
 
-# No frame is larger: a length field above it is damage, not a reason to read gigabytes.
-_LARGEST_FRAME = 1 << 30
 # Torn writes are at most one group, so the last valid frame lies within this window.
 _SCAN_WINDOW = 2 * MAX_FRAME + 2 * FRAME_OVERHEAD
 
@@ -64,8 +53,7 @@ def locate_end(f: BinaryIO, path: str) -> LogEnd:
     if size == HEADER_SIZE:
         return LogEnd(HEADER_SIZE, 0, size)
     start = max(HEADER_SIZE, size - _SCAN_WINDOW)
-    f.seek(start)
-    frame = find_end(f.read(size - start), start)
+    frame = FrameWalker(f, size).last_frame(start)
     if frame is not None:
         return LogEnd(frame.end, frame.first_seq + len(frame.events) - 1, size)
     if start == HEADER_SIZE:
@@ -76,29 +64,11 @@ def locate_end(f: BinaryIO, path: str) -> LogEnd:
 def _scan_forward_for_end(f: BinaryIO, size: int) -> LogEnd:
     """Rare path (a torn frame larger than the window): walk frames from the start."""
     end, last_seq = HEADER_SIZE, 0
-    for offset, check in _walk(f, HEADER_SIZE, size):
+    for _, check in FrameWalker(f, size).forward(HEADER_SIZE):
         if check.frame is None:
             break
         end, last_seq = check.frame.end, check.frame.first_seq + len(check.frame.events) - 1
     return LogEnd(end, last_seq, size)
-
-
-def _walk(f: BinaryIO, offset: int, size: int):
-    """Yield (offset, FrameCheck) frame after frame, stopping after the first failure."""
-    while offset < size:
-        f.seek(offset)
-        head = f.read(FRAME_OVERHEAD - TRAILER_SIZE)
-        length = int.from_bytes(head[4:8], "little") if head[:4] == FRAME_MAGIC else 0
-        if length > _LARGEST_FRAME:
-            yield offset, FrameCheck(None, f"implausible frame length {length}")
-            return
-        want = min(FRAME_OVERHEAD + length, size - offset)
-        buf = head + f.read(max(0, want - len(head)))
-        check = check_frame(buf, 0, offset)
-        yield offset, check
-        if check.frame is None:
-            return
-        offset = check.frame.end
 
 
 @dataclass
@@ -128,16 +98,17 @@ def verify(f: BinaryIO, path: str) -> VerifyReport:
     read_header(f, path)
     size = f.seek(0, os.SEEK_END)
     report = VerifyReport(path=path, size=size)
+    walker = FrameWalker(f, size)
     offset, expected_seq, clean = HEADER_SIZE, 1, True
     while offset < size:
-        check = next(iter(_walk(f, offset, size)))[1]
+        check = walker.at(offset)
         frame = check.frame
         if frame is not None and expected_seq is not None and frame.first_seq != expected_seq:
             check, frame = check._replace(frame=None, reason=f"seq gap: expected {expected_seq}, found {frame.first_seq}"), None
         if frame is None:
             report.problems.append(Problem(offset, check.reason))
             clean = False
-            offset = _resync(f, offset + 1, size)
+            offset = walker.next_valid(offset + 1)
             expected_seq = None  # the bad frame's events are unknown: restart the chain
             continue
         report.frames += 1
@@ -155,37 +126,20 @@ def verify(f: BinaryIO, path: str) -> VerifyReport:
     return report
 
 
-def _resync(f: BinaryIO, offset: int, size: int) -> int:
-    """The offset of the next valid frame after a bad one, or ``size`` if there is none."""
-    while offset < size:
-        f.seek(offset)
-        chunk = f.read(1 << 20)
-        hit = chunk.find(FRAME_MAGIC)
-        if hit < 0:
-            offset += max(1, len(chunk) - len(FRAME_MAGIC) + 1)
-            continue
-        candidate = offset + hit
-        if next(iter(_walk(f, candidate, size)))[1].frame is not None:
-            return candidate
-        offset = candidate + 1
-    return size
-
-
 def salvage(f: BinaryIO, start: int, size: int, after_seq: int):
     """The valid frames in [start, size), in order, skipping damaged bytes: each frame's
     events must come after every frame kept before it (``after_seq`` is the last seq of
     what precedes ``start``), so a stale copy or a frame quoted inside a damaged payload is
     never taken for a later one. Yields Frames (decoded), streaming."""
-    offset = start
+    walker, offset = FrameWalker(f, size), start
     while offset < size:
-        check = next(iter(_walk(f, offset, size)))[1]
-        frame = check.frame
+        frame = walker.at(offset).frame
         if frame is not None and frame.first_seq > after_seq:
             yield frame
             after_seq = frame.first_seq + len(frame.events) - 1
             offset = frame.end
         else:
-            offset = _resync(f, offset + 1, size)
+            offset = walker.next_valid(offset + 1)
 
 
 def broken_path(path: str) -> str:

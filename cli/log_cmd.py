@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Annotated
 
 import msgspec
@@ -13,7 +12,7 @@ from llm_ledger.ledger.lock import is_locked
 from llm_ledger.ledger.reader import follow_events, iter_events
 
 from .app import app
-from .common import RunsDir, handled
+from .common import RunsDir, handled, stdout
 
 _encode = msgspec.json.Encoder().encode
 
@@ -31,8 +30,7 @@ def log(
             events = follow_events(paths.log, until=lambda: not is_locked(paths.lock))
         else:
             events = iter_events(paths.log)
-        write = sys.stdout.buffer.write
         for event in events:
-            write(_encode(event) + b"\n")
+            stdout.put_bytes(_encode(event) + b"\n")
             if follow:
-                sys.stdout.buffer.flush()
+                stdout.flush_bytes()

@@ -8,13 +8,22 @@ replaceable backend: the real ``os`` (plus ``builtins.open``) in production, a m
 failing disk in the chaos tests (``use``). Patching ``os`` module by module would miss the
 module somebody adds next.
 
-Not covered, by nature: LMDB's own I/O (a C library with its own mmap), and sockets.
+Not covered, by nature: LMDB's own I/O (a C library with its own mmap), sockets, and the
+reads and writes of a file *object* once opened (``open_file``: its methods are the io
+module's; the open itself goes through here).
+
+Errors name their file. An OSError from a call on a path carries that path (``os`` does
+so). One from a call on a descriptor (``write(fd, ...)`` on a full disk) carries no name of
+its own: the path each descriptor was opened with is remembered here (``open``, ``dup``;
+forgotten at ``close``) and set as the error's ``filename``, so that whoever reports it
+says which file the disk refused without guessing.
 """
 
 from __future__ import annotations
 
 import builtins
 import os as _os
+import shutil as _shutil
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -23,7 +32,7 @@ __all__ = [
     "open", "close", "read", "pread", "write", "pwrite", "fsync", "fdatasync", "ftruncate",
     "truncate", "lseek", "fstat", "stat", "statvfs", "posix_fallocate", "dup", "fdopen",
     "replace", "rename", "link", "unlink", "rmdir", "makedirs", "listdir", "scandir",
-    "access", "open_file",
+    "access", "open_file", "rmtree", "path_of",
 ]
 
 
@@ -34,7 +43,37 @@ class Backend:
     falls through to the real ``os``.
     """
 
+    # Looked up on every call: plain attributes, not __getattr__ (the writer's hot path).
     open_file = staticmethod(builtins.open)
+    open = staticmethod(_os.open)
+    close = staticmethod(_os.close)
+    read = staticmethod(_os.read)
+    pread = staticmethod(_os.pread)
+    write = staticmethod(_os.write)
+    pwrite = staticmethod(_os.pwrite)
+    fsync = staticmethod(_os.fsync)
+    fdatasync = staticmethod(_os.fdatasync)
+    ftruncate = staticmethod(_os.ftruncate)
+    truncate = staticmethod(_os.truncate)
+    lseek = staticmethod(_os.lseek)
+    fstat = staticmethod(_os.fstat)
+    stat = staticmethod(_os.stat)
+    statvfs = staticmethod(_os.statvfs)
+    posix_fallocate = staticmethod(_os.posix_fallocate)
+    dup = staticmethod(_os.dup)
+    fdopen = staticmethod(_os.fdopen)
+    replace = staticmethod(_os.replace)
+    rename = staticmethod(_os.rename)
+    link = staticmethod(_os.link)
+    unlink = staticmethod(_os.unlink)
+    rmdir = staticmethod(_os.rmdir)
+    makedirs = staticmethod(_os.makedirs)
+    listdir = staticmethod(_os.listdir)
+    scandir = staticmethod(_os.scandir)
+    access = staticmethod(_os.access)
+
+    def rmtree(self, path: Any, ignore_errors: bool = False) -> None:
+        _shutil.rmtree(path, ignore_errors=ignore_errors)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_os, name)
@@ -54,59 +93,119 @@ def backend() -> Backend:
     return _backend
 
 
+# The path each open descriptor was opened with (the module docstring: errors name their file).
+_paths: dict[int, str] = {}
+
+
+def path_of(fd: int) -> str | None:
+    """The path descriptor ``fd`` was opened with through this module, if it was."""
+    return _paths.get(fd)
+
+
+def _name(exc: OSError, fd: int) -> None:
+    if exc.filename is None and fd in _paths:
+        exc.filename = _paths[fd]
+
+
 # -- descriptors ----------------------------------------------------------------------------
 
 
 def open(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:  # noqa: A001
-    return _backend.open(path, flags, mode, dir_fd=dir_fd)
+    fd = _backend.open(path, flags, mode, dir_fd=dir_fd)
+    _paths[fd] = _os.fsdecode(path)
+    return fd
 
 
 def close(fd: int) -> None:
+    _paths.pop(fd, None)
     _backend.close(fd)
 
 
 def read(fd: int, n: int) -> bytes:
-    return _backend.read(fd, n)
+    try:
+        return _backend.read(fd, n)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def pread(fd: int, n: int, offset: int) -> bytes:
-    return _backend.pread(fd, n, offset)
+    try:
+        return _backend.pread(fd, n, offset)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def write(fd: int, data: Any) -> int:
-    return _backend.write(fd, data)
+    try:
+        return _backend.write(fd, data)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def pwrite(fd: int, data: Any, offset: int) -> int:
-    return _backend.pwrite(fd, data, offset)
+    try:
+        return _backend.pwrite(fd, data, offset)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def fsync(fd: int) -> None:
-    _backend.fsync(fd)
+    try:
+        _backend.fsync(fd)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def fdatasync(fd: int) -> None:
-    _backend.fdatasync(fd)
+    try:
+        _backend.fdatasync(fd)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def ftruncate(fd: int, length: int) -> None:
-    _backend.ftruncate(fd, length)
+    try:
+        _backend.ftruncate(fd, length)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def lseek(fd: int, pos: int, how: int) -> int:
-    return _backend.lseek(fd, pos, how)
+    try:
+        return _backend.lseek(fd, pos, how)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def fstat(fd: int) -> _os.stat_result:
-    return _backend.fstat(fd)
+    try:
+        return _backend.fstat(fd)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def posix_fallocate(fd: int, offset: int, length: int) -> None:
-    _backend.posix_fallocate(fd, offset, length)
+    try:
+        _backend.posix_fallocate(fd, offset, length)
+    except OSError as exc:
+        _name(exc, fd)
+        raise
 
 
 def dup(fd: int) -> int:
-    return _backend.dup(fd)
+    new = _backend.dup(fd)
+    if fd in _paths:
+        _paths[new] = _paths[fd]
+    return new
 
 
 def fdopen(fd: int, *args: Any, **kwargs: Any) -> IO[Any]:
@@ -167,3 +266,8 @@ def scandir(path: Any = ".") -> Iterator[_os.DirEntry[str]]:
 
 def access(path: Any, mode: int) -> bool:
     return _backend.access(path, mode)
+
+
+def rmtree(path: Any, ignore_errors: bool = False) -> None:
+    """``shutil.rmtree`` through the backend (which may steer it as one call)."""
+    _backend.rmtree(path, ignore_errors)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 
+from . import fs
 from .errors import LedgerError, LogAccessError, StorageError
 
 __all__ = ["fsync_dir", "write_durable", "write_atomic", "os_error", "preallocate"]
@@ -33,22 +34,22 @@ def preallocate(path: str, size: int) -> None:
     lock.mdb) has no blocks behind it: on a full disk the first store kills the process
     with SIGBUS. Allocated beforehand, the same full disk is an OSError (ENOSPC) here.
     Bytes already in the file are kept (posix_fallocate never overwrites data)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = fs.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        st = os.fstat(fd)
+        st = fs.fstat(fd)
         size = max(size, st.st_size)
         if st.st_blocks * 512 < size:
-            os.posix_fallocate(fd, 0, size)
+            fs.posix_fallocate(fd, 0, size)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    fd = fs.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fs.fsync(fd)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def write_atomic(path: str, data: bytes, *, durable: bool = False) -> None:
@@ -58,19 +59,19 @@ def write_atomic(path: str, data: bytes, *, durable: bool = False) -> None:
     because they are rebuilt from the log after a crash anyway.
     """
     tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view) :]
+            view = view[fs.write(fd, view) :]
         if durable:
-            os.fsync(fd)
+            fs.fsync(fd)
     except BaseException:
-        os.close(fd)
-        os.unlink(tmp)
+        fs.close(fd)
+        fs.unlink(tmp)
         raise
-    os.close(fd)
-    os.replace(tmp, path)
+    fs.close(fd)
+    fs.replace(tmp, path)
     if durable:
         fsync_dir(os.path.dirname(os.path.abspath(path)))
 

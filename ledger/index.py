@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import struct
 import zlib
 from collections.abc import Sequence
@@ -62,6 +61,7 @@ from typing import NamedTuple
 import lmdb
 import msgspec
 
+from . import fs
 from .errors import CorruptLogError, IndexStateError, LogNotSoundError
 from .events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from .framing import FRAME_HEAD_SIZE, HEADER_SIZE, Frame
@@ -220,7 +220,7 @@ class RunIndex:
 
     @classmethod
     def _recreate(cls, path: str, log_path: str = "") -> "RunIndex":
-        shutil.rmtree(path, ignore_errors=True)
+        fs.rmtree(path, ignore_errors=True)
         try:
             index = cls(path, _env(path, readonly=False), readonly=False, log_path=log_path)
         except lmdb.Error as exc:
@@ -266,7 +266,7 @@ class RunIndex:
     def _prefix_intact(self, log_path: str) -> bool:
         """The log bytes this index applied still have the chain CRC it recorded."""
         offset = self.applied()[0]
-        with open(log_path, "rb", buffering=0) as f:
+        with fs.open_file(log_path, "rb", buffering=0) as f:
             return _crc_range(f.fileno(), HEADER_SIZE, offset, 0) == self._meta_int(b"applied_chain")
 
     def _check_level(self, log_path: str) -> None:
@@ -276,7 +276,7 @@ class RunIndex:
 
     def close(self) -> None:
         if self._log_fd is not None:
-            os.close(self._log_fd)
+            fs.close(self._log_fd)
             self._log_fd = None
         self._env.close()
 
@@ -285,7 +285,7 @@ class RunIndex:
     def catch_up(self, log_path: str) -> int:
         """Apply every durable frame after the applied offset; returns frames applied."""
         if log_path != self.log_path and self._log_fd is not None:
-            os.close(self._log_fd)
+            fs.close(self._log_fd)
             self._log_fd = None
         self.log_path = log_path
         start, n, batch = self.applied()[0], 0, []
@@ -312,7 +312,7 @@ class RunIndex:
             raise IndexStateError(f"{self.path}: index stopped after an earlier error: {self.stale}")
         try:
             if self._log_fd is None:
-                self._log_fd = os.open(self.log_path, os.O_RDONLY)
+                self._log_fd = fs.open(self.log_path, os.O_RDONLY)
             self._apply_retrying(self._log_fd, frames)
         except (lmdb.Error, OSError, _OutOfOrder) as exc:
             self.stale = exc
@@ -368,7 +368,7 @@ def _cause(exc: BaseException, path: str) -> str:
     text = getattr(exc, "strerror", None) or str(exc)
     text = text.removeprefix(f"{path}: ")
     try:
-        st = os.statvfs(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
+        st = fs.statvfs(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)))
     except OSError:
         return text
     if st.f_bavail * st.f_frsize < _LOCK_BYTES and "No space" not in text:
@@ -414,7 +414,7 @@ def _reserve_lock_file(path: str, readonly: bool) -> None:
     A reader that may not write the directory leaves it to LMDB (it cannot extend it either)."""
     try:
         if not readonly:
-            os.makedirs(path, exist_ok=True)
+            fs.makedirs(path, exist_ok=True)
         preallocate(os.path.join(path, "lock.mdb"), _LOCK_BYTES)
     except OSError as exc:
         if readonly and exc.errno in (13, 1, 30):  # EACCES, EPERM, EROFS
@@ -440,7 +440,7 @@ def _check_size(env: lmdb.Environment, path: str) -> None:
 def _crc_range(fd: int, start: int, end: int, crc: int) -> int:
     """``crc`` continued over the file's bytes [start, end), read in large chunks."""
     while start < end:
-        data = os.pread(fd, min(_CHUNK, end - start), start)
+        data = fs.pread(fd, min(_CHUNK, end - start), start)
         if not data:
             raise OSError(5, f"log ends at {start}, before {end}")
         crc = zlib.crc32(data, crc)
@@ -451,7 +451,7 @@ def _crc_range(fd: int, start: int, end: int, crc: int) -> int:
 def _frame_ending_at(log_path: str, offset: int) -> tuple[int, int] | None:
     """(last seq, stored CRC) of the frame that ends at ``offset`` (found via its trailer),
     or None when no valid frame ends there."""
-    with open(log_path, "rb") as f:
+    with fs.open_file(log_path, "rb") as f:
         if offset < HEADER_SIZE + 8:
             return None
         f.seek(offset - 8)
@@ -463,7 +463,7 @@ def _frame_ending_at(log_path: str, offset: int) -> tuple[int, int] | None:
         for frame in iter_frames(log_path, start, offset):
             if frame.end != offset:
                 return None
-            with open(log_path, "rb") as f:
+            with fs.open_file(log_path, "rb") as f:
                 f.seek(start + FRAME_HEAD_SIZE - 4)
                 return frame.first_seq + len(frame.events) - 1, int.from_bytes(f.read(4), "little")
     except CorruptLogError:  # ``start`` came from bytes that are no trailer: not a frame end
@@ -490,7 +490,7 @@ def _apply_frames(txn, items, meta, frames: Sequence[Frame], log_fd: int) -> Non
         txn.put(name, str(int(txn.get(name, b"0", db=meta)) + delta).encode(), db=meta)
     last = frames[-1]
     chain = _crc_range(log_fd, applied, last.end, int(txn.get(b"applied_chain", b"0", db=meta)))
-    frame_crc = int.from_bytes(os.pread(log_fd, 4, last.offset + FRAME_HEAD_SIZE - 4), "little")
+    frame_crc = int.from_bytes(fs.pread(log_fd, 4, last.offset + FRAME_HEAD_SIZE - 4), "little")
     txn.put(b"applied_offset", str(last.end).encode(), db=meta)
     txn.put(b"applied_seq", str(last.first_seq + len(last.events) - 1).encode(), db=meta)
     txn.put(b"applied_chain", str(chain).encode(), db=meta)

@@ -21,6 +21,7 @@ import fcntl
 import os
 import time
 
+from . import fs
 from .errors import LogAccessError, LogLockedError
 
 __all__ = ["RunLock", "holder_pid", "is_locked", "locked_path"]
@@ -50,13 +51,13 @@ class RunLock:
             if _same_file(fd, target):
                 _note_pid(path)
                 return cls(path, fd)
-            os.close(fd)
+            fs.close(fd)
         raise LogLockedError(target, None)
 
     def release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
+            fs.close(self._fd)
             self._fd = None
 
 
@@ -64,7 +65,7 @@ def _open(target: str) -> int:
     """Read-write, though only locked: who takes the lock writes to the run, and a run it
     cannot write is refused here, before anything is touched."""
     try:
-        return os.open(target, os.O_RDWR)
+        return fs.open(target, os.O_RDWR)
     except OSError as exc:  # no log, no permission ...
         raise LogAccessError(target, exc) from exc
 
@@ -76,7 +77,7 @@ def _lock(fd: int, target: str, note: str) -> None:
             return
         except BlockingIOError:
             if attempt == _TRIES - 1:
-                os.close(fd)
+                fs.close(fd)
                 raise LogLockedError(target, holder_pid(note)) from None
             time.sleep(0.01)  # maybe a reader's is_locked() probe, held for microseconds
 
@@ -85,31 +86,31 @@ def _same_file(fd: int, target: str) -> bool:
     """Whether the locked descriptor is still the file at ``target`` (not unlinked or
     replaced between our open and our lock)."""
     try:
-        st = os.stat(target)
+        st = fs.stat(target)
     except FileNotFoundError:
         return False
-    mine = os.fstat(fd)
+    mine = fs.fstat(fd)
     return (st.st_dev, st.st_ino) == (mine.st_dev, mine.st_ino)
 
 
 def _note_pid(path: str) -> None:
     """Best effort: the note only names the holder in other processes' error messages."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fs.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError:
         return
     try:
-        os.write(fd, f"{os.getpid()}\n".encode())
+        fs.write(fd, f"{os.getpid()}\n".encode())
     except OSError:
         pass
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def holder_pid(path: str) -> int | None:
     """The pid written by the current holder, if one can be read."""
     try:
-        with open(path) as f:
+        with fs.open_file(path) as f:
             return int(f.read().strip() or 0) or None
     except (OSError, ValueError):
         return None
@@ -119,7 +120,7 @@ def is_locked(path: str) -> bool:
     """Whether a live process holds the lock named ``path`` (readers use it to tell live
     from stopped)."""
     try:
-        fd = os.open(locked_path(path), os.O_RDONLY)
+        fd = fs.open(locked_path(path), os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -127,5 +128,5 @@ def is_locked(path: str) -> bool:
     except BlockingIOError:
         return True
     finally:
-        os.close(fd)
+        fs.close(fd)
     return False

@@ -21,6 +21,7 @@ import os
 
 import msgspec
 
+from . import fs
 from .events import encode_many
 from .framing import encode_frame
 from .fsio import fsync_dir, os_error
@@ -43,7 +44,7 @@ class RepairReport(msgspec.Struct, frozen=True):
 
 
 def verify_log(path: str) -> VerifyReport:
-    with open(path, "rb", buffering=0) as f:
+    with fs.open_file(path, "rb", buffering=0) as f:
         return verify(f, path)
 
 
@@ -64,22 +65,22 @@ def _repair(path: str) -> RepairReport:
     report = verify_log(path)
     kept, last_seq = _prefix(report)
     if not report.problems or not _anything_after(path, report, last_seq):
-        fd = os.open(path, os.O_RDWR)
+        fd = fs.open(path, os.O_RDWR)
         try:
             saved, dropped = cut_tail(fd, path, report.end)
         finally:
-            os.close(fd)
+            fs.close(fd)
         return RepairReport(report.end, kept, dropped, saved)
     tmp = f"{path}.repair.{os.getpid()}"
     try:
         salvaged, size = _write_repaired(path, tmp, report, last_seq)
         saved = _save_cut(path, report.end, report.size)
         _forget_checkpoint(path)  # before the swap: the lock stays on the old file until we return
-        os.replace(tmp, path)
+        fs.replace(tmp, path)
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            fs.unlink(tmp)
     dropped = report.size - size
     return RepairReport(size, kept + salvaged, dropped, saved, salvaged, last_seq + 1)
 
@@ -96,7 +97,7 @@ def _prefix(report: VerifyReport) -> tuple[int, int]:
 
 
 def _anything_after(path: str, report: VerifyReport, last_seq: int) -> bool:
-    with open(path, "rb", buffering=0) as f:
+    with fs.open_file(path, "rb", buffering=0) as f:
         return next(salvage(f, report.end, report.size, last_seq), None) is not None
 
 
@@ -104,8 +105,8 @@ def _write_repaired(path: str, tmp: str, report: VerifyReport, last_seq: int) ->
     """Write the intact prefix and the renumbered salvaged frames to ``tmp``, synced.
     Returns (events salvaged, size of the new log)."""
     next_seq, salvaged = last_seq + 1, 0
-    with open(path, "rb", buffering=0) as src:
-        out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with fs.open_file(path, "rb", buffering=0) as src:
+        out = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _copy(src.fileno(), out, 0, report.end)
             for frame in salvage(src, report.end, report.size, last_seq):
@@ -113,17 +114,17 @@ def _write_repaired(path: str, tmp: str, report: VerifyReport, last_seq: int) ->
                 _write_all(out, encode_frame(next_seq, len(events), encode_many(events)))
                 next_seq += len(events)
                 salvaged += len(events)
-            size = os.lseek(out, 0, os.SEEK_CUR)
-            os.fsync(out)
+            size = fs.lseek(out, 0, os.SEEK_CUR)
+            fs.fsync(out)
         finally:
-            os.close(out)
+            fs.close(out)
     return salvaged, size
 
 
 def _copy(src: int, dst: int, start: int, end: int) -> None:
     offset = start
     while offset < end:
-        data = os.pread(src, min(_COPY, end - offset), offset)
+        data = fs.pread(src, min(_COPY, end - offset), offset)
         if not data:
             raise OSError(5, f"log shorter than {end} bytes while repairing")
         _write_all(dst, data)
@@ -133,7 +134,7 @@ def _copy(src: int, dst: int, start: int, end: int) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[fs.write(fd, view):]
 
 
 def _save_cut(path: str, start: int, end: int) -> str:
@@ -142,18 +143,18 @@ def _save_cut(path: str, start: int, end: int) -> str:
     saved = broken_path(path)
     tmp = f"{saved}.tmp.{os.getpid()}"
     try:
-        with open(path, "rb", buffering=0) as src:
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with fs.open_file(path, "rb", buffering=0) as src:
+            out = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 _copy(src.fileno(), out, start, end)
-                os.fsync(out)
+                fs.fsync(out)
             finally:
-                os.close(out)
+                fs.close(out)
     except BaseException:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         raise
-    os.replace(tmp, saved)
+    fs.replace(tmp, saved)
     fsync_dir(os.path.dirname(os.path.abspath(saved)))
     return saved
 
@@ -161,4 +162,4 @@ def _save_cut(path: str, start: int, end: int) -> str:
 def _forget_checkpoint(path: str) -> None:
     checkpoint = RunPaths(os.path.dirname(os.path.abspath(path))).checkpoint
     if os.path.exists(checkpoint):
-        os.unlink(checkpoint)
+        fs.unlink(checkpoint)

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 
+from . import fs
 from .errors import CorruptLogError, LogFormatError
 from .events import Event, decode_many
 from .framing import HEADER_SIZE, Frame
@@ -30,7 +31,7 @@ def log_end(path: str) -> int:
 
 def _open(path: str):
     try:
-        return open(path, "rb", buffering=0)
+        return fs.open_file(path, "rb", buffering=0)
     except FileNotFoundError as exc:
         raise LogFormatError(f"{path}: no such log") from exc
 

@@ -21,6 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
+from . import fs
 from .errors import LogFormatError
 from .framing import FRAME_OVERHEAD, HEADER_SIZE, MAX_FRAME, check_file_header
 from .fsio import fsync_dir, write_durable
@@ -155,13 +156,13 @@ def cut_tail(fd: int, path: str, end: int) -> tuple[str, int]:
 
     Returns (where the bytes went, how many). The copy is durable before the cut.
     """
-    size = os.fstat(fd).st_size
+    size = fs.fstat(fd).st_size
     if size <= end:
         return "", 0
-    data = os.pread(fd, size - end, end)
+    data = fs.pread(fd, size - end, end)
     saved = broken_path(path)
     write_durable(saved, data)
-    os.ftruncate(fd, end)
-    os.fsync(fd)
+    fs.ftruncate(fd, end)
+    fs.fsync(fd)
     fsync_dir(os.path.dirname(os.path.abspath(path)))
     return saved, len(data)

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from . import fs
 from .errors import LogClosedError, LogError, LogNotSoundError, LogWriteError, UnencodableEventError
 from .events import Event, EventBase, decode, decode_many, encode, encode_many
 from .framing import MAX_FRAME, Frame, encode_frame, file_header
@@ -118,11 +119,11 @@ class LogWriter:
             raise os_error(path, exc, "cannot create") from exc
         lock = RunLock.acquire(f"{path}.lock")
         try:
-            fd = os.open(path, os.O_RDWR)
+            fd = fs.open(path, os.O_RDWR)
             try:
                 recovered = _recover(fd, path, durable_end() if durable_end else 0)
             except BaseException:
-                os.close(fd)
+                fs.close(fd)
                 raise
         except OSError as exc:
             lock.release()
@@ -197,7 +198,7 @@ class LogWriter:
             self._closing = True
             self._queue.put(_CLOSE)
             self._thread.join()
-            os.close(self._fd)
+            fs.close(self._fd)
             self._lock.release()
 
     def __enter__(self) -> "LogWriter":
@@ -257,7 +258,7 @@ class LogWriter:
             frame = Frame(self._end, self._end + len(frame_bytes), events[0].seq, events)
             try:
                 _write_all(self._fd, frame_bytes)
-                os.fdatasync(self._fd)
+                fs.fdatasync(self._fd)
             except OSError as exc:
                 self._die([item for later, _ in groups[n:] for item in later], exc)
                 return
@@ -267,7 +268,7 @@ class LogWriter:
             self._notify([frame])
 
     def _die(self, batch: list[tuple[list[Event], Any]], exc: OSError) -> None:
-        self._dead = LogWriteError(f"{self.path}: write/fdatasync failed: {exc}; log must be reopened")
+        self._dead = LogWriteError(f"{self.path}: write/fdatasync failed: {exc.strerror or exc}; log must be reopened")
         self._next_seq = -1
         _cut_unsynced(self.path, self._end)  # before the producers hear of it: their error
         self._fail(batch, self._dead)  # means the failed group's bytes are already gone
@@ -290,49 +291,49 @@ def _create(path: str) -> None:
     link wins, the other finds the log), and a log, once there, is never replaced by a
     creator under a writer that has locked it."""
     tmp = f"{path}.new.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         try:
             _write_all(fd, file_header())
-            os.fsync(fd)
+            fs.fsync(fd)
         finally:
-            os.close(fd)
+            fs.close(fd)
         try:
-            os.link(tmp, path)
+            fs.link(tmp, path)
         except FileExistsError:
             return
         except OSError as exc:
             if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
                 raise
-            os.replace(tmp, path)  # a file system without hard links (vfat, some FUSE)
+            fs.replace(tmp, path)  # a file system without hard links (vfat, some FUSE)
             fsync_dir(os.path.dirname(os.path.abspath(path)))
             return
         fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.lexists(tmp):
-            os.unlink(tmp)
+            fs.unlink(tmp)
 
 
 def _recover(fd: int, path: str, durable: int = 0) -> Recovered:
-    with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
+    with fs.fdopen(fs.dup(fd), "rb", buffering=0) as f:
         found = locate_end(f, path)
     if found.size > found.end and found.end < durable:
         raise LogNotSoundError(path, found.end, f"the last frame is damaged, but events up to byte {durable} were "
                                                 "durable (the index applied them): not a torn write")
     saved, cut = cut_tail(fd, path, found.end) if found.size > found.end else ("", 0)
-    os.lseek(fd, found.end, os.SEEK_SET)
+    fs.lseek(fd, found.end, os.SEEK_SET)
     return Recovered(found.end, found.last_seq, cut, saved)
 
 
 def _cut_unsynced(path: str, end: int) -> None:
     """Best effort, through a new descriptor: drop the group whose sync failed."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = fs.open(path, os.O_RDWR)
         try:
-            os.ftruncate(fd, end)
-            os.fsync(fd)
+            fs.ftruncate(fd, end)
+            fs.fsync(fd)
         finally:
-            os.close(fd)
+            fs.close(fd)
     except OSError:
         pass  # reopening will recover; the events were never acknowledged either way
 
@@ -340,7 +341,7 @@ def _cut_unsynced(path: str, end: int) -> None:
 def _write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view) :]
+        view = view[fs.write(fd, view) :]
 
 
 def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[list[Event], Any]], bytes]]:

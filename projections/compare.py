@@ -35,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import RunPaths
 
@@ -91,7 +92,7 @@ class AnswerIndex:
     def refresh(self) -> bool:
         """Read what was appended; True when the answers changed."""
         try:
-            st = os.stat(self.path)
+            st = fs.stat(self.path)
         except FileNotFoundError:
             return self._reset() if self.answers else False
         if self._file != (st.st_dev, st.st_ino) or st.st_size < self._offset:
@@ -100,7 +101,7 @@ class AnswerIndex:
         if st.st_size == self._offset:
             return False
         start = self._offset
-        with open(self.path, "rb") as f:
+        with fs.open_file(self.path, "rb") as f:
             f.seek(start)
             for line in f:
                 if not line.endswith(b"\n"):
@@ -300,14 +301,14 @@ def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int
         header += [f"{run}.parsed", f"{run}.correct"]
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
+        with fs.open_file(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow([*header, "agree"])
             writer.writerows(_csv_row(item, comparison.run_ids) for item in items)
-        os.replace(tmp, path)
+        fs.replace(tmp, path)
     except OSError as exc:
         if os.path.exists(tmp):
-            os.unlink(tmp)
+            fs.unlink(tmp)
         raise InputError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return len(items)
 

@@ -38,6 +38,7 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, OutputError
 from llm_ledger.ledger.fsio import fsync_dir
 from llm_ledger.ledger.layout import RunPaths
@@ -95,7 +96,7 @@ def check_output_path(path: str) -> str:
     if not os.path.isdir(folder):
         raise InputError(f"{path}: no such directory {folder}")
     try:
-        mode = os.stat(real).st_mode
+        mode = fs.stat(real).st_mode
     except FileNotFoundError:
         return real
     except OSError as exc:
@@ -120,7 +121,7 @@ def atomic_output(path: str) -> Iterator[str]:
     try:
         yield tmp
         _sync(tmp)
-        os.replace(tmp, real)
+        fs.replace(tmp, real)
     except BaseException as exc:
         _unlink(tmp)
         if isinstance(exc, OSError) and _is_output_error(exc, tmp, real):
@@ -137,7 +138,7 @@ def _create(path: str, tmp: str) -> None:
     """Create the temp file now, so that a folder we cannot write to is said before any work
     (xlsx would only open its file at the very end)."""
     try:
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))  # a dead namesake's: ours now
+        fs.close(fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666))  # a dead namesake's: ours now
     except OSError as exc:
         if exc.errno in (errno.ENOENT, errno.ENOTDIR):
             raise InputError(f"{path}: no such directory {os.path.dirname(tmp)}") from exc
@@ -149,11 +150,11 @@ def _create(path: str, tmp: str) -> None:
 def _sync(tmp: str) -> None:
     """The output is what the user asked for: durable before it is announced (and a late
     error, e.g. ENOSPC on a network file system, shows up here rather than never)."""
-    fd = os.open(tmp, os.O_RDONLY)
+    fd = fs.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
+        fs.fsync(fd)
     finally:
-        os.close(fd)
+        fs.close(fd)
 
 
 def _is_output_error(exc: OSError, tmp: str, real: str) -> bool:
@@ -168,7 +169,7 @@ def _reason(exc: OSError) -> str:
 
 def _unlink(path: str) -> None:
     try:
-        os.unlink(path)
+        fs.unlink(path)
     except FileNotFoundError:
         pass
 
@@ -179,7 +180,7 @@ def remove_dead_temps(folder: str) -> list[str]:
     removed: list[str] = []
     run = _is_run_dir(folder)
     try:
-        names = os.listdir(folder)
+        names = fs.listdir(folder)
     except OSError:
         return removed
     for name in names:
@@ -188,7 +189,7 @@ def remove_dead_temps(folder: str) -> list[str]:
             continue
         if not _alive(int(match.group(1))):
             try:
-                os.unlink(os.path.join(folder, name))
+                fs.unlink(os.path.join(folder, name))
                 removed.append(name)
             except OSError:
                 pass  # another process removed it first, or we may not: not ours to insist

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.events import Failed, Parsed, Response, Started
 from llm_ledger.ledger.layout import RunPaths
@@ -32,7 +33,7 @@ def item_story(paths: RunPaths, item_id: str, sample: int) -> dict[str, Any]:
     conversation = None
     path = os.path.join(paths.conversations, file_name(item_id, sample))
     if os.path.exists(path):
-        with open(path, "rb") as f:
+        with fs.open_file(path, "rb") as f:
             conversation = json.loads(f.read())
     return {"item_id": item_id, "sample": sample, "conversation": conversation, "events": attempts}
 

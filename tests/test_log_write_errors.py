@@ -1,7 +1,8 @@
 """A failed write or fdatasync kills the writer: nothing unsynced survives, nothing is retried.
 
-Failures are injected at the OS-call boundary (``os.fdatasync`` / ``os.write`` /
-``os.ftruncate`` as the writer module sees them), and only for the log's own file.
+Failures are injected at the OS-call boundary (``fdatasync`` / ``write`` / ``ftruncate`` of an
+``llm_ledger.ledger.fs`` backend, which every file-system call goes through), and only for
+the log's own file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import threading
 
 import pytest
 
-from llm_ledger.ledger import writer as ledger_writer
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import LogClosedError, LogError, LogWriteError
 from llm_ledger.ledger.events import Response, Started
 from llm_ledger.ledger.reader import iter_events
@@ -22,7 +23,7 @@ from llm_ledger.ledger.writer import LogWriter
 REAL_FDATASYNC, REAL_WRITE = os.fdatasync, os.write
 
 
-class Faults:
+class Faults(fs.Backend):
     """Fails chosen OS calls on one file (matched by inode) and records every call on it."""
 
     def __init__(self, monkeypatch, log: str) -> None:
@@ -33,8 +34,7 @@ class Faults:
         self.fail_sync = self.fail_write = False
         self.short_write_first = False
         self.failed_writes = 0
-        monkeypatch.setattr(ledger_writer.os, "fdatasync", self.fdatasync)
-        monkeypatch.setattr(ledger_writer.os, "write", self.write)
+        monkeypatch.setattr(fs, "_backend", self)  # fs.use(self), undone by monkeypatch
 
     def is_log(self, fd: int) -> bool:
         st = os.fstat(fd)
@@ -147,7 +147,7 @@ def test_partial_frame_left_by_a_dead_writer_is_recovered_on_reopen(tmp_path, mo
             raise OSError(errno.EIO, os.strerror(errno.EIO))
         real_ftruncate(fd, length)
 
-    monkeypatch.setattr(ledger_writer.os, "ftruncate", ftruncate)
+    monkeypatch.setattr(faults, "ftruncate", ftruncate)
     try:
         good = writer.append(Started(item_id="a"))
         durable_size = os.path.getsize(log)

@@ -8,7 +8,7 @@ Modules:
     invariants.py what must hold after a kill: the log's durable prefix, projections equal to a
                   rebuild, no durable reply requested again
     chains.py     one run killed again and again across resumes (the tests and bench/soak.py)
-    oshim.py      stand-ins for ``os`` inside the log's modules: injected errors, and a disk
+    oshim.py      backends for ``llm_ledger.ledger.fs`` (every file-system call): injected errors, and a disk
                   model that loses or garbles what was not synced (power loss)
     endpoints.py  a tiny OpenAI-compatible server that answers with broken replies
 

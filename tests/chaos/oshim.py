@@ -1,10 +1,10 @@
-"""Stand-ins for the ``os`` module inside the log's own modules (the OS-call boundary).
+"""Backends for ``llm_ledger.ledger.fs`` that fail or lose what a disk may (the OS-call boundary).
 
-``ledger.writer``, ``ledger.fsio`` and ``ledger.recovery`` call ``os.open`` / ``os.write`` /
-``os.fdatasync`` / ``os.fsync`` / ``os.ftruncate`` / ``os.replace`` ... through their module
-global ``os``. Replacing that global with a proxy (everything else falls through to the
-real module) lets a test see and steer every call the log makes, without touching the
-rest of the process:
+Every file-system call of the distribution goes through ``fs`` (tests/test_fs_seam.py keeps
+it so), and ``fs`` forwards to one replaceable backend. Installing one of these with
+``install`` (``fs.use``) lets a test see and steer every open, write, sync, truncate and
+rename the process makes -- the log's, the index's, the projections' -- with no list of
+modules to patch and none forgotten:
 
 * ``FaultyOs``: a chosen call on the log file fails with a chosen errno after N successes
   (ENOSPC on write, EIO on fdatasync), once or for good; every call on the log is recorded
@@ -21,37 +21,41 @@ rest of the process:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
 import random
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["MODULES", "OsProxy", "FaultyOs", "PowerLossDisk", "install", "install_in_child", "SECTOR"]
+from llm_ledger.ledger import fs
 
-MODULES = ("llm_ledger.ledger.writer", "llm_ledger.ledger.fsio", "llm_ledger.ledger.recovery")
+__all__ = ["FaultyOs", "PowerLossDisk", "install", "installed", "install_in_child", "SECTOR"]
+
 SECTOR = 512
 _REAL = os
 
 
-class OsProxy:
-    """The real ``os`` module, except for what a subclass overrides."""
+def install(backend: fs.Backend, monkeypatch: Any = None) -> fs.Backend:
+    """Route every file-system call to ``backend``; with ``monkeypatch``, undone by its
+    ``undo()`` (or at the test's end). Returns the backend it replaced."""
+    if monkeypatch is not None:
+        old = fs.backend()
+        monkeypatch.setattr(fs, "_backend", backend)  # fs.use, undone with the test's other patches
+        return old
+    return fs.use(backend)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_REAL, name)
 
-
-def install(proxy: OsProxy, monkeypatch: Any = None, modules: Iterable[str] = MODULES) -> None:
-    import importlib
-
-    for name in modules:
-        module = importlib.import_module(name)
-        if monkeypatch is not None:
-            monkeypatch.setattr(module, "os", proxy)
-        else:
-            module.os = proxy  # type: ignore[attr-defined]
+@contextlib.contextmanager
+def installed(backend: fs.Backend) -> Iterator[fs.Backend]:
+    """``backend`` for the block, the previous one after it."""
+    old = fs.use(backend)
+    try:
+        yield backend
+    finally:
+        fs.use(old)
 
 
 def _eio(what: str) -> OSError:
@@ -61,7 +65,7 @@ def _eio(what: str) -> OSError:
 # -- injected errors -----------------------------------------------------------------------
 
 
-class FaultyOs(OsProxy):
+class FaultyOs(fs.Backend):
     """Fail ``op`` ("write" or "fdatasync") on files named ``target`` after ``after`` successful
     calls of that op, with ``err`` (an errno). ``sticky``: every later write/sync/truncate of
     the file fails too (a disk gone bad); otherwise only that one call fails.
@@ -152,7 +156,7 @@ class Crashed(Exception):
     pass
 
 
-class PowerLossDisk(OsProxy):
+class PowerLossDisk(fs.Backend):
     """What the disk under ``directory`` holds if the power fails at the ``crash_at``-th sync.
 
     ``mode`` says what becomes of bytes written since a file's last sync: "drop" (all

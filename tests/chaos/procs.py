@@ -4,8 +4,8 @@ Two ways to start `ledger ARGS`:
 
 * ``exec``: ``python -m cli ARGS``, exactly what a user runs (about 1 s of imports first).
 * ``fork``: a child forked from a warm multiprocessing *forkserver* that has imported the CLI
-  once; the child redirects stdout/stderr to files, applies optional OS fault shims
-  (oshim.py), and calls ``cli.app.main()``. It is a separate process with its own pid, lock,
+  once; the child redirects stdout/stderr to files, installs an optional fault backend
+  for fs (oshim.py), and calls ``cli.app.main()``. It is a separate process with its own pid, lock,
   embedded simulator and event loop -- SIGKILL means the same thing -- but starts in a few
   milliseconds, which is what lets the suite afford dozens of kills.
 

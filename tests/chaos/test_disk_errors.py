@@ -1,6 +1,6 @@
-"""Disk errors in a real run, injected at the OS-call boundary (oshim.FaultyOs in place of
-``os`` inside ledger.writer / ledger.fsio / ledger.recovery): a write that fails with ENOSPC,
-an fdatasync that fails with EIO, once or for good.
+"""Disk errors in a real run, injected at the OS-call boundary (oshim.FaultyOs as the backend
+of ``llm_ledger.ledger.fs``, which every file-system call goes through): a write that fails
+with ENOSPC, an fdatasync that fails with EIO, once or for good.
 
 What must hold: the run stops with one clear message (a LedgerError, exit 1 from the CLI);
 nothing unsynced is acknowledged (no projection line, no index entry for an event the log

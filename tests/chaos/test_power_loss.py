@@ -28,7 +28,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from chaos.oshim import PowerLossDisk, install
+from chaos.oshim import PowerLossDisk, installed
 from llm_ledger.ledger.errors import LedgerError
 from llm_ledger.ledger.events import Failed, Parsed, Response, Started
 from llm_ledger.ledger.maintenance import verify_log
@@ -40,17 +40,9 @@ MODES = ("drop", "keep", "sectors", "first_sector_lost")
 
 @contextlib.contextmanager
 def powered_by(disk: PowerLossDisk):
-    """The log's modules call ``disk`` instead of ``os`` inside the block."""
-    import importlib
-
-    modules = [importlib.import_module(m) for m in ("llm_ledger.ledger.writer", "llm_ledger.ledger.fsio", "llm_ledger.ledger.recovery")]
-    saved = [m.os for m in modules]
-    install(disk)
-    try:
+    """Every file-system call (through ``llm_ledger.ledger.fs``) goes to ``disk`` inside the block."""
+    with installed(disk):
         yield disk
-    finally:
-        for module, real in zip(modules, saved):
-            module.os = real
 
 
 def _event(rng: random.Random, item_id: str):

@@ -216,8 +216,16 @@ def fdopen(fd: int, *args: Any, **kwargs: Any) -> IO[Any]:
 
 
 def open_file(path: Any, mode: str = "r", *args: Any, **kwargs: Any) -> IO[Any]:
-    """``builtins.open`` through the backend (text and buffered binary files)."""
-    return _backend.open_file(path, mode, *args, **kwargs)
+    """``builtins.open`` through the backend (text and buffered binary files). Its descriptor
+    is remembered under ``path`` too: a number reused from a closed descriptor must not keep
+    the old one's name."""
+    f = _backend.open_file(path, mode, *args, **kwargs)
+    if not isinstance(path, int):
+        try:
+            _paths[f.fileno()] = _os.fsdecode(path)
+        except (AttributeError, OSError, ValueError):  # a backend's file object without a descriptor
+            pass
+    return f
 
 
 def truncate(path: Any, length: int) -> None:

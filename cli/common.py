@@ -29,7 +29,6 @@ RunsDir = Annotated[
 ]
 
 
-
 def fail(message: str, code: int) -> "typer.Exit":
     err.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
     return typer.Exit(code)

@@ -21,7 +21,18 @@ a descriptor fs opened, not I/O), and reads and writes through a file object onc
 from __future__ import annotations
 
 import ast
+import errno
+import os
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
+
+from llm_ledger.cli.common import os_error_line
+from llm_ledger.ledger import fs
+from llm_ledger.ledger.events import Started
+from llm_ledger.ledger.writer import LogWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = ("ledger", "projections", "runners", "cli", "viewer")
@@ -153,3 +164,76 @@ def test_the_scan_sees_each_kind_of_bypass(tmp_path: Path) -> None:
         "    Path(p).write_text('x')\n    Path(p).mkdir()\n    _os.path.join(p, 'x')\n    _os.getpid()\n"
     )
     assert [call for _, call in offenders(sample)] == ["_os.write", "fsync", "open", "shutil.rmtree", ".write_text", ".mkdir"]
+
+
+# -- errors name their file ------------------------------------------------------------------
+
+
+def test_an_error_on_a_descriptor_names_the_file_it_was_opened_as() -> None:
+    """``write(fd)`` on a full device carries no file name from the OS; fs gives it the path
+    the descriptor was opened with, so the CLI's one line says which file without guessing."""
+    fd = fs.open("/dev/full", os.O_WRONLY)
+    try:
+        with pytest.raises(OSError) as caught:
+            fs.write(fd, b"x" * 4096)
+        with pytest.raises(OSError) as synced:
+            fs.ftruncate(fd, -1)
+    finally:
+        fs.close(fd)
+    assert (caught.value.errno, caught.value.filename) == (errno.ENOSPC, "/dev/full")
+    assert os_error_line(caught.value) == "/dev/full: No space left on device"
+    assert synced.value.filename == "/dev/full"
+    assert fs.path_of(fd) is None  # forgotten at close: a reused number gets no stale name
+
+
+def test_a_full_standard_output_is_named_as_such(tmp_path: Path) -> None:
+    """`ledger log RUN > /dev/full`: the one line names standard output (StdStream), not a
+    path found by walking the traceback."""
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    with LogWriter.open(str(run / "events.log")) as writer:
+        for i in range(40):
+            writer.append(Started(item_id=f"q{i}", request={"p": "x" * 4000}))
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "llm_ledger.cli", "log", "r", "--runs-dir", str(tmp_path / "runs")],
+                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert r.returncode == 1 and lines == ["error: standard output: No space left on device"], r.stderr[-2000:]
+
+
+class _Recording(fs.Backend):
+    """The real disk, noting the base name of every file opened (descriptor or file object)."""
+
+    def __init__(self) -> None:
+        self.opened: list[str] = []
+
+    def open(self, path, flags, mode=0o777, *, dir_fd=None):  # type: ignore[override]
+        self.opened.append(os.path.basename(os.fspath(path)))
+        return super().open(path, flags, mode, dir_fd=dir_fd)
+
+    def open_file(self, path, mode="r", *args, **kwargs):  # type: ignore[override]
+        self.opened.append(os.path.basename(os.fspath(path)))
+        return super().open_file(path, mode, *args, **kwargs)
+
+
+def test_a_backend_sees_the_io_of_modules_the_old_shim_list_missed(tmp_path: Path) -> None:
+    """The chaos shims used to replace ``os`` in writer, fsio and recovery only; through fs
+    a backend also sees the lock, the reader, the index and repair open their files."""
+    from llm_ledger.ledger.index import RunIndex
+    from llm_ledger.ledger.maintenance import repair_log
+    from llm_ledger.ledger.reader import iter_events
+
+    log = str(tmp_path / "events.log")
+    recording = _Recording()
+    old = fs.use(recording)
+    try:
+        with LogWriter.open(log) as writer:
+            writer.append(Started(item_id="a"))
+        RunIndex.open_for_log(str(tmp_path / "index.lmdb"), log).close()
+        assert [e.item_id for e in iter_events(log)] == ["a"]
+        repair_log(log)
+    finally:
+        fs.use(old)
+    assert {"events.log", "events.log.lock", "lock.mdb"} <= set(recording.opened), recording.opened
+    # lock.py (the log O_RDWR and its pid note), the reader and repair (file objects), the index (lock.mdb)
+    assert recording.opened.count("events.log") >= 5, recording.opened

@@ -32,31 +32,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
 
-from llm_ledger.ledger.errors import LedgerError
+from llm_ledger.ledger.errors import EndpointError
 
 from .redaction import Redactor, redactor
 
 if TYPE_CHECKING:  # the SDK takes ~0.5 s to import: only a session that sends pays for it
     import openai
 
-__all__ = ["EndpointError", "Reply", "make_client", "make_clients", "send", "redact"]
+__all__ = ["Reply", "make_client", "make_clients", "send", "redact"]
 
 _decode = msgspec.json.Decoder().decode
 _PATH = "/chat/completions"
 
-
-class EndpointError(LedgerError):
-    """An attempt failed; the fields become a ``failed`` event."""
-
-    def __init__(self, error_type: str, message: str, *, status: int | None = None,
-                 retryable: bool = False, retry_after: float | None = None, pause: float | None = None) -> None:
-        super().__init__(message)
-        self.pause = pause  # seconds the endpoint asked us to hold off (x-ratelimit-*)
-        self.error_type = error_type
-        self.message = message
-        self.status = status
-        self.retryable = retryable
-        self.retry_after = retry_after
 
 
 class Reply(NamedTuple):

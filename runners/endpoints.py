@@ -15,18 +15,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from llm_ledger.ledger.errors import EndpointError, GaveUp
+
 from .breaker import Breaker
-from .client import EndpointError, Reply
+from .client import Reply
 
 if TYPE_CHECKING:
     import openai
 from .limits import AdaptiveLimit
 
-__all__ = ["Endpoint", "Pool", "GaveUp"]
-
-
-class GaveUp(Exception):
-    """Every endpoint stayed down longer than --give-up-after."""
+__all__ = ["Endpoint", "Pool"]
 
 
 @dataclass
@@ -37,7 +35,6 @@ class Endpoint:
     breaker: Breaker = field(default_factory=Breaker)
     in_flight: int = 0
     paused_until: float = 0.0
-    served: int = 0
     _turn: int = 0
 
     def client(self) -> openai.AsyncOpenAI:
@@ -107,7 +104,6 @@ class Pool:
         now = time.monotonic()
         endpoint.in_flight -= 1
         if reply is not None:
-            endpoint.served += 1
             endpoint.breaker.success()
             endpoint.limit.on_success()
             if reply.pause:

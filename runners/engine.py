@@ -31,16 +31,16 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import quote
 
-from llm_ledger.ledger.errors import LedgerError, LogError, UnencodableEventError
+from llm_ledger.ledger.errors import EndpointError, GaveUp, LedgerError, LogError, UnencodableEventError
 from llm_ledger.ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.parsers import ParseResult, Parser
 
-from .client import EndpointError, Reply, redact, send
+from .client import Reply, redact, send
 from .config import RunConfig
 from .dataset import Item
 from .durable import loggable_result, plain_usage, reply_events
-from .endpoints import GaveUp, Pool
+from .endpoints import Pool
 from .limits import RateLimits, estimate_tokens
 from .retry import retrying
 

@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from llm_ledger.ledger import __version__
-from llm_ledger.ledger.errors import IndexError_, InputError, LedgerError
+from llm_ledger.ledger.errors import IndexError_, InputError, LedgerError, ProjectionError
 from llm_ledger.ledger.events import RunStarted, SessionEnded, SessionStarted
 from llm_ledger.ledger.fsio import fsync_dir, os_error
 from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, RunIndex
@@ -56,11 +56,7 @@ from .simulator import SimConfig, Simulator
 
 PROJECT_EVERY = 0.05  # seconds the projector thread lets commit groups gather before a batch
 
-class ProjectionError(LedgerError):
-    """The projections could not be written (disk full, a name too long ...)."""
-
-
-__all__ = ["run_prepared", "ProjectionError", "Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
+__all__ = ["run_prepared", "Prepared", "Found", "prepare", "prepare_resume", "Session", "new_run_id", "plan_only"]
 
 
 @dataclass

@@ -34,7 +34,7 @@ from urllib.parse import quote
 from llm_ledger.ledger.errors import EndpointError, GaveUp, LedgerError, LogError, UnencodableEventError
 from llm_ledger.ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.parsers import ParseResult, Parser
+from llm_ledger.runners.parsers import ParseResult, Parser
 
 from .client import Reply, redact, send
 from .config import RunConfig

@@ -40,8 +40,8 @@ from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.conversations import Conversation
 from llm_ledger.projections.fold import key_of
-from llm_ledger.projections.parsers import Parser, make_parser
-from llm_ledger.projections.prices import lookup
+from llm_ledger.runners.parsers import Parser, make_parser
+from llm_ledger.runners.prices import lookup
 from llm_ledger.projections.projector import Projector
 
 from .breaker import Breaker

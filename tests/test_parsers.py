@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from llm_ledger.ledger.errors import InputError
-from llm_ledger.projections.parsers import make_parser
+from llm_ledger.runners.parsers import make_parser
 from llm_ledger.projections.scoring import normalize, score
 
 

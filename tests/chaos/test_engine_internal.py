@@ -24,7 +24,7 @@ from chaos.invariants import read_log
 from chaos.procs import run_cli
 from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.parsers import make_parser
+from llm_ledger.runners.parsers import make_parser
 from llm_ledger.runners.breaker import THRESHOLD
 from llm_ledger.runners.client import make_clients
 from llm_ledger.runners.config import RunConfig

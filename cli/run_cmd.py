@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 
 from llm_ledger.ledger.layout import find_run
+from llm_ledger.runners.parsers import PARSERS
 
 from .app import app
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     from llm_ledger.runners.session import Prepared, Session
 from .common import RunsDir, err, handled, out
 from .progress import make_bar, summary_table, ticker
+
+
+PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
 
 
 @app.command("run")
@@ -35,7 +39,7 @@ def run(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for every conversation.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
-    parser: Annotated[str, typer.Option(help="text, regex:PATTERN, json[:field], choice, number or module:function.")] = "text",
+    parser: Annotated[str, typer.Option(help=f"{PARSER_KINDS} or module:function.")] = "text",
     price_in: Annotated[Optional[float], typer.Option("--price-in", help="USD per million prompt tokens.")] = None,
     price_out: Annotated[Optional[float], typer.Option("--price-out", help="USD per million completion tokens.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,

@@ -2,7 +2,8 @@
 
 Spec strings (``--parser``): ``text``, ``regex:PATTERN`` (group 1 if any, else the match),
 ``json`` or ``json:field.path``, ``choice`` (a letter A-J, robust to "The answer is (B)"),
-``number`` (the last number, commas and units stripped), ``module:function`` (user code
+``number`` (the last number, commas and units stripped), ``yesno`` (the last yes/no or
+true/false, as a boolean), ``module:function`` (user code
 returning the value; raising marks the parse failed). Each parser has a version string that
 goes into the ``parsed`` event, so a later change of a parser is visible in the log.
 
@@ -143,6 +144,18 @@ def _number(text: str) -> int | float:
     return int(value) if value.is_integer() and "." not in found[-1] and "e" not in found[-1].lower() else value
 
 
+# yes/no, true/false as whole words; the last one wins ("No, wait... yes." is a yes). Not
+# "y"/"n" alone: a lone letter is as likely a variable or a choice as an answer.
+_YESNO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+
+
+def _yesno(text: str) -> bool:
+    found = _YESNO.findall(text)
+    if not found:
+        raise NoMatch("no yes/no (or true/false)")
+    return found[-1].lower() in ("yes", "true")
+
+
 def _user(module: str, name: str) -> Callable[[str], Any]:
     try:
         fn = getattr(importlib.import_module(module), name)
@@ -161,4 +174,5 @@ PARSERS: dict[str, Kind] = {
     "json": Kind(_json, "optional", "json[:field]"),
     "choice": Kind(lambda _arg: _choice, "none", "choice"),
     "number": Kind(lambda _arg: _number, "none", "number"),
+    "yesno": Kind(lambda _arg: _yesno, "none", "yesno"),
 }

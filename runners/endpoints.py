@@ -1,6 +1,6 @@
 """Endpoints and the pool that spreads requests over them.
 
-Each endpoint has its own client, circuit breaker, adaptive in-flight limit and a pause
+Each endpoint has its own transport, circuit breaker, adaptive in-flight limit and a pause
 set by ``x-ratelimit-remaining-*: 0`` replies. ``Pool.acquire`` waits for an endpoint that
 may send (breaker closed or probing, under its limit, not paused) and picks the one with the
 fewest requests in flight. When every endpoint has been down for ``give_up_after`` seconds
@@ -13,16 +13,12 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from llm_ledger.ledger.errors import EndpointError, GaveUp
 
 from .breaker import Breaker
-from .client import Reply
-
-if TYPE_CHECKING:
-    import openai
 from .limits import AdaptiveLimit
+from .transport import Reply, Transport
 
 __all__ = ["Endpoint", "Pool"]
 
@@ -30,16 +26,11 @@ __all__ = ["Endpoint", "Pool"]
 @dataclass
 class Endpoint:
     url: str
-    clients: list[openai.AsyncOpenAI]  # shards of the connection pool (see client.make_clients)
+    transport: Transport
     limit: AdaptiveLimit
     breaker: Breaker = field(default_factory=Breaker)
     in_flight: int = 0
     paused_until: float = 0.0
-    _turn: int = 0
-
-    def client(self) -> openai.AsyncOpenAI:
-        self._turn = (self._turn + 1) % len(self.clients)
-        return self.clients[self._turn]
 
     def ready(self, now: float) -> bool:
         return self.paused_until <= now and self.in_flight < self.limit.current and self.breaker.can_send(now)

@@ -20,6 +20,7 @@ from llm_ledger.ledger.errors import InputError
 from .openai_transport import OpenAITransport
 from .per_request import PerRequestRunner
 from .runner import RunnerFactory
+from .sim_transport import SimTransport
 from .transport import TransportFactory
 
 __all__ = ["RUNNERS", "TRANSPORTS", "TransportKind", "check_kinds"]
@@ -36,6 +37,7 @@ RUNNERS: dict[str, RunnerFactory] = {
 
 TRANSPORTS: dict[str, TransportKind] = {
     "openai": TransportKind(OpenAITransport, remote=True),
+    "simulator": TransportKind(SimTransport, remote=False),
 }
 
 

@@ -37,7 +37,6 @@ from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.runners.parsers import ParseResult, Parser
 
 from .config import RunConfig
-from .dataset import Item
 from .durable import loggable_result, plain_usage, reply_events
 from .endpoints import Pool
 from .limits import RateLimits, estimate_tokens

@@ -50,3 +50,47 @@ def test_a_log_from_before_runners_and_transports_resumes_with_the_defaults(tmp_
     started = [e for e in iter_events(str(run_dir / "events.log")) if isinstance(e, Started)]
     assert {e.endpoint for e in started} == {"embedded-simulator"}  # the default: openai over the HTTP simulator
     assert json.loads((run_dir / "summary.json").read_bytes())["counts"]["done"] == 3
+
+
+class _Counting:
+    """A runner of the test's own: the per-request runner, with the works it was handed
+    counted. Registered by one line, as a new runner would be."""
+
+    works: list = []
+
+    def __init__(self, context):
+        from llm_ledger.runners.per_request import PerRequestRunner
+
+        self._inner = PerRequestRunner(context)
+        self.progress = self._inner.progress
+
+    async def run(self, works):
+        def counted():
+            for work in works:
+                _Counting.works.append((work.item.id, work.sample))
+                yield work
+
+        await self._inner.run(counted())
+
+    def stop(self, reason="interrupted"):
+        self._inner.stop(reason)
+
+    def abort(self):
+        self._inner.abort()
+
+
+def test_a_runner_added_to_the_registry_is_the_one_the_session_uses(tmp_path, monkeypatch):
+    from llm_ledger.runners.prepare import prepare
+    from llm_ledger.runners.session import run_prepared
+
+    monkeypatch.setitem(RUNNERS, "counting", _Counting)
+    monkeypatch.setattr(_Counting, "works", [])
+    dataset = write_jsonl(tmp_path / "qa.jsonl", qa_records(4))
+    prepared = prepare(str(dataset), RunConfig(runner="counting", samples=2), str(tmp_path / "runs"), "counted")
+    _, reason = run_prepared(prepared)
+    assert reason == "completed"
+    assert sorted(_Counting.works) == sorted((f"q{i}", s) for i in range(4) for s in range(2))
+    run_dir = tmp_path / "runs" / "counted"
+    first = next(iter_events(str(run_dir / "events.log")))
+    assert isinstance(first, RunStarted) and first.config["runner"] == "counting"
+    assert len(read_jsonl(run_dir / "responses.jsonl")) == 8

@@ -33,9 +33,10 @@ import time
 
 import openai
 
-from llm_ledger.runners.client import make_client
+from llm_ledger.runners.openai_transport import make_client
 from llm_ledger.runners.config import RunConfig
-from llm_ledger.runners.session import prepare, run_prepared
+from llm_ledger.runners.prepare import prepare
+from llm_ledger.runners.session import run_prepared
 
 
 def free_port() -> int:

@@ -7,16 +7,22 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.layout import find_run
+from llm_ledger.runners.parsers import PARSERS
 
 from .app import app
 
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from llm_ledger.runners.session import Prepared, Session
+    from llm_ledger.runners.prepare import Prepared
+    from llm_ledger.runners.session import Session
 from .common import RunsDir, err, handled, out
 from .progress import make_bar, summary_table, ticker
+
+
+PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
 
 
 @app.command("run")
@@ -35,7 +41,9 @@ def run(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for every conversation.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
-    parser: Annotated[str, typer.Option(help="text, regex:PATTERN, json[:field], choice, number or module:function.")] = "text",
+    parser: Annotated[str, typer.Option(help=f"{PARSER_KINDS} or module:function.")] = "text",
+    runner: Annotated[Optional[str], typer.Option(help="How the plan is worked (default per-request: one request per turn); an unknown name lists the known ones.")] = None,
+    transport: Annotated[Optional[str], typer.Option(help="How a request reaches the model (default openai: the SDK over HTTP; simulator: the built-in simulator in-process); an unknown name lists the known ones.")] = None,
     price_in: Annotated[Optional[float], typer.Option("--price-in", help="USD per million prompt tokens.")] = None,
     price_out: Annotated[Optional[float], typer.Option("--price-out", help="USD per million completion tokens.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,
@@ -54,7 +62,9 @@ def run(
     """Run every item of DATASET against a model; resumable at any moment."""
     from llm_ledger.runners.config import SIMULATOR_MODEL, RunConfig
     from llm_ledger.runners.dataset import interpret_escapes
-    from llm_ledger.runners.session import plan_only, prepare
+    from llm_ledger.runners.plan import plan_only
+    from llm_ledger.runners.prepare import prepare
+    from llm_ledger.runners.registry import TRANSPORTS
 
     with handled():
         config = RunConfig(
@@ -65,8 +75,9 @@ def run(
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
             system=system, template=interpret_escapes(template) if template else template, parser=parser,
             price_in=price_in, price_out=price_out, simulator=_sim(sim),
+            **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None},
         )
-        if model and not base_url:
+        if model and not base_url and getattr(TRANSPORTS.get(config.transport), "remote", True):
             config.base_url = "https://api.openai.com/v1"
         prepared = prepare(dataset, config, runs_dir, run_id, skip_failed, typed=_typed(ctx), dry_run=dry_run)
         for note in prepared.notes:
@@ -132,7 +143,7 @@ def resume(
 
     Only settings that change how the work is sent can be given; they apply to this session
     and are recorded in its session_started event. What is sent is fixed by the run."""
-    from llm_ledger.runners.session import prepare_resume
+    from llm_ledger.runners.prepare import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
                  "give_up_after": give_up_after}
@@ -160,6 +171,9 @@ def _sim(text: str | None) -> dict:
 def _execute(prepared: "Prepared", show_first: bool) -> int:
     from llm_ledger.runners.session import run_prepared
 
+    from .exit_codes import exit_code
+    from .interrupts import install_interrupts
+
     config = prepared.config
     bar = make_bar()
     task = bar.add_task("running", total=None, rate="", extra="")
@@ -169,7 +183,7 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
         bar.start()
 
     try:
-        session, reason = run_prepared(prepared, on_planned=planned,
+        session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
                                        on_tick=ticker(bar, task, (config.price_in, config.price_out), show_first))
     except KeyboardInterrupt:  # a Ctrl-C after the run stopped, while the log was closing
         bar.stop()
@@ -177,11 +191,12 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
         return 130
     finally:
         bar.stop()
-    with open(prepared.paths.summary, "rb") as f:
+    with fs.open_file(prepared.paths.summary, "rb") as f:
         summary = json.loads(f.read())
     out.print(summary_table(summary))
     out.print(f"outputs: {prepared.paths.dir}")
-    code = session.exit_code(reason, summary)
+    stop_reason = session.runner.progress.stop_reason if session.runner else ""
+    code = exit_code(reason, stop_reason, session.projection_error is not None, summary)
     for line in _end_lines(prepared, session, summary, code):
         err.print(line, markup=False, highlight=False)
     return code
@@ -190,7 +205,7 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
 def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: int) -> list[str]:
     """What a user must read at the end: internal errors, and work left pending -- how
     much, why, and the command that continues it."""
-    progress = session.engine.progress if session.engine else None
+    progress = session.runner.progress if session.runner else None
     internal = progress.internal if progress else []
     more = (progress.errors.get("internal", 0) if progress else 0) - len(internal)
     lines = internal + ([f"... and {more} more internal errors (each a `failed` event: see `ledger log`)"] if more > 0 else [])

@@ -17,6 +17,9 @@ catch ``LedgerError`` alone and map it to an exit code::
     |   +-- LogClosedError           1  append after close or after a fatal write error
     |   +-- UnencodableEventError    1  one submission the log cannot hold; the writer lives on
     +-- IndexStateError              1  the LMDB index could not be opened or rebuilt
+    +-- EndpointError                1  one attempt at a request failed (becomes a `failed` event)
+    +-- GaveUp                       1  every endpoint stayed down past --give-up-after
+    +-- ProjectionError              1  the projections could not be written (the log is complete)
     +-- StorageError                 1  a run's file could not be written (disk full, I/O error)
     +-- OutputError                  1  a file the user asked for could not be written
 
@@ -41,6 +44,9 @@ __all__ = [
     "LogNotSoundError",
     "OutputError",
     "UnencodableEventError",
+    "EndpointError",
+    "GaveUp",
+    "ProjectionError",
 ]
 
 
@@ -156,3 +162,28 @@ class OutputError(LedgerError):
         super().__init__(f"cannot write {path}: {reason}")
         self.path = path
 
+
+class EndpointError(LedgerError):
+    """An attempt failed; the fields become a ``failed`` event. Every transport raises it,
+    whatever failed underneath (status, timeout, connection, a malformed reply), with its
+    message already redacted."""
+
+    def __init__(self, error_type: str, message: str, *, status: int | None = None,
+                 retryable: bool = False, retry_after: float | None = None, pause: float | None = None) -> None:
+        super().__init__(message)
+        self.pause = pause  # seconds the endpoint asked us to hold off (x-ratelimit-*)
+        self.error_type = error_type
+        self.message = message
+        self.status = status
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class GaveUp(LedgerError):
+    """Every endpoint stayed down longer than --give-up-after: the run stops as interrupted
+    (resumable), never as failed."""
+
+
+class ProjectionError(LedgerError):
+    """The projections could not be written (disk full, a name too long ...); the log is
+    complete, so a resume or `ledger replay --rebuild` redoes them."""

@@ -19,7 +19,7 @@ from llm_ledger.ledger.events import Parsed, Response, SessionStarted
 from llm_ledger.ledger.reader import iter_events
 
 from .fold import Key, key_of
-from .parsers import Parser
+from llm_ledger.runners.parsers import Parser
 
 __all__ = ["reparse_events", "overrides"]
 

@@ -18,7 +18,7 @@ from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import RunLock
 from llm_ledger.ledger.writer import LogWriter
 
-from .parsers import Parser, make_parser
+from llm_ledger.runners.parsers import Parser, make_parser
 from .projector import Projector, rebuild
 from .reparse import reparse_events
 from .summary import summarize

@@ -1,7 +1,10 @@
-"""Datasets in, requests out: the OpenAI-compatible client, retries, rate limits, the
-circuit breaker, scheduling, sessions (run / resume) and the built-in simulator.
+"""Datasets in, requests out: preparation (prepare.py), the plan (plan.py), the session's
+lifecycle (session.py), and the registry of ways to run (registry.py): runners (runner.py;
+today per_request.py over the engine, retries, rate limits, the circuit breaker) and
+transports (transport.py; the openai SDK, the built-in simulator in-process), plus parsers
+and prices.
 
-Depends on ``projections`` (parsers, the projector) and ``ledger``; never on ``cli``.
+Depends on ``projections`` (the projector, the folds) and ``ledger``; never on ``cli``.
 """
 
-__all__ = ["session", "engine", "simulator"]
+__all__ = ["session", "engine", "simulator", "registry"]

@@ -1,7 +1,8 @@
 """A run's configuration: what `ledger run` was asked, stored whole in ``run_started``.
 
 Never holds a secret: only the *name* of the environment variable with the key. An empty
-``base_url`` means the embedded simulator (started in-process by every session).
+``base_url`` means the embedded simulator (started in-process by every session). ``runner``
+and ``transport`` name entries of registry.py; a log older than them reads as the defaults.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class RunConfig(msgspec.Struct, kw_only=True):
     max_context: int | None = None  # tokens; longer conversations fail without a request
     preflight: bool = True  # GET /models lists the model before anything is written
     seed: int | None = None  # with limit: a reproducible random subset instead of the first N
+    runner: str = "per-request"  # how the plan is worked: a name in registry.RUNNERS
+    transport: str = "openai"  # how a request reaches the model: a name in registry.TRANSPORTS
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])
@@ -106,8 +109,10 @@ def _shown(value: Any) -> str:
 def check_config(config: RunConfig) -> None:
     """Every number and the embedded simulator's settings, before anything is written.
     NaN and infinity pass ``< 0`` tests, so each float is checked to be finite first."""
+    from .registry import check_kinds
     from .simulator import SimConfig
 
+    check_kinds(config.runner, config.transport, config.base_url)
     _at_least(config, 1, "samples", "concurrency")
     _at_least(config, 0, "retries")
     if config.concurrency > MAX_CONCURRENCY:

@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 
 __all__ = ["Item", "DatasetInfo", "scan", "iter_items", "template_fields", "interpret_escapes"]
@@ -126,7 +127,7 @@ def _check_storable(path: str, item: Item) -> None:
 
 def file_sha256(path: str) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -155,7 +156,7 @@ def _records(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 
 
 def _jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         for n, raw in enumerate(f, 1):
             if not raw.strip():
                 continue
@@ -179,7 +180,7 @@ def _utf8_hint(raw: bytes, exc: Exception) -> str:
 def _csv(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """CSV with a header row, UTF-8 (a byte-order mark, as Excel writes it, is dropped)."""
     try:
-        with open(path, "rb") as f:
+        with fs.open_file(path, "rb") as f:
             reader = csv.DictReader(_decoded_lines(path, f))
             if not reader.fieldnames:
                 return

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import Any
 
 from llm_ledger.ledger.events import Event, Parsed, Response, Usage, decode_many, encode_many
-from llm_ledger.projections.parsers import ParseResult
+from llm_ledger.runners.parsers import ParseResult
 
 __all__ = ["Unloggable", "reply_events", "plain", "loggable_result"]
 

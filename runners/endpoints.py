@@ -1,6 +1,6 @@
 """Endpoints and the pool that spreads requests over them.
 
-Each endpoint has its own client, circuit breaker, adaptive in-flight limit and a pause
+Each endpoint has its own transport, circuit breaker, adaptive in-flight limit and a pause
 set by ``x-ratelimit-remaining-*: 0`` replies. ``Pool.acquire`` waits for an endpoint that
 may send (breaker closed or probing, under its limit, not paused) and picks the one with the
 fewest requests in flight. When every endpoint has been down for ``give_up_after`` seconds
@@ -13,36 +13,24 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+from llm_ledger.ledger.errors import EndpointError, GaveUp
 
 from .breaker import Breaker
-from .client import EndpointError, Reply
-
-if TYPE_CHECKING:
-    import openai
 from .limits import AdaptiveLimit
+from .transport import Reply, Transport
 
-__all__ = ["Endpoint", "Pool", "GaveUp"]
-
-
-class GaveUp(Exception):
-    """Every endpoint stayed down longer than --give-up-after."""
+__all__ = ["Endpoint", "Pool"]
 
 
 @dataclass
 class Endpoint:
     url: str
-    clients: list[openai.AsyncOpenAI]  # shards of the connection pool (see client.make_clients)
+    transport: Transport
     limit: AdaptiveLimit
     breaker: Breaker = field(default_factory=Breaker)
     in_flight: int = 0
     paused_until: float = 0.0
-    served: int = 0
-    _turn: int = 0
-
-    def client(self) -> openai.AsyncOpenAI:
-        self._turn = (self._turn + 1) % len(self.clients)
-        return self.clients[self._turn]
 
     def ready(self, now: float) -> bool:
         return self.paused_until <= now and self.in_flight < self.limit.current and self.breaker.can_send(now)
@@ -107,7 +95,6 @@ class Pool:
         now = time.monotonic()
         endpoint.in_flight -= 1
         if reply is not None:
-            endpoint.served += 1
             endpoint.breaker.success()
             endpoint.limit.on_success()
             if reply.pause:

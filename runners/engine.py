@@ -28,21 +28,22 @@ import os
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import quote
 
-from llm_ledger.ledger.errors import LedgerError, LogError, UnencodableEventError
+from llm_ledger.ledger.errors import EndpointError, GaveUp, LedgerError, LogError, UnencodableEventError
 from llm_ledger.ledger.events import Failed, Parsed, Paused, Response, Resumed, Started
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.parsers import ParseResult, Parser
+from llm_ledger.runners.parsers import ParseResult, Parser
 
-from .client import EndpointError, Reply, redact, send
 from .config import RunConfig
-from .dataset import Item
 from .durable import loggable_result, plain_usage, reply_events
-from .endpoints import GaveUp, Pool
+from .endpoints import Pool
 from .limits import RateLimits, estimate_tokens
+from .redaction import redact
 from .retry import retrying
+from .runner import Progress, Work
+from .transport import Reply
 
 __all__ = ["Work", "Progress", "Engine", "GRACE", "request_key"]
 
@@ -55,32 +56,6 @@ def request_key(item_id: str, sample: int, turn: int) -> str:
     nothing kept but letters, digits and ``_.-~``), so that any id is a valid header value
     and ``/`` in an id cannot be confused with the separators."""
     return f"{quote(item_id, safe='')}/{sample}/{turn}"
-
-
-class Work(NamedTuple):
-    item: Item
-    sample: int
-    start_turn: int = 0
-    history: list[dict[str, Any]] = []  # messages of the turns already completed
-    attempts: int = 0  # attempts made by earlier sessions
-
-
-@dataclass
-class Progress:
-    total: int = 0
-    done: int = 0
-    failed: int = 0
-    retrying: int = 0
-    in_flight: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    stopping: bool = False
-    stop_reason: str = ""
-    paused: bool = False
-    limit: int = 0
-    first_reply: tuple[dict[str, Any], str] | None = None
-    errors: dict[str, int] = field(default_factory=dict)
-    internal: list[str] = field(default_factory=list)  # the first internal errors, one line each, for the user
 
 
 @dataclass
@@ -276,8 +251,7 @@ class Engine:
             self._sending.add(task)
             self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected)])
             try:
-                reply = await send(endpoint.client(), body, self.secrets,
-                                   {"x-ledger-key": request_key(item.id, work.sample, turn)}, timeout=self.config.timeout)
+                reply = await endpoint.transport.send(body, request_key(item.id, work.sample, turn), self.config.timeout)
             except EndpointError as exc:
                 error = exc
                 final = not exc.retryable or last

@@ -18,7 +18,8 @@ import msgspec
 
 from llm_ledger.ledger.errors import InputError
 
-from .client import make_client, redact
+from .openai_transport import make_client
+from .redaction import redact
 
 __all__ = ["check_endpoints", "list_models"]
 

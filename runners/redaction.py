@@ -26,7 +26,7 @@ import functools
 import re
 from typing import Any
 
-__all__ = ["Redactor", "redactor", "REDACTED", "MIN_SECRET"]
+__all__ = ["Redactor", "redactor", "redact", "REDACTED", "MIN_SECRET"]
 
 REDACTED = "[redacted]"
 MIN_SECRET = 4  # shorter "keys" (placeholders) would redact ordinary words
@@ -164,3 +164,8 @@ class Redactor:
 @functools.lru_cache(maxsize=16)
 def redactor(secrets: tuple[str, ...], bearer: bool = True) -> Redactor:
     return Redactor(secrets, bearer)
+
+
+def redact(text: str, secrets: tuple[str, ...]) -> str:
+    """``text`` without the secrets in any form, nor any Bearer token."""
+    return redactor(secrets).text(text)

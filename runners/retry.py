@@ -14,11 +14,10 @@ from collections.abc import Awaitable, Callable
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
 from tenacity.wait import wait_base
 
-from .client import EndpointError
+from llm_ledger.ledger.errors import EndpointError
 
-__all__ = ["retrying", "RETRYABLE_STATUS"]
+__all__ = ["retrying"]
 
-RETRYABLE_STATUS = frozenset({408, 409, 429})
 BASE_WAIT = 0.25  # seconds before the first retry: a blip is usually over by then
 MAX_WAIT = 30.0  # cap of one backoff: long outages are the circuit breaker's job
 MAX_RETRY_AFTER = 120.0  # a Retry-After longer than this is capped, not obeyed blindly

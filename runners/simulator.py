@@ -12,6 +12,9 @@ Every request is logged (one JSON line: time, item key if sent, outcome) so test
 what was sent and what was paid for. The key is the ``x-ledger-key`` header with the item
 id decoded (the client percent-encodes it so that any id is a valid header value): the log
 says ``café/0/0``, as the run's events name the item.
+
+The reply logic (``answer``) knows nothing of HTTP: ``Simulator`` serves it over loopback
+HTTP (``ledger simulate``, the embedded default), ``sim_transport`` calls it in-process.
 """
 
 from __future__ import annotations
@@ -22,18 +25,20 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote
 
 import msgspec
 import uvicorn
-from llm_ledger.ledger.errors import InputError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-__all__ = ["SimConfig", "Simulator", "build_app", "reply_text", "ledger_key"]
+from llm_ledger.ledger import fs
+from llm_ledger.ledger.errors import InputError
+
+__all__ = ["SimConfig", "Simulator", "Answer", "RESET", "new_state", "answer", "build_app", "reply_text", "ledger_key"]
 
 _json = msgspec.json.Encoder()
 
@@ -84,19 +89,71 @@ class _State:
     refilled: float = 0.0
 
 
-def build_app(config: SimConfig) -> tuple[Starlette, _State]:
+class Answer(NamedTuple):
+    """The simulator's answer to one request, before any transport carries it."""
+
+    status: int  # RESET: the connection drops mid-body
+    body: bytes
+    headers: dict[str, str]
+
+
+RESET = 0
+_ERRORS = {"down": (503, {"error": {"message": "service unavailable"}}),
+           "500": (500, {"error": {"message": "internal error"}})}
+
+
+def new_state(config: SimConfig) -> _State:
+    """A simulator's state (its RNG, counters and request log), for one app or transport."""
     state = _State(config=config, rng=random.Random(config.seed))
     if config.request_log:
-        state.log_file = open(config.request_log, "a", buffering=1)
+        state.log_file = fs.open_file(config.request_log, "a", buffering=1)
+    return state
+
+
+async def answer(state: _State, body: dict[str, Any], key: str) -> Answer:
+    """The reply logic, shared by the HTTP app and the in-process transport (sim_transport):
+    draw the outcome, log it, wait the latency, answer. ``key`` is the decoded item key."""
+    state.requests += 1
+    state.in_flight += 1
+    state.max_in_flight = max(state.max_in_flight, state.in_flight)
+    try:
+        return await _answer(state, body, key)
+    finally:
+        state.in_flight -= 1
+
+
+async def _answer(state: _State, body: dict[str, Any], key: str) -> Answer:
+    config = state.config
+    outcome = "down" if config.down else _over_capacity(state) or _draw_fault(state)
+    _log(state, key, outcome)
+    if config.latency or config.latency_jitter:
+        await asyncio.sleep(max(0.0, config.latency + state.rng.uniform(-1, 1) * config.latency_jitter))
+    match outcome:
+        case "down" | "500":
+            status, error = _ERRORS[outcome]
+            return Answer(status, _json.encode(error), {})
+        case "429" | "capacity":
+            wait = config.retry_after if outcome == "429" else (1.0 - state.tokens) / config.capacity_rps
+            error = {"error": {"message": "rate limited", "type": "rate_limit"}}
+            return Answer(429, _json.encode(error), {"retry-after": f"{round(wait, 3):g}"})
+        case "hang":
+            await asyncio.sleep(config.hang_seconds)
+        case "reset":
+            return Answer(RESET, b'{"choices": [', {})
+        case "malformed":
+            return Answer(200, b'{"choices": [ {"message": ', {})
+    return Answer(200, _json.encode(_completion(config, body)), {})
+
+
+def build_app(config: SimConfig) -> tuple[Starlette, _State]:
+    state = new_state(config)
 
     async def chat(request: Request) -> Response:
-        state.requests += 1
-        state.in_flight += 1
-        state.max_in_flight = max(state.max_in_flight, state.in_flight)
-        try:
-            return await _chat(state, request)
-        finally:
-            state.in_flight -= 1
+        body = msgspec.json.decode(await request.body())
+        reply = await answer(state, body, ledger_key(request.headers.get("x-ledger-key", "")))
+        if reply.status == RESET:
+            return _ResetResponse()
+        return Response(reply.body, status_code=reply.status, headers=reply.headers, media_type="application/json")
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": state.config.model, "object": "model", "owned_by": "ledger"}]})
@@ -106,35 +163,6 @@ def build_app(config: SimConfig) -> tuple[Starlette, _State]:
         Route("/v1/models", models, methods=["GET"]),
     ]
     return Starlette(routes=routes), state
-
-
-async def _chat(state: _State, request: Request) -> Response:
-    config = state.config
-    body = msgspec.json.decode(await request.body())
-    key = ledger_key(request.headers.get("x-ledger-key", ""))
-    outcome = "down" if config.down else _over_capacity(state) or _draw_fault(state)
-    _log(state, key, outcome)
-    if config.latency or config.latency_jitter:
-        await asyncio.sleep(max(0.0, config.latency + state.rng.uniform(-1, 1) * config.latency_jitter))
-    match outcome:
-        case "down":
-            return JSONResponse({"error": {"message": "service unavailable"}}, status_code=503)
-        case "429" | "capacity":
-            wait = config.retry_after if outcome == "429" else (1.0 - state.tokens) / config.capacity_rps
-            return JSONResponse(
-                {"error": {"message": "rate limited", "type": "rate_limit"}},
-                status_code=429,
-                headers={"retry-after": f"{round(wait, 3):g}"},
-            )
-        case "500":
-            return JSONResponse({"error": {"message": "internal error"}}, status_code=500)
-        case "hang":
-            await asyncio.sleep(config.hang_seconds)
-        case "reset":
-            return _ResetResponse()
-        case "malformed":
-            return Response(b'{"choices": [ {"message": ', media_type="application/json")
-    return Response(_json.encode(_completion(config, body)), media_type="application/json")
 
 
 def ledger_key(header: str) -> str:

@@ -110,7 +110,7 @@ ESCAPES = {
 def test_a_reply_never_keeps_the_key_whatever_the_json_escaping(key, escape):
     """Through the client's own decode path (the pre-check on the bytes decides whether the
     decoded strings are walked: it must never skip a body that needs it)."""
-    from llm_ledger.runners.client import _reply
+    from llm_ledger.runners.completion import decode_reply as _reply
 
     red = Redactor((key,), bearer=False)
     texts = [f"see {form} here" for form in _forms(key)]

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from llm_ledger.ledger.errors import InputError
-from llm_ledger.projections.parsers import make_parser
+from llm_ledger.runners.parsers import make_parser
 from llm_ledger.projections.scoring import normalize, score
 
 
@@ -112,6 +112,32 @@ def test_regex_group_one_or_whole_match():
 def test_regex_that_does_not_compile_is_bad_input():
     with pytest.raises(InputError, match=r"--parser regex:\("):
         make_parser("regex:(")
+
+
+# -- yesno (the worked example of adding a parser kind: one function, one PARSERS line) --
+
+
+@pytest.mark.parametrize("text,value", [
+    ("Yes.", True),
+    ("no", False),
+    ("The statement is TRUE", True),
+    ("No, wait... yes, it holds.", True),
+    ("Yes at first, but on reflection: no.", False),
+    ("false", False),
+])
+def test_yesno(text, value):
+    assert parsed("yesno", text) is value
+
+
+def test_yesno_needs_a_whole_word_and_takes_no_argument():
+    result = make_parser("yesno")("yesterday nobody knew; y/n?")
+    assert result.ok is False and result.error.startswith("NoMatch")
+    p = make_parser("yesno")
+    assert (p.spec, p.version) == ("yesno", "1")
+    with pytest.raises(InputError, match="yesno"):  # the usage list names it
+        make_parser("nonsense kind")
+    with pytest.raises(InputError, match="No module named 'yesno'"):  # an argument: a user module
+        make_parser("yesno:strict")
 
 
 # -- text, module:function, bad specs -------------------------------------------------------

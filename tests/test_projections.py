@@ -372,7 +372,8 @@ def test_live_projection_in_two_sessions_equals_a_rebuild(tmp_path, run, seed, d
 def finished_run(tmp_path_factory):
     """A real run (runners.session in-process, embedded simulator over loopback); its files."""
     from llm_ledger.runners.config import RunConfig
-    from llm_ledger.runners.session import prepare, run_prepared
+    from llm_ledger.runners.prepare import prepare
+    from llm_ledger.runners.session import run_prepared
 
     base = tmp_path_factory.mktemp("real")
     dataset = base / "qa.jsonl"

@@ -12,7 +12,9 @@ from collections import Counter
 
 import pytest
 
-from llm_ledger.runners.client import EndpointError, make_client, redact, send
+from llm_ledger.ledger.errors import EndpointError
+from llm_ledger.runners.openai_transport import make_client, send
+from llm_ledger.runners.redaction import redact
 from llm_ledger.runners.simulator import SimConfig, Simulator, reply_text
 
 

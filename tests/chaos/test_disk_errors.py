@@ -70,7 +70,8 @@ def check_nothing_unsynced_acknowledged(run_dir: Path) -> list[str]:
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_disk_error_in_process_stops_the_run_cleanly_and_resume_finishes(tmp_path, monkeypatch, fault):
     from llm_ledger.runners.config import RunConfig
-    from llm_ledger.runners.session import Session, prepare, prepare_resume, run_prepared
+    from llm_ledger.runners.prepare import prepare, prepare_resume
+    from llm_ledger.runners.session import Session, run_prepared
 
     data = dataset(tmp_path)
     req_log = tmp_path / "requests.jsonl"

@@ -24,15 +24,16 @@ from chaos.invariants import read_log
 from chaos.procs import run_cli
 from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.parsers import make_parser
+from llm_ledger.runners.parsers import make_parser
 from llm_ledger.runners.breaker import THRESHOLD
-from llm_ledger.runners.client import make_clients
+from llm_ledger.runners.openai_transport import OpenAITransport
 from llm_ledger.runners.config import RunConfig
 from llm_ledger.runners.dataset import Item
 from llm_ledger.runners.endpoints import Endpoint, Pool
 from llm_ledger.runners.engine import Engine, Work
 from llm_ledger.runners.limits import AdaptiveLimit, RateLimits
 from llm_ledger.runners.simulator import Simulator
+from llm_ledger.runners.transport import TransportSpec
 
 # Any text but lone surrogates (not valid in a UTF-8 dataset) and "" (an empty id means
 # "use the line number").
@@ -73,7 +74,7 @@ async def _run(tmp_path: Path, works: list[Work], *, open_breaker: bool = False)
     with Simulator() as sim:
         writer = LogWriter.open(str(tmp_path / "events.log"))
         config = RunConfig(base_url=sim.base_url, model="sim-1", retries=1, timeout=10, concurrency=1)
-        endpoint = Endpoint(sim.base_url, make_clients(sim.base_url, "EMPTY", 10, 1), AdaptiveLimit(1))
+        endpoint = Endpoint(sim.base_url, OpenAITransport(TransportSpec(sim.base_url, "EMPTY", (), 10, 1, {})), AdaptiveLimit(1))
         engine = Engine(config, writer, Pool([endpoint]), make_parser("text"), (), RateLimits(None, None))
         if open_breaker:  # an outage has just tripped it: the next request is the probe
             for _ in range(THRESHOLD):
@@ -83,8 +84,7 @@ async def _run(tmp_path: Path, works: list[Work], *, open_breaker: bool = False)
             await asyncio.wait_for(engine.run(iter(works)), timeout=30)  # a hang guard only
         finally:
             writer.close()
-            for client in endpoint.clients:
-                await client.close()
+            await endpoint.transport.close()
     return engine
 
 

@@ -13,7 +13,8 @@ import tempfile
 
 def _warm() -> None:
     from llm_ledger.runners.config import RunConfig
-    from llm_ledger.runners.session import prepare, run_prepared
+    from llm_ledger.runners.prepare import prepare
+    from llm_ledger.runners.session import run_prepared
 
     directory = tempfile.mkdtemp(prefix="ledger-warm-")
     try:

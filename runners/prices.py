@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 
 __all__ = ["BUILTIN", "lookup"]
@@ -34,7 +35,7 @@ def _user_table() -> dict[str, tuple[float, float]]:
     if not os.path.exists(path):
         return {}
     try:
-        with open(path) as f:
+        with fs.open_file(path) as f:
             data = json.load(f)
         return {str(model): (float(p[0]), float(p[1])) for model, p in data.items()}
     except (OSError, ValueError, TypeError, IndexError, AttributeError) as exc:

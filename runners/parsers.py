@@ -2,9 +2,13 @@
 
 Spec strings (``--parser``): ``text``, ``regex:PATTERN`` (group 1 if any, else the match),
 ``json`` or ``json:field.path``, ``choice`` (a letter A-J, robust to "The answer is (B)"),
-``number`` (the last number, commas and units stripped), ``module:function`` (user code
+``number`` (the last number, commas and units stripped), ``yesno`` (the last yes/no or
+true/false, as a boolean), ``module:function`` (user code
 returning the value; raising marks the parse failed). Each parser has a version string that
 goes into the ``parsed`` event, so a later change of a parser is visible in the log.
+
+Adding a built-in kind: its function here and one line in ``PARSERS`` (name, how it takes
+its argument, its usage for the error message). Nothing else names the kinds.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, NamedTuple
 
 from llm_ledger.ledger.errors import InputError
 
-__all__ = ["Parser", "ParseResult", "make_parser"]
+__all__ = ["Parser", "ParseResult", "Kind", "PARSERS", "make_parser"]
 
 
 class ParseResult(NamedTuple):
@@ -42,22 +46,40 @@ class NoMatch(ValueError):
     pass
 
 
+def _text(text: str) -> str:
+    return text.strip()
+
+
+class Kind(NamedTuple):
+    """A built-in parser kind: ``make`` compiles the spec's argument (the text after the
+    first ``:``, ``""`` when none) into the parse function, raising InputError when it is
+    bad. ``arg``: ``"none"`` (the kind takes no argument) or ``"optional"``.
+    ``version`` goes into every ``parsed`` event: bump it when the kind's output changes."""
+
+    make: Callable[[str], Callable[[str], Any]]
+    arg: str
+    usage: str
+    version: str = "1"
+
+
 def make_parser(spec: str) -> Parser:
-    """Compile a parser spec; a bad spec is an InputError before anything is sent."""
-    kind, _, arg = spec.partition(":")
-    if kind == "text" and not arg:
-        return Parser(spec, "1", lambda text: text.strip())
-    if kind == "regex":
-        return Parser(spec, "1", _regex(arg))
-    if kind == "json":
-        return Parser(spec, "1", _json(arg))
-    if kind == "choice" and not arg:
-        return Parser(spec, "1", _choice)
-    if kind == "number" and not arg:
-        return Parser(spec, "1", _number)
-    if arg and re.fullmatch(r"[\w.]+", kind) and re.fullmatch(r"\w+", arg):
-        return Parser(spec, "1", _user(kind, arg))
-    raise InputError(f"--parser {spec!r}: use text, regex:PATTERN, json[:field], choice, number or module:function")
+    """Compile a parser spec; a bad spec is an InputError before anything is sent. A
+    built-in kind is looked up in ``PARSERS``; anything else shaped ``module:function`` is
+    user code (so ``text:foo`` is the function ``foo`` of a module named ``text``)."""
+    name, _, arg = spec.partition(":")
+    kind = PARSERS.get(name)
+    if kind is not None and _takes(kind, arg):
+        return Parser(spec, kind.version, kind.make(arg))
+    if arg and re.fullmatch(r"[\w.]+", name) and re.fullmatch(r"\w+", arg):
+        return Parser(spec, "1", _user(name, arg))
+    kinds = ", ".join(k.usage for k in PARSERS.values())
+    raise InputError(f"--parser {spec!r}: use {kinds} or module:function")
+
+
+def _takes(kind: Kind, arg: str) -> bool:
+    """Whether the spec's argument fits the kind: ``choice:x`` is no choice (it may be a
+    user's module ``choice``), while ``regex`` alone and ``json`` alone are."""
+    return kind.arg == "optional" or not arg
 
 
 def _regex(pattern: str) -> Callable[[str], Any]:
@@ -122,6 +144,18 @@ def _number(text: str) -> int | float:
     return int(value) if value.is_integer() and "." not in found[-1] and "e" not in found[-1].lower() else value
 
 
+# yes/no, true/false as whole words; the last one wins ("No, wait... yes." is a yes). Not
+# "y"/"n" alone: a lone letter is as likely a variable or a choice as an answer.
+_YESNO = re.compile(r"\b(yes|no|true|false)\b", re.IGNORECASE)
+
+
+def _yesno(text: str) -> bool:
+    found = _YESNO.findall(text)
+    if not found:
+        raise NoMatch("no yes/no (or true/false)")
+    return found[-1].lower() in ("yes", "true")
+
+
 def _user(module: str, name: str) -> Callable[[str], Any]:
     try:
         fn = getattr(importlib.import_module(module), name)
@@ -130,3 +164,15 @@ def _user(module: str, name: str) -> Callable[[str], Any]:
     if not callable(fn):
         raise InputError(f"--parser {module}:{name}: not callable")
     return fn
+
+
+# The built-in kinds, by the name a spec starts with. Adding a kind is one function above
+# and one line here (its usage is then in --parser's error message too).
+PARSERS: dict[str, Kind] = {
+    "text": Kind(lambda _arg: _text, "none", "text"),
+    "regex": Kind(_regex, "optional", "regex:PATTERN"),
+    "json": Kind(_json, "optional", "json[:field]"),
+    "choice": Kind(lambda _arg: _choice, "none", "choice"),
+    "number": Kind(lambda _arg: _number, "none", "number"),
+    "yesno": Kind(lambda _arg: _yesno, "none", "yesno"),
+}

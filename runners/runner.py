@@ -1,0 +1,83 @@
+"""The seam for ways of working a plan: a ``Runner`` takes the works (item, sample, where
+to start) and records every attempt as events through the log writer.
+
+Today's runner is ``per_request.PerRequestRunner`` (one request per turn, at most
+``--concurrency`` at once, through a ``Transport`` per endpoint). A provider's Batch API
+runner (issue 16) is the next: it would submit a file of requests and poll, recording the
+same ``started`` / ``response`` / ``parsed`` / ``failed`` events. A runner is chosen by the
+run's config (``runner``) from ``registry.RUNNERS``: adding one is one module holding its
+class (a factory taking a ``RunContext``) and one line there.
+
+What every runner owes the session: ``progress`` (counts the CLI shows and reads at the end;
+``stop_reason`` starts with ``error`` or ``endpoint down`` when that ended the run),
+``run`` (returns when every work is recorded or the run was stopped; raises the writer's
+error if the log died), ``stop`` (first Ctrl-C: drain gracefully) and ``abort`` (second:
+now). Both are called on the event loop's thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol
+
+from llm_ledger.ledger.writer import LogWriter
+
+from .config import RunConfig
+from .dataset import Item
+from .parsers import Parser
+from .transport import TransportFactory
+
+__all__ = ["Work", "Progress", "RunContext", "Runner", "RunnerFactory"]
+
+
+class Work(NamedTuple):
+    item: Item
+    sample: int
+    start_turn: int = 0
+    history: list[dict[str, Any]] = []  # messages of the turns already completed
+    attempts: int = 0  # attempts made by earlier sessions
+
+
+@dataclass
+class Progress:
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    retrying: int = 0
+    in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    stopping: bool = False
+    stop_reason: str = ""
+    paused: bool = False
+    limit: int = 0
+    first_reply: tuple[dict[str, Any], str] | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+    internal: list[str] = field(default_factory=list)  # the first internal errors, one line each, for the user
+
+
+
+class RunContext(NamedTuple):
+    """What a runner is built from (by the session)."""
+
+    config: RunConfig
+    writer: LogWriter
+    parser: Parser
+    api_key: str
+    secrets: tuple[str, ...]  # redacted from every message and reply
+    transport: TransportFactory  # the run's transport (registry.TRANSPORTS[config.transport])
+    remote: bool  # the transport sends to URLs (else: in-process, one endpoint without one)
+
+
+class Runner(Protocol):
+    progress: Progress
+
+    async def run(self, works: Iterator[Work]) -> None: ...
+
+    def stop(self, reason: str = "interrupted") -> None: ...
+
+    def abort(self) -> None: ...
+
+
+RunnerFactory = Callable[[RunContext], Runner]

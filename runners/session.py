@@ -60,7 +60,7 @@ class Session:
             self.writer = LogWriter.open(self.paths.log, lambda: RunIndex.durable_end(self.paths.index))
         except BaseException:
             if created:  # nothing of the run exists: leave nothing behind
-                _remove_tree(self.paths.dir)
+                fs.rmtree(self.paths.dir, ignore_errors=True)
             raise
         try:
             if not prepared.resume:
@@ -299,7 +299,7 @@ def _forget_unstarted(paths: RunPaths, created: bool) -> None:
     except LedgerError:
         return
     if created:
-        _remove_tree(paths.dir)
+        fs.rmtree(paths.dir, ignore_errors=True)
         return
     for path in (paths.log, paths.lock):
         try:
@@ -330,23 +330,3 @@ async def _tick(progress: Progress, on_tick: Callable[[Progress], None]) -> None
     while True:
         on_tick(progress)
         await asyncio.sleep(0.1)
-
-
-def _remove_tree(path: str) -> None:
-    """Remove what a failed start created, best effort (``shutil.rmtree`` through fs)."""
-    try:
-        entries = list(fs.scandir(path))
-    except OSError:
-        return
-    for entry in entries:
-        try:
-            if entry.is_dir(follow_symlinks=False):
-                _remove_tree(entry.path)
-            else:
-                fs.unlink(entry.path)
-        except OSError:
-            pass
-    try:
-        fs.rmdir(path)
-    except OSError:
-        pass

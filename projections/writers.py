@@ -57,7 +57,7 @@ def _drain(writer: Any, batches: Iterable[pa.RecordBatch]) -> int:
 def write_arrow(data: ExportData, sink: Sink) -> int:
     import pyarrow as pa
 
-    with pa.OSFile(sink, "wb") if isinstance(sink, str) else sink as out, pa.ipc.new_file(out, data.schema) as writer:
+    with _binary(sink) as f, pa.ipc.new_file(f, data.schema) as writer:
         return _drain(writer, data.batches)
 
 
@@ -73,7 +73,7 @@ def write_parquet(data: ExportData, sink: Sink) -> int:
 
     assert data.schema is not None
     dictionary = [name for name in data.schema.names if name not in _DISTINCT]
-    with pq.ParquetWriter(sink, data.schema, use_dictionary=dictionary) as writer:
+    with _binary(sink) as f, pq.ParquetWriter(f, data.schema, use_dictionary=dictionary) as writer:
         return _drain(writer, data.batches)
 
 

@@ -65,6 +65,7 @@ _TABLE = (
     ExportFormat("parquet", ".parquet", "Parquet", "rows", writers.write_parquet),
     ExportFormat("csv", ".csv", "CSV", "rows", writers.write_csv, stream=True),
     ExportFormat("jsonl", ".jsonl", "JSONL", "rows", writers.write_jsonl, stream=True),
+    ExportFormat("jsonl.gz", ".jsonl.gz", "gzipped JSONL", "rows", writers.write_jsonl_gz, stream=True),
     ExportFormat("xlsx", ".xlsx", "xlsx", "rows", writers.write_xlsx),
     ExportFormat("openai-batch", ".batch.jsonl", "OpenAI Batch output", "log", writers.write_openai_batch, stream=True),
 )

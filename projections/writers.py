@@ -15,7 +15,6 @@ the format table) at start-up, and ``ledger --help`` should not pay for them.
 from __future__ import annotations
 
 import datetime
-import gzip
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import IO, TYPE_CHECKING, Any
@@ -100,6 +99,8 @@ def write_jsonl_gz(data: ExportData, sink: Sink) -> int:
     ``.jsonl.gz`` as it is. Level 6 (gzip's own default; 9 is much slower for little), and
     no file name or time in the header: the same run exports to the same bytes, to a file
     or down a pipe."""
+    import gzip
+
     with _binary(sink) as raw, gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as f:
         return write_jsonl(data, f)
 

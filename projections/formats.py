@@ -14,8 +14,9 @@ which the writer closes; only for formats with ``stream=True``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Literal, Union
+
+import msgspec
 
 from llm_ledger.ledger.errors import InputError
 
@@ -35,11 +36,11 @@ Sink = Union[str, IO[bytes]]
 Source = Literal["rows", "log"]
 
 
-@dataclass(frozen=True)
-class ExportData:
+class ExportData(msgspec.Struct, frozen=True):
     """What an export holds for its writer. ``batches`` is a single-use stream (bounded
     memory), empty for a ``"log"`` format; ``summaries`` is called only by a writer that
-    shows them (it costs a fold of each run)."""
+    shows them (it costs a fold of each run). (Structs, here and below, because they cost
+    less to define than dataclasses, and this module loads with the CLI.)"""
 
     runs: Sequence[RunPaths]
     schema: pa.Schema | None
@@ -47,8 +48,7 @@ class ExportData:
     summaries: Callable[[], list[dict[str, Any]]]
 
 
-@dataclass(frozen=True)
-class ExportFormat:
+class ExportFormat(msgspec.Struct, frozen=True):
     """One export format. ``stream``: written front to back with nothing to go back for
     (no footer, no zip directory), so it may go to standard output (``-o -``)."""
 

@@ -1,4 +1,5 @@
-"""`ledger export RUN... FORMAT [-o PATH] [--events]`."""
+"""`ledger export RUN... FORMAT [-o PATH] [--events]`: names, help and default suffixes come
+from the format table (``projections/formats.py``)."""
 
 from __future__ import annotations
 
@@ -8,22 +9,21 @@ import typer
 
 from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.projections.formats import FORMATS
+from llm_ledger.projections.formats import FORMATS, STREAMABLE, find
 
 from .app import app
 from .common import RunsDir, err, handled, out
 
-_SUFFIX = {"arrow": ".arrow", "parquet": ".parquet", "csv": ".csv", "jsonl": ".jsonl", "xlsx": ".xlsx", "openai-batch": ".batch.jsonl"}
+_TITLES = [f.title for f in FORMATS.values()]
 
 
-@app.command("export")
+@app.command("export", help=f"Export runs as {', '.join(_TITLES[:-1])} or {_TITLES[-1]}.")
 def export(
     args: Annotated[list[str], typer.Argument(help="One or more runs, then the format: " + ", ".join(FORMATS) + ".", metavar="RUN... FORMAT")],
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output file (default: <run>.<format> here); - is standard output (csv, jsonl, openai-batch).")] = None,
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help=f"Output file (default: <run>.<format> here); - is standard output ({', '.join(STREAMABLE)}).")] = None,
     events: Annotated[bool, typer.Option("--events", help="Export the raw event table instead of one row per item.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Export runs as Arrow (IPC file), Parquet, CSV, JSONL, xlsx or OpenAI Batch output."""
     from llm_ledger.projections.export import export as export_runs
 
     with handled():
@@ -31,9 +31,8 @@ def export(
             raise InputError("name at least one run and a format, e.g. `ledger export RUN parquet`")
         *names, fmt = args
         runs = [find_run(runs_dir, name) for name in names]
-        if fmt not in FORMATS:
-            raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
-        path = output or ("-".join(r.run_id for r in runs) + ("-events" if events else "") + _SUFFIX[fmt])
+        form = find(fmt)
+        path = output or ("-".join(r.run_id for r in runs) + ("-events" if events else "") + form.suffix)
         rows = export_runs(runs, fmt, path, events=events)
         if path == "-":  # the rows went to stdout: the count goes to stderr
             err.print(f"wrote {rows} rows to standard output", markup=False)

@@ -25,18 +25,19 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 
 from .fold import RunState
-from .formats import FORMATS, STREAMABLE
+from .formats import FORMATS, STREAMABLE, ExportData, ExportFormat, find
 from .outputs import STDOUT, atomic_output
 from .projector import checkpointed_state, refresh
 from .runs import first_event
@@ -100,7 +101,7 @@ def _superseded(path: str) -> set[int]:
     """Line numbers whose key finishes again later (rare: retried failures, old re-parses)."""
     last: dict[tuple[str, int], int] = {}
     dropped: set[int] = set()
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         for n, line in enumerate(f):
             if not line.endswith(b"\n"):
                 break
@@ -116,7 +117,7 @@ def _complete_lines(path: str) -> int:
     """Lines ending in a newline (a live writer's line in progress is not one), counted in
     one reused buffer."""
     buf, lines = bytearray(_CHUNK), 0
-    with open(path, "rb", buffering=0) as f:
+    with fs.open_file(path, "rb", buffering=0) as f:
         while size := f.readinto(buf):
             lines += buf.count(b"\n", 0, size)
     return lines
@@ -135,7 +136,7 @@ def _chunks(path: str) -> Iterator[memoryview]:
     The bytes after the cut are read again with the next chunk rather than copied into it; a
     chunk without a newline (a line longer than ``_CHUNK``) is read again, twice as long."""
     size = _CHUNK
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         while data := f.read(size):
             cut = data.rfind(b"\n") + 1
             if cut:
@@ -153,7 +154,7 @@ def _kept_chunks(path: str, dropped: set[int]) -> Iterator[bytes]:
     """Like ``_chunks``, without the lines in ``dropped``."""
     kept: list[bytes] = []
     size = 0
-    with open(path, "rb") as f:
+    with fs.open_file(path, "rb") as f:
         for n, line in enumerate(f):
             if not line.endswith(b"\n"):
                 break  # a live writer's line in progress
@@ -257,17 +258,16 @@ def _schema(multi: bool) -> pa.Schema:
 
 def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False) -> int:
     """Write ``out`` (checked by ``outputs.check_output_path``, then written aside and renamed;
-    ``-`` is standard output, for the text formats); returns the number of rows."""
-    if fmt not in FORMATS:
-        raise InputError(f"unknown export format {fmt!r} (use one of {', '.join(FORMATS)})")
+    ``-`` is standard output, for the formats that stream); returns the number of rows."""
+    form = find(fmt)
     if out == STDOUT:
-        if fmt not in STREAMABLE:
+        if not form.stream:
             raise InputError(f"-o -: {fmt} is a binary format and cannot go to standard output; "
                              f"name a file, or use {', '.join(STREAMABLE)}")
-        return _write(runs, fmt, _stdout_sink(fmt), events)
+        return form.write(_data(runs, form, events), _stdout_sink())
     _not_a_dataset(runs, out)
     with atomic_output(out) as tmp:
-        return _write(runs, fmt, tmp, events)
+        return form.write(_data(runs, form, events), tmp)
 
 
 def _not_a_dataset(runs: Sequence[RunPaths], out: str) -> None:
@@ -281,28 +281,28 @@ def _not_a_dataset(runs: Sequence[RunPaths], out: str) -> None:
                              f"(a resume re-reads it); name another file")
 
 
-def _write(runs: Sequence[RunPaths], fmt: str, sink: Any, events: bool) -> int:
-    """Run the format's writer on ``sink``: a path, or (standard output) what ``_stdout_sink``
-    gives."""
-    from . import event_table, writers
+def _data(runs: Sequence[RunPaths], form: ExportFormat, events: bool) -> ExportData:
+    """What the format's writer reads: the row table (or with ``events`` the event table)
+    when its source is ``rows``; the summaries only if it asks."""
+    def summaries() -> list[dict[str, Any]]:
+        return [summarize(_state(p)) for p in runs]
 
-    batches = event_table.event_batches(runs) if events else row_batches(runs)
-    schema = event_table.schema(len(runs) > 1) if events else _schema(len(runs) > 1)
-    if fmt == "openai-batch":
-        return writers.write_openai_batch(runs, sink)
-    if fmt == "xlsx":
-        return writers.write_xlsx(batches, schema, sink, [summarize(_state(p)) for p in runs])
-    return writers.WRITERS[fmt](batches, schema, sink)
+    if form.source != "rows":
+        return ExportData(runs, None, (), summaries)
+    from . import event_table
+
+    multi = len(runs) > 1
+    if events:
+        return ExportData(runs, event_table.schema(multi), event_table.event_batches(runs), summaries)
+    return ExportData(runs, _schema(multi), row_batches(runs), summaries)
 
 
-def _stdout_sink(fmt: str) -> Any:
-    """Standard output in a shape the writers take in place of a path: a descriptor for the
-    ones that call ``open()`` (jsonl, openai-batch), a file object for pyarrow's CSV writer.
-    Either is a duplicate, which the writer closes; stdout stays open and keeps its offset
-    (``>> file`` appends, a pipe streams; nothing is truncated or renamed)."""
+def _stdout_sink() -> IO[bytes]:
+    """Standard output as a binary file the writer may close: a duplicate of its
+    descriptor, so stdout stays open and keeps its offset (``>> file`` appends, a pipe
+    streams; nothing is truncated or renamed)."""
     sys.stdout.flush()
-    fd = os.dup(sys.stdout.fileno())
-    return os.fdopen(fd, "wb") if fmt == "csv" else fd
+    return fs.fdopen(fs.dup(sys.stdout.fileno()), "wb")
 
 
 def _state(paths: RunPaths) -> RunState:

@@ -1,7 +1,8 @@
 """Reading runs without opening them for writing: the one function that decides a run's status.
 
 ``run_status`` is what ``ledger status``, ``ledger ls`` and the viewer all call, so they
-cannot disagree. Its counts (planned, done, failed, in flight, pending) and the state of
+cannot disagree; it returns one typed value, ``RunStatus`` (``describe`` adds what the run
+is -- model, dataset, start -- for a row of ``ls`` and of the viewer: ``RunRow``). Its counts (planned, done, failed, in flight, pending) and the state of
 the last session come from the log, read through the cheapest source that is true:
 
 * ``index``: the LMDB index, read-only, when it is current -- the log offset it applied is
@@ -37,11 +38,12 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 import msgspec
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import CorruptLogError, IndexStateError, LedgerError
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex, next_state
@@ -49,12 +51,55 @@ from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import is_locked
 from llm_ledger.ledger.reader import iter_events, iter_frames, log_end
 
-__all__ = ["run_status", "describe", "files_version", "list_runs", "read_summary", "first_event", "decide", "status_text"]
+__all__ = ["Counts", "RunStatus", "RunRow", "run_status", "describe", "files_version", "list_runs", "read_summary",
+           "first_event", "decide", "status_text"]
+
+
+class Counts(NamedTuple):
+    """Keys of a run by state; ``pending`` is planned and never started."""
+
+    planned: int
+    done: int
+    failed: int
+    in_flight: int
+    pending: int
+
+
+class RunStatus(msgspec.Struct, frozen=True, kw_only=True):
+    """A run's status and counts: the one value ``ledger status`` (``--json``: these fields),
+    ``ledger ls`` and the viewer show. ``status`` is the stable word, ``status_text`` how a
+    person reads it; ``events`` the log's last seq; ``accuracy`` only when ``summary.json``
+    vouches for this log (``summary_current``); ``source`` where the counts came from."""
+
+    run_id: str
+    status: str
+    status_text: str
+    planned: int
+    done: int
+    failed: int
+    in_flight: int
+    pending: int
+    events: int
+    accuracy: float | None
+    summary_current: bool
+    source: str
+
+    @property
+    def counts(self) -> Counts:
+        return Counts(self.planned, self.done, self.failed, self.in_flight, self.pending)
+
+
+class RunRow(RunStatus, frozen=True, kw_only=True):
+    """A row of ``ledger ls`` and of the viewer's run list: the status, and what the run is."""
+
+    model: str
+    dataset: str
+    started: str  # UTC, "YYYY-MM-DD HH:MM:SS"; "" when the log has no run_started
 
 
 def read_summary(paths: RunPaths) -> dict[str, Any]:
     try:
-        with open(paths.summary, "rb") as f:
+        with fs.open_file(paths.summary, "rb") as f:
             return json.loads(f.read())
     except (OSError, ValueError):
         return {}
@@ -68,25 +113,25 @@ def first_event(paths: RunPaths) -> RunStarted | None:
 # -- the item lifecycle and the status ---------------------------------------------------
 
 
-def decide(session: str, live: bool, counts: dict[str, int]) -> str:
+def decide(session: str, live: bool, counts: Counts) -> str:
     """The status word from the last session's state, the lock and the counts."""
     if live:
         return "running"
     if session == "completed":
-        if counts["failed"]:
+        if counts.failed:
             return "completed_with_failures"
-        return "completed_with_pending" if counts["pending"] + counts["in_flight"] else "completed"
+        return "completed_with_pending" if counts.pending + counts.in_flight else "completed"
     if session in ("", "running"):
         return "interrupted"  # no session_ended: the process was killed
     return session
 
 
-def status_text(status: str, counts: dict[str, int]) -> str:
+def status_text(status: str, counts: Counts) -> str:
     """How a person reads the status: ``completed, 3 failed``."""
     if not status.startswith("completed_with_"):
         return status
-    parts = [f"{counts['failed']} failed"] if counts["failed"] else []
-    unfinished = counts["pending"] + counts["in_flight"]
+    parts = [f"{counts.failed} failed"] if counts.failed else []
+    unfinished = counts.pending + counts.in_flight
     return ", ".join(["completed", *parts, *([f"{unfinished} pending"] if unfinished else [])])
 
 
@@ -103,10 +148,9 @@ class _Counts:
     last_seq: int = 0
     source: str = "log"
 
-    def as_dict(self) -> dict[str, int]:
+    def counts(self) -> Counts:
         done, in_flight, failed = self.by_state[DONE], self.by_state[IN_FLIGHT], self.by_state[FAILED]
-        pending = max(0, self.planned - done - in_flight - failed)
-        return {"planned": self.planned, "done": done, "failed": failed, "in_flight": in_flight, "pending": pending}
+        return Counts(self.planned, done, failed, in_flight, max(0, self.planned - done - in_flight - failed))
 
     def fold(self, events: Iterable[Event], prior: Callable[[str, int], int | None]) -> None:
         """Fold events in; ``prior(item_id, sample)`` gives an item's state before them (None:
@@ -193,36 +237,36 @@ def _counts(paths: RunPaths, live: bool) -> _Counts:
     return counts if counts is not None else _replay(paths)
 
 
-def run_status(paths: RunPaths) -> dict[str, Any]:
+def run_status(paths: RunPaths) -> RunStatus:
     """A run's status, counts and (when ``summary.json`` is current) accuracy."""
     live = is_locked(paths.lock)
-    counts = _counts(paths, live)
-    figures = counts.as_dict()
-    status = decide(counts.session, live, figures)
+    found = _counts(paths, live)
+    counts = found.counts()
+    status = decide(found.session, live, counts)
     summary = read_summary(paths)
     seq = summary.get("last_seq")
-    current = isinstance(seq, int) and (live or seq == counts.last_seq)  # live: both lag by a few ms
-    return {"run_id": paths.run_id, "status": status, "status_text": status_text(status, figures), **figures,
-            "events": counts.last_seq, "accuracy": summary.get("accuracy") if current else None,
-            "summary_current": current, "source": counts.source}
+    current = isinstance(seq, int) and (live or seq == found.last_seq)  # live: both lag by a few ms
+    return RunStatus(run_id=paths.run_id, status=status, status_text=status_text(status, counts), **counts._asdict(),
+                     events=found.last_seq, accuracy=summary.get("accuracy") if current else None,
+                     summary_current=current, source=found.source)
 
 
 # -- listing -----------------------------------------------------------------------------
 
 
-def list_runs(runs_dir: str, describe_run: Callable[[RunPaths], dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+def list_runs(runs_dir: str, describe_run: Callable[[RunPaths], RunRow] | None = None) -> list[RunRow]:
     """``describe`` of every run under ``runs_dir`` (or ``describe_run``: the viewer's cache)."""
     if not os.path.isdir(runs_dir):
         return []
     rows = []
-    for name in sorted(os.listdir(runs_dir)):
+    for name in sorted(fs.listdir(runs_dir)):
         paths = RunPaths(os.path.join(runs_dir, name))
         if os.path.isfile(paths.log):
             rows.append((describe_run or describe)(paths))
-    return sorted(rows, key=lambda r: r["started"])
+    return sorted(rows, key=lambda r: r.started)
 
 
-def describe(paths: RunPaths) -> dict[str, Any]:
+def describe(paths: RunPaths) -> RunRow:
     """``run_status`` plus model, dataset and start time: a row of ``ledger ls`` and of the
     viewer. A run whose log cannot be read is a ``damaged`` row, not an error for all."""
     try:
@@ -232,8 +276,8 @@ def describe(paths: RunPaths) -> dict[str, Any]:
         started, info = None, _damaged(paths, exc)
     when = datetime.datetime.fromtimestamp(started.ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if started else ""
     model = str(started.config.get("model", "")) if started else ""
-    return {**info, "model": model or str(read_summary(paths).get("model") or ""),
-            "dataset": started.dataset if started else "", "started": when}
+    return RunRow(**msgspec.structs.asdict(info), model=model or str(read_summary(paths).get("model") or ""),
+                  dataset=started.dataset if started else "", started=when)
 
 
 def files_version(paths: RunPaths) -> tuple:
@@ -242,14 +286,13 @@ def files_version(paths: RunPaths) -> tuple:
     stamps = []
     for path in (paths.log, os.path.join(paths.index, "data.mdb"), paths.summary):
         try:
-            st = os.stat(path)
+            st = fs.stat(path)
             stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
         except OSError:
             stamps.append(None)
     return (*stamps, is_locked(paths.lock))
 
 
-def _damaged(paths: RunPaths, exc: LedgerError) -> dict[str, Any]:
-    zero = {"planned": 0, "done": 0, "failed": 0, "in_flight": 0, "pending": 0}
-    return {"run_id": paths.run_id, "status": "damaged", "status_text": f"damaged: {exc}", **zero, "events": 0,
-            "accuracy": None, "summary_current": False, "source": "log"}
+def _damaged(paths: RunPaths, exc: LedgerError) -> RunStatus:
+    return RunStatus(run_id=paths.run_id, status="damaged", status_text=f"damaged: {exc}", **Counts(0, 0, 0, 0, 0)._asdict(),
+                     events=0, accuracy=None, summary_current=False, source="log")

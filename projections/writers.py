@@ -1,32 +1,49 @@
-"""One writer per export format; each consumes record batches and returns the row count.
+"""The export writers, one per format, with one signature: ``write(data, sink) -> rows``
+(``data`` an ``ExportData``, ``sink`` a path or an open binary file; see
+``projections/formats.py``, the table that names them).
 
 Arrow (IPC file), Parquet and CSV are written by pyarrow itself batch by batch (Parquet with
 a dictionary only for the columns whose values repeat: see ``_DISTINCT``); JSONL encodes rows
 with msgspec (timestamps as RFC 3339); xlsx goes through openpyxl's write-only mode (a
 "summary" sheet, then a "results" sheet; Excel holds at most 1,048,575 data rows, so larger
-exports are refused with a hint to use Parquet).
+exports are refused with a hint to use Parquet); openai-batch reads the runs' logs.
+
+pyarrow and openpyxl are imported inside the writers: the CLI imports this module (through
+the format table) at start-up, and ``ledger --help`` should not pay for them.
 """
 
 from __future__ import annotations
 
 import datetime
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
-import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.events import Failed, Parsed, Response
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 
-__all__ = ["WRITERS", "write_xlsx", "write_openai_batch"]
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from .formats import ExportData, Sink
+
+__all__ = ["write_arrow", "write_parquet", "write_csv", "write_jsonl", "write_jsonl_gz", "write_xlsx", "write_openai_batch"]
 
 _json = msgspec.json.Encoder(order="deterministic")
 _EXCEL_ROWS = 1_048_575
+
+
+@contextmanager
+def _binary(sink: Sink) -> Iterator[IO[bytes]]:
+    """The sink as a binary file, closed at the end: a path is opened (through ``fs``); an
+    open file is standard output's duplicate, whose closing leaves standard output open."""
+    with fs.open_file(sink, "wb") if isinstance(sink, str) else sink as f:
+        yield f
 
 
 def _drain(writer: Any, batches: Iterable[pa.RecordBatch]) -> int:
@@ -37,9 +54,11 @@ def _drain(writer: Any, batches: Iterable[pa.RecordBatch]) -> int:
     return rows
 
 
-def write_arrow(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-        return _drain(writer, batches)
+def write_arrow(data: ExportData, sink: Sink) -> int:
+    import pyarrow as pa
+
+    with _binary(sink) as f, pa.ipc.new_file(f, data.schema) as writer:
+        return _drain(writer, data.batches)
 
 
 # Columns whose values are nearly all distinct (ids, prompts, replies, times; ``data``: an
@@ -49,50 +68,64 @@ def write_arrow(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str)
 _DISTINCT = frozenset({"item_id", "prompt", "response", "latency", "finished_at", "seq", "data"})
 
 
-def write_parquet(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
-    dictionary = [name for name in schema.names if name not in _DISTINCT]
-    with pq.ParquetWriter(path, schema, use_dictionary=dictionary) as writer:
-        return _drain(writer, batches)
+def write_parquet(data: ExportData, sink: Sink) -> int:
+    import pyarrow.parquet as pq
+
+    assert data.schema is not None
+    dictionary = [name for name in data.schema.names if name not in _DISTINCT]
+    with _binary(sink) as f, pq.ParquetWriter(f, data.schema, use_dictionary=dictionary) as writer:
+        return _drain(writer, data.batches)
 
 
-def write_csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
-    with pacsv.CSVWriter(path, schema) as writer:
-        return _drain(writer, batches)
+def write_csv(data: ExportData, sink: Sink) -> int:
+    import pyarrow.csv as pacsv
+
+    with _binary(sink) as f, pacsv.CSVWriter(f, data.schema) as writer:
+        return _drain(writer, data.batches)
 
 
-def write_jsonl(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str) -> int:
+def write_jsonl(data: ExportData, sink: Sink) -> int:
     rows = 0
-    with open(path, "wb") as f:
-        for batch in batches:
+    with _binary(sink) as f:
+        for batch in data.batches:
             f.write(_json.encode_lines(batch.to_pylist()))
             rows += batch.num_rows
     return rows
 
 
-WRITERS: dict[str, Callable[[Iterable[pa.RecordBatch], pa.Schema, str], int]] = {
-    "arrow": write_arrow, "parquet": write_parquet, "csv": write_csv, "jsonl": write_jsonl,
-}
+def write_jsonl_gz(data: ExportData, sink: Sink) -> int:
+    """JSONL through gzip, byte for byte ``write_jsonl``'s lines once decompressed: a large
+    run's text compresses several times over, and pandas, polars, DuckDB and ``zcat`` read
+    ``.jsonl.gz`` as it is. Level 6 (gzip's own default; 9 is much slower for little), and
+    no file name or time in the header: the same run exports to the same bytes, to a file
+    or down a pipe."""
+    import gzip
+
+    with _binary(sink) as raw, gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as f:
+        return write_jsonl(data, f)
 
 
-def write_xlsx(batches: Iterable[pa.RecordBatch], schema: pa.Schema, path: str, summaries: Sequence[dict[str, Any]]) -> int:
+def write_xlsx(data: ExportData, sink: Sink) -> int:
     from openpyxl import Workbook
 
+    assert data.schema is not None
     book = Workbook(write_only=True)
     sheet = book.create_sheet("summary")
-    for summary in summaries:
+    for summary in data.summaries():
         for key, value in _flatten(summary):
             sheet.append([key, value])
         sheet.append([])
     results = book.create_sheet("results")
-    results.append(schema.names)
+    results.append(data.schema.names)
     rows = 0
-    for batch in batches:
+    for batch in data.batches:
         rows += batch.num_rows
         if rows > _EXCEL_ROWS:
             raise InputError(f"{rows:,}+ rows do not fit in an Excel sheet: export parquet or csv instead")
         for row in batch.to_pylist():
             results.append([_cell(v) for v in row.values()])
-    book.save(path)
+    with _binary(sink) as f:
+        book.save(f)
     return rows
 
 
@@ -113,14 +146,15 @@ def _cell(value: Any) -> Any:
     return value
 
 
-def write_openai_batch(runs: Sequence[RunPaths], path: str) -> int:
+def write_openai_batch(data: ExportData, sink: Sink) -> int:
     """The Batch API's output lines: ``{"id", "custom_id", "response": {"status_code",
     "request_id", "body"}, "error"}``. ``custom_id`` is the item id, with ``#s<sample>`` when
     the run has several samples, and ``<run_id>/`` before it when several runs are exported
     together (so lines stay unique). Successes are written as they finish; failures wait
     until the end in case a resume finished them after all."""
+    runs = data.runs
     rows = 0
-    with open(path, "wb") as f:
+    with _binary(sink) as f:
         for paths in runs:
             rows += _batch_lines(paths, f, f"{paths.run_id}/" if len(runs) > 1 else "")
     return rows

@@ -29,8 +29,9 @@ import pytest
 from conftest import run_cli
 
 ITEMS = 60
-FORMATS = ("arrow", "parquet", "csv", "jsonl", "xlsx", "openai-batch")
+FORMATS = ("arrow", "parquet", "csv", "jsonl", "jsonl.gz", "xlsx", "openai-batch")
 TEXT = ("csv", "jsonl", "openai-batch")
+STREAMED = (*TEXT, "jsonl.gz")  # may go to standard output (jsonl.gz: binary, but front to back)
 NOSPACE = "No space left on device"
 
 
@@ -154,7 +155,7 @@ def test_an_output_that_cannot_be_a_file_is_one_line_exit_2(world, tmp_path, cas
 # -- 11.14: -o - -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", TEXT)
+@pytest.mark.parametrize("fmt", STREAMED)
 def test_dash_is_standard_output_with_the_bytes_of_the_file(world, fmt, tmp_path):
     to_file = export(world, "r", fmt, "-o", str(tmp_path / "file.out"))
     assert to_file.returncode == 0, to_file.stderr

@@ -2,16 +2,18 @@
 (issue 11.8), and those are the log's.
 
 Every case is a real run on the built-in simulator, then the three surfaces are read: `ls`
-(piped: tab-separated), `status --json` (real subprocesses) and the viewer's JSON API over
-the real app (starlette's TestClient). Each must match the others and a count made here
+(piped: tab-separated; and `ls --json`), `status --json` (real subprocesses) and the viewer's
+JSON API over the real app (starlette's TestClient): the run list (/api/runs) and the run's
+card on the item page (/api/items). Each must match the others and a count made here
 from `ledger log` (the events as JSON lines): done = keys with a `parsed` event, failed =
 keys whose last word was a final `failed`, in flight = keys started and neither.
 
 Cases: a clean finish; a finish with failures (items over --max-context fail without a
-request) -> "completed, 3 failed"; a kill -9 mid-run; a resume of it, then its old index put
-back (the index a strict prefix of the log: counts are the index plus the events after its
-offset); a `verify --repair` that cut replies (the index is ahead of the log: replay); and a
-run whose index was deleted.
+request) -> "completed, 3 failed"; a kill -9 mid-run (items left pending); a resume of it,
+then its old index put back (the index a strict prefix of the log: counts are the index plus
+the events after its offset); a `verify --repair` that cut replies (the index is ahead of the
+log: replay); a run whose index was deleted; and a run that failed: its projections broke
+mid-run, its session ended on an error.
 """
 
 from __future__ import annotations
@@ -77,14 +79,20 @@ def surfaces(runs: Path, run: str, client: TestClient | None = None) -> dict[str
     status = run_cli("status", run, "--json", "--runs-dir", str(runs))
     assert status.returncode == 0, status.stderr
     info = json.loads(status.stdout)
+    ls_json = run_cli("ls", "--json", "--runs-dir", str(runs))
+    assert ls_json.returncode == 0, ls_json.stderr
+    listed = next(r for r in json.loads(ls_json.stdout) if r["run_id"] == run)
     client = client or TestClient(create_app(str(runs)))
     api = next(r for r in client.get("/api/runs").json()["runs"] if r["run_id"] == run)
+    card = client.get("/api/items", params={"run": run}).json()["runs"][0]
     return {
         "ls": {"text": row["status"], **{k: int(row[k]) for k in ("done", "failed", "planned")}},
         "status": {"text": info.get("status_text", info["status"]), **{k: info[k] for k in ("done", "failed", "planned")}},
         "view": {"text": api.get("status_text", api["status"]), **{k: api[k] for k in ("done", "failed", "planned")}},
         "_status": info,
         "_view": api,
+        "_ls": listed,
+        "_card": card,
     }
 
 
@@ -94,6 +102,13 @@ def assert_agree(runs: Path, run: str, text: str, client: TestClient | None = No
     expected = {"text": text, **{k: truth[k] for k in ("done", "failed", "planned")}}
     assert said["ls"] == said["status"] == said["view"] == expected, said
     assert {k: said["_status"][k] for k in FIELDS} == {k: said["_view"][k] for k in FIELDS} == truth
+    # every field of `status --json` is the same in `ls --json`, /api/runs and the item page's card
+    # (the card's accuracy is the one of the answers it shows, from the table)
+    shared = {k: v for k, v in said["_status"].items() if k != "accuracy"}
+    for other in ("_ls", "_view", "_card"):
+        assert {k: said[other][k] for k in shared} == shared, (other, said[other], shared)
+    assert said["_ls"]["accuracy"] == said["_view"]["accuracy"] == said["_status"]["accuracy"]
+    assert said["_ls"]["model"] == said["_view"]["model"] == said["_card"]["model"] and said["_ls"]["started"]
     return said["_status"]
 
 
@@ -149,6 +164,7 @@ def test_kill_9_mid_run_then_resume_then_a_lagging_index_agree(tmp_path):
     assert proc.returncode == -signal.SIGKILL
     info = assert_agree(runs, "k", "interrupted")
     assert 0 < info["done"] < 300 and info["status"] == "interrupted"
+    assert info["pending"] > 0  # items never started when the kill came
     shutil.copytree(runs / "k" / "index.lmdb", tmp_path / "old-index")
 
     resumed = run_cli("resume", "k", "--runs-dir", str(runs))
@@ -181,3 +197,24 @@ def test_verify_repair_that_cut_replies_is_seen_by_every_surface(tmp_path):
     info = assert_agree(runs, "r", text, viewer)
     assert info["done"] < 37 and info["source"] == "log"
     assert info["accuracy"] is None  # summary.json still counts the cut replies: not shown
+
+
+def test_a_run_whose_session_ended_on_an_error_agrees(tmp_path):
+    """The run's projections break mid-run (its conversations folder becomes a file): the
+    session stops and ends with reason "error", items left pending; every surface says
+    "error" with the log's counts."""
+    runs, log = tmp_path / "runs", tmp_path / "requests.jsonl"
+    data = _dataset(tmp_path / "d.jsonl", 300)
+    sim = json.dumps({"latency": 0.03, "request_log": str(log)})
+    args = ["run", str(data), "--runs-dir", str(runs), "--run-id", "e", "--parser", "choice", "--concurrency", "8", "--sim", sim]
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for(lambda: _lines(log) >= 40 or proc.poll() is not None)
+        conversations = runs / "e" / "conversations"
+        os.rename(conversations, tmp_path / "aside")
+        conversations.write_bytes(b"not a folder")
+    finally:
+        _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "projections stopped" in stderr, stderr[-3000:]
+    info = assert_agree(runs, "e", "error")
+    assert info["status"] == "error" and info["pending"] > 0 and info["done"] < 300

@@ -55,7 +55,7 @@ def _groups(seed: int) -> list[list]:
 
 def _said(paths: RunPaths) -> dict:
     info = run_status(paths)
-    return {k: info[k] for k in FIELDS} | {"source": info["source"]}
+    return {k: getattr(info, k) for k in FIELDS} | {"source": info.source}
 
 
 @pytest.mark.parametrize("seed", range(25))

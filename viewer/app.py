@@ -42,10 +42,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
-from llm_ledger.projections.runs import describe, files_version, list_runs
+from llm_ledger.projections.runs import RunRow, describe, files_version, list_runs
 from llm_ledger.projections.show import item_story
 
 __all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
@@ -87,12 +88,12 @@ class RunsDir:
         self.dir = runs_dir
         self._indexes: dict[str, AnswerIndex] = {}
         self._tables: dict[tuple[str, ...], Table] = {}
-        self._described: dict[str, tuple[tuple, dict[str, Any]]] = {}
+        self._described: dict[str, tuple[tuple, RunRow]] = {}
         self._lock = threading.Lock()
 
     def names(self) -> set[str]:
         try:
-            entries = os.listdir(self.dir)
+            entries = fs.listdir(self.dir)
         except OSError:
             return set()
         return {n for n in entries if os.path.isfile(os.path.join(self.dir, n, "events.log"))}
@@ -102,7 +103,7 @@ class RunsDir:
             raise _not_found(f"no run {name!r}")
         return RunPaths(os.path.join(self.dir, name))
 
-    def describe(self, paths: RunPaths) -> dict[str, Any]:
+    def describe(self, paths: RunPaths) -> RunRow:
         """``projections.runs.describe``, kept while the run's files and lock are unchanged: a
         stopped run whose index is not current costs a replay of its log, once, not per poll."""
         version = files_version(paths)
@@ -251,7 +252,9 @@ def _static(request: Request) -> Response:
 def _static_file(name: str) -> Response:
     if name not in STATIC:
         raise _not_found(name)
-    body = resources.files("llm_ledger.viewer").joinpath("static", name).read_bytes()
+    with resources.as_file(resources.files("llm_ledger.viewer").joinpath("static", name)) as path, \
+            fs.open_file(path, "rb") as f:
+        body = f.read()
     return Response(body, media_type=STATIC[name], headers=_HEADERS)
 
 
@@ -298,7 +301,7 @@ def _api_items(request: Request) -> Response:
 def _run_info(runs: RunsDir, paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
     """A run's card: status and counts from ``run_status`` (as ``ledger status`` and ``ls``
     say them), answers from the table."""
-    return {**runs.describe(paths), **table.stats[i]}
+    return {**msgspec.structs.asdict(runs.describe(paths)), **table.stats[i]}
 
 
 def _row_json(row: Row) -> dict[str, Any]:

@@ -98,7 +98,7 @@ def test_a_damaged_or_deleted_index_is_rebuilt_and_resume_pays_nothing_twice(kil
     done = len({e.item_id for e in events if e.__class__.__name__ == "Parsed"})
     INDEX_DAMAGE[damage](run / "index.lmdb", random.Random(damage))
     status = run_status(RunPaths(str(run)))  # a reader: falls back to summary.json, never crashes
-    assert status["run_id"] == "k", status
+    assert status.run_id == "k", status
 
     r = run_cli("resume", "k", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
     assert r.returncode == 0, r
@@ -109,7 +109,7 @@ def test_a_damaged_or_deleted_index_is_rebuilt_and_resume_pays_nothing_twice(kil
     replies = [f"{e.item_id}/{e.sample}/{e.turn}" for e in events if e.__class__.__name__ == "Response"]
     assert sorted(replies) == sorted(f"q{i}/0/0" for i in range(N)), f"{damage}: a reply was requested twice or never"
     status = run_status(RunPaths(str(run)))
-    assert (status["status"], status["done"], status["planned"]) == ("completed", N, N), status
+    assert (status.status, status.done, status.planned) == ("completed", N, N), status
 
 
 @pytest.mark.parametrize("damage", ["deleted", "data_cut_in_half"])
@@ -142,12 +142,12 @@ def test_an_index_damaged_during_a_run_is_rebuilt_by_the_next_session(tmp_path, 
     offset = req_log.stat().st_size
     durable = reply_keys(events)
     status = run_status(RunPaths(str(run)))  # no usable index: from summary.json
-    assert status["run_id"] == "d"
+    assert status.run_id == "d"
     r = run_cli("resume", "d", "--runs-dir", runs, cwd=tmp_path)
     assert r.returncode == 0, r
     assert resent(req_log, offset, durable) == []
     status = run_status(RunPaths(str(run)))
-    assert (status["status"], status["done"]) == ("completed", N), status
+    assert (status.status, status.done) == ("completed", N), status
 
 
 # -- projection files -------------------------------------------------------------------------

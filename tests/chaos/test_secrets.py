@@ -8,6 +8,7 @@ stderr of every command.
 
 from __future__ import annotations
 
+import gzip
 import json
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
@@ -21,7 +22,7 @@ from chaos.procs import run_cli
 
 SECRET = "sk-chaos-SECRET-9f8e7d6c5b4a"
 ENV = {"CHAOS_KEY": SECRET}
-EXPORTS = ["jsonl", "csv", "parquet", "arrow", "xlsx", "openai-batch"]
+EXPORTS = ["jsonl", "jsonl.gz", "csv", "parquet", "arrow", "xlsx", "openai-batch"]
 SHAPES = ["echo_key_401", "echo_key_500", "outage_503", "html_from_a_proxy", "ok", "ok"]
 
 
@@ -35,6 +36,8 @@ def _plan(item: str, attempt: int) -> str:
 def readable_text(path: Path) -> bytes:
     """What a person could read out of ``path``: compressed formats decoded."""
     data = path.read_bytes()
+    if path.suffix == ".gz":
+        return gzip.decompress(data)
     if path.suffix == ".xlsx":
         with zipfile.ZipFile(path) as z:
             return b"".join(z.read(name) for name in z.namelist())

@@ -6,12 +6,15 @@ by the storage code), the folds keep open and failed items and write a line or a
 one finishes. Hypothesis draws event sequences in any order per item (a reply without its
 request, a parse after a final failure, a start after a parse, ...) in random commit groups;
 after each event the folds' states and after the whole log the index's must equal the
-lifecycle's own fold of the same events, and every finish must show up once, as the same
-kind, in ``responses.jsonl`` lines and conversation files alike.
+lifecycle's own fold of the same events, every finish must show up once, as the same kind,
+in ``responses.jsonl`` lines and conversation files alike, and the Batch API export must list
+as failed exactly the items failed and not done since.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -22,9 +25,11 @@ from hypothesis import strategies as st
 
 from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionStarted, Started
 from llm_ledger.ledger.index import RunIndex
+from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lifecycle import DONE, FAILED, IN_FLIGHT, PENDING, STEP, Kind, State, transition
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections import conversations, fold
+from llm_ledger.projections.writers import _batch_lines
 
 KEYS = [("a", 0), ("a", 1), ("b", 0)]
 
@@ -77,6 +82,7 @@ def test_the_index_and_both_folds_follow_the_lifecycle(steps):
     rows, convs = fold.RunState(), conversations.ConversationState()
     rows_last: dict = {}
     conv_last: dict = {}
+    failed_lines: set = set()  # what the Batch API export must list as failed: failed, not done since
     groups: list[list] = [[RunStarted(run_id="r", items=2, config={"samples": 2})], [SessionStarted(pid=1)]]
     seq = 2
     for key, kind, group in steps:
@@ -90,6 +96,7 @@ def test_the_index_and_both_folds_follow_the_lifecycle(steps):
         assert (line is not None) == finished == (written is not None), (key, kind, before, expected[key])
         if finished:
             rows_last[key] = conv_last[key] = expected[key]
+            (failed_lines.add if expected[key] == FAILED else failed_lines.discard)(f"{key[0]}#s{key[1]}")
         assert _fold_states(rows, rows_last) == expected
         assert _conversation_states(convs, conv_last) == expected
         if group == 1 or len(groups[-1]) >= 3:
@@ -102,11 +109,15 @@ def test_the_index_and_both_folds_follow_the_lifecycle(steps):
                 if group:
                     writer.append_many(group)
         index = RunIndex.open_for_log(str(Path(tmp, "index.lmdb")), log)
+        batch = io.BytesIO()
+        _batch_lines(RunPaths(tmp), batch, "")
         try:
             said = {key: State(found.state) if (found := index.get(*key)) is not None else PENDING for key in KEYS}
             counts = index.counts()
         finally:
             index.close()
     assert said == expected
+    lines = [json.loads(line) for line in batch.getvalue().splitlines()]
+    assert {line["custom_id"] for line in lines if line["error"]} == failed_lines
     for state in (IN_FLIGHT, DONE, FAILED):
         assert counts[("pending", "in_flight", "done", "failed")[state]] == sum(s == state for s in expected.values())

@@ -8,6 +8,7 @@ import typer
 
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.projections.replay import replay as replay_run
+from llm_ledger.runners.reparse import reparse as reparse_run
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -23,7 +24,8 @@ def replay(
 ) -> None:
     """Bring responses.jsonl, conversations/ and summary.json up to date from the log."""
     with handled():
-        summary = replay_run(find_run(runs_dir, run), full=rebuild, reparse=reparse)
+        paths = find_run(runs_dir, run)
+        summary = reparse_run(paths, reparse) if reparse else replay_run(paths, full=rebuild)
         if reparse:
             out.print(f"re-parsed {summary['reparsed']} replies with {reparse}; no request sent")
         rebuilt = summary.pop("rebuilt", {})

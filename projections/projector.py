@@ -68,7 +68,7 @@ from . import conversations as conv_fold
 from . import fold as rows_fold
 from .conversations import Conversation, ConversationState
 from .fold import Key, RunState
-from .reparse import overrides
+from .overrides import overrides
 from .summary import encode_summary
 
 __all__ = ["Projector", "Checkpoint", "rebuild", "refresh", "checkpointed_state", "read_checkpoint", "ROWS",

@@ -84,7 +84,7 @@ def test_replay_after_a_reparse_killed_mid_rebuild_equals_a_rebuild(tmp_path):
     from llm_ledger.ledger.reader import iter_frames
     from llm_ledger.projections.projector import Projector
     from llm_ledger.projections.replay import replay
-    from llm_ledger.projections.reparse import overrides
+    from llm_ledger.projections.overrides import overrides
 
     run = tmp_path / "r"
     run.mkdir()

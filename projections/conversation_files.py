@@ -49,6 +49,7 @@ class ConversationsPart(Part, kw_only=True):
 class Conversations:
     name: ClassVar[str] = CONVERSATIONS
     version: ClassVar[int] = 1
+    slow: ClassVar[bool] = True
     part_type: ClassVar[type[Part]] = ConversationsPart
 
     def __init__(self, paths: RunPaths, where: Where, writers: int) -> None:

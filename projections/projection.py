@@ -55,6 +55,7 @@ class Projection(Protocol):
     name: ClassVar[str]  # its part of the checkpoint, its key in rebuild timings
     version: ClassVar[int]  # bumped whenever its part changes shape: an older part is refolded
     part_type: ClassVar[type[Part]]
+    slow: ClassVar[bool]  # a file per item: a rebuild folds it in a pass of its own, after the others
     part: Part  # its state as of the events applied; checkpointed as is
 
     def __init__(self, paths: RunPaths, where: Where, writers: int) -> None:

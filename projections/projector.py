@@ -308,10 +308,10 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = NAMES, *,
     """Fold the whole log again into new files for ``parts``, beside the run's, and swap each
     projection's files in only once its fold has succeeded (``Projector._commit``): a rebuild
     that fails or is killed leaves the old files and checkpoint as they were, and the next
-    open removes its staged files. One projection after the other, in the registry's order:
-    ``responses.jsonl`` and ``summary.json`` do not wait for the conversation files. A
-    projection not in ``parts`` stays as its checkpoint has it. ``timings`` receives the
-    seconds each projection took."""
+    open removes its staged files. The quick projections in one pass over the log, then each
+    slow one (``_passes``): ``responses.jsonl`` and ``summary.json`` do not wait for the
+    conversation files. A projection not in ``parts`` stays as its checkpoint has it.
+    ``timings`` receives the seconds each projection's pass took."""
     projector = Projector(paths, refresh=float("inf"), checkpoint_every=float("inf"), writers=4)
     projector._remove_stale_temps(())  # the run's directory: a killed rebuild's staged files
     old = read_checkpoint(paths.checkpoint)
@@ -326,26 +326,38 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = NAMES, *,
     clean, rebuilt = projector.ckpt.clean, set()  # a projection's files are untouched until its commit
     projector.current = set()
     try:
-        for p in projector._named(parts):
+        for group in _passes(projector._named(parts)):
             start = time.perf_counter()
-            projector._stage(p)
-            projector.current.add(p.name)
+            names = tuple(p.name for p in group)
+            for p in group:
+                projector._stage(p)
+                projector.current.add(p.name)
             try:
-                p.open()
-                projector.catch_up((p.name,))
-                projector._redo_with_reparses((p.name,))
-                p.write()
+                for p in group:
+                    p.open()
+                projector.catch_up(names)
+                projector._redo_with_reparses(names)
+                for p in group:
+                    p.write()
             except BaseException:
                 projector._discard_staged()
                 raise
-            rebuilt.add(p.name)
-            clean = clean or rebuilt >= set(NAMES)
-            projector._commit(p, clean)
+            for p in group:
+                rebuilt.add(p.name)
+                clean = clean or rebuilt >= set(NAMES)
+                projector._commit(p, clean)
             if timings is not None:
-                timings[p.name] = time.perf_counter() - start
+                timings.update(dict.fromkeys(names, time.perf_counter() - start))
     finally:
         projector.close()
     return projector
+
+
+def _passes(projections: list[Projection]) -> list[list[Projection]]:
+    """A rebuild's passes over the log: every quick projection in one, then each slow one
+    (a file per item) in its own, so that the quick files never wait for the slow ones."""
+    quick = [p for p in projections if not p.slow]
+    return ([quick] if quick else []) + [[p] for p in projections if p.slow]
 
 
 @contextmanager

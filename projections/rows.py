@@ -44,6 +44,7 @@ class RowsPart(Part, kw_only=True):
 class Rows:
     name: ClassVar[str] = ROWS
     version: ClassVar[int] = 1
+    slow: ClassVar[bool] = False
     part_type: ClassVar[type[Part]] = RowsPart
 
     def __init__(self, paths: RunPaths, where: Where, writers: int) -> None:

@@ -12,6 +12,7 @@ import os
 from llm_ledger.ledger.layout import RunPaths
 
 from .conversation_files import Conversations
+from .failures import Failures
 from .projection import Projection
 from .rows import Rows
 
@@ -20,6 +21,7 @@ __all__ = ["PROJECTIONS", "NAMES", "output_names"]
 PROJECTIONS: tuple[type[Projection], ...] = (
     Rows,  # responses.jsonl, summary.json
     Conversations,  # conversations/
+    Failures,  # failures.jsonl
 )
 NAMES: tuple[str, ...] = tuple(p.name for p in PROJECTIONS)
 

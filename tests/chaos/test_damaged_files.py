@@ -164,6 +164,8 @@ PROJECTION_DAMAGE = {  # name -> (damage, repaired by the next open, not only by
     "summary_garbage": (lambda run: (run / "summary.json").write_bytes(b'{"status": "compl'), False),
     "checkpoint_garbage": (lambda run: (run / "projections.ckpt").write_bytes(b"\x93\x01garbage"), True),
     "checkpoint_cut": (lambda run: os.truncate(run / "projections.ckpt", 9), True),
+    "failures_deleted": (lambda run: os.unlink(run / "failures.jsonl"), True),
+    "failures_garbage": (lambda run: (run / "failures.jsonl").write_bytes(b'{"item_id": "q1", "err'), True),
     "conversation_deleted": (lambda run: os.unlink(_conversation(run)), False),
     "conversation_cut": (lambda run: os.truncate(_conversation(run), 10), False),
     "conversations_dir_deleted": (lambda run: shutil.rmtree(run / "conversations"), False),

@@ -93,13 +93,8 @@ def _run_started(state: ConversationState, event: RunStarted, _: Any) -> None:
     return None
 
 
-def _lookup(state: ConversationState, key: Key) -> tuple[Conversation | None, State]:
-    """The item's open conversation and its lifecycle state, as the rows fold reads its own
-    (fold._lookup): open is in flight, kept failed is failed, anything else pending."""
-    conv = state.open.get(key)
-    if conv is not None:
-        return conv, IN_FLIGHT
-    return None, FAILED if state.failed and key in state.failed else PENDING
+# An item's lifecycle state as this fold keeps it, read inline by each handler, as in fold.py
+# (whose comment says which answers of the lifecycle for an item in flight are taken as given).
 
 
 def _reopen(state: ConversationState, key: Key, before: State, conv: Conversation) -> Conversation:
@@ -113,10 +108,11 @@ def _reopen(state: ConversationState, key: Key, before: State, conv: Conversatio
 
 def _started(state: ConversationState, event: Started, _: Any) -> None:
     key = (event.item_id, event.sample)
-    conv, before = _lookup(state, key)
-    if STEP[before][STARTED] != IN_FLIGHT:
-        return None
+    conv = state.open.get(key)
     if conv is None:
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][STARTED] != IN_FLIGHT:
+            return None
         conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, expected=event.expected))
     conv.model = str(event.request.get("model", state.model))
     messages = event.request.get("messages")
@@ -127,10 +123,11 @@ def _started(state: ConversationState, event: Started, _: Any) -> None:
 
 def _response(state: ConversationState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
-    conv, before = _lookup(state, key)
-    if STEP[before][REPLIED] != IN_FLIGHT:
-        return None
+    conv = state.open.get(key)
     if conv is None:  # e.g. its request was lost with a damaged frame that a repair cut
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][REPLIED] != IN_FLIGHT:
+            return None
         conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model))
     conv.turns.append(TurnRecord(turn=event.turn, attempt=event.attempt, response=event.text,
                                  finish_reason=event.finish_reason, usage=event.usage, latency=event.latency,
@@ -141,12 +138,13 @@ def _response(state: ConversationState, event: Response, _: Any) -> None:
 
 def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Parsed] | None) -> tuple[str, bytes] | None:
     key = (event.item_id, event.sample)
-    conv, before = _lookup(state, key)
-    if STEP[before][PARSED] != DONE:  # a parse finishes only an item in flight
-        return None
-    if conv is None:
+    conv = state.open.pop(key, None)
+    if conv is None:  # a parse finishes only an item in flight, as the lifecycle has it today
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][PARSED] != DONE:
+            return None
         conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model))
-    del state.open[key]
+        del state.open[key]
     state.failed.pop(key, None)
     if overrides:
         event = overridden(event, overrides)
@@ -156,7 +154,8 @@ def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Par
 
 def _failed(state: ConversationState, event: Failed, _: Any) -> tuple[str, bytes] | None:
     key = (event.item_id, event.sample)
-    conv, before = _lookup(state, key)
+    conv = state.open.get(key)
+    before = IN_FLIGHT if conv is not None else FAILED if state.failed and key in state.failed else PENDING
     after = STEP[before][GAVE_UP if event.final else RETRYABLE]
     if after == before and before != IN_FLIGHT:
         return None

@@ -212,14 +212,12 @@ def prompt_of(messages: Any) -> Any:
     return None
 
 
-def _lookup(state: RunState, key: Key) -> tuple[OpenRow | None, State]:
-    """The item's open row, and its lifecycle state as this fold keeps it: an open row is in
-    flight, a kept failure failed, anything else pending (a done item is forgotten: the
-    lifecycle treats it as one never seen, see ledger/lifecycle.py)."""
-    row = state.open.get(key)
-    if row is not None:
-        return row, IN_FLIGHT
-    return None, FAILED if state.failed and key in state.failed else PENDING
+# An item's lifecycle state as this fold keeps it, read inline by each handler (the hot path
+# of a rebuild): an open record is in flight, a kept failure failed, anything else pending (a
+# done item is forgotten: the lifecycle treats it as one never seen, ledger/lifecycle.py).
+# For an item in flight the handlers take the lifecycle's answer as given -- a request or a
+# reply keeps it in flight, a parse makes it done -- and ask ``STEP`` otherwise;
+# tests/test_lifecycle.py fails if the table ever says else.
 
 
 def _reopen(state: RunState, key: Key, before: State, row: OpenRow) -> OpenRow:
@@ -233,11 +231,12 @@ def _reopen(state: RunState, key: Key, before: State, row: OpenRow) -> OpenRow:
 
 def _started(state: RunState, event: Started, _: Any) -> None:
     key = (event.item_id, event.sample)
-    row, before = _lookup(state, key)
-    if STEP[before][STARTED] != IN_FLIGHT:
-        return None
-    if row is None:
-        row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, "", event.expected))
+    row = state.open.get(key)
+    if row is None:  # a first request, or a failed item's retry (_reopen, inlined: the hot path)
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][STARTED] != IN_FLIGHT:
+            return None
+        row = state.open[key] = state.failed[key] if before == FAILED else OpenRow(event.item_id, event.sample, "", event.expected)
     request = event.request
     model = request.get("model", state.model)
     row.model = model if model.__class__ is str else str(model)
@@ -249,10 +248,11 @@ def _started(state: RunState, event: Started, _: Any) -> None:
 
 def _response(state: RunState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
-    row, before = _lookup(state, key)
-    if STEP[before][REPLIED] != IN_FLIGHT:
-        return None
+    row = state.open.get(key)
     if row is None:  # e.g. its request was lost with a damaged frame that a repair cut
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][REPLIED] != IN_FLIGHT:
+            return None
         row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
     row.response = event.text
     row.latency += event.latency
@@ -288,12 +288,13 @@ def label(value: Any) -> Any:
 
 def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | None) -> Row | None:
     key = (event.item_id, event.sample)
-    row, before = _lookup(state, key)
-    if STEP[before][PARSED] != DONE:  # a parse finishes only an item in flight
-        return None
-    if row is None:
+    row = state.open.pop(key, None)
+    if row is None:  # a parse finishes only an item in flight, as the lifecycle has it today
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][PARSED] != DONE:
+            return None
         row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
-    del state.open[key]
+        del state.open[key]
     if overrides:
         event = overridden(event, overrides)
     totals = state.totals
@@ -325,7 +326,8 @@ def failure_text(event: Failed) -> str:
 
 def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
     key = (event.item_id, event.sample)
-    row, before = _lookup(state, key)
+    row = state.open.get(key)
+    before = IN_FLIGHT if row is not None else FAILED if state.failed and key in state.failed else PENDING
     after = STEP[before][GAVE_UP if event.final else RETRYABLE]
     if after == before and before != IN_FLIGHT:
         return None

@@ -337,8 +337,6 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = NAMES, *,
                     p.open()
                 projector.catch_up(names)
                 projector._redo_with_reparses(names)
-                for p in group:
-                    p.write()
             except BaseException:
                 projector._discard_staged()
                 raise

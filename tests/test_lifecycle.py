@@ -59,6 +59,13 @@ def test_a_done_item_meets_every_event_as_an_unseen_one():
         assert done == pending or (done, pending) == (DONE, PENDING), kind
 
 
+def test_an_item_in_flight_stays_in_flight_on_a_request_or_reply_and_a_parse_makes_it_done():
+    """The folds' hot path takes these answers as given (projections/fold.py): if the
+    lifecycle ever changes them, the folds must ask the table there too."""
+    assert STEP[IN_FLIGHT][Kind.STARTED] == STEP[IN_FLIGHT][Kind.REPLIED] == IN_FLIGHT
+    assert STEP[IN_FLIGHT][Kind.PARSED] == DONE
+
+
 def test_transition_reads_the_table_and_ignores_run_events():
     assert transition(FAILED, _event(KEYS[0], Kind.STARTED)) == IN_FLIGHT
     assert transition(DONE, _event(KEYS[0], Kind.PARSED)) == DONE

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from collections.abc import Iterable
 
 from llm_ledger.ledger import fs
@@ -69,18 +70,14 @@ def remove_output(output: Output, path: str) -> None:
 
 
 def remove_tree(path: str, *, ignore_errors: bool = False) -> None:
-    """``shutil.rmtree`` through ``ledger.fs``, for a directory or a file (links are removed,
-    never followed); a path that is not there is fine."""
+    """Remove a directory tree (``shutil.rmtree``: ``ledger.fs`` has no tree walk yet, and
+    rmtree's unlinks relative to the directory's descriptor are what keeps deleting a
+    hundred thousand conversation files fast) or a file; a path that is not there is fine."""
     try:
-        if not os.path.isdir(path) or os.path.islink(path):
-            if os.path.lexists(path):
-                fs.unlink(path)
-            return
-        with fs.scandir(path) as entries:
-            children = [entry.path for entry in entries]
-        for child in children:
-            remove_tree(child, ignore_errors=ignore_errors)
-        fs.rmdir(path)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=ignore_errors)
+        elif os.path.lexists(path):
+            fs.unlink(path)
     except OSError:
         if not ignore_errors:
             raise

@@ -66,13 +66,12 @@ from .errors import CorruptLogError, IndexStateError, LogNotSoundError
 from .events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
 from .framing import FRAME_HEAD_SIZE, HEADER_SIZE, Frame
 from .fsio import os_error, preallocate
+from .lifecycle import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, transition
 from .reader import iter_frames, log_end
 
 __all__ = ["RunIndex", "ItemState", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "item_key", "next_state"]
 
-PENDING, IN_FLIGHT, DONE, FAILED = 0, 1, 2, 3
-STATE_NAMES = ("pending", "in_flight", "done", "failed")
-FORMAT = b"2"
+FORMAT = b"3"  # 3: item states follow ledger.lifecycle (four edge cases differ from 2): rebuilt on open
 _INITIAL_MAP = 1 << 30  # sparse: reserves address space, not disk
 _KEY_LIMIT = 511  # LMDB's largest key (its compile-time default, that of py-lmdb's build)
 _HASHED = b"\xff"  # first byte of a hashed key: never a byte of UTF-8
@@ -511,31 +510,16 @@ def _apply_event(txn, items, meta, cache, counts, offset: int, event: Event) -> 
 
 
 def next_state(state: int | None, event: Event) -> int | None:
-    """An item's state after one of its events -- the lifecycle, decided once (every reader
-    that folds item events should call this). ``state`` None: the item has no record yet.
-
-    An item's first event is a request, or a final failure refused before any request
-    (--max-context). A reply or parse whose request is not in the log (lost with a damaged
-    frame, then salvaged by a repair) still counts: the reply was paid for and is durable,
-    so it is never requested again; the folds show it without a prompt or expected answer.
-    A non-final failure without its request leaves the item without a record (None)."""
-    if state is None:
-        if isinstance(event, Failed) and not event.final:
-            return None
-        state = PENDING
-    match event:
-        case Started():
-            return IN_FLIGHT
-        case Response():
-            return DONE if state == DONE else IN_FLIGHT
-        case Parsed():
-            return DONE
-        case Failed(final=final):
-            return DONE if state == DONE else (FAILED if final else IN_FLIGHT)
-    return state
+    """``lifecycle.transition`` for a reader that keeps no record of an item until an event
+    counts for it: ``state`` None is no record yet, and stays None while the item is pending
+    (a retryable failure or a parse whose request and reply are not in the log)."""
+    after = transition(PENDING if state is None else state, event)  # type: ignore[arg-type]
+    return None if state is None and after == PENDING else after
 
 
 def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
+    """One item event into the item's record (created when an event first counts for it);
+    the new state is ``lifecycle.transition``'s."""
     key = item_key(event.item_id, event.sample)
     value = cache.get(key)
     if value is None:
@@ -543,13 +527,13 @@ def _apply_item(txn, items, cache, counts, offset: int, event) -> None:
         if raw:
             old = _unpack(raw)
             value = [old.state, old.attempts, old.turn, old.offset, old.seq, event.item_id]
-        elif next_state(None, event) is None:  # a retryable failure whose request was lost
+        elif transition(PENDING, event) == PENDING:  # nothing that counts yet: no record
             return
         else:
             value = [PENDING, 0, -1, 0, 0, event.item_id]
         cache[key] = value
     before = value[0]
-    value[0] = next_state(before, event)
+    value[0] = transition(before, event)
     if isinstance(event, Started):
         value[1] += 1
     elif isinstance(event, Response):

@@ -10,9 +10,10 @@ rewrite of every conversation file.
 A file holds ``item_id``, ``sample``, ``model``, ``expected``, ``parsed``, ``correct``,
 ``error``, ``attempts``, ``finished_at``, ``seq`` (of the finishing event), ``messages``
 (requests and replies, in order), ``turns`` (one record per reply: turn, attempt, response,
-finish_reason, usage, latency, endpoint, ts) and ``errors`` (every failed attempt). The
-state keeps finally failed conversations, like the rows fold, so that a resume continues a
-multi-turn item after its last completed turn.
+finish_reason, usage, latency, endpoint, ts) and ``errors`` (every failed attempt). When a
+conversation is in flight, done or failed is ``ledger.lifecycle``'s to say, as for the rows.
+The state keeps finally failed conversations, like the rows fold, so that a resume continues
+a multi-turn item after its last completed turn.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from urllib.parse import quote
 import msgspec
 
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, Started, Usage
+from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, PENDING, REPLIED, RETRYABLE, STARTED, STEP, State
 
 from .fold import Key, failure_text, overridden
 from .scoring import score
@@ -91,14 +93,27 @@ def _run_started(state: ConversationState, event: RunStarted, _: Any) -> None:
     return None
 
 
+# An item's lifecycle state as this fold keeps it, read inline by each handler, as in fold.py
+# (whose comment says which answers of the lifecycle for an item in flight are taken as given).
+
+
+def _reopen(state: ConversationState, key: Key, before: State, conv: Conversation) -> Conversation:
+    """Put an item in flight: a failed conversation continues (a resume's retry), any other
+    starts ``conv``."""
+    if before == FAILED:
+        conv = state.failed[key]
+    state.open[key] = conv
+    return conv
+
+
 def _started(state: ConversationState, event: Started, _: Any) -> None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
     if conv is None:
-        conv = state.failed.get(key)
-        if conv is None:
-            conv = Conversation(item_id=event.item_id, sample=event.sample, expected=event.expected)
-        state.open[key] = conv
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][STARTED] != IN_FLIGHT:
+            return None
+        conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, expected=event.expected))
     conv.model = str(event.request.get("model", state.model))
     messages = event.request.get("messages")
     conv.messages = list(messages) if isinstance(messages, list) else []
@@ -109,13 +124,11 @@ def _started(state: ConversationState, event: Started, _: Any) -> None:
 def _response(state: ConversationState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
-    if conv is None:
-        # its request was lost with a damaged frame that a repair cut: the reply still counts
-        # (a finally failed item continues, as on a retry's `started`; ledger.index.next_state)
-        conv = state.failed.get(key)
-        if conv is None:
-            conv = Conversation(item_id=event.item_id, sample=event.sample, model=state.model)
-        state.open[key] = conv
+    if conv is None:  # e.g. its request was lost with a damaged frame that a repair cut
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][REPLIED] != IN_FLIGHT:
+            return None
+        conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model))
     conv.turns.append(TurnRecord(turn=event.turn, attempt=event.attempt, response=event.text,
                                  finish_reason=event.finish_reason, usage=event.usage, latency=event.latency,
                                  endpoint=event.endpoint, ts=event.ts))
@@ -126,8 +139,12 @@ def _response(state: ConversationState, event: Response, _: Any) -> None:
 def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Parsed] | None) -> tuple[str, bytes] | None:
     key = (event.item_id, event.sample)
     conv = state.open.pop(key, None)
-    if conv is None:
-        return None
+    if conv is None:  # a parse finishes only an item in flight, as the lifecycle has it today
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][PARSED] != DONE:
+            return None
+        conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model))
+        del state.open[key]
     state.failed.pop(key, None)
     if overrides:
         event = overridden(event, overrides)
@@ -138,14 +155,16 @@ def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Par
 def _failed(state: ConversationState, event: Failed, _: Any) -> tuple[str, bytes] | None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
-    if conv is None:
-        if not event.final or key in state.failed:
-            return None
-        conv = state.open[key] = Conversation(item_id=event.item_id, sample=event.sample, model=state.model,
-                                              expected=event.expected)
+    before = IN_FLIGHT if conv is not None else FAILED if state.failed and key in state.failed else PENDING
+    after = STEP[before][GAVE_UP if event.final else RETRYABLE]
+    if after == before and before != IN_FLIGHT:
+        return None
+    if conv is None:  # e.g. refused before any request (--max-context)
+        conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model,
+                                                        expected=event.expected))
     error = failure_text(event)
     conv.errors.append(error)
-    if not event.final:
+    if after == IN_FLIGHT:
         return None
     del state.open[key]
     state.failed[key] = conv

@@ -10,14 +10,14 @@ This is the hot path of ``ledger replay --rebuild`` and of a live run's projecto
 dispatch is one dict lookup on the event's class, an open item is a small Struct updated in
 place, and a line is one msgspec encode of a Struct (fields in DESIGN's order).
 
-An (item, sample) is *finished* by a ``parsed`` event of its final turn (done) or by a
-``failed`` event with ``final`` (failed). A finally failed item is kept (``state.failed``)
-so that a resume continues it where it stopped and its attempts keep counting; if it then
-finishes, it gets a new line that supersedes the failed one (readers and exports keep the
-last line per key). A failed item with an expected answer counts as scored and incorrect
-until it succeeds. Re-parses do not add lines: a rebuild applies them at the position of
-the original parse (reparse.py); the fold only counts re-parse sessions, so that a full
-fold knows it has to be redone with them.
+When an (item, sample) is in flight, done or failed is ``ledger.lifecycle``'s to say (its
+``STEP`` table); this fold only does what each step means for a row. A finally failed item
+is kept (``state.failed``) so that a resume continues it where it stopped and its attempts
+keep counting; if it then finishes, it gets a new line that supersedes the failed one
+(readers and exports keep the last line per key). A failed item with an expected answer
+counts as scored and incorrect until it succeeds. Re-parses do not add lines: a rebuild
+applies them at the position of the original parse (overrides.py); the fold only counts
+re-parse sessions, so that a full fold knows it has to be redone with them.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, PENDING, REPLIED, RETRYABLE, STARTED, STEP, State
 
 from .scoring import score
 
@@ -211,14 +212,31 @@ def prompt_of(messages: Any) -> Any:
     return None
 
 
+# An item's lifecycle state as this fold keeps it, read inline by each handler (the hot path
+# of a rebuild): an open record is in flight, a kept failure failed, anything else pending (a
+# done item is forgotten: the lifecycle treats it as one never seen, ledger/lifecycle.py).
+# For an item in flight the handlers take the lifecycle's answer as given -- a request or a
+# reply keeps it in flight, a parse makes it done -- and ask ``STEP`` otherwise;
+# tests/test_lifecycle.py fails if the table ever says else.
+
+
+def _reopen(state: RunState, key: Key, before: State, row: OpenRow) -> OpenRow:
+    """Put an item in flight: a failed item continues its row (a resume's retry: attempts go
+    on counting), any other starts ``row``."""
+    if before == FAILED:
+        row = state.failed[key]
+    state.open[key] = row
+    return row
+
+
 def _started(state: RunState, event: Started, _: Any) -> None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
-    if row is None:
-        row = state.failed.get(key) if state.failed else None  # a failed item retried continues
-        if row is None:
-            row = OpenRow(event.item_id, event.sample, "", event.expected)
-        state.open[key] = row
+    if row is None:  # a first request, or a failed item's retry (_reopen, inlined: the hot path)
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][STARTED] != IN_FLIGHT:
+            return None
+        row = state.open[key] = state.failed[key] if before == FAILED else OpenRow(event.item_id, event.sample, "", event.expected)
     request = event.request
     model = request.get("model", state.model)
     row.model = model if model.__class__ is str else str(model)
@@ -231,24 +249,22 @@ def _started(state: RunState, event: Started, _: Any) -> None:
 def _response(state: RunState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
-    if row is None:
-        # its request was lost with a damaged frame that a repair cut: the reply still counts
-        # (a finally failed item continues, as on a retry's `started`; ledger.index.next_state)
-        row = state.failed.get(key) if state.failed else None
-        if row is None:
-            row = OpenRow(event.item_id, event.sample, state.model)
-        state.open[key] = row
+    if row is None:  # e.g. its request was lost with a damaged frame that a repair cut
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][REPLIED] != IN_FLIGHT:
+            return None
+        row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
     row.response = event.text
     row.latency += event.latency
     totals = state.totals
     totals.latencies.append(event.latency)
     usage = event.usage
     if usage is not None:
-        before = row.usage
-        row.usage = usage if before is None else Usage(
-            prompt_tokens=before.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=before.completion_tokens + usage.completion_tokens,
-            total_tokens=before.total_tokens + usage.total_tokens)
+        before_usage = row.usage
+        row.usage = usage if before_usage is None else Usage(
+            prompt_tokens=before_usage.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=before_usage.completion_tokens + usage.completion_tokens,
+            total_tokens=before_usage.total_tokens + usage.total_tokens)
         totals.prompt_tokens += usage.prompt_tokens
         totals.completion_tokens += usage.completion_tokens
     return None
@@ -273,8 +289,12 @@ def label(value: Any) -> Any:
 def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | None) -> Row | None:
     key = (event.item_id, event.sample)
     row = state.open.pop(key, None)
-    if row is None:
-        return None
+    if row is None:  # a parse finishes only an item in flight, as the lifecycle has it today
+        before = FAILED if state.failed and key in state.failed else PENDING
+        if STEP[before][PARSED] != DONE:
+            return None
+        row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
+        del state.open[key]
     if overrides:
         event = overridden(event, overrides)
     totals = state.totals
@@ -307,13 +327,14 @@ def failure_text(event: Failed) -> str:
 def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
-    if row is None:
-        if not event.final or key in state.failed:
-            return None
-        # refused before any request (--max-context)
-        row = state.open[key] = OpenRow(event.item_id, event.sample, state.model, event.expected)
+    before = IN_FLIGHT if row is not None else FAILED if state.failed and key in state.failed else PENDING
+    after = STEP[before][GAVE_UP if event.final else RETRYABLE]
+    if after == before and before != IN_FLIGHT:
+        return None
+    if row is None:  # e.g. refused before any request (--max-context)
+        row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model, event.expected))
     row.error = failure_text(event)
-    if not event.final:
+    if after == IN_FLIGHT:
         state.totals.retries += 1
         return None
     del state.open[key]

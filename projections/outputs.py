@@ -43,6 +43,8 @@ from llm_ledger.ledger.errors import InputError, OutputError
 from llm_ledger.ledger.fsio import fsync_dir
 from llm_ledger.ledger.layout import RunPaths
 
+from .registry import output_names
+
 __all__ = ["STDOUT", "check_output_path", "atomic_output", "remove_dead_temps", "owner_of"]
 
 STDOUT = "-"
@@ -50,7 +52,7 @@ _PROBE = RunPaths("")
 # What a run owns at its top level: every name beginning with one of these (the lock and the
 # ``.broken`` copies begin with the log's name; LMDB may add ``index.lmdb-lock``).
 _OWNED = tuple(os.path.basename(p) for p in (_PROBE.log, _PROBE.index, _PROBE.responses, _PROBE.conversations,
-                                             _PROBE.summary, _PROBE.checkpoint)) + ("plan.jsonl", "shards")
+                                             _PROBE.summary, _PROBE.checkpoint)) + ("plan.jsonl", "shards") + tuple(n.rstrip("/") for n in output_names(_PROBE))
 _STALE = re.compile(r"\.tmp\.\d+$")  # the projector deletes these in a run directory (projector._TEMP)
 _OURS = re.compile(r"^.+\.ledger-tmp\.(\d+)$")
 _LEGACY = re.compile(r"^.+\.(?:arrow|parquet|csv|jsonl|xlsx)\.tmp\.(\d+)$")

@@ -23,8 +23,9 @@ import msgspec
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
-from llm_ledger.ledger.events import Failed, Parsed, Response
+from llm_ledger.ledger.events import Failed, Response
 from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.lifecycle import DONE, FAILED, PENDING, State, kind_of, transition
 from llm_ledger.ledger.reader import iter_events
 
 if TYPE_CHECKING:
@@ -161,27 +162,40 @@ def write_openai_batch(data: ExportData, sink: Sink) -> int:
 
 
 def _batch_lines(paths: RunPaths, f: Any, prefix: str) -> int:
+    """A success line when an item becomes done, a failure line kept for the end while it is
+    failed: when each happens is ``ledger.lifecycle``'s to say, as for every projection."""
     replies: dict[tuple[str, int], Response] = {}
     failures: dict[tuple[str, int], bytes] = {}
+    states: dict[tuple[str, int], State] = {}
     samples, rows = 1, 0
     for event in iter_events(paths.log):
         if event.__class__.__name__ == "RunStarted":
             samples = int(event.config.get("samples", 1) or 1)  # type: ignore[attr-defined]
-        elif isinstance(event, Response) and event.final:
-            replies[(event.item_id, event.sample)] = event
-        elif isinstance(event, Parsed) and (event.item_id, event.sample) in replies:
-            reply = replies.pop((event.item_id, event.sample))
-            failures.pop((event.item_id, event.sample), None)
+            continue
+        if kind_of(event) is None:
+            continue
+        key = (event.item_id, event.sample)  # type: ignore[attr-defined]
+        before = states.get(key, PENDING)
+        after = states[key] = transition(before, event)
+        if isinstance(event, Response) and event.final:
+            replies[key] = event
+        if after == before or after not in (DONE, FAILED):
+            continue
+        if after == DONE:
+            failures.pop(key, None)
+            reply = replies.pop(key, None)
+            if reply is None:
+                continue  # its reply is not in the log (a damaged frame cut): no body to show
             body = reply.raw or {}
             line = {"id": f"batch_req_{reply.seq}", "custom_id": prefix + _custom_id(reply.item_id, reply.sample, samples),
                     "response": {"status_code": 200, "request_id": str(body.get("id", "")), "body": body}, "error": None}
             f.write(_json.encode(line) + b"\n")
             rows += 1
-        elif isinstance(event, Failed) and event.final:
+        elif isinstance(event, Failed):
             line = {"id": f"batch_req_{event.seq}", "custom_id": prefix + _custom_id(event.item_id, event.sample, samples),
                     "response": {"status_code": event.status, "request_id": "", "body": None} if event.status else None,
                     "error": {"code": event.error_type, "message": event.message}}
-            failures[(event.item_id, event.sample)] = _json.encode(line) + b"\n"
+            failures[key] = _json.encode(line) + b"\n"
     for line in failures.values():
         f.write(line)
     return rows + len(failures)

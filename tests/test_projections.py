@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from llm_ledger.ledger.events import Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections import conversations
+from llm_ledger.projections import conversations, failures
 from llm_ledger.projections.fold import RunState, apply
 from llm_ledger.projections.projector import Projector, rebuild
 from llm_ledger.projections.summary import encode_summary, percentile, summarize, wilson
@@ -310,7 +310,7 @@ def _live(paths: RunPaths, units: list[list], rng: random.Random, every: float) 
 
 def projection_files(run_dir: str) -> dict[str, bytes]:
     out = {}
-    for name in ("responses.jsonl", "summary.json"):
+    for name in ("responses.jsonl", "summary.json", "failures.jsonl"):
         out[name] = Path(run_dir, name).read_bytes()
     for p in sorted(Path(run_dir, "conversations").iterdir()):
         out["conversations/" + p.name] = p.read_bytes()
@@ -355,12 +355,14 @@ def test_live_projection_in_two_sessions_equals_a_rebuild(tmp_path, run, seed, d
     # ... and both equal the pure fold of the events as written.
     from llm_ledger.ledger.reader import iter_events
 
-    state, lines = RunState(), []
+    state, lines, failed = RunState(), [], failures.FailuresState()
     for event in iter_events(paths.log):
         if (line := apply(state, event)) is not None:
             lines.append(line)
+        failures.apply(failed, event)
     assert live["responses.jsonl"] == b"".join(lines), f"seed={seed}"
     assert live["summary.json"] == encode_summary(state), f"seed={seed}"
+    assert live["failures.jsonl"] == failures.encode(failed), f"seed={seed}"
     done_keys = {(json.loads(line)["item_id"], json.loads(line)["sample"]) for line in lines}
     assert len([k for k in live if k.startswith("conversations/")]) == len(done_keys), f"seed={seed}"
 

@@ -101,7 +101,7 @@ def check_reopen(run_dir: Path, scratch: Path, snapshot: list[bytes]) -> list[st
 
 def projection_files(run_dir: Path) -> dict[str, bytes]:
     out = {}
-    for name in ("responses.jsonl", "summary.json"):
+    for name in ("responses.jsonl", "summary.json", "failures.jsonl"):
         path = run_dir / name
         out[name] = path.read_bytes() if path.exists() else b"<missing>"
     conversations = run_dir / "conversations"

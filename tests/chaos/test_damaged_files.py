@@ -164,6 +164,8 @@ PROJECTION_DAMAGE = {  # name -> (damage, repaired by the next open, not only by
     "summary_garbage": (lambda run: (run / "summary.json").write_bytes(b'{"status": "compl'), False),
     "checkpoint_garbage": (lambda run: (run / "projections.ckpt").write_bytes(b"\x93\x01garbage"), True),
     "checkpoint_cut": (lambda run: os.truncate(run / "projections.ckpt", 9), True),
+    "failures_deleted": (lambda run: os.unlink(run / "failures.jsonl"), True),
+    "failures_garbage": (lambda run: (run / "failures.jsonl").write_bytes(b'{"item_id": "q1", "err'), True),
     "conversation_deleted": (lambda run: os.unlink(_conversation(run)), False),
     "conversation_cut": (lambda run: os.truncate(_conversation(run), 10), False),
     "conversations_dir_deleted": (lambda run: shutil.rmtree(run / "conversations"), False),
@@ -268,12 +270,10 @@ def test_conversation_files_ahead_of_a_cut_log_are_not_left_behind(tmp_path):
             writer.append_many([Response(**key, text="A"), Parsed(**key, value="A")])
     frames = list(iter_frames(paths.log))
     projector = Projector(paths, refresh=3600, checkpoint_every=3600)  # as a live run between checkpoints
-    projector._reset()
-    projector._open_responses()
+    projector._open_files()
     projector.apply_frames(frames[:4])  # the first batch writes the checkpoint
     projector.apply_frames(frames[4:])  # then the run goes on; the process dies before the next one
-    projector._drain()
-    projector._responses.flush()
+    # (nothing is left buffered: rows are flushed and conversation writes drained per batch)
     os.truncate(paths.log, frames[20].end)  # the log loses its tail, past the checkpoint
     Projector.open(paths).close()
     copy = tmp_path / "copy"

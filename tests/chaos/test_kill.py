@@ -84,7 +84,7 @@ def test_replay_after_a_reparse_killed_mid_rebuild_equals_a_rebuild(tmp_path):
     from llm_ledger.ledger.reader import iter_frames
     from llm_ledger.projections.projector import Projector
     from llm_ledger.projections.replay import replay
-    from llm_ledger.projections.reparse import overrides
+    from llm_ledger.projections.overrides import overrides
 
     run = tmp_path / "r"
     run.mkdir()
@@ -102,11 +102,9 @@ def test_replay_after_a_reparse_killed_mid_rebuild_equals_a_rebuild(tmp_path):
     # ... then what `replay --reparse` does after appending, killed part way: rebuild(paths)
     projector = Projector(paths)
     projector.overrides = overrides(paths.log)
-    projector._reset()
-    projector._open_responses()
+    projector._open_files()
     frames = list(iter_frames(paths.log))
     projector.apply_frames(frames[:10])  # the first batch writes a checkpoint; then SIGKILL
-    projector._drain()
-    projector._responses.flush()
+    # (nothing is left buffered: rows are flushed and conversation writes drained per batch)
     replay(paths)  # `ledger replay RUN`: the next open
     assert check_projections(run, tmp_path / "scratch", repair=False) == []

@@ -61,7 +61,7 @@ def one_line(r: subprocess.CompletedProcess) -> str:
 
 
 OWNED = ["events.log", "events.log.lock", "events.log.broken", "events.log.broken.3", "index.lmdb/data.mdb",
-         "index.lmdb", "responses.jsonl", "summary.json", "projections.ckpt", "conversations/qq1_s0.json",
+         "index.lmdb", "responses.jsonl", "summary.json", "projections.ckpt", "conversations/qq1_s0.json", "failures.jsonl",
          "conversations/new.json", "plan.jsonl", "summary.json.tmp.77"]
 
 

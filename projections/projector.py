@@ -324,6 +324,10 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = NAMES, *,
         if ROWS not in parts and (old.reparsed or projector.state.reparse_sessions):
             projector.overrides = overrides(paths.log)  # the rows' state is not refolded here
     clean, rebuilt = projector.ckpt.clean, set()  # a projection's files are untouched until its commit
+    # ``clean`` vouches that no file of a directory projection (a file per item, checked by
+    # file times on open) is ahead of the checkpoint; files are whole-file rewrites or
+    # CRC-checked otherwise. Rebuilding every directory projection makes it true again.
+    by_file = {p.name for p in projector.projections if any(o.directory for o in p.outputs())}
     projector.current = set()
     try:
         for group in _passes(projector._named(parts)):
@@ -342,7 +346,7 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = NAMES, *,
                 raise
             for p in group:
                 rebuilt.add(p.name)
-                clean = clean or rebuilt >= set(NAMES)
+                clean = clean or rebuilt >= by_file
                 projector._commit(p, clean)
             if timings is not None:
                 timings.update(dict.fromkeys(names, time.perf_counter() - start))

@@ -145,3 +145,23 @@ def test_a_deleted_or_garbled_failures_file_is_rewritten_on_open(tmp_path):
         damage()
         Projector.open(paths).close()
         assert path.read_bytes() == pristine
+
+
+def test_rebuilding_the_conversations_alone_leaves_a_clean_checkpoint(tmp_path: Path) -> None:
+    """``clean`` is what spares an open from reading every conversation file newer than the
+    checkpoint: rebuilding the one directory projection must restore it, whatever else is
+    rebuilt or not (rows first, then conversations, as ``bench/replay.py`` does)."""
+    from llm_ledger.projections.checkpoint import read_checkpoint
+    from llm_ledger.projections.projector import CONVERSATIONS, ROWS
+
+    paths = RunPaths(str(tmp_path / "run"))
+    os.makedirs(paths.dir)
+    writer = LogWriter.open(paths.log)
+    writer.append_many([RunStarted(run_id="r", items=2), SessionStarted(pid=1), _start("a"), *_reply("a"),
+                        _start("b"), _fail("b", "boom")])
+    writer.close()
+    rebuild(paths, (ROWS,))
+    assert not read_checkpoint(paths.checkpoint).clean  # conversations never folded: files unknown
+    rebuild(paths, (CONVERSATIONS,))
+    assert read_checkpoint(paths.checkpoint).clean
+    assert sorted(os.listdir(paths.conversations)) == ["qa_s0.json", "qb_s0.json"]

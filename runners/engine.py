@@ -65,6 +65,7 @@ class _Cursor:
     turn: int
     attempt: int
     endpoint: str = ""
+    answered: bool = False  # the last turn's reply is durable: the item is done in the log
 
 
 @dataclass
@@ -184,10 +185,14 @@ class Engine:
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" (at {os.path.basename(frame[0].filename)}:{frame[0].lineno})" if frame else ""
         message = redact(f"{type(exc).__name__}: {exc}"[:500] + where, self.secrets)
-        self.progress.failed += 1
         self.progress.errors["internal"] = self.progress.errors.get("internal", 0) + 1
         if len(self.progress.internal) < SHOWN_INTERNAL:  # the count is in errors["internal"]
-            self.progress.internal.append(f"item {work.item.id!r} sample {work.sample}: internal error: {message}")
+            after = " (after its reply was recorded: the item is done)" if cursor.answered else ""
+            self.progress.internal.append(f"item {work.item.id!r} sample {work.sample}: internal error{after}: {message}")
+        if cursor.answered:  # a failed event now would make a resume buy the durable reply again
+            self.progress.done += 1
+            return
+        self.progress.failed += 1
         try:
             self.writer.submit([Failed(
                 item_id=work.item.id, sample=work.sample, turn=cursor.turn, attempt=max(1, cursor.attempt),
@@ -272,6 +277,7 @@ class Engine:
             if usage is not None:
                 self.limits.correct(tokens, usage.total_tokens)
             await self._record(work, turn, key, body, reply, name)
+            cursor.answered = turn == len(item.turns) - 1
             return reply
         finally:
             self._sending.discard(task)

@@ -69,13 +69,22 @@ def _item(item_id: str, **params) -> Item:
     return Item(id=item_id, line=1, turns=[[{"role": "user", "content": f"{item_id}? answer: ok"}]], params=params)
 
 
-async def _run(tmp_path: Path, works: list[Work], *, open_breaker: bool = False) -> Engine:
+class _PoolThatBreaksAfterAReply(Pool):
+    """An unexpected exception after the reply is durable (returning the endpoint)."""
+
+    async def release(self, endpoint, reply, error) -> None:  # type: ignore[override]
+        await super().release(endpoint, reply, error)
+        if reply is not None:
+            raise RuntimeError("bookkeeping after the reply broke")
+
+
+async def _run(tmp_path: Path, works: list[Work], *, open_breaker: bool = False, pool: type[Pool] = Pool) -> Engine:
     """An engine on a real log and the real simulator, as a session builds it."""
     with Simulator() as sim:
         writer = LogWriter.open(str(tmp_path / "events.log"))
         config = RunConfig(base_url=sim.base_url, model="sim-1", retries=1, timeout=10, concurrency=1)
         endpoint = Endpoint(sim.base_url, OpenAITransport(TransportSpec(sim.base_url, "EMPTY", (), 10, 1, {})), AdaptiveLimit(1))
-        engine = Engine(config, writer, Pool([endpoint]), make_parser("text"), (), RateLimits(None, None))
+        engine = Engine(config, writer, pool([endpoint]), make_parser("text"), (), RateLimits(None, None))
         if open_breaker:  # an outage has just tripped it: the next request is the probe
             for _ in range(THRESHOLD):
                 endpoint.breaker.failure("server_error", asyncio.get_running_loop().time())
@@ -107,6 +116,16 @@ def test_an_unexpected_exception_fails_its_item_with_the_reason_and_the_run_goes
     assert [type(e).__name__ for e in events["good"]] == ["Started", "Response", "Parsed"]
     assert engine.progress.failed == 1 and engine.progress.done == 1
     assert len(engine.progress.internal) == 1 and "'bad'" in engine.progress.internal[0]
+
+
+def test_an_exception_after_the_reply_is_durable_leaves_the_item_done(tmp_path):
+    """A final failed event after a durable reply would turn a done item into a failed one,
+    and a resume would then buy that reply again. The error is still said, once."""
+    engine = asyncio.run(_run(tmp_path, [Work(_item("q1"), 0)], pool=_PoolThatBreaksAfterAReply))
+    assert [type(e).__name__ for e in _by_item(tmp_path)["q1"]] == ["Started", "Response", "Parsed"]
+    assert engine.progress.done == 1 and engine.progress.failed == 0
+    assert engine.progress.errors == {"internal": 1}
+    assert len(engine.progress.internal) == 1 and "after its reply was recorded" in engine.progress.internal[0]
 
 
 def test_a_probe_that_dies_of_an_unexpected_exception_moves_the_breaker_on(tmp_path):

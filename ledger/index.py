@@ -188,7 +188,7 @@ class RunIndex:
         if not os.path.isdir(path):
             return 0
         try:
-            index = RunIndex.open_readonly(path)
+            index = RunIndex.open_readonly(path, any_format=True)  # an upgrade keeps the guard
         except IndexStateError:
             return 0
         try:
@@ -199,16 +199,18 @@ class RunIndex:
             index.close()
 
     @classmethod
-    def open_readonly(cls, path: str, log_path: str | None = None) -> "RunIndex":
+    def open_readonly(cls, path: str, log_path: str | None = None, *, any_format: bool = False) -> "RunIndex":
         """A reader's handle. With ``log_path``, an index that does not match that log (ahead
-        of it after a repair or a cut, or built from another log) is refused: IndexStateError."""
+        of it after a repair or a cut, or built from another log) is refused: IndexStateError.
+        ``any_format``: also an index of an earlier format (whose item states may differ, but
+        whose applied offset means the same)."""
         try:
             index = cls(path, _env(path, readonly=True), readonly=True)
         except lmdb.Error as exc:
             raise IndexStateError(f"{path}: index cannot be read: {exc}") from exc
         try:
             index.counts()
-            trusted = index._current_format() and (log_path is None or index.matches(log_path))
+            trusted = (any_format or index._current_format()) and (log_path is None or index.matches(log_path))
         except (lmdb.Error, CorruptLogError, OSError, ValueError, msgspec.DecodeError) as exc:  # scribbled (no sync)
             index.close()
             raise IndexStateError(f"{path}: index cannot be read: {exc}") from exc

@@ -317,3 +317,19 @@ def test_map_grows_when_full(run, monkeypatch):
         check_index(index, log)
     finally:
         index.close()
+
+
+def test_an_index_of_the_previous_format_still_vouches_for_the_log_it_applied(run):
+    """An upgrade changes the index format (its item states are rebuilt), but how far it had
+    applied the log means the same: the writer's guard against cutting durable frames as a
+    torn tail (``durable_end``) must not drop to 0 on the first open after an upgrade."""
+    log, path = run
+    index = write(log, workload(5, seed=1), path)
+    applied = index.applied()[0]
+    assert applied > 0
+    with index._env.begin(write=True) as txn:  # what a run indexed by the previous version holds
+        txn.put(b"format", b"2", db=index._meta)
+    index.close()
+    with pytest.raises(IndexStateError):
+        RunIndex.open_readonly(path, log)  # its item states are not trusted ...
+    assert RunIndex.durable_end(path) == applied  # ... its applied offset is

@@ -11,7 +11,7 @@ from rich.table import Table
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from llm_ledger.runners.engine import Progress as RunProgress
+    from llm_ledger.runners.runner import Progress as RunProgress
 
 from .common import err
 

@@ -8,8 +8,6 @@ import typer
 
 from llm_ledger.ledger.layout import RunPaths, find_run
 from llm_ledger.projections.registry import output_names
-from llm_ledger.projections.replay import replay as replay_run
-from llm_ledger.runners.reparse import reparse as reparse_run
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -26,6 +24,9 @@ def replay(
     """Bring responses.jsonl, conversations/ and summary.json up to date from the log."""
     with handled():
         paths = find_run(runs_dir, run)
+        from llm_ledger.projections.replay import replay as replay_run  # here: keeps every command's start light
+        from llm_ledger.runners.reparse import reparse as reparse_run
+
         summary = reparse_run(paths, reparse) if reparse else replay_run(paths, full=rebuild)
         if reparse:
             out.print(f"re-parsed {summary['reparsed']} replies with {reparse}; no request sent")

@@ -205,6 +205,8 @@ def dup(fd: int) -> int:
     new = _backend.dup(fd)
     if fd in _paths:
         _paths[new] = _paths[fd]
+    else:  # a descriptor we did not open (standard output): forget the number's last owner
+        _paths.pop(new, None)
     return new
 
 

@@ -40,7 +40,7 @@ from enum import IntEnum
 from .events import Event, Failed, Parsed, ResponseView, Started
 
 __all__ = ["State", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "Kind", "STARTED", "REPLIED",
-           "PARSED", "RETRYABLE", "GAVE_UP", "STEP", "kind_of", "transition", "finished"]
+           "PARSED", "RETRYABLE", "GAVE_UP", "STEP", "kind_of", "transition"]
 
 
 class State(IntEnum):
@@ -95,9 +95,3 @@ def transition(state: State, event: Event) -> State:
     """The item's state after ``event`` (one of its own events; any other leaves it as is)."""
     kind = kind_of(event)
     return state if kind is None else STEP[state][kind]
-
-
-def finished(before: State, after: State) -> bool:
-    """Whether a step finished the item: it became done or failed (the moment a row, a
-    conversation file or a failure line is written)."""
-    return after != before and after in (DONE, FAILED)

@@ -46,7 +46,8 @@ import msgspec
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import CorruptLogError, IndexStateError, LedgerError
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started
-from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, RunIndex, next_state
+from llm_ledger.ledger.index import RunIndex, next_state
+from llm_ledger.ledger.lifecycle import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import is_locked
 from llm_ledger.ledger.reader import iter_events, iter_frames, log_end

@@ -205,12 +205,13 @@ def _parquet(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
     import pyarrow.parquet as pq
 
     try:
-        reader = pq.ParquetFile(path)
-        n = 1
-        for batch in reader.iter_batches(batch_size=4096):
-            for record in batch.to_pylist():
-                n += 1  # line numbers count a header row, like CSV: row r is "line" r+1
-                yield n, record
+        with fs.open_file(path, "rb") as f:
+            reader = pq.ParquetFile(f)
+            n = 1
+            for batch in reader.iter_batches(batch_size=4096):
+                for record in batch.to_pylist():
+                    n += 1  # line numbers count a header row, like CSV: row r is "line" r+1
+                    yield n, record
     except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
         if isinstance(exc, FileNotFoundError):
             raise

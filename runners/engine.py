@@ -45,7 +45,7 @@ from .retry import retrying
 from .runner import Progress, Work
 from .transport import Reply
 
-__all__ = ["Work", "Progress", "Engine", "GRACE", "request_key"]
+__all__ = ["Engine", "GRACE", "request_key"]
 
 GRACE = 2.0  # seconds requests in flight may take to finish after a stop, then they are cancelled
 SHOWN_INTERNAL = 5  # internal errors kept for the end-of-run message (all are in the log)

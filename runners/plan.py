@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llm_ledger.ledger import fs
-from llm_ledger.ledger.index import DONE, FAILED, IN_FLIGHT
+from llm_ledger.ledger.lifecycle import DONE, FAILED, IN_FLIGHT
 from llm_ledger.projections.conversations import Conversation
 from llm_ledger.projections.fold import key_of
 

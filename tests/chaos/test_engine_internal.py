@@ -30,7 +30,8 @@ from llm_ledger.runners.openai_transport import OpenAITransport
 from llm_ledger.runners.config import RunConfig
 from llm_ledger.runners.dataset import Item
 from llm_ledger.runners.endpoints import Endpoint, Pool
-from llm_ledger.runners.engine import Engine, Work
+from llm_ledger.runners.engine import Engine
+from llm_ledger.runners.runner import Work
 from llm_ledger.runners.limits import AdaptiveLimit, RateLimits
 from llm_ledger.runners.simulator import Simulator
 from llm_ledger.runners.transport import TransportSpec

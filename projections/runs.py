@@ -14,8 +14,8 @@ the last session come from the log, read through the cheapest source that is tru
   item) when there is no readable index or it is not a prefix of the log -- its offset is
   past the log's end or not a frame of it (a ``verify --repair`` cut events it had applied).
 
-An item's state follows the index's lifecycle (``next_state``: started -> in flight, parsed
--> done, final failure -> failed unless done). The status, from the lock, the last session
+An item's state follows the one lifecycle, ``ledger.lifecycle.transition`` (started -> in
+flight, parsed -> done, final failure -> failed; the table there is the rule). The status, from the lock, the last session
 and the counts (``decide``):
 
     running                  a writer holds the lock

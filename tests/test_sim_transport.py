@@ -19,6 +19,7 @@ from llm_ledger.ledger.reader import iter_events
 from llm_ledger.runners.sim_transport import SimTransport
 from llm_ledger.runners.transport import TransportSpec
 from test_run_e2e import qa_records, read_jsonl, requests_of, sim_json, write_jsonl
+from test_simulator import FAULTS
 
 SECRET = "sk-test-SECRET-123456"
 
@@ -32,14 +33,7 @@ async def _send_in_process(knobs: dict, timeout: float = 5.0, content: str = "hi
         await transport.close()
 
 
-@pytest.mark.parametrize("knob,error_type,status,retry_after", [  # as test_simulator's, over HTTP
-    ({"rate_429": 1.0, "retry_after": 0.5}, "rate_limit", 429, 0.5),
-    ({"rate_500": 1.0}, "server_error", 500, None),
-    ({"down": True}, "server_error", 503, None),
-    ({"rate_malformed": 1.0}, "malformed_response", None, None),
-    ({"rate_reset": 1.0}, "connection", None, None),
-    ({"rate_hang": 1.0, "hang_seconds": 3}, "timeout", None, None),
-])
+@pytest.mark.parametrize("knob,error_type,status,retry_after", FAULTS)  # as over HTTP
 def test_in_process_transport_fails_like_the_http_one(knob, error_type, status, retry_after):
     with pytest.raises(EndpointError) as info:
         asyncio.run(_send_in_process(knob, timeout=0.3))

@@ -151,14 +151,18 @@ async def _send_once(sim: Simulator, timeout: float = 5.0, content: str = "hi an
         await client.close()
 
 
-@pytest.mark.parametrize("knob,error_type,status,retry_after", [
+# Each simulator fault, and the EndpointError it must become (tests/test_sim_transport.py too).
+FAULTS = [
     ({"rate_429": 1.0, "retry_after": 0.5}, "rate_limit", 429, 0.5),
     ({"rate_500": 1.0}, "server_error", 500, None),
     ({"down": True}, "server_error", 503, None),
     ({"rate_malformed": 1.0}, "malformed_response", None, None),
     ({"rate_reset": 1.0}, "connection", None, None),
     ({"rate_hang": 1.0, "hang_seconds": 3}, "timeout", None, None),
-])
+]
+
+
+@pytest.mark.parametrize("knob,error_type,status,retry_after", FAULTS)
 def test_client_failures_are_typed_and_retryable(knob, error_type, status, retry_after):
     with Simulator(SimConfig(**knob)) as sim:
         with pytest.raises(EndpointError) as info:

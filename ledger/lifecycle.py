@@ -35,12 +35,14 @@ sequence of events.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from enum import IntEnum
+from typing import Any
 
 from .events import Event, Failed, Parsed, ResponseView, Started
 
 __all__ = ["State", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "Kind", "STARTED", "REPLIED",
-           "PARSED", "RETRYABLE", "GAVE_UP", "STEP", "kind_of", "transition"]
+           "PARSED", "RETRYABLE", "GAVE_UP", "STEP", "kind_of", "transition", "unopened"]
 
 
 class State(IntEnum):
@@ -89,6 +91,13 @@ def kind_of(event: Event) -> Kind | None:
     if cls is Failed:
         return GAVE_UP if event.final else RETRYABLE  # type: ignore[attr-defined]
     return None
+
+
+def unopened(failed: Container[Any], key: Any) -> State:
+    """The state of an item a fold holds no open record of: failed if it is among the
+    fold's failed ones, else pending -- a done item is forgotten and meets every event as an
+    unseen one (the table above is written so that this is the same thing)."""
+    return FAILED if key in failed else PENDING
 
 
 def transition(state: State, event: Event) -> State:

@@ -26,7 +26,7 @@ from urllib.parse import quote
 import msgspec
 
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, Started, Usage
-from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, PENDING, REPLIED, RETRYABLE, STARTED, STEP, State
+from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, REPLIED, RETRYABLE, STARTED, STEP, State, unopened
 
 from .fold import Key, failure_text, overridden
 from .scoring import score
@@ -110,7 +110,7 @@ def _started(state: ConversationState, event: Started, _: Any) -> None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
     if conv is None:
-        before = FAILED if state.failed and key in state.failed else PENDING
+        before = unopened(state.failed, key)
         if STEP[before][STARTED] != IN_FLIGHT:
             return None
         conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, expected=event.expected))
@@ -125,7 +125,7 @@ def _response(state: ConversationState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
     if conv is None:  # e.g. its request was lost with a damaged frame that a repair cut
-        before = FAILED if state.failed and key in state.failed else PENDING
+        before = unopened(state.failed, key)
         if STEP[before][REPLIED] != IN_FLIGHT:
             return None
         conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model))
@@ -140,7 +140,7 @@ def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Par
     key = (event.item_id, event.sample)
     conv = state.open.pop(key, None)
     if conv is None:  # a parse finishes only an item in flight, as the lifecycle has it today
-        before = FAILED if state.failed and key in state.failed else PENDING
+        before = unopened(state.failed, key)
         if STEP[before][PARSED] != DONE:
             return None
         conv = _reopen(state, key, before, Conversation(item_id=event.item_id, sample=event.sample, model=state.model))
@@ -155,7 +155,7 @@ def _parsed(state: ConversationState, event: Parsed, overrides: Mapping[Key, Par
 def _failed(state: ConversationState, event: Failed, _: Any) -> tuple[str, bytes] | None:
     key = (event.item_id, event.sample)
     conv = state.open.get(key)
-    before = IN_FLIGHT if conv is not None else FAILED if state.failed and key in state.failed else PENDING
+    before = IN_FLIGHT if conv is not None else unopened(state.failed, key)
     after = STEP[before][GAVE_UP if event.final else RETRYABLE]
     if after == before and before != IN_FLIGHT:
         return None

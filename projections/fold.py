@@ -28,7 +28,7 @@ from typing import Any
 import msgspec
 
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, SessionEnded, SessionStarted, Started, Usage
-from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, PENDING, REPLIED, RETRYABLE, STARTED, STEP, State
+from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, REPLIED, RETRYABLE, STARTED, STEP, State, unopened
 
 from .scoring import score
 
@@ -233,7 +233,7 @@ def _started(state: RunState, event: Started, _: Any) -> None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
     if row is None:  # a first request, or a failed item's retry (_reopen, inlined: the hot path)
-        before = FAILED if state.failed and key in state.failed else PENDING
+        before = unopened(state.failed, key)
         if STEP[before][STARTED] != IN_FLIGHT:
             return None
         row = state.open[key] = state.failed[key] if before == FAILED else OpenRow(event.item_id, event.sample, "", event.expected)
@@ -250,7 +250,7 @@ def _response(state: RunState, event: Response, _: Any) -> None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
     if row is None:  # e.g. its request was lost with a damaged frame that a repair cut
-        before = FAILED if state.failed and key in state.failed else PENDING
+        before = unopened(state.failed, key)
         if STEP[before][REPLIED] != IN_FLIGHT:
             return None
         row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
@@ -290,7 +290,7 @@ def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | No
     key = (event.item_id, event.sample)
     row = state.open.pop(key, None)
     if row is None:  # a parse finishes only an item in flight, as the lifecycle has it today
-        before = FAILED if state.failed and key in state.failed else PENDING
+        before = unopened(state.failed, key)
         if STEP[before][PARSED] != DONE:
             return None
         row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
@@ -327,7 +327,7 @@ def failure_text(event: Failed) -> str:
 def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
     key = (event.item_id, event.sample)
     row = state.open.get(key)
-    before = IN_FLIGHT if row is not None else FAILED if state.failed and key in state.failed else PENDING
+    before = IN_FLIGHT if row is not None else unopened(state.failed, key)
     after = STEP[before][GAVE_UP if event.final else RETRYABLE]
     if after == before and before != IN_FLIGHT:
         return None

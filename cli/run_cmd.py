@@ -43,7 +43,7 @@ def run(
     template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
     parser: Annotated[str, typer.Option(help=f"{PARSER_KINDS} or module:function.")] = "text",
     runner: Annotated[Optional[str], typer.Option(help="How the plan is worked (default per-request: one request per turn); an unknown name lists the known ones.")] = None,
-    transport: Annotated[Optional[str], typer.Option(help="How a request reaches the model (default openai: the SDK over HTTP; simulator: the built-in simulator in-process); an unknown name lists the known ones.")] = None,
+    transport: Annotated[Optional[str], typer.Option(help="How a request reaches the model: http (default; aiohttp, lean), openai (the openai SDK over HTTP), simulator (the built-in simulator in-process, no socket).")] = None,
     price_in: Annotated[Optional[float], typer.Option("--price-in", help="USD per million prompt tokens.")] = None,
     price_out: Annotated[Optional[float], typer.Option("--price-out", help="USD per million completion tokens.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,

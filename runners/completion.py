@@ -24,7 +24,7 @@ from llm_ledger.ledger.errors import EndpointError
 from .redaction import Redactor, redact
 from .transport import Reply
 
-__all__ = ["decode_reply", "status_error", "ratelimit_pause", "retry_after", "parse_duration"]
+__all__ = ["decode_reply", "error_message", "status_error", "ratelimit_pause", "retry_after", "parse_duration"]
 
 _decode = msgspec.json.Decoder().decode
 
@@ -35,6 +35,18 @@ def status_error(status: int, message: str, headers: Mapping[str, str], secrets:
     error_type = "rate_limit" if status == 429 else "server_error" if status >= 500 else "http_error"
     return EndpointError(error_type, redact(message, secrets), status=status, retryable=retryable,
                          retry_after=retry_after(headers), pause=ratelimit_pause(headers))
+
+
+def error_message(status: int, body: bytes) -> str:
+    """An error reply's message as the SDK words it: the status, then the body's ``error``
+    object (or the body). Redacted by ``status_error`` like every message."""
+    try:
+        data = _decode(body)
+    except msgspec.DecodeError:
+        text = body.decode(errors="replace")
+    else:
+        text = str(data.get("error", data)) if isinstance(data, dict) else str(data)
+    return f"Error code: {status} - {text[:1000]}"
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

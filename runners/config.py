@@ -3,6 +3,8 @@
 Never holds a secret: only the *name* of the environment variable with the key. An empty
 ``base_url`` means the embedded simulator (started in-process by every session). ``runner``
 and ``transport`` name entries of registry.py; a log older than them reads as the defaults.
+The transport only changes how the same bytes are sent, so it is a *how* setting: a resume
+may choose another (a run from before the ``http`` default reads as ``http``).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ MAX_CONCURRENCY = 10_000
 # Settings that change only *how* the work is sent, never *what* is sent: a resume may change
 # them (recorded in that session's ``session_started.overrides``); every other setting is the
 # run's identity and fixed by ``run_started``.
-HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env")
+HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport")
 _NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
 
 
@@ -51,7 +53,7 @@ class RunConfig(msgspec.Struct, kw_only=True):
     preflight: bool = True  # GET /models lists the model before anything is written
     seed: int | None = None  # with limit: a reproducible random subset instead of the first N
     runner: str = "per-request"  # how the plan is worked: a name in registry.RUNNERS
-    transport: str = "openai"  # how a request reaches the model: a name in registry.TRANSPORTS
+    transport: str = "http"  # how a request reaches the model: a name in registry.TRANSPORTS
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])

@@ -41,7 +41,7 @@ from .durable import loggable_result, plain_usage, reply_events
 from .endpoints import Pool
 from .limits import RateLimits, estimate_tokens
 from .redaction import redact
-from .retry import retrying
+from .retry import attempts
 from .runner import Progress, Work
 from .transport import Reply
 
@@ -205,8 +205,10 @@ class Engine:
     def _too_long(self, work: Work, turn: int, body: dict[str, Any]) -> bool:
         """Fail an item whose conversation cannot fit --max-context, instead of paying for a 400."""
         limit = self.config.max_context
+        if not limit:
+            return False
         need = estimate_tokens(body["messages"], body.get("max_tokens"))
-        if not limit or need <= limit:
+        if need <= limit:
             return False
         self.writer.submit([Failed(
             item_id=work.item.id, sample=work.sample, turn=turn, attempt=work.attempts,
@@ -228,14 +230,13 @@ class Engine:
 
     async def _attempts(self, work: Work, body: dict[str, Any], cursor: _Cursor) -> Reply | None:
         """Try until a reply, a final failure (None), or a stop (None, item left unfinished)."""
+
+        async def once(number: int, last: bool) -> Reply:
+            cursor.attempt += 1
+            return await self._attempt(work, body, cursor, last)
+
         try:
-            async for attempt in retrying(self.config.retries, sleep=self._backoff):
-                with attempt:
-                    if self.progress.stopping and attempt.retry_state.attempt_number > 1:
-                        return None
-                    cursor.attempt += 1
-                    last = attempt.retry_state.attempt_number > self.config.retries
-                    return await self._attempt(work, body, cursor, last)
+            return await attempts(once, self.config.retries, sleep=self._backoff, stopping=lambda: self.progress.stopping)
         except EndpointError:
             self.progress.failed += 1
         except GaveUp as exc:
@@ -248,7 +249,7 @@ class Engine:
         reply, error = None, None
         task = asyncio.current_task()
         try:
-            tokens = estimate_tokens(body["messages"], body.get("max_tokens"))
+            tokens = estimate_tokens(body["messages"], body.get("max_tokens")) if self.limits.tpm is not None else 0
             await self.limits.acquire(tokens)
             name = cursor.endpoint = self.names.get(endpoint.url, endpoint.url)
             item, turn = work.item, cursor.turn

@@ -1,10 +1,13 @@
-"""The default transport: one request to an OpenAI-compatible endpoint through the
-``openai`` SDK's async client. With preflight.py (``GET /models`` before a run), the only
-module that imports the SDK.
+"""``--transport openai``: one request to an OpenAI-compatible endpoint through the
+``openai`` SDK's async client. The default is http_transport.py (aiohttp and msgspec, the
+same bytes on the wire, about four times less CPU per request); this one is kept for an
+endpoint that only the SDK's HTTP stack reaches. With preflight.py (``GET /models`` before
+a run), the only module that imports the SDK.
 
 The SDK's own retries are off (``max_retries=0``): retries are the runner's (retry.py), so
 that every attempt becomes events. The request goes through the client's generic ``post``
-with the body exactly as the ``started`` event logs it (``chat.completions.create`` would
+with the body exactly as the ``started`` event logs it, encoded by msgspec as the default
+transport encodes it (``chat.completions.create`` would
 first run its typed-parameter transform over every message, a no-op for a JSON body that
 cost about a quarter of the client's CPU per request). The reply body is decoded by
 completion.py from the raw HTTP response. Status, timeout and connection errors are the
@@ -21,14 +24,13 @@ operation (a body that trickles a byte a second never trips a read timeout of 60
 from __future__ import annotations
 
 import asyncio
-import functools
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from llm_ledger.ledger.errors import EndpointError
 
 from .completion import decode_reply, ratelimit_pause, status_error
+from .http_transport import encode_body, tls_context
 from .redaction import redact, redactor
 from .transport import Reply, TransportSpec
 
@@ -67,22 +69,13 @@ def make_clients(base_url: str, api_key: str, timeout: float, concurrency: int) 
     return [make_client(base_url, api_key, timeout, per) for _ in range(shards)]
 
 
-@functools.cache
-def _tls_context() -> ssl.SSLContext:
-    """httpx's default TLS settings, made once: each client would otherwise load the
-    system's certificate store again (about 20 ms per client and shard)."""
-    import httpx2
-
-    return httpx2.create_ssl_context()
-
-
 def make_client(base_url: str, api_key: str, timeout: float, concurrency: int) -> openai.AsyncOpenAI:
     import httpx2
     import openai
 
     limits = httpx2.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
     http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=httpx2.Timeout(timeout, connect=min(timeout, 10.0)),
-                                          verify=_tls_context())
+                                          verify=tls_context())
     return openai.AsyncOpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout, http_client=http)
 
 
@@ -96,7 +89,7 @@ async def send(client: openai.AsyncOpenAI, body: dict[str, Any], secrets: tuple[
     options = {"headers": headers} if headers else {}
     try:
         async with asyncio.timeout(timeout):
-            response = await client.post(_PATH, cast_to=httpx2.Response, body=body, options=options)
+            response = await client.post(_PATH, cast_to=httpx2.Response, content=encode_body(body), options=options)
         content = response.content
         pause = ratelimit_pause(response.headers)
     except TimeoutError:

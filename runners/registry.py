@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from llm_ledger.ledger.errors import InputError
 
+from .http_transport import HttpTransport
 from .openai_transport import OpenAITransport
 from .per_request import PerRequestRunner
 from .runner import RunnerFactory
@@ -36,6 +37,7 @@ RUNNERS: dict[str, RunnerFactory] = {
 }
 
 TRANSPORTS: dict[str, TransportKind] = {
+    "http": TransportKind(HttpTransport, remote=True),
     "openai": TransportKind(OpenAITransport, remote=True),
     "simulator": TransportKind(SimTransport, remote=False),
 }

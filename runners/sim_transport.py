@@ -19,7 +19,7 @@ import msgspec
 
 from llm_ledger.ledger.errors import EndpointError
 
-from .completion import decode_reply, ratelimit_pause, status_error
+from .completion import decode_reply, error_message, ratelimit_pause, status_error
 from .redaction import redact, redactor
 from .simulator import RESET, SimConfig, answer, ledger_key, new_state
 from .transport import Reply, TransportSpec
@@ -43,7 +43,7 @@ class SimTransport:
             raise EndpointError("connection", redact("connection failed: the simulator dropped it mid-body", self.secrets),
                                 retryable=True)
         if got.status != 200:
-            raise status_error(got.status, f"Error code: {got.status} - {_message(got.body)}", got.headers, self.secrets)
+            raise status_error(got.status, error_message(got.status, got.body), got.headers, self.secrets)
         reply = decode_reply(got.body, time.perf_counter() - start, redactor(self.secrets, bearer=False))
         return reply._replace(pause=ratelimit_pause(got.headers))
 
@@ -51,11 +51,3 @@ class SimTransport:
         if self.state.log_file is not None:
             self.state.log_file.close()
 
-
-def _message(body: bytes) -> str:
-    """An error body's message, as the SDK shows one (the ``error`` object)."""
-    try:
-        data = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        return body.decode(errors="replace")
-    return str(data.get("error", data)) if isinstance(data, dict) else str(data)

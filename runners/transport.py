@@ -5,9 +5,10 @@ or raises ``EndpointError`` (redacted, typed, marked retryable or not) for anyth
 went wrong underneath; nothing else escapes it but cancellation. Retries, breakers, rate
 limits and the log are the runner's: a transport makes exactly one attempt.
 
-Implementations: ``openai_transport`` (the ``openai`` SDK over HTTP, the default: any
-OpenAI-compatible endpoint, the built-in HTTP simulator included) and ``sim_transport``
-(the simulator's reply logic in-process, no socket). Each is built by a factory from a
+Implementations: ``http_transport`` (aiohttp and msgspec, the default: any
+OpenAI-compatible endpoint, the built-in HTTP simulator included), ``openai_transport``
+(the same requests through the ``openai`` SDK) and ``sim_transport`` (the simulator's reply
+logic in-process, no socket). Each is built by a factory from a
 ``TransportSpec``, one transport per endpoint, and named in ``registry.TRANSPORTS``: adding
 a transport is one module holding its class and one line there.
 """

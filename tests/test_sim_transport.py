@@ -1,52 +1,19 @@
 """The built-in simulator as an in-process transport (runners/sim_transport.py, the worked
-example of adding a transport): it fails exactly as the HTTP simulator does through the SDK
-(same error types, statuses, Retry-After, nothing of the key in a message), and a whole
-faulty run through it is recorded as one over HTTP is: every item done, one ``failed``
+example of adding a transport). That it fails as the HTTP simulator does through the other
+transports is tests/test_transport_contract.py's; here, a whole faulty run through it is recorded as one over HTTP is: every item done, one ``failed``
 event per fault the simulator's request log shows, the endpoint named in-process. It
 takes no URL.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
-import pytest
 
-from llm_ledger.ledger.errors import EndpointError
 from llm_ledger.ledger.events import Failed, Response, RunStarted, Started
 from llm_ledger.ledger.reader import iter_events
-from llm_ledger.runners.sim_transport import SimTransport
-from llm_ledger.runners.transport import TransportSpec
 from test_run_e2e import qa_records, read_jsonl, requests_of, sim_json, write_jsonl
-from test_simulator import FAULTS
 
-SECRET = "sk-test-SECRET-123456"
-
-
-async def _send_in_process(knobs: dict, timeout: float = 5.0, content: str = "hi answer: ok"):
-    transport = SimTransport(TransportSpec("", SECRET, (SECRET,), timeout, 4, knobs))
-    try:
-        return await transport.send({"model": "sim-1", "messages": [{"role": "user", "content": content}]},
-                                    "c/0/0", timeout)
-    finally:
-        await transport.close()
-
-
-@pytest.mark.parametrize("knob,error_type,status,retry_after", FAULTS)  # as over HTTP
-def test_in_process_transport_fails_like_the_http_one(knob, error_type, status, retry_after):
-    with pytest.raises(EndpointError) as info:
-        asyncio.run(_send_in_process(knob, timeout=0.3))
-    exc = info.value
-    assert (exc.error_type, exc.status, exc.retryable, exc.retry_after) == (error_type, status, True, retry_after)
-    assert SECRET not in exc.message
-
-
-def test_in_process_transport_replies_like_the_simulator():
-    reply = asyncio.run(_send_in_process({}))
-    assert reply.text == "The answer is ok" and reply.finish_reason == "stop"
-    assert reply.usage["total_tokens"] == reply.usage["prompt_tokens"] + reply.usage["completion_tokens"]
-    assert reply.raw["choices"][0]["message"]["content"] == "The answer is ok"
 
 
 def test_a_faulty_run_in_process_is_recorded_like_one_over_http(cli, tmp_path):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import threading
@@ -12,8 +11,6 @@ from collections import Counter
 
 import pytest
 
-from llm_ledger.ledger.errors import EndpointError
-from llm_ledger.runners.openai_transport import make_client, send
 from llm_ledger.runners.redaction import redact
 from llm_ledger.runners.simulator import SimConfig, Simulator, reply_text
 
@@ -142,16 +139,8 @@ def test_concurrent_requests_are_in_flight_together():
 SECRET = "sk-test-SECRET-123456"
 
 
-async def _send_once(sim: Simulator, timeout: float = 5.0, content: str = "hi answer: ok"):
-    client = make_client(sim.base_url, SECRET, timeout, 4)
-    try:
-        return await send(client, {"model": "sim-1", "messages": [{"role": "user", "content": content}]},
-                          (SECRET,), {"x-ledger-key": "c/0/0"})
-    finally:
-        await client.close()
-
-
-# Each simulator fault, and the EndpointError it must become (tests/test_sim_transport.py too).
+# Each simulator fault, and the EndpointError it must become through every transport
+# (tests/test_transport_contract.py).
 FAULTS = [
     ({"rate_429": 1.0, "retry_after": 0.5}, "rate_limit", 429, 0.5),
     ({"rate_500": 1.0}, "server_error", 500, None),
@@ -160,25 +149,6 @@ FAULTS = [
     ({"rate_reset": 1.0}, "connection", None, None),
     ({"rate_hang": 1.0, "hang_seconds": 3}, "timeout", None, None),
 ]
-
-
-@pytest.mark.parametrize("knob,error_type,status,retry_after", FAULTS)
-def test_client_failures_are_typed_and_retryable(knob, error_type, status, retry_after):
-    with Simulator(SimConfig(**knob)) as sim:
-        with pytest.raises(EndpointError) as info:
-            asyncio.run(_send_once(sim, timeout=0.3))
-    exc = info.value
-    assert (exc.error_type, exc.status, exc.retryable, exc.retry_after) == (error_type, status, True, retry_after)
-    assert SECRET not in exc.message and SECRET not in str(exc)
-
-
-def test_client_reply():
-    with Simulator(SimConfig()) as sim:
-        reply = asyncio.run(_send_once(sim))
-    assert reply.text == "The answer is ok" and reply.finish_reason == "stop"
-    assert reply.usage["total_tokens"] == reply.usage["prompt_tokens"] + reply.usage["completion_tokens"]
-    assert reply.raw["choices"][0]["message"]["content"] == "The answer is ok"
-    assert reply.latency >= 0
 
 
 def test_redact():

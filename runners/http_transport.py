@@ -77,7 +77,7 @@ class HttpTransport:
     the running loop."""
 
     def __init__(self, spec: TransportSpec) -> None:
-        self.url = spec.url.rstrip("/") + _PATH
+        self.base = spec.url.rstrip("/")
         self.secrets = spec.secrets
         self.concurrency = spec.concurrency
         self.timeout = spec.timeout
@@ -90,32 +90,36 @@ class HttpTransport:
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=self.concurrency + 8, ssl=tls_context() if self.url.startswith("https") else False)
+        connector = aiohttp.TCPConnector(limit=self.concurrency + 8, ssl=tls_context() if self.base.startswith("https") else False)
         self._session = aiohttp.ClientSession(connector=connector, headers=self.headers, trust_env=False,
                                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.timeout, _CONNECT)),
                                               skip_auto_headers=("User-Agent",))
         return self._session
 
     async def send(self, body: dict[str, Any], key: str, timeout: float | None) -> Reply:
+        start = time.perf_counter()
+        status, headers, content = await self.request("POST", _PATH, timeout, data=encode_body(body), headers={"x-ledger-key": key})
+        if status != 200:
+            raise status_error(status, error_message(status, content), headers, self.secrets)
+        reply = decode_reply(content, time.perf_counter() - start, self._red)
+        return reply._replace(pause=ratelimit_pause(headers))
+
+    async def request(self, method: str, path: str, timeout: float | None, **options: Any) -> tuple[int, Any, bytes]:
+        """One exchange with the endpoint: (status, headers, body), or the ``EndpointError``
+        of a timeout or a connection failure. ``send``'s, and preflight's ``GET /models``."""
         import aiohttp
 
         session = self._session or self._open()
-        start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
-                async with session.post(self.url, data=encode_body(body), headers={"x-ledger-key": key}, proxy=self.proxy) as response:
-                    content = await response.read()
-                    status, headers = response.status, response.headers
+                async with session.request(method, self.base + path, proxy=self.proxy, **options) as response:
+                    return response.status, response.headers, await response.read()
         except aiohttp.ServerTimeoutError:  # before TimeoutError, which it also is
             raise EndpointError("timeout", "could not connect in time", retryable=True) from None
         except TimeoutError:
             raise EndpointError("timeout", f"no complete reply within {timeout:g} s", retryable=True) from None
         except (aiohttp.ClientError, OSError) as exc:
             raise EndpointError("connection", redact(f"connection failed: {_cause(exc)}", self.secrets), retryable=True) from None
-        if status != 200:
-            raise status_error(status, error_message(status, content), headers, self.secrets)
-        reply = decode_reply(content, time.perf_counter() - start, self._red)
-        return reply._replace(pause=ratelimit_pause(headers))
 
     async def close(self) -> None:
         if self._session is not None:

@@ -4,7 +4,8 @@ Runs before anything is written; any problem is an InputError (one line, exit 2)
 without ``/models`` are accepted with ``--no-preflight``. The key never appears in the
 message (only the endpoint URL and the server's own words, redacted).
 
-The reply is read by us, not by the SDK's model page: a 200 that is not an OpenAI model
+The request goes through the default transport's HTTP stack (the same TLS, proxy and auth
+header as the run's requests, and no SDK to import). The reply is read by us: a 200 that is not an OpenAI model
 list (``{}``, ``[]``, ``{"data": null}``, an HTML page) is refused in one line that says what
 came back, instead of crashing on it or passing it as "no models".
 """
@@ -16,10 +17,12 @@ from typing import Any
 
 import msgspec
 
-from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.errors import EndpointError, InputError
 
-from .openai_transport import make_client
+from .completion import error_message
+from .http_transport import HttpTransport
 from .redaction import redact
+from .transport import TransportSpec
 
 __all__ = ["check_endpoints", "list_models"]
 
@@ -44,23 +47,18 @@ async def _check_all(urls: list[str], model: str, api_key: str, timeout: float) 
 
 
 async def _models(url: str, api_key: str, timeout: float) -> list[str]:
-    import httpx2
-    import openai
-
-    client = make_client(url, api_key, timeout, 1)
+    endpoint = HttpTransport(TransportSpec(url, api_key, (api_key,), timeout, 1, {}))
     try:
-        response = await client.get("/models", cast_to=httpx2.Response)
-        body = response.content
-        kind = response.headers.get("content-type", "")
-    except openai.APIStatusError as exc:
-        hint = f" ({_SKIP}: servers without /models)" if exc.status_code == 404 else ""
-        raise InputError(f"{url}: GET /models failed with HTTP {exc.status_code}: {redact(str(exc.message), (api_key,))}{hint}") from None
-    except openai.APIConnectionError as exc:
-        raise InputError(f"{url}: cannot reach the endpoint ({type(exc.__cause__ or exc).__name__}); "
-                         "check --base-url, or use --no-preflight") from None
+        status, headers, body = await endpoint.request("GET", "/models", timeout)
+    except EndpointError as exc:
+        raise InputError(f"{url}: cannot reach the endpoint ({exc.message}); check --base-url, or use --no-preflight") from None
     finally:
-        await client.close()
-    return _model_ids(url, body, kind)
+        await endpoint.close()
+    if status != 200:
+        hint = f" ({_SKIP}: servers without /models)" if status == 404 else ""
+        message = redact(error_message(status, body), (api_key,))
+        raise InputError(f"{url}: GET /models failed with HTTP {status}: {message}{hint}")
+    return _model_ids(url, body, headers.get("content-type", ""))
 
 
 def _model_ids(url: str, body: bytes, content_type: str) -> list[str]:

@@ -1,15 +1,26 @@
-"""Throughput of `ledger run` against the simulator, compared in the same run with:
+"""Throughput of `ledger run` against the simulator, compared in the same run, on the same
+endpoint (the built-in simulator, starlette on uvicorn, in its own process, zero latency)
+and the same items, with:
 
-* ``bare``: AsyncOpenAI + a semaphore, results kept in memory (what a quick script does);
-* ``naive``: the same loop writing progressively: json.dumps + write + flush of each result
-  to a JSONL file and one JSON file per conversation (not durable, no resume).
+* ``sdk``: the bare SDK loop a quick script is: ``AsyncOpenAI().chat.completions.create``
+  under a semaphore, results kept in memory (no retries, nothing written);
+* ``aiohttp``: a plain aiohttp ``ClientSession.post`` + msgspec decode loop, the ceiling of
+  a Python client on one core (nothing written, nothing checked).
 
-The simulator runs in a separate process (`ledger simulate`), zero latency, so the figures
-measure client-side overhead; each contender is measured ``--repeat`` times (median).
+``ledger`` is a whole run: every event durable (fdatasync'd group commits), the index and
+every projection live, closed at the end (the figure includes writing the projections).
+Targets (issue 14): ledger >= 2.5x sdk at every concurrency, and >= 0.5x aiohttp.
+
+CPU milliseconds per item, by part: ``writer`` and ``projector`` are those threads' own CPU
+time; ``transport`` is the CPU per item of the same transport (runners/http_transport.py)
+sending the same requests in a bare loop, measured in the same run; ``rest`` is the event
+loop thread's CPU in the run minus ``transport`` (the engine, events, retries and limits).
+The figures are medians of ``--repeat`` rounds, the contenders interleaved in each round.
+
 ``--rss-items N`` also runs `ledger run` as a subprocess on an N-item dataset and reports
 its peak RSS (target: under 300 MB for 200,000 items).
 
-    python bench/run.py [--items 3000] [--concurrency 32 256] [--rss-items 200000] [--limits] [--dir DIR]
+    python bench/run.py [--items 3000] [--concurrency 32 256] [--repeat 3] [--rss-items 200000] [--limits] [--dir DIR]
 
 ``--limits`` adds: against a simulator answering 20% of requests with 429, completed
 requests per second of ``ledger`` vs a tenacity-only loop at the same concurrency (target
@@ -31,12 +42,16 @@ import sys
 import tempfile
 import time
 
+import aiohttp
+import msgspec
 import openai
 
-from llm_ledger.runners.openai_transport import make_client
 from llm_ledger.runners.config import RunConfig
+from llm_ledger.runners.http_transport import HttpTransport
+from llm_ledger.runners.openai_transport import make_client
 from llm_ledger.runners.prepare import prepare
 from llm_ledger.runners.session import run_prepared
+from llm_ledger.runners.transport import TransportSpec
 
 
 def free_port() -> int:
@@ -67,40 +82,83 @@ def prompts(n: int) -> list[str]:
     return [f"Question {i}: what is {i} + {i}?" for i in range(n)]
 
 
-async def bare(base_url: str, n: int, concurrency: int, sink: str | None = None) -> float:
-    client = make_client(base_url, "EMPTY", 60, concurrency)
-    slots = asyncio.Semaphore(concurrency)
-    results: list = []
-    out = open(os.path.join(sink, "responses.jsonl"), "w") if sink else None
+def body(prompt: str) -> dict:
+    return {"model": "sim-1", "messages": [{"role": "user", "content": prompt}]}
 
-    async def one(i: int, prompt: str) -> None:
+
+async def gather_limited(n: int, concurrency: int, one) -> float:
+    """Items per second of ``one(prompt)`` over ``n`` prompts, ``concurrency`` at a time."""
+    slots = asyncio.Semaphore(concurrency)
+
+    async def limited(prompt: str) -> None:
         async with slots:
-            reply = await client.chat.completions.create(model="sim-1", messages=[{"role": "user", "content": prompt}])
-            text = reply.choices[0].message.content
-            if out is None:
-                results.append(text)
-                return
-            row = {"id": i, "prompt": prompt, "response": text, "usage": reply.usage.model_dump()}
-            out.write(json.dumps(row) + "\n")
-            out.flush()
-            with open(os.path.join(sink, f"q{i}.json"), "w") as f:
-                json.dump({**row, "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]}, f)
+            await one(prompt)
 
     start = time.perf_counter()
-    await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts(n))))
-    elapsed = time.perf_counter() - start
-    await client.close()
-    if out:
-        out.close()
-    return n / elapsed
+    await asyncio.gather(*(limited(p) for p in prompts(n)))
+    return n / (time.perf_counter() - start)
+
+
+async def sdk_loop(base_url: str, n: int, concurrency: int) -> float:
+    client = openai.AsyncOpenAI(base_url=base_url, api_key="EMPTY", max_retries=0, timeout=120.0)
+    results: list = []
+
+    async def one(prompt: str) -> None:
+        reply = await client.chat.completions.create(model="sim-1", messages=[{"role": "user", "content": prompt}])
+        results.append(reply.choices[0].message.content)
+
+    try:
+        return await gather_limited(n, concurrency, one)
+    finally:
+        await client.close()
+
+
+async def aiohttp_loop(base_url: str, n: int, concurrency: int) -> float:
+    url = base_url + "/chat/completions"
+    headers = {"Authorization": "Bearer EMPTY", "Content-Type": "application/json"}
+    results: list = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
+        async def one(prompt: str) -> None:
+            async with session.post(url, data=msgspec.json.encode(body(prompt)), headers=headers) as response:
+                results.append(msgspec.json.decode(await response.read())["choices"][0]["message"]["content"])
+
+        return await gather_limited(n, concurrency, one)
+
+
+async def transport_loop(base_url: str, n: int, concurrency: int) -> float:
+    """ledger's transport alone, in a bare loop: its CPU per item is the run's transport part."""
+    transport = HttpTransport(TransportSpec(base_url, "EMPTY", (), 60.0, concurrency, {}))
+
+    async def one(prompt: str) -> None:
+        await transport.send(body(prompt), "k/0/0", 60.0)
+
+    try:
+        return await gather_limited(n, concurrency, one)
+    finally:
+        await transport.close()
+
+
+def cpu_per_item(fn, n: int) -> tuple[float, float]:
+    """(result, CPU ms per item of this process) of ``fn()``."""
+    start = time.process_time()
+    result = fn()
+    return result, (time.process_time() - start) * 1000 / n
+
+
+def ledger_run(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: str, **options) -> dict:
+    """One whole run; its rate and the CPU ms per item of the event loop, writer, projector."""
+    config = RunConfig(model="sim-1", base_url=base_url, concurrency=concurrency, parser="text", **options)
+    prepared = prepare(dataset, config, runs_dir, None)
+    cpu, start = time.thread_time(), time.perf_counter()
+    session, reason = run_prepared(prepared)  # includes closing: every event durable, projections written
+    elapsed, loop_cpu = time.perf_counter() - start, time.thread_time() - cpu
+    assert reason == "completed", reason
+    return {"rate": n / elapsed, "loop": loop_cpu * 1000 / n, "writer": session.writer.cpu_seconds * 1000 / n,
+            "projector": session.projector_cpu * 1000 / n}
 
 
 def ledger_rate(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: str, **options) -> float:
-    config = RunConfig(model="sim-1", base_url=base_url, concurrency=concurrency, parser="text", **options)
-    prepared = prepare(dataset, config, runs_dir, None)
-    start = time.perf_counter()
-    run_prepared(prepared)  # includes closing: every event durable, projections written
-    return n / (time.perf_counter() - start)
+    return ledger_run(base_url, dataset, n, concurrency, runs_dir, **options)["rate"]
 
 
 async def tenacity_only(base_url: str, n: int, concurrency: int) -> tuple[float, int]:
@@ -196,6 +254,27 @@ def peak_rss_mb(base_url: str, n: int, tmp: str) -> dict:
             "rss_run_s": round(time.perf_counter() - start, 1)}
 
 
+def throughput(base_url: str, dataset: str, n: int, c: int, repeat: int, tmp: str) -> dict:
+    """The contenders interleaved ``repeat`` times; medians."""
+    got: dict[str, list[float]] = {}
+    for r in range(repeat):
+        rates = {"sdk": asyncio.run(sdk_loop(base_url, n, c)), "aiohttp": asyncio.run(aiohttp_loop(base_url, n, c))}
+        rates["transport_loop"], transport_cpu = cpu_per_item(lambda: asyncio.run(transport_loop(base_url, n, c)), n)
+        run = ledger_run(base_url, dataset, n, c, os.path.join(tmp, f"runs{c}-{r}"))
+        parts = {"cpu_ms_transport": transport_cpu, "cpu_ms_rest": run["loop"] - transport_cpu,
+                 "cpu_ms_writer": run["writer"], "cpu_ms_projector": run["projector"]}
+        for name, value in {**rates, "ledger": run["rate"], **parts}.items():
+            got.setdefault(name, []).append(value)
+    med = {k: statistics.median(v) for k, v in got.items()}
+    return {
+        "ledger_per_s": round(med["ledger"], 1), "sdk_per_s": round(med["sdk"], 1), "aiohttp_per_s": round(med["aiohttp"], 1),
+        "ledger_vs_sdk": round(med["ledger"] / med["sdk"], 2), "ledger_vs_aiohttp": round(med["ledger"] / med["aiohttp"], 2),
+        "target_ge_2_5x_sdk": med["ledger"] >= 2.5 * med["sdk"], "target_ge_0_5x_aiohttp": med["ledger"] >= 0.5 * med["aiohttp"],
+        **{k: round(med[k], 3) for k in ("cpu_ms_transport", "cpu_ms_rest", "cpu_ms_writer", "cpu_ms_projector")},
+        "rounds": {k: [round(x, 1) for x in v] for k, v in got.items() if not k.startswith("cpu")},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, default=3000)
@@ -205,7 +284,7 @@ def main() -> None:
     ap.add_argument("--limits", action="store_true", help="also: 20%% 429s vs a tenacity loop, and --rpm accuracy")
     ap.add_argument("--rpm", type=int, default=1200)
     ap.add_argument("--capacity", type=float, default=150.0, help="simulator capacity (req/s) for the 429 comparison")
-    ap.add_argument("--dir", default=None, help="where the runs and the naive writer's files go (default: the system's "
+    ap.add_argument("--dir", default=None, help="where the runs go (default: the system's "
                     "temporary directory; file creation costs differ a lot between file systems)")
     args = ap.parse_args()
     port = free_port()
@@ -218,19 +297,7 @@ def main() -> None:
             dataset = os.path.join(tmp, "data.jsonl")
             write_dataset(dataset, args.items)
             for c in args.concurrency:
-                figures: dict[str, list[float]] = {"ledger": [], "bare": [], "naive": []}
-                for r in range(args.repeat):
-                    figures["bare"].append(asyncio.run(bare(base_url, args.items, c)))
-                    sink = tempfile.mkdtemp(dir=tmp)
-                    figures["naive"].append(asyncio.run(bare(base_url, args.items, c, sink)))
-                    figures["ledger"].append(ledger_rate(base_url, dataset, args.items, c, os.path.join(tmp, f"runs{c}-{r}")))
-                med = {k: round(statistics.median(v), 1) for k, v in figures.items()}
-                result[f"c{c}"] = {
-                    "ledger_per_s": med["ledger"], "bare_per_s": med["bare"], "naive_per_s": med["naive"],
-                    "ledger_vs_bare": round(med["ledger"] / med["bare"], 3),
-                    "ledger_vs_naive": round(med["ledger"] / med["naive"], 3),
-                    "target_ledger_ge_0_85_bare": med["ledger"] >= 0.85 * med["bare"],
-                }
+                result[f"c{c}"] = throughput(base_url, dataset, args.items, c, args.repeat, tmp)
             if args.limits:
                 result["rate_limited"] = rate_limited(tmp, min(args.items, 1000), 32, args.capacity)
                 result["rpm_limit"] = rpm_limited(tmp, args.rpm, max(60, args.rpm // 4))

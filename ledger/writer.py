@@ -92,6 +92,7 @@ class LogWriter:
         self._closing = False
         self.listener_errors: list[BaseException] = []
         self.groups = 0  # commit groups written (one fdatasync each)
+        self.cpu_seconds = 0.0  # the writer thread's CPU time, once it has ended (bench/run.py)
         # Seconds to wait for company when a group starts with a fire-and-forget submit
         # (Kafka's linger.ms): fewer, larger syncs and fewer thread wake-ups competing with
         # the producers for the GIL. Waited-on appends never linger.
@@ -210,6 +211,12 @@ class LogWriter:
     # -- the writer thread ---------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:
+            self.cpu_seconds = time.thread_time()
+
+    def _loop(self) -> None:
         closing = False
         while not closing:
             batch = [self._queue.get()]

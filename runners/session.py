@@ -79,6 +79,7 @@ class Session:
         self.index_error: Exception | None = None
         self.writer.add_listener(self._apply_to_index)
         self.writer.add_listener(self._frames.put)
+        self.projector_cpu = 0.0  # the projector thread's CPU time, once it has ended (bench/run.py)
         self._projecting = threading.Thread(target=self._project, name="ledger-projector", daemon=True)
         self._projecting.start()
         self.runner: Runner | None = None
@@ -125,6 +126,12 @@ class Session:
         An error stops the run: outputs that silently stop growing are worse than a run that
         stops and says why (the log has everything; a resume or `ledger replay --rebuild`
         redoes the projections)."""
+        try:
+            self._project_batches()
+        finally:
+            self.projector_cpu = time.thread_time()
+
+    def _project_batches(self) -> None:
         done = False
         while not done:
             first = self._frames.get()

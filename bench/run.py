@@ -11,8 +11,9 @@ and the same items, with:
 every projection live, closed at the end (the figure includes writing the projections).
 Targets (issue 14): ledger >= 2.5x sdk at every concurrency, and >= 0.5x aiohttp.
 
-CPU milliseconds per item, by part: ``writer`` and ``projector`` are those threads' own CPU
-time; ``transport`` is the CPU per item of the same transport (runners/http_transport.py)
+CPU milliseconds per item, by part: ``writer`` is that thread's own CPU time; ``projector``
+is the rest of the process besides the event loop and the writer (the projector thread and
+the threads creating its conversation files); ``transport`` is the CPU per item of the same transport (runners/http_transport.py)
 sending the same requests in a bare loop, measured in the same run; ``rest`` is the event
 loop thread's CPU in the run minus ``transport`` (the engine, events, retries and limits).
 The figures are medians of ``--repeat`` rounds, the contenders interleaved in each round.
@@ -149,12 +150,14 @@ def ledger_run(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: 
     """One whole run; its rate and the CPU ms per item of the event loop, writer, projector."""
     config = RunConfig(model="sim-1", base_url=base_url, concurrency=concurrency, parser="text", **options)
     prepared = prepare(dataset, config, runs_dir, None)
-    cpu, start = time.thread_time(), time.perf_counter()
+    cpu, process, start = time.thread_time(), time.process_time(), time.perf_counter()
     session, reason = run_prepared(prepared)  # includes closing: every event durable, projections written
-    elapsed, loop_cpu = time.perf_counter() - start, time.thread_time() - cpu
+    elapsed, loop_cpu, all_cpu = time.perf_counter() - start, time.thread_time() - cpu, time.process_time() - process
     assert reason == "completed", reason
+    # the projector's part is all the rest of the process: its thread and the threads that
+    # create its conversation files
     return {"rate": n / elapsed, "loop": loop_cpu * 1000 / n, "writer": session.writer.cpu_seconds * 1000 / n,
-            "projector": session.projector_cpu * 1000 / n}
+            "projector": (all_cpu - loop_cpu - session.writer.cpu_seconds) * 1000 / n}
 
 
 def ledger_rate(base_url: str, dataset: str, n: int, concurrency: int, runs_dir: str, **options) -> float:

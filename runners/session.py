@@ -38,6 +38,10 @@ from .prepare import Prepared, secrets_of
 from .registry import RUNNERS, TRANSPORTS
 from .runner import Progress, RunContext, Runner, Work
 
+# Threads that create the live conversation files beside the projector: a file create waits
+# on the file system's journal (which the log's fdatasyncs commit), not on the CPU, so two
+# overlap those waits and the projector keeps pace with the log.
+LIVE_WRITERS = 2
 PROJECT_EVERY = 0.05  # seconds the projector thread lets commit groups gather before a batch
 
 __all__ = ["run_prepared", "Session"]
@@ -291,7 +295,7 @@ def _full(directory: str) -> bool:
 
 def _open_projector(paths: RunPaths) -> Projector:
     try:
-        return Projector.open(paths)
+        return Projector.open(paths, writers=LIVE_WRITERS)
     except OSError as exc:  # a full disk under the projections at start-up
         raise ProjectionError(f"projections cannot be opened: {_described(exc, paths)}; "
                               f"the log is complete: fix the cause, then `ledger resume`") from exc

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import os
 import sys
+from array import array
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 import msgspec
@@ -49,13 +51,15 @@ _CHUNK = 8 << 20  # bytes of responses.jsonl per record batch (~23,000 of bench/
 _BLOCK = 2 << 20  # pyarrow's JSON block: a chunk is parsed by several threads, a block each
 _json = msgspec.json.Encoder(order="deterministic")
 
+_CONVERSATION = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
 SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("sample", pa.int64()), ("model", pa.string()), ("prompt", pa.string()),
-    ("response", pa.string()), ("parsed", pa.string()), ("expected", pa.string()), ("correct", pa.bool_()),
-    ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("total_tokens", pa.int64()),
-    ("latency", pa.float64()), ("attempts", pa.int64()), ("error", pa.string()),
-    ("finished_at", pa.timestamp("us", tz="UTC")), ("seq", pa.int64()),
+    ("run_id", pa.string()), ("item_id", pa.string()), ("sample", pa.int64()), ("model", pa.string()),
+    ("prompt", pa.string()), ("response", pa.string()), ("parsed", pa.string()), ("expected", pa.string()),
+    ("correct", pa.bool_()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("total_tokens", pa.int64()), ("latency", pa.float64()), ("attempts", pa.int64()), ("error", pa.string()),
+    ("finished_at", pa.timestamp("us", tz="UTC")), ("seq", pa.int64()), ("conversation", _CONVERSATION),
 ])
+_GAP = 64 << 10  # bytes between two wanted lines that are read through rather than sought over
 
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _TEXT = ("prompt", "parsed", "expected")  # any JSON value; exported as text
@@ -63,7 +67,7 @@ _TEXT = ("prompt", "parsed", "expected")  # any JSON value; exported as text
 # ignored). With the text columns typed as strings, a number or a list there is an error, not
 # a silent conversion: that is what sends a chunk to the slower path.
 _LINE = pa.schema([
-    *(f for f in SCHEMA if f.name not in (*_TOKENS, "finished_at")),
+    *(f for f in SCHEMA if f.name not in (*_TOKENS, "finished_at", "run_id", "conversation")),
     ("usage", pa.struct([(name, pa.int64()) for name in _TOKENS])), ("finished_at", pa.float64()),
 ])
 _TYPED = pa.schema([f for f in _LINE if f.name not in _TEXT])
@@ -71,11 +75,20 @@ _TYPED = pa.schema([f for f in _LINE if f.name not in _TEXT])
 _DEFAULTS: dict[str, Any] = {"model": "", "latency": 0.0, "attempts": 0, "finished_at": 0.0, "seq": 0}
 
 
-class _Key(msgspec.Struct):
-    """What ``_superseded`` needs of a line; msgspec skips the other values unbuilt."""
+class _Place(msgspec.Struct, gc=False):
+    """What the survey needs of a line; msgspec skips the other values unbuilt."""
 
     item_id: str
     sample: int
+    line: int = 0
+    metadata: dict[str, Any] = {}
+
+
+class _Extra(msgspec.Struct, gc=False):
+    """The values that become the metadata columns and the conversation column."""
+
+    metadata: dict[str, Any] = {}
+    conversation: Any = None
 
 
 class _Text(msgspec.Struct, gc=False):
@@ -87,7 +100,8 @@ class _Text(msgspec.Struct, gc=False):
     expected: Any = None
 
 
-_decode_key = msgspec.json.Decoder(_Key).decode
+_decode_place = msgspec.json.Decoder(_Place).decode
+_decode_extras = msgspec.json.Decoder(_Extra).decode_lines
 _decode_texts = msgspec.json.Decoder(_Text).decode_lines
 
 
@@ -97,38 +111,94 @@ def _text(value: Any) -> str | None:
     return _json.encode(value).decode()
 
 
-def _superseded(path: str) -> set[int]:
-    """Line numbers whose key finishes again later (rare: retried failures, old re-parses)."""
-    last: dict[tuple[str, int], int] = {}
-    dropped: set[int] = set()
-    with fs.open_file(path, "rb") as f:
-        for n, line in enumerate(f):
-            if not line.endswith(b"\n"):
-                break
-            row = _decode_key(line)
-            key = (row.item_id, row.sample)
-            if key in last:
-                dropped.add(last[key])
-            last[key] = n
-    return dropped
+class _Survey:
+    """One pass over a run's ``responses.jsonl``: where each kept line is, in the order the
+    export writes them (``starts``/``ends``, byte ranges; None when that is the file's own
+    order), and the metadata fields it holds with the kinds of their values. Memory: two
+    64-bit integers per row, whatever the size of the rows."""
+
+    def __init__(self, paths: RunPaths, unique: bool) -> None:
+        self.paths = paths
+        self.rows = 0
+        self.kinds: dict[str, set[str]] = {}  # metadata field -> kinds of its values
+        self.conversations = False  # some line has a conversation (a multi-turn item)
+        self.starts: array[int] | None = None
+        self.ends: array[int] | None = None
+        self._scan(unique)
+
+    def _scan(self, unique: bool) -> None:
+        starts, ends, lines, samples, firsts = array("q"), array("q"), array("q"), array("q"), array("q")
+        last: dict[tuple[str, int], int] = {}  # only when some key has several lines
+        unnumbered: dict[str, int] = {}  # items of a log older than the dataset line: in first-seen order
+        kinds, pos = self.kinds, 0
+        with fs.open_file(self.paths.responses, "rb") as f:
+            for n, raw in enumerate(f):
+                if not raw.endswith(b"\n"):
+                    break  # a live writer's line in progress
+                place = _decode_place(raw)
+                if not unique:
+                    last[(place.item_id, place.sample)] = n
+                starts.append(pos)
+                pos += len(raw)
+                ends.append(pos)
+                lines.append(place.line)
+                samples.append(place.sample)
+                firsts.append(unnumbered.setdefault(place.item_id, len(unnumbered)) if not place.line else 0)
+                for name, value in place.metadata.items():
+                    kinds.setdefault(name, set()).add(_kind(value))
+                if not self.conversations and b'"conversation":' in raw:
+                    self.conversations = True
+        kept = _int64(array("q", sorted(last.values())) if not unique else array("q", range(len(starts))))
+        self.rows = len(kept)
+        table = pa.table({"line": _int64(lines), "first": _int64(firsts), "sample": _int64(samples), "n": _int64(array("q", range(len(starts))))})
+        if not unique:
+            table = table.take(kept)
+        order = table.take(pc.sort_indices(table, [("line", "ascending"), ("first", "ascending"), ("sample", "ascending"), ("n", "ascending")]))
+        ranks = order.column("n").combine_chunks()
+        if unique and ranks.equals(_int64(array("q", range(len(starts))))):
+            return  # the file's order already (one sample, one worker, or a small run): read as it is
+        self.starts = array("q", pc.take(_int64(starts), ranks).to_pylist())
+        self.ends = array("q", pc.take(_int64(ends), ranks).to_pylist())
+
+    def chunks(self) -> Iterator[bytes | memoryview]:
+        """The kept lines in the export's order, about ``_CHUNK`` bytes at a time."""
+        if self.starts is None:
+            return _chunks(self.paths.responses)
+        return _gathered(self.paths.responses, self.starts, self.ends)  # type: ignore[arg-type]
 
 
-def _complete_lines(path: str) -> int:
-    """Lines ending in a newline (a live writer's line in progress is not one), counted in
-    one reused buffer."""
-    buf, lines = bytearray(_CHUNK), 0
-    with fs.open_file(path, "rb", buffering=0) as f:
-        while size := f.readinto(buf):
-            lines += buf.count(b"\n", 0, size)
-    return lines
+def _int64(values: array[int]) -> pa.Array:
+    """An ``array('q')`` as an Arrow int64 array, without a Python object per value."""
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
-def _unique(paths: RunPaths) -> bool:
-    """Whether every line of ``responses.jsonl`` is a distinct key: the fold counts one
-    finished key per line, so equal counts mean no line was superseded. (A function of its
-    own so that the fold's state, large for a large run, is freed before the export.)"""
-    state = refresh(paths)
-    return state is not None and _complete_lines(paths.responses) == state.totals.done + state.totals.failed
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int" if -(1 << 63) <= value < (1 << 63) else "text"
+    if isinstance(value, float):
+        return "float"
+    return "string" if isinstance(value, str) else "text"
+
+
+# A metadata column's type from the kinds of its values (nulls aside): one kind keeps its
+# type, ints and floats are floats, and anything else mixed is text (a string as itself,
+# any other value as its JSON), as for ``prompt``/``parsed``/``expected``.
+_KIND_TYPES = {"bool": pa.bool_(), "int": pa.int64(), "float": pa.float64(), "string": pa.string(), "text": pa.string()}
+
+
+def _metadata_type(kinds: set[str]) -> tuple[pa.DataType, bool]:
+    """The column's type, and whether its values go through ``_text``."""
+    kinds = kinds - {"null"}
+    if kinds <= {"int", "float"} and "float" in kinds:
+        return pa.float64(), False
+    if len(kinds) == 1:
+        (kind,) = kinds
+        return _KIND_TYPES[kind], kind == "text"
+    return pa.string(), bool(kinds)
 
 
 def _chunks(path: str) -> Iterator[memoryview]:
@@ -150,30 +220,59 @@ def _chunks(path: str) -> Iterator[memoryview]:
                 size *= 2
 
 
-def _kept_chunks(path: str, dropped: set[int]) -> Iterator[bytes]:
-    """Like ``_chunks``, without the lines in ``dropped``."""
-    kept: list[bytes] = []
-    size = 0
+def _gathered(path: str, starts: array[int], ends: array[int]) -> Iterator[bytes]:
+    """The byte ranges, in the given order, joined about ``_CHUNK`` bytes at a time."""
     with fs.open_file(path, "rb") as f:
-        for n, line in enumerate(f):
-            if not line.endswith(b"\n"):
-                break  # a live writer's line in progress
-            if n not in dropped:
-                kept.append(line)
-                size += len(line)
-            if size >= _CHUNK:
-                yield b"".join(kept)
-                kept, size = [], 0
-    if kept:
-        yield b"".join(kept)
+        i, n = 0, len(starts)
+        while i < n:
+            j, size = i, 0
+            while j < n and size < _CHUNK:
+                size += ends[j] - starts[j]
+                j += 1
+            yield _read_ranges(f, starts[i:j], ends[i:j])
+            i = j
 
 
-def _run_chunks(paths: RunPaths) -> Iterator[bytes | memoryview]:
-    """A run's rows as chunks of lines, the last line per key winning: up to date with its
-    log, or as its live writer has them so far."""
-    if _unique(paths):
-        return _chunks(paths.responses)
-    return _kept_chunks(paths.responses, _superseded(paths.responses))
+def _read_ranges(f: IO[bytes], starts: array[int], ends: array[int]) -> bytes:
+    """Ranges read in file order, neighbours (rows finished about when their dataset
+    neighbours did: the usual case) in one read, then put back in the given order."""
+    by_place = sorted(range(len(starts)), key=starts.__getitem__)
+    pieces: list[Any] = [b""] * len(starts)
+    k = 0
+    while k < len(by_place):
+        low, high, m = starts[by_place[k]], ends[by_place[k]], k + 1
+        while m < len(by_place) and starts[by_place[m]] - high <= _GAP and ends[by_place[m]] - low <= 2 * _CHUNK:
+            high = max(high, ends[by_place[m]])
+            m += 1
+        f.seek(low)
+        buf = memoryview(f.read(high - low))
+        for i in by_place[k:m]:
+            pieces[i] = buf[starts[i] - low:ends[i] - low]
+        k = m
+    return b"".join(pieces)
+
+
+def _complete_lines(path: str) -> int:
+    """Lines ending in a newline (a live writer's line in progress is not one), counted in
+    one reused buffer."""
+    buf, lines = bytearray(_CHUNK), 0
+    with fs.open_file(path, "rb", buffering=0) as f:
+        while size := f.readinto(buf):
+            lines += buf.count(b"\n", 0, size)
+    return lines
+
+
+def _unique(paths: RunPaths) -> bool:
+    """Whether every line of ``responses.jsonl`` is a distinct key: the fold counts one
+    finished key per line, so equal counts mean no line was superseded. (A function of its
+    own so that the fold's state, large for a large run, is freed before the export.)"""
+    state = refresh(paths)
+    return state is not None and _complete_lines(paths.responses) == state.totals.done + state.totals.failed
+
+
+def _surveys(runs: Sequence[RunPaths]) -> list[_Survey]:
+    """Every run surveyed, each up to date with its log first (or as its live writer has it)."""
+    return [_Survey(paths, _unique(paths)) for paths in runs]
 
 
 def _read(chunk: bytes | memoryview, schema: pa.Schema) -> pa.Table:
@@ -217,24 +316,94 @@ def _columns(table: pa.Table, texts: dict[str, pa.Array]) -> dict[str, pa.Array]
     return cols
 
 
-def row_batches(runs: Sequence[RunPaths]) -> Iterator[pa.RecordBatch]:
-    """Record batches of every run's rows; a ``run_id`` column first when several runs."""
-    schema = _schema(len(runs) > 1)
+class Columns(msgspec.Struct, frozen=True):
+    """The export's schema for a set of runs: ``SCHEMA`` with a column per metadata field
+    (after ``sample``, by name) and which of them hold text."""
+
+    schema: pa.Schema
+    metadata: dict[str, str]  # column name -> metadata field
+    texts: frozenset[str]  # metadata columns whose values go through ``_text``
+    extras: bool  # some run has metadata or conversations: a chunk's extras are decoded
+
+    @classmethod
+    def of(cls, surveys: Sequence[_Survey]) -> Columns:
+        kinds: dict[str, set[str]] = {}
+        for survey in surveys:
+            for name, seen in survey.kinds.items():
+                kinds.setdefault(name, set()).update(seen)
+        fields, metadata, texts = [], {}, set()
+        for name, seen in sorted(kinds.items()):  # by name: the same columns in the same order whatever finished first
+            column = f"metadata.{name}" if name in SCHEMA.names else name  # a field called e.g. "model"
+            kind, text = _metadata_type(seen)
+            fields.append(pa.field(column, kind))
+            metadata[column] = name
+            if text:
+                texts.add(column)
+        at = SCHEMA.get_field_index("sample") + 1
+        fixed = list(SCHEMA)
+        schema = pa.schema([*fixed[:at], *fields, *fixed[at:]])
+        return cls(schema, metadata, frozenset(texts), bool(kinds) or any(s.conversations for s in surveys))
+
+
+def row_batches(runs: Sequence[RunPaths]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The export's schema, and the record batches of every run's rows: run after run, each
+    in its dataset's order."""
+    surveys = []
     for paths in runs:
-        try:
-            yield from _run_batches(paths, schema)
-        except (pa.ArrowInvalid, msgspec.DecodeError) as exc:  # only a live run's file is read unrepaired
-            raise LedgerError(f"{paths.responses}: a line cannot be exported ({exc}); "
-                              f"`ledger replay {paths.run_id} --rebuild` rewrites the file from the log") from exc
+        with _readable(paths):
+            surveys.append(_Survey(paths, _unique(paths)))
+    columns = Columns.of(surveys)
+    return columns.schema, _batches(surveys, columns)
 
 
-def _run_batches(paths: RunPaths, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+@contextmanager
+def _readable(paths: RunPaths) -> Iterator[None]:
+    try:
+        yield
+    except (pa.ArrowInvalid, msgspec.DecodeError) as exc:  # only a live run's file is read unrepaired
+        raise LedgerError(f"{paths.responses}: a line cannot be exported ({exc}); "
+                          f"`ledger replay {paths.run_id} --rebuild` rewrites the file from the log") from exc
+
+
+def _batches(surveys: Sequence[_Survey], columns: Columns) -> Iterator[pa.RecordBatch]:
+    for survey in surveys:
+        with _readable(survey.paths):
+            yield from _run_batches(survey, columns)
+
+
+def _run_batches(survey: _Survey, columns: Columns) -> Iterator[pa.RecordBatch]:
     strings = True  # until a chunk's text columns hold something else; then for the whole run
-    for chunk in _run_chunks(paths):
+    schema = columns.schema
+    for chunk in survey.chunks():
         cols, strings = _parse(chunk, strings)
-        if "run_id" in schema.names:
-            cols["run_id"] = pa.repeat(paths.run_id, len(cols["seq"]))
+        rows = len(cols["seq"])
+        cols["run_id"] = pa.repeat(survey.paths.run_id, rows)
+        if columns.extras:
+            cols.update(_extras(chunk, columns))
+        else:
+            cols["conversation"] = pa.nulls(rows, _CONVERSATION)
         yield pa.RecordBatch.from_arrays([cols[name] for name in schema.names], schema=schema)
+
+
+def _extras(chunk: bytes | memoryview, columns: Columns) -> dict[str, pa.Array]:
+    """A chunk's metadata columns and its conversation column, via msgspec."""
+    rows = _decode_extras(chunk)
+    out: dict[str, pa.Array] = {}
+    for column, name in columns.metadata.items():
+        values = [r.metadata.get(name) for r in rows]
+        if column in columns.texts:
+            values = [_text(v) for v in values]
+        out[column] = pa.array(values, columns.schema.field(column).type)
+    out["conversation"] = pa.array([_conversation(r.conversation) for r in rows], _CONVERSATION)
+    return out
+
+
+def _conversation(messages: Any) -> list[dict[str, Any]] | None:
+    """A conversation as the column holds it: each message's role and its content as text."""
+    if not isinstance(messages, list):
+        return None
+    return [{"role": _text(m.get("role")), "content": _text(m.get("content"))} if isinstance(m, dict)
+            else {"role": None, "content": _text(m)} for m in messages]
 
 
 def _parse(chunk: bytes | memoryview, strings: bool) -> tuple[dict[str, pa.Array], bool]:
@@ -250,10 +419,6 @@ def _parse(chunk: bytes | memoryview, strings: bool) -> tuple[dict[str, pa.Array
         else:
             return _columns(table, {}), True
     return _columns(_read(chunk, _TYPED), _texts(chunk)), False
-
-
-def _schema(multi: bool) -> pa.Schema:
-    return pa.schema([("run_id", pa.string()), *SCHEMA]) if multi else SCHEMA
 
 
 def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False) -> int:
@@ -291,10 +456,10 @@ def _data(runs: Sequence[RunPaths], form: ExportFormat, events: bool) -> ExportD
         return ExportData(runs, None, (), summaries)
     from . import event_table
 
-    multi = len(runs) > 1
     if events:
-        return ExportData(runs, event_table.schema(multi), event_table.event_batches(runs), summaries)
-    return ExportData(runs, _schema(multi), row_batches(runs), summaries)
+        return ExportData(runs, event_table.SCHEMA, event_table.event_batches(runs), summaries)
+    schema, batches = row_batches(runs)
+    return ExportData(runs, schema, batches, summaries)
 
 
 def _stdout_sink() -> IO[bytes]:

@@ -1,23 +1,39 @@
-"""``ledger export``: one row per (item, sample), typed columns, in bounded memory.
+"""``ledger export``: one row per (item, sample), typed columns, in dataset order.
 
-Rows come from ``responses.jsonl`` after the projections are brought up to date with the log
-(so an export is a fold of the log, like every other output), the last line per key
-winning. Columns keep the names of ``responses.jsonl``, with ``usage`` flattened into
-``prompt_tokens`` / ``completion_tokens`` / ``total_tokens``:
+This is the rows table people load into pandas, DuckDB or Excel. Rows come from
+``responses.jsonl`` after the projections are brought up to date with the log (so an export
+is a fold of the log, like every other output), the last line per key winning. That file is
+in log order (DESIGN: appended live, rebuilt byte for byte; a resume appends the lines that
+supersede earlier ones); an export is in the dataset's order: by the item's line in its
+dataset (carried by the events since this field exists), then by sample. Lines without one
+(a log written before it) come first, their items in the order they first finished.
 
-    run_id (several runs only) string, item_id string, sample int64, model string,
+Columns, in this order in every format (JSONL keys too): ``run_id`` (always, so that
+exports of several runs concatenate), ``item_id``, ``sample``, then a column per metadata
+field of the dataset records (``topic`` ...; by name; a field named like a fixed column is
+``metadata.<name>``), then the names of ``responses.jsonl`` with ``usage`` flattened:
+
+    run_id string, item_id string, sample int64, <metadata...>, model string,
     prompt string, response string, parsed string, expected string, correct bool,
     prompt_tokens int64, completion_tokens int64, total_tokens int64, latency float64,
-    attempts int64, error string, finished_at timestamp[us, UTC], seq int64
+    attempts int64, error string, finished_at timestamp[us, UTC], seq int64,
+    conversation list<struct<role string, content string>>
 
 ``prompt``, ``parsed`` and ``expected`` hold JSON values of any type; they are exported as text
 (a string as itself, anything else as its compact JSON, keys sorted) so that a column has one
-type. Arrow is the IPC *file* format.
+type. A metadata column keeps its values' type when they share one (bool, int64, float64 for
+ints and floats, string), else it is text the same way. ``prompt``/``response`` are the last
+turn's; ``conversation`` is a multi-turn item's every message, its last reply included (null
+for one turn: prompt and response are all of it). Arrow is the IPC *file* format.
 
-The file is read in chunks of about ``_CHUNK`` bytes, each cut after its last newline and
-written as one record batch before the next is read. pyarrow's JSON reader parses a chunk
-straight into columns (no Python object per value); only when a text column holds a
-non-string does msgspec decode those three columns (``_texts``).
+Bounded memory: a first pass (``_Survey``) reads each line's key, dataset line and metadata
+and keeps two integers per row (where the line is in the file); their sorted order is read
+back about ``_CHUNK`` bytes at a time (neighbouring lines in one read: rows finish roughly in
+dataset order), and each chunk is written as one record batch before the next is read. When
+the file is in dataset order already, it is read straight through. pyarrow's JSON reader
+parses a chunk straight into columns (no Python object per value); only when a text column
+holds a non-string does msgspec decode those three columns (``_texts``), and only runs with
+metadata or conversations have those decoded by msgspec (``_extras``).
 """
 
 from __future__ import annotations

@@ -41,6 +41,7 @@ from __future__ import annotations
 import os
 import sys
 from array import array
+from bisect import bisect_right
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
@@ -87,16 +88,14 @@ _LINE = pa.schema([
     ("usage", pa.struct([(name, pa.int64()) for name in _TOKENS])), ("finished_at", pa.float64()),
 ])
 _TYPED = pa.schema([f for f in _LINE if f.name not in _TEXT])
+_PLACE = pa.schema([("item_id", pa.string()), ("sample", pa.int64()), ("line", pa.int64())])  # what the survey reads
 # What the fold leaves out of a line reads as these (as a msgspec default would).
 _DEFAULTS: dict[str, Any] = {"model": "", "latency": 0.0, "attempts": 0, "finished_at": 0.0, "seq": 0}
 
 
-class _Place(msgspec.Struct, gc=False):
-    """What the survey needs of a line; msgspec skips the other values unbuilt."""
+class _Metadata(msgspec.Struct, gc=False):
+    """What the survey needs of a line beside its place; msgspec skips the other values unbuilt."""
 
-    item_id: str
-    sample: int
-    line: int = 0
     metadata: dict[str, Any] = {}
 
 
@@ -116,7 +115,7 @@ class _Text(msgspec.Struct, gc=False):
     expected: Any = None
 
 
-_decode_place = msgspec.json.Decoder(_Place).decode
+_decode_metadata = msgspec.json.Decoder(_Metadata).decode_lines
 _decode_extras = msgspec.json.Decoder(_Extra).decode_lines
 _decode_texts = msgspec.json.Decoder(_Text).decode_lines
 
@@ -143,38 +142,48 @@ class _Survey:
         self._scan(unique)
 
     def _scan(self, unique: bool) -> None:
-        starts, ends, lines, samples, firsts = array("q"), array("q"), array("q"), array("q"), array("q")
-        last: dict[tuple[str, int], int] = {}  # only when some key has several lines
-        unnumbered: dict[str, int] = {}  # items of a log older than the dataset line: in first-seen order
-        kinds, pos = self.kinds, 0
-        with fs.open_file(self.paths.responses, "rb") as f:
-            for n, raw in enumerate(f):
-                if not raw.endswith(b"\n"):
-                    break  # a live writer's line in progress
-                place = _decode_place(raw)
-                if not unique:
-                    last[(place.item_id, place.sample)] = n
-                starts.append(pos)
-                pos += len(raw)
-                ends.append(pos)
-                lines.append(place.line)
-                samples.append(place.sample)
-                firsts.append(unnumbered.setdefault(place.item_id, len(unnumbered)) if not place.line else 0)
-                for name, value in place.metadata.items():
-                    kinds.setdefault(name, set()).add(_kind(value))
-                if not self.conversations and b'"conversation":' in raw:
-                    self.conversations = True
-        kept = _int64(array("q", sorted(last.values())) if not unique else array("q", range(len(starts))))
-        self.rows = len(kept)
-        table = pa.table({"line": _int64(lines), "first": _int64(firsts), "sample": _int64(samples), "n": _int64(array("q", range(len(starts))))})
+        """Each chunk's keys and dataset lines are parsed by pyarrow, its line lengths found
+        by splitting it at newlines (no Python call per row but for metadata kinds)."""
+        ids, samples, lines, lengths = [], [], [], []
+        for chunk in _chunks(self.paths.responses):
+            data = bytes(chunk)
+            table = _read(data, _PLACE)
+            sizes = _line_sizes(data)
+            if len(sizes) != table.num_rows:  # e.g. an empty line: no row for pyarrow
+                raise pa.ArrowInvalid(f"{len(sizes)} lines but {table.num_rows} rows in a chunk")
+            ids.append(table.column("item_id").combine_chunks())
+            samples.append(table.column("sample").combine_chunks())
+            lines.append(table.column("line").combine_chunks().fill_null(0))
+            lengths.append(sizes)
+            if b'"metadata":' in data:
+                self._kinds(data)
+            self.conversations = self.conversations or b'"conversation":' in data
+        count = sum(len(a) for a in lengths)
+        every = pa.array(range(count), pa.int64())
+        ends = pc.cumulative_sum(pa.concat_arrays(lengths)) if count else pa.array([], pa.int64())
+        starts = pc.subtract(ends, pa.concat_arrays(lengths)) if count else ends
+        table = pa.table({"item_id": _concat(ids, pa.string()), "line": _concat(lines, pa.int64()),
+                          "sample": _concat(samples, pa.int64()), "n": every})
+        ids = table.column("item_id")  # an item without a dataset line: where it first finished
+        table = table.append_column("first", pc.if_else(pc.equal(table.column("line"), 0), pc.index_in(ids, value_set=pc.unique(ids)), 0))
         if not unique:
-            table = table.take(kept)
-        order = table.take(pc.sort_indices(table, [("line", "ascending"), ("first", "ascending"), ("sample", "ascending"), ("n", "ascending")]))
-        ranks = order.column("n").combine_chunks()
-        if unique and ranks.equals(_int64(array("q", range(len(starts))))):
-            return  # the file's order already (one sample, one worker, or a small run): read as it is
-        self.starts = array("q", pc.take(_int64(starts), ranks).to_pylist())
-        self.ends = array("q", pc.take(_int64(ends), ranks).to_pylist())
+            table = table.take(_last_per_key(table))
+        order = pc.sort_indices(table, [("line", "ascending"), ("first", "ascending"), ("sample", "ascending"), ("n", "ascending")])
+        ranks = table.column("n").take(order).combine_chunks()
+        self.rows = len(ranks)
+        if unique and ranks.equals(every):
+            return  # the file's order already (one worker, a small run, a log without lines): read as it is
+        self.starts = array("q", pc.take(starts, ranks).to_pylist())
+        self.ends = array("q", pc.take(ends, ranks).to_pylist())
+
+    def _kinds(self, data: bytes) -> None:
+        kinds = self.kinds
+        for row in _decode_metadata(data):
+            for name, value in row.metadata.items():
+                seen = kinds.get(name)
+                if seen is None:
+                    seen = kinds[name] = set()
+                seen.add(_kind(value))
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The kept lines in the export's order, about ``_CHUNK`` bytes at a time."""
@@ -183,9 +192,23 @@ class _Survey:
         return _gathered(self.paths.responses, self.starts, self.ends)  # type: ignore[arg-type]
 
 
-def _int64(values: array[int]) -> pa.Array:
-    """An ``array('q')`` as an Arrow int64 array, without a Python object per value."""
-    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
+def _line_sizes(data: bytes) -> pa.Array:
+    """The byte length of each line of ``data`` (which ends in a newline), newline included."""
+    offsets = pa.array([0, len(data)], pa.int64()).buffers()[1]
+    blob = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, pa.py_buffer(data)])
+    pieces = pc.list_flatten(pc.split_pattern(blob, b"\n"))
+    sizes = pc.binary_length(pieces.slice(0, len(pieces) - 1))  # (the empty piece after the last newline)
+    return pc.add(sizes, 1).cast(pa.int64())
+
+
+def _concat(arrays: list[pa.Array], kind: pa.DataType) -> pa.Array:
+    return pa.concat_arrays(arrays) if arrays else pa.array([], kind)
+
+
+def _last_per_key(table: pa.Table) -> list[int]:
+    """Row numbers of the last line of each key, in file order (rare: retried failures)."""
+    last = {key: n for n, key in enumerate(zip(table.column("item_id").to_pylist(), table.column("sample").to_pylist()))}
+    return sorted(last.values())
 
 
 def _kind(value: Any) -> str:
@@ -250,21 +273,27 @@ def _gathered(path: str, starts: array[int], ends: array[int]) -> Iterator[bytes
 
 
 def _read_ranges(f: IO[bytes], starts: array[int], ends: array[int]) -> bytes:
-    """Ranges read in file order, neighbours (rows finished about when their dataset
-    neighbours did: the usual case) in one read, then put back in the given order."""
-    by_place = sorted(range(len(starts)), key=starts.__getitem__)
-    pieces: list[Any] = [b""] * len(starts)
-    k = 0
-    while k < len(by_place):
-        low, high, m = starts[by_place[k]], ends[by_place[k]], k + 1
-        while m < len(by_place) and starts[by_place[m]] - high <= _GAP and ends[by_place[m]] - low <= 2 * _CHUNK:
-            high = max(high, ends[by_place[m]])
-            m += 1
+    """Ranges read in file order, neighbours (rows finish about when their dataset
+    neighbours do: the usual case) in one read, then joined in the given order."""
+    spans = sorted(zip(starts, ends))
+    lows, highs = [spans[0][0]], [spans[0][1]]
+    for start, end in spans:
+        if start - highs[-1] > _GAP or end - lows[-1] > 2 * _CHUNK:
+            lows.append(start)
+            highs.append(end)
+        elif end > highs[-1]:
+            highs[-1] = end
+    buffers = []
+    for low, high in zip(lows, highs):
         f.seek(low)
-        buf = memoryview(f.read(high - low))
-        for i in by_place[k:m]:
-            pieces[i] = buf[starts[i] - low:ends[i] - low]
-        k = m
+        buffers.append(memoryview(f.read(high - low)))
+    if len(lows) == 1:
+        low, buf = lows[0], buffers[0]
+        return b"".join([buf[s - low:e - low] for s, e in zip(starts, ends)])
+    pieces = []
+    for s, e in zip(starts, ends):
+        r = bisect_right(lows, s) - 1
+        pieces.append(buffers[r][s - lows[r]:e - lows[r]])
     return b"".join(pieces)
 
 

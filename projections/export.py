@@ -315,11 +315,6 @@ def _unique(paths: RunPaths) -> bool:
     return state is not None and _complete_lines(paths.responses) == state.totals.done + state.totals.failed
 
 
-def _surveys(runs: Sequence[RunPaths]) -> list[_Survey]:
-    """Every run surveyed, each up to date with its log first (or as its live writer has it)."""
-    return [_Survey(paths, _unique(paths)) for paths in runs]
-
-
 def _read(chunk: bytes | memoryview, schema: pa.Schema) -> pa.Table:
     """Parse a chunk of lines with pyarrow (in ``_BLOCK``s, in parallel). A line longer than
     a block cannot be parsed in blocks: on any error, one more try in a single block, which

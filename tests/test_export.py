@@ -381,6 +381,18 @@ def test_a_multi_turn_row_carries_its_whole_conversation(world):
         assert [json.loads(t) for t in texts] == [by_key[("q3", s)]["conversation"] for s in range(2)], fmt
 
 
+def test_order_metadata_and_conversations_are_rebuilt_from_the_log_alone(world, tmp_path):
+    """Only the log copied (no responses.jsonl, no checkpoint, no dataset): the export
+    folds it again and is the same table, metadata columns, order and conversations."""
+    copy = tmp_path / "runs" / "clean"
+    copy.mkdir(parents=True)
+    (copy / "events.log").write_bytes((run_dir(world, "clean") / "events.log").read_bytes())
+    assert export([RunPaths(str(copy))], "arrow", str(tmp_path / "again.arrow")) == 40
+    assert read_table(tmp_path / "again.arrow", "arrow").equals(read_table(world["out"] / "clean.arrow", "arrow"))
+    started = [e for e in world["logs"]["clean"] if e["type"] == "started" and e["item_id"] == "q11"]
+    assert started and all(e["line"] == 12 and e["metadata"] == {"topic": "history"} for e in started)  # as `ledger log` shows them
+
+
 @pytest.mark.parametrize("run", ["clean", "flaky"])
 def test_csv_read_with_the_csv_module(world, run):
     header, rows = csv_rows(world["out"] / f"{run}.csv")

@@ -7,7 +7,7 @@ Arrow (IPC file), Parquet and CSV are written by pyarrow itself batch by batch (
 a dictionary only for the columns whose values repeat: see ``_DISTINCT``; CSV has no list
 type, so a list column -- ``conversation`` -- is written as its JSON text); JSONL encodes rows
 with msgspec, keys in the schema's order (timestamps as RFC 3339); xlsx goes through
-openpyxl's write-only mode (the "results" sheet first, the one Excel opens on, with its
+openpyxl's write-only mode (the "rows" sheet first, the one Excel opens on, with its
 header row frozen and its columns sized, then a "summary" sheet; Excel holds at most
 1,048,575 data rows, so larger exports are refused with a hint to use Parquet); openai-batch
 reads the runs' logs.
@@ -131,18 +131,18 @@ def write_xlsx(data: ExportData, sink: Sink) -> int:
 
     assert data.schema is not None
     book = Workbook(write_only=True)
-    results = book.create_sheet("results")  # first: the sheet a workbook opens on
-    results.freeze_panes = "A2"
+    rows_sheet = book.create_sheet("rows")  # first: the sheet a workbook opens on
+    rows_sheet.freeze_panes = "A2"
     for letter, width in _widths(data.schema):
-        results.column_dimensions[letter].width = width
-    results.append(data.schema.names)
+        rows_sheet.column_dimensions[letter].width = width
+    rows_sheet.append(data.schema.names)
     rows = 0
     for batch in data.batches:
         rows += batch.num_rows
         if rows > _EXCEL_ROWS:
             raise InputError(f"{rows:,}+ rows do not fit in an Excel sheet: export parquet or csv instead")
         for row in batch.to_pylist():
-            results.append([_cell(v) for v in row.values()])
+            rows_sheet.append([_cell(v) for v in row.values()])
     sheet = book.create_sheet("summary")
     sheet.column_dimensions["A"].width = 28
     sheet.column_dimensions["B"].width = 24

@@ -195,8 +195,8 @@ def xlsx_book(path: Path):
 
 def xlsx_rows(path: Path) -> tuple[list[str], list[dict]]:
     book = xlsx_book(path)
-    assert book.sheetnames == ["results", "summary"]
-    values = list(book["results"].iter_rows(values_only=True))
+    assert book.sheetnames == ["rows", "summary"]
+    values = list(book["rows"].iter_rows(values_only=True))
     header = list(values[0])
     rows = []
     for line in values[1:]:
@@ -413,7 +413,7 @@ def test_jsonl_keys_are_the_columns_in_the_schema_order(world, run):
 
 
 @pytest.mark.parametrize("run", ["clean", "flaky"])
-def test_xlsx_opens_on_the_results_sheet_then_a_summary_sheet(world, run):
+def test_xlsx_opens_on_the_rows_sheet_then_a_summary_sheet(world, run):
     path = world["out"] / f"{run}.xlsx"
     header, rows = xlsx_rows(path)
     assert header == expected_columns(METADATA[run])
@@ -436,7 +436,7 @@ def test_xlsx_header_row_is_frozen_and_columns_have_widths(world):
 
     book = load_workbook(world["out"] / "clean.xlsx")  # (not read-only: the sheet's view and columns are read)
     sheet = book.active
-    assert sheet.title == "results" and book.sheetnames[0] == "results"  # the sheet Excel opens on
+    assert sheet.title == "rows" and book.sheetnames[0] == "rows"  # the sheet Excel opens on
     assert sheet.freeze_panes == "A2"  # the header row stays when scrolling
     header = [c.value for c in sheet[1]]
     widths = {name: sheet.column_dimensions[get_column_letter(i)].width for i, name in enumerate(header, 1)}

@@ -42,7 +42,7 @@ import os
 import sys
 from array import array
 from bisect import bisect_right
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -88,13 +88,23 @@ _LINE = pa.schema([
     ("usage", pa.struct([(name, pa.int64()) for name in _TOKENS])), ("finished_at", pa.float64()),
 ])
 _TYPED = pa.schema([f for f in _LINE if f.name not in _TEXT])
-_PLACE = pa.schema([("item_id", pa.string()), ("sample", pa.int64()), ("line", pa.int64())])  # what the survey reads
 # What the fold leaves out of a line reads as these (as a msgspec default would).
 _DEFAULTS: dict[str, Any] = {"model": "", "latency": 0.0, "attempts": 0, "finished_at": 0.0, "seq": 0}
 
 
-class _Metadata(msgspec.Struct, gc=False):
-    """What the survey needs of a line beside its place; msgspec skips the other values unbuilt."""
+class _Place(msgspec.Struct, gc=False):
+    """Where a line goes in the export; msgspec skips the other values unbuilt."""
+
+    sample: int
+    line: int = 0
+
+
+class _Id(msgspec.Struct, gc=False):
+    item_id: str
+
+
+class _Described(_Place, gc=False):
+    """A place and the metadata beside it, for chunks that have some."""
 
     metadata: dict[str, Any] = {}
 
@@ -115,7 +125,9 @@ class _Text(msgspec.Struct, gc=False):
     expected: Any = None
 
 
-_decode_metadata = msgspec.json.Decoder(_Metadata).decode_lines
+_decode_described = msgspec.json.Decoder(_Described).decode_lines
+_decode_places = msgspec.json.Decoder(_Place).decode_lines
+_decode_ids = msgspec.json.Decoder(_Id).decode_lines
 _decode_extras = msgspec.json.Decoder(_Extra).decode_lines
 _decode_texts = msgspec.json.Decoder(_Text).decode_lines
 
@@ -142,48 +154,61 @@ class _Survey:
         self._scan(unique)
 
     def _scan(self, unique: bool) -> None:
-        """Each chunk's keys and dataset lines are parsed by pyarrow, its line lengths found
-        by splitting it at newlines (no Python call per row but for metadata kinds)."""
-        ids, samples, lines, lengths = [], [], [], []
+        """msgspec decodes each chunk's samples and dataset lines (skipping the rest: faster
+        than pyarrow here), item ids only when some key has several lines; the line lengths
+        come from splitting the chunk at its newlines."""
+        samples, lines, ends = array("q"), array("q"), array("q")
+        ids: list[str] | None = None if unique else []
+        end = 0
         for chunk in _chunks(self.paths.responses):
             data = bytes(chunk)
-            table = _read(data, _PLACE)
+            described = b'"metadata":' in data
+            places = (_decode_described if described else _decode_places)(data)
             sizes = _line_sizes(data)
-            if len(sizes) != table.num_rows:  # e.g. an empty line: no row for pyarrow
-                raise pa.ArrowInvalid(f"{len(sizes)} lines but {table.num_rows} rows in a chunk")
-            ids.append(table.column("item_id").combine_chunks())
-            samples.append(table.column("sample").combine_chunks())
-            lines.append(table.column("line").combine_chunks().fill_null(0))
-            lengths.append(sizes)
-            if b'"metadata":' in data:
-                self._kinds(data)
+            if len(sizes) != len(places):  # e.g. an empty line
+                raise pa.ArrowInvalid(f"{len(sizes)} lines but {len(places)} rows in a chunk")
+            samples.extend([p.sample for p in places])
+            lines.extend([p.line for p in places])
+            ends.extend(pc.add(pc.cumulative_sum(sizes), end).to_pylist())
+            end = ends[-1] if ends else 0
+            if ids is not None:
+                ids += [r.item_id for r in _decode_ids(data)]
+            if described:
+                self._kinds(places)  # type: ignore[arg-type]
             self.conversations = self.conversations or b'"conversation":' in data
-        count = sum(len(a) for a in lengths)
-        every = pa.array(range(count), pa.int64())
-        ends = pc.cumulative_sum(pa.concat_arrays(lengths)) if count else pa.array([], pa.int64())
-        starts = pc.subtract(ends, pa.concat_arrays(lengths)) if count else ends
-        table = pa.table({"item_id": _concat(ids, pa.string()), "line": _concat(lines, pa.int64()),
-                          "sample": _concat(samples, pa.int64()), "n": every})
-        ids = table.column("item_id")  # an item without a dataset line: where it first finished
-        table = table.append_column("first", pc.if_else(pc.equal(table.column("line"), 0), pc.index_in(ids, value_set=pc.unique(ids)), 0))
-        if not unique:
-            table = table.take(_last_per_key(table))
+        every = pa.array(range(len(lines)), pa.int64())
+        first = _first_seen(lines, samples, ids, lambda: self._ids(len(lines)))
+        table = pa.table({"line": _int64(lines), "first": _int64(first), "sample": _int64(samples), "n": every})
+        if ids is not None:
+            table = table.take(_last_per_key(ids, samples))
         order = pc.sort_indices(table, [("line", "ascending"), ("first", "ascending"), ("sample", "ascending"), ("n", "ascending")])
         ranks = table.column("n").take(order).combine_chunks()
         self.rows = len(ranks)
         if unique and ranks.equals(every):
             return  # the file's order already (one worker, a small run, a log without lines): read as it is
-        self.starts = array("q", pc.take(starts, ranks).to_pylist())
-        self.ends = array("q", pc.take(ends, ranks).to_pylist())
+        ends_array = _int64(ends)
+        sizes_all = pc.subtract(ends_array, pa.concat_arrays([pa.array([0], pa.int64()), ends_array.slice(0, len(ends) - 1)]))
+        self.starts = array("q", pc.subtract(pc.take(ends_array, ranks), pc.take(sizes_all, ranks)).to_pylist())
+        self.ends = array("q", pc.take(ends_array, ranks).to_pylist())
 
-    def _kinds(self, data: bytes) -> None:
-        kinds = self.kinds
-        for row in _decode_metadata(data):
-            for name, value in row.metadata.items():
-                seen = kinds.get(name)
-                if seen is None:
-                    seen = kinds[name] = set()
-                seen.add(_kind(value))
+    def _ids(self, count: int) -> list[str]:
+        """Every line's item id (a second pass: only for a log older than the dataset line
+        with several samples per item)."""
+        ids: list[str] = []
+        for chunk in _chunks(self.paths.responses):
+            ids += [r.item_id for r in _decode_ids(chunk)]
+        return ids[:count]
+
+    def _kinds(self, rows: list[_Described]) -> None:
+        """The kinds of each metadata field's values (a set of (field, type) pairs built in
+        one comprehension; ints checked to fit in 64 bits)."""
+        pairs = {(name, value.__class__) for row in rows for name, value in row.metadata.items()}
+        for name, cls in pairs:
+            kind = _KINDS.get(cls, "text")
+            if kind == "int":
+                values = [v for row in rows if (v := row.metadata.get(name)).__class__ is int]
+                kind = "int" if -(1 << 63) <= min(values) and max(values) < (1 << 63) else "text"
+            self.kinds.setdefault(name, set()).add(kind)
 
     def chunks(self) -> Iterator[bytes | memoryview]:
         """The kept lines in the export's order, about ``_CHUNK`` bytes at a time."""
@@ -201,26 +226,37 @@ def _line_sizes(data: bytes) -> pa.Array:
     return pc.add(sizes, 1).cast(pa.int64())
 
 
-def _concat(arrays: list[pa.Array], kind: pa.DataType) -> pa.Array:
-    return pa.concat_arrays(arrays) if arrays else pa.array([], kind)
+def _int64(values: array[int]) -> pa.Array:
+    """An ``array('q')`` as an Arrow int64 array, without a Python object per value."""
+    return pa.Array.from_buffers(pa.int64(), len(values), [None, pa.py_buffer(values)])
 
 
-def _last_per_key(table: pa.Table) -> list[int]:
+def _first_seen(lines: array[int], samples: array[int], ids: list[str] | None, read_ids: Callable[[], list[str]]) -> array[int]:
+    """Per row without a dataset line (a log older than the field), the rank of its item
+    in the order items first finished; 0 elsewhere. With one line per key and one sample,
+    that is the row's rank among those rows: no item ids needed."""
+    first = array("q", bytes(8 * len(lines)))
+    if 0 not in lines:
+        return first
+    zero = [n for n, line in enumerate(lines) if not line]
+    if ids is None and not any(samples[n] for n in zero):
+        for rank, n in enumerate(zero):
+            first[n] = rank
+        return first
+    names = ids if ids is not None else read_ids()
+    rank: dict[str, int] = {}
+    for n in zero:
+        first[n] = rank.setdefault(names[n], len(rank))
+    return first
+
+
+def _last_per_key(ids: list[str], samples: array[int]) -> list[int]:
     """Row numbers of the last line of each key, in file order (rare: retried failures)."""
-    last = {key: n for n, key in enumerate(zip(table.column("item_id").to_pylist(), table.column("sample").to_pylist()))}
+    last = {(item_id, samples[n]): n for n, item_id in enumerate(ids)}
     return sorted(last.values())
 
 
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int" if -(1 << 63) <= value < (1 << 63) else "text"
-    if isinstance(value, float):
-        return "float"
-    return "string" if isinstance(value, str) else "text"
+_KINDS = {type(None): "null", bool: "bool", int: "int", float: "float", str: "string"}  # else "text"
 
 
 # A metadata column's type from the kinds of its values (nulls aside): one kind keeps its

@@ -80,6 +80,11 @@ class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
     request: dict[str, Any] = {}
     endpoint: str = ""
     expected: Any = None  # from the dataset, so that projections can score from the log alone
+    # Also from the dataset, so that exports are rebuilt from the log alone: the item's line
+    # in it (its ``file:line``; Parquet: row + 1), which orders rows as the dataset does, and
+    # its other fields (``topic`` ...), which become columns. 0 and {} in older logs.
+    line: int = 0
+    metadata: dict[str, Any] = {}
 
 
 class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
@@ -117,6 +122,8 @@ class Failed(ItemEvent, frozen=True, kw_only=True, tag="failed"):
     final: bool = False
     endpoint: str = ""
     expected: Any = None  # for an item failed before any request (--max-context): it still scores
+    line: int = 0  # with ``metadata``, as ``Started``'s, for such an item
+    metadata: dict[str, Any] = {}
 
 
 class SessionEnded(EventBase, frozen=True, kw_only=True, tag="session_ended"):

@@ -1,6 +1,6 @@
 """``export --events``: the raw event table, one row per event, in log order.
 
-Columns: (run_id,) seq, ts (timestamp[us, UTC]), type, item_id, sample, turn, attempt, and
+Columns: run_id (always: a table of several runs reads like one of a run), seq, ts (timestamp[us, UTC]), type, item_id, sample, turn, attempt, and
 ``data``: the whole event as JSON, so that nothing is lost in the flattening.
 """
 
@@ -15,27 +15,22 @@ import pyarrow as pa
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 
-__all__ = ["schema", "event_batches"]
+__all__ = ["SCHEMA", "event_batches"]
 
 _json = msgspec.json.Encoder(order="deterministic")
 _BATCH = 65536
-_SCHEMA = pa.schema([
-    ("seq", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("type", pa.string()), ("item_id", pa.string()),
+SCHEMA = pa.schema([
+    ("run_id", pa.string()), ("seq", pa.int64()), ("ts", pa.timestamp("us", tz="UTC")), ("type", pa.string()), ("item_id", pa.string()),
     ("sample", pa.int64()), ("turn", pa.int64()), ("attempt", pa.int64()), ("data", pa.string()),
 ])
 
 
-def schema(multi: bool) -> pa.Schema:
-    return pa.schema([("run_id", pa.string()), *_SCHEMA]) if multi else _SCHEMA
-
-
 def event_batches(runs: Sequence[RunPaths]) -> Iterator[pa.RecordBatch]:
-    out_schema = schema(len(runs) > 1)
+    out_schema = SCHEMA
     for paths in runs:
         cols: dict[str, list[Any]] = {name: [] for name in out_schema.names}
         for event in iter_events(paths.log):
-            if len(runs) > 1:
-                cols["run_id"].append(paths.run_id)
+            cols["run_id"].append(paths.run_id)
             data = _json.encode(event)
             cols["seq"].append(event.seq)
             cols["ts"].append(int(event.ts * 1_000_000))

@@ -54,10 +54,16 @@ class OpenRow(msgspec.Struct, gc=False):
     latency: float = 0.0  # summed over every reply
     attempts: int = 0
     error: str | None = None  # the latest failure, as failure_text()
+    line: int = 0  # the item's line in the dataset (0: a log older than the field)
+    metadata: dict[str, Any] = {}  # the dataset record's other fields
+    messages: Any = None  # a later turn's request messages (multi-turn only: the conversation)
 
 
-class Row(msgspec.Struct, gc=False):
-    """One ``responses.jsonl`` line; the field order is the file's key order."""
+class Row(msgspec.Struct, gc=False, omit_defaults=True):
+    """One ``responses.jsonl`` line; the field order is the file's key order. The last three
+    are left out when empty: ``line`` (the item's line in the dataset: exports order rows
+    by it), ``metadata`` (the dataset record's other fields: export columns) and
+    ``conversation`` (a multi-turn item's every message, its last reply included)."""
 
     item_id: str
     sample: int
@@ -73,6 +79,9 @@ class Row(msgspec.Struct, gc=False):
     error: str | None
     finished_at: float
     seq: int
+    line: int = 0
+    metadata: dict[str, Any] = {}
+    conversation: list[Any] | None = None
 
 
 class Labels(msgspec.Struct, kw_only=True):
@@ -240,7 +249,11 @@ def _started(state: RunState, event: Started, _: Any) -> None:
     request = event.request
     model = request.get("model", state.model)
     row.model = model if model.__class__ is str else str(model)
-    row.prompt = prompt_of(request.get("messages"))
+    messages = request.get("messages")
+    row.prompt = prompt_of(messages)
+    row.messages = messages if event.turn else None
+    if event.line:
+        row.line, row.metadata = event.line, event.metadata
     row.attempts += 1
     state.totals.attempts += 1
     return None
@@ -316,7 +329,7 @@ def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | No
         totals.scored -= expected not in (None, "")
     if state.samples > 1:
         totals.per_item.setdefault(row.item_id, []).append([correct, label(value) if ok else None])
-    return _line(row, value, correct, event.error, event)
+    return _line(row, value, correct, event.error, event, True)
 
 
 def failure_text(event: Failed) -> str:
@@ -332,7 +345,8 @@ def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
     if after == before and before != IN_FLIGHT:
         return None
     if row is None:  # e.g. refused before any request (--max-context)
-        row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model, event.expected))
+        row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model, event.expected,
+                                                  line=event.line, metadata=event.metadata))
     row.error = failure_text(event)
     if after == IN_FLIGHT:
         state.totals.retries += 1
@@ -345,7 +359,7 @@ def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
         state.totals.scored += scored
         if scored:  # a failure is a wrong answer for its class too, until it succeeds
             _count_label(state.totals, row.expected, None, False, 0)
-    return _line(row, None, False if scored else None, row.error, event)
+    return _line(row, None, False if scored else None, row.error, event, False)
 
 
 def _count_label(totals: Totals, expected: Any, predicted: Any, correct: bool, retried: int) -> None:
@@ -366,9 +380,13 @@ def _count_label(totals: Totals, expected: Any, predicted: Any, correct: bool, r
         labels.hits[cls] = labels.hits.get(cls, 0) + 1
 
 
-def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event) -> Row:
+def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event, replied: bool) -> Row:
+    """The row's line; ``replied``: its last request was answered (the reply ends the conversation)."""
+    conversation = row.messages
+    if conversation is not None and replied:
+        conversation = [*conversation, {"role": "assistant", "content": row.response}]
     return Row(row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct, row.usage,
-               round(row.latency, 6), row.attempts, error, event.ts, event.seq)
+               round(row.latency, 6), row.attempts, error, event.ts, event.seq, row.line, row.metadata, conversation)
 
 
 _HANDLERS: dict[type, Callable[[RunState, Any, Any], Row | None]] = {

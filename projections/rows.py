@@ -1,6 +1,11 @@
 """The rows projection: ``responses.jsonl`` (appended) and ``summary.json`` (rewritten).
 
-Its fold is ``fold.py``. One line per finished (item, sample) is appended in log order; the
+Its fold is ``fold.py``. One line per finished (item, sample) is appended in log order, the
+order in which the items finished: the file is written live and appended to by every resume,
+and a rebuild writes the same bytes (DESIGN), so it cannot be in dataset order; a key
+finished again (a retried failure) gets a later line that supersedes the first. The rows
+table people load into pandas or Excel is ``ledger export``: last line per key, in dataset
+order (each line carries the item's ``line`` in its dataset for that, ``export.py``); the
 summary is rewritten atomically on the refresh cadence, before every checkpoint and on close
 (a checkpoint is never newer than the summary it vouches for). Its part of the checkpoint
 holds the fold's state and the byte length and CRC-32 of ``responses.jsonl`` at that point:

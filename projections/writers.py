@@ -2,11 +2,15 @@
 (``data`` an ``ExportData``, ``sink`` a path or an open binary file; see
 ``projections/formats.py``, the table that names them).
 
+Every rows format has the same columns in the same order, the schema's (``export.py``):
 Arrow (IPC file), Parquet and CSV are written by pyarrow itself batch by batch (Parquet with
-a dictionary only for the columns whose values repeat: see ``_DISTINCT``); JSONL encodes rows
-with msgspec (timestamps as RFC 3339); xlsx goes through openpyxl's write-only mode (a
-"summary" sheet, then a "results" sheet; Excel holds at most 1,048,575 data rows, so larger
-exports are refused with a hint to use Parquet); openai-batch reads the runs' logs.
+a dictionary only for the columns whose values repeat: see ``_DISTINCT``; CSV has no list
+type, so a list column -- ``conversation`` -- is written as its JSON text); JSONL encodes rows
+with msgspec, keys in the schema's order (timestamps as RFC 3339); xlsx goes through
+openpyxl's write-only mode (the "rows" sheet first, the one Excel opens on, with its
+header row frozen and its columns sized, then a "summary" sheet; Excel holds at most
+1,048,575 data rows, so larger exports are refused with a hint to use Parquet); openai-batch
+reads the runs' logs.
 
 pyarrow and openpyxl are imported inside the writers: the CLI imports this module (through
 the format table) at start-up, and ``ledger --help`` should not pay for them.
@@ -36,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["write_arrow", "write_parquet", "write_csv", "write_jsonl", "write_jsonl_gz", "write_xlsx", "write_openai_batch"]
 
 _json = msgspec.json.Encoder(order="deterministic")
+_rows_json = msgspec.json.Encoder()  # a row's keys as the schema orders them, not sorted
 _EXCEL_ROWS = 1_048_575
 
 
@@ -79,17 +84,32 @@ def write_parquet(data: ExportData, sink: Sink) -> int:
 
 
 def write_csv(data: ExportData, sink: Sink) -> int:
+    import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    with _binary(sink) as f, pacsv.CSVWriter(f, data.schema) as writer:
-        return _drain(writer, data.batches)
+    assert data.schema is not None
+    nested = [i for i, field in enumerate(data.schema) if pa.types.is_nested(field.type)]
+    schema = data.schema
+    for i in nested:
+        schema = schema.set(i, pa.field(schema.field(i).name, pa.string()))
+
+    def flat(batch: pa.RecordBatch) -> pa.RecordBatch:
+        if not nested:
+            return batch
+        columns = list(batch.columns)
+        for i in nested:
+            columns[i] = pa.array([None if v is None else _rows_json.encode(v).decode() for v in columns[i].to_pylist()], pa.string())
+        return pa.RecordBatch.from_arrays(columns, schema=schema)
+
+    with _binary(sink) as f, pacsv.CSVWriter(f, schema) as writer:
+        return _drain(writer, (flat(batch) for batch in data.batches))
 
 
 def write_jsonl(data: ExportData, sink: Sink) -> int:
     rows = 0
     with _binary(sink) as f:
         for batch in data.batches:
-            f.write(_json.encode_lines(batch.to_pylist()))
+            f.write(_rows_json.encode_lines(batch.to_pylist()))
             rows += batch.num_rows
     return rows
 
@@ -111,23 +131,49 @@ def write_xlsx(data: ExportData, sink: Sink) -> int:
 
     assert data.schema is not None
     book = Workbook(write_only=True)
-    sheet = book.create_sheet("summary")
-    for summary in data.summaries():
-        for key, value in _flatten(summary):
-            sheet.append([key, value])
-        sheet.append([])
-    results = book.create_sheet("results")
-    results.append(data.schema.names)
+    rows_sheet = book.create_sheet("rows")  # first: the sheet a workbook opens on
+    rows_sheet.freeze_panes = "A2"
+    for letter, width in _widths(data.schema):
+        rows_sheet.column_dimensions[letter].width = width
+    rows_sheet.append(data.schema.names)
     rows = 0
     for batch in data.batches:
         rows += batch.num_rows
         if rows > _EXCEL_ROWS:
             raise InputError(f"{rows:,}+ rows do not fit in an Excel sheet: export parquet or csv instead")
         for row in batch.to_pylist():
-            results.append([_cell(v) for v in row.values()])
+            rows_sheet.append([_cell(v) for v in row.values()])
+    sheet = book.create_sheet("summary")
+    sheet.column_dimensions["A"].width = 28
+    sheet.column_dimensions["B"].width = 24
+    for summary in data.summaries():
+        for key, value in _flatten(summary):
+            sheet.append([key, value])
+        sheet.append([])
     with _binary(sink) as f:
         book.save(f)
     return rows
+
+
+# Column widths in characters (the write-only sheet is streamed: widths are set before the
+# first row, from the column's name and type, not measured): long text wide, numbers narrow.
+_WIDE = {"prompt": 60, "response": 60, "conversation": 60, "error": 40, "parsed": 24, "expected": 24}
+
+
+def _widths(schema: pa.Schema) -> Iterator[tuple[str, float]]:
+    import pyarrow as pa
+    from openpyxl.utils import get_column_letter
+
+    for i, field in enumerate(schema, 1):
+        if field.name in _WIDE:
+            width = _WIDE[field.name]
+        elif pa.types.is_timestamp(field.type):
+            width = 20
+        elif pa.types.is_string(field.type):
+            width = 16
+        else:
+            width = 10
+        yield get_column_letter(i), max(width, len(field.name) + 2)
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> Iterable[tuple[str, Any]]:
@@ -143,7 +189,7 @@ def _cell(value: Any) -> Any:
     if isinstance(value, datetime.datetime):
         return value.astimezone(datetime.UTC).replace(tzinfo=None)  # Excel has no time zones: UTC
     if isinstance(value, (list, dict)):
-        return _json.encode(value).decode()
+        return _rows_json.encode(value).decode()
     return value
 
 

@@ -119,7 +119,7 @@ _probe = msgspec.msgpack.Encoder().encode
 def _check_storable(path: str, item: Item) -> None:
     """Everything of an item goes into the log (MessagePack): refuse what it cannot hold."""
     try:
-        _probe((item.expected, item.params, item.turns))
+        _probe((item.expected, item.params, item.turns, item.metadata))
     except (msgspec.EncodeError, OverflowError, TypeError) as exc:
         raise InputError(f"{path}:{item.line}: a value cannot be stored in the log ({exc}; "
                          "integers must fit in 64 bits)") from None

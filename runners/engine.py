@@ -197,7 +197,7 @@ class Engine:
             self.writer.submit([Failed(
                 item_id=work.item.id, sample=work.sample, turn=cursor.turn, attempt=max(1, cursor.attempt),
                 error_type="internal", message=message, retryable=False, final=True, endpoint=cursor.endpoint,
-                expected=work.item.expected,
+                expected=work.item.expected, line=work.item.line, metadata=work.item.metadata,
             )])
         except LogError as log_error:
             self._fatal(log_error)
@@ -213,6 +213,7 @@ class Engine:
         self.writer.submit([Failed(
             item_id=work.item.id, sample=work.sample, turn=turn, attempt=work.attempts,
             error_type="context_overflow", final=True, retryable=False, expected=work.item.expected,
+            line=work.item.line, metadata=work.item.metadata,
             message=f"conversation needs ~{need} tokens (with max_tokens), over --max-context {limit}; not sent",
         )])
         self.progress.failed += 1
@@ -255,7 +256,8 @@ class Engine:
             item, turn = work.item, cursor.turn
             key = {"item_id": item.id, "sample": work.sample, "turn": turn, "attempt": cursor.attempt}
             self._sending.add(task)
-            self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected)])
+            self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected,
+                                        line=item.line, metadata=item.metadata)])
             try:
                 reply = await endpoint.transport.send(body, request_key(item.id, work.sample, turn), self.config.timeout)
             except EndpointError as exc:

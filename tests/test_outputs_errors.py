@@ -187,7 +187,7 @@ def test_a_reader_leaving_the_pipe_is_a_quiet_exit_0(world, fmt, tmp_path):
     proc.stdout.close()  # like `| head -1`
     err = proc.stderr.read().decode()
     assert proc.wait(60) == 0, err[-3000:]
-    assert first.startswith(b'"item_id",' if fmt == "csv" else b"{"), first[:200]
+    assert first.startswith(b'"run_id","item_id",' if fmt == "csv" else b"{"), first[:200]
     assert "Traceback" not in err and "Exception" not in err, err[-3000:]
     assert not (tmp_path / "-").exists()
 

@@ -7,7 +7,6 @@ from typing import Annotated, Optional
 import typer
 
 from llm_ledger.ledger.layout import RunPaths, find_run
-from llm_ledger.projections.registry import output_names
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -39,6 +38,8 @@ def replay(
 def _timings(rebuilt: dict[str, float]) -> str:
     """``responses.jsonl, summary.json, failures.jsonl in 1.2 s; conversations/ in 9.8 s``:
     the files of each pass over the log (projections folded together took the same time)."""
+    from llm_ledger.projections.registry import output_names
+
     passes: dict[float, list[str]] = {}
     for name, seconds in rebuilt.items():
         passes.setdefault(seconds, []).append(name)

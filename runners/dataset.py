@@ -153,7 +153,12 @@ class _Plain(msgspec.Struct):
     body: msgspec.UnsetType = msgspec.UNSET
 
 
+class _PlainOnly(_Plain, forbid_unknown_fields=True):
+    """``_Plain`` and no other field: nothing in the line is skipped unchecked."""
+
+
 _plain_list = list[_Plain]
+_plain_only_decode = msgspec.json.Decoder(_PlainOnly).decode
 
 
 def _scan_jsonl(path: str, seen: set[int]) -> tuple[int, str, int]:
@@ -216,19 +221,35 @@ def _plain_records(block: bytes) -> list[Any] | None:
 
 def _plain_ids(block: bytes, first_line: int) -> list[str] | None:
     """The ids of a block that is proven valid as a whole (plain shape, storable), or None."""
-    records = _plain_records(block)
-    if records is None:
+    plain = _plain(block)
+    if plain is None:
         return None
     try:
-        plain = msgspec.convert(records, _plain_list)
         _probe([r.expected for r in plain])
-    except (msgspec.ValidationError, msgspec.EncodeError, OverflowError, TypeError):
+    except (msgspec.EncodeError, OverflowError, TypeError):
         return None
     ids = [r.id for r in plain]
     if msgspec.UNSET not in ids:
         return list(map(str, ids))
     return [str(r.id) if r.id is not msgspec.UNSET else str(r.custom_id) if r.custom_id is not msgspec.UNSET
             else str(first_line + n) for n, r in enumerate(plain)]
+
+
+def _plain(block: bytes) -> list[_Plain] | None:
+    """A block's records as ``_Plain``, each line decoded alone: typed in one step when no line
+    has another field (every value is then decoded, so checked as the generic decoder checks
+    it); else decoded as the record-by-record reader decodes it, then converted."""
+    lines = block.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    try:
+        return list(map(_plain_only_decode, lines))
+    except msgspec.DecodeError:  # a ValidationError too
+        pass
+    try:
+        return msgspec.convert(list(map(_json_decode, lines)), _plain_list)
+    except msgspec.DecodeError:
+        return None
 
 
 def iter_keyed(path: str) -> Iterator[tuple[str, int, dict[str, Any]]]:

@@ -1,7 +1,7 @@
 """Start-up of a big run, and of the CLI itself (issue 14, goals 2 and 3). Prints JSON.
 
 * ``new_run_first_request_s``: a new ``ledger run`` of an N-item JSONL (default 1,000,000,
-  ~84 bytes a record): seconds from starting the CLI process to the first request the
+  ~83 bytes a record): seconds from starting the CLI process to the first request the
   simulator receives. The simulator runs in its own process (``ledger simulate
   --request-log``); the figure is the first logged request's wall time (``t``) minus the wall
   time just before the CLI was spawned, so it includes interpreter start, imports,
@@ -48,7 +48,7 @@ def free_port() -> int:
 def write_dataset(path: str, n: int) -> None:
     with open(path, "w") as f:
         for i in range(n):
-            f.write(json.dumps({"id": i, "prompt": f"What is {i} plus {i % 97}? Reply with a number.",
+            f.write(json.dumps({"id": i, "prompt": f"What is {i} plus {i % 97}? Answer:",
                                 "expected": str(i + i % 97)}) + "\n")
 
 
@@ -67,9 +67,10 @@ def start_simulator(port: int, request_log: str, env: dict[str, str]) -> subproc
 class RequestLog:
     """The simulator's request log, read as it grows."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, since: float = 0.0) -> None:
         self.path = path
         self.offset = os.path.getsize(path) if os.path.exists(path) else 0
+        self.since = since  # requests logged before (a killed run's last ones) are not counted
         self.count = 0
         self.first: float | None = None
 
@@ -81,8 +82,11 @@ class RequestLog:
             data = f.read()
         end = data.rfind(b"\n") + 1
         for line in data[:end].splitlines():
+            t = json.loads(line)["t"]
+            if t < self.since:
+                continue
             if self.first is None:
-                self.first = json.loads(line)["t"]
+                self.first = t
             self.count += 1
         self.offset += end
 
@@ -94,7 +98,7 @@ def cli(*args: str) -> list[str]:
 def first_request(cmd: list[str], log: RequestLog, env: dict[str, str], until: int, timeout: float = 300.0
                   ) -> tuple[subprocess.Popen, float]:
     """Spawn ``cmd``; return it and the seconds to the first request, once ``until`` requests arrived."""
-    t0 = time.time()
+    t0 = log.since = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + timeout
     while log.count < until:
@@ -133,7 +137,7 @@ def main() -> None:
         env["PYTHONPATH"] = os.path.abspath(args.src) + os.pathsep + env.get("PYTHONPATH", "")
     work = args.dir or tempfile.mkdtemp(prefix="ledger-startup-")
     os.makedirs(work, exist_ok=True)
-    dataset = os.path.join(work, f"items-{args.items}.jsonl")
+    dataset = os.path.join(work, f"sums-{args.items}.jsonl")
     if not os.path.exists(dataset):
         write_dataset(dataset, args.items)
     runs = tempfile.mkdtemp(prefix="runs-", dir=work)
@@ -149,6 +153,8 @@ def main() -> None:
         proc, result["new_run_first_request_s"] = first_request(run, log, env, args.kill_after)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        time.sleep(1.0)  # requests already on their way are logged before the resume starts
+        log.poll()
         result["requests_before_kill"] = log.count
 
         log = RequestLog(request_log)

@@ -111,10 +111,13 @@ def _check_spec(name: str, spec: str) -> None:
 def scan(path: str, template: str | None = None) -> DatasetInfo:
     """Validate every record; return sha256 and count. Raises InputError at the first bad one."""
     fmt = _format(path)
-    seen: set[int] = set()
-    if fmt == "jsonl" and not template:
-        count, digest, size = _scan_jsonl(path, seen)
-    else:
+    try:
+        if fmt == "jsonl" and not template:
+            count, digest, size = _scan_jsonl(path, set())
+        else:
+            raise _Duplicate
+    except _Duplicate:  # said by the record by record checks, with its line
+        seen: set[int] = set()
         count = sum(_checked(path, item, seen) for item in iter_items(path, template))
         digest, size = file_sha256(path), file_size(path)
     if count == 0:
@@ -161,6 +164,11 @@ _plain_list = list[_Plain]
 _plain_only_decode = msgspec.json.Decoder(_PlainOnly).decode
 
 
+class _Duplicate(Exception):
+    """A block repeats an id (or two ids share a hash): the file is checked again record by
+    record, which names the line (an error, so its cost does not matter)."""
+
+
 def _scan_jsonl(path: str, seen: set[int]) -> tuple[int, str, int]:
     """Validate a JSONL file block by block, hashing it on the way: (items, sha256, size)."""
     sha, count, size = hashlib.sha256(), 0, 0
@@ -168,11 +176,12 @@ def _scan_jsonl(path: str, seen: set[int]) -> tuple[int, str, int]:
         size += len(block)
         ids = _plain_ids(block, first_line)
         if ids is not None:
-            hashes = set(map(_id_hash, ids))
-            if len(hashes) == len(ids) and hashes.isdisjoint(seen):
-                seen |= hashes
-                count += len(ids)
-                continue
+            before = len(seen)
+            seen.update(map(_id_hash, ids))
+            if len(seen) - before != len(ids):
+                raise _Duplicate
+            count += len(ids)
+            continue
         for line, record in _jsonl_lines(path, io.BytesIO(block), first_line):  # the exact checks and messages
             count += _checked(path, _item(path, line, record, None, set()), seen)
     return count, sha.hexdigest(), size

@@ -10,7 +10,6 @@ from llm_ledger.ledger.layout import RunPaths, find_run
 
 from .app import app
 from .common import RunsDir, handled, out
-from .progress import summary_table
 
 
 @app.command("replay")
@@ -25,6 +24,8 @@ def replay(
         paths = find_run(runs_dir, run)
         from llm_ledger.projections.replay import replay as replay_run  # here: keeps every command's start light
         from llm_ledger.runners.reparse import reparse as reparse_run
+
+        from .progress import summary_table
 
         summary = reparse_run(paths, reparse) if reparse else replay_run(paths, full=rebuild)
         if reparse:

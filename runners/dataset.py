@@ -15,11 +15,13 @@ item count, holding only a 64-bit hash per id (to find duplicates) in memory; ``
 streams it again for scheduling. Bad records are reported as ``file:line: what is wrong``.
 
 A million records must validate in about a second, so a JSONL file without ``--template`` is
-checked in blocks at msgspec speed: a block whose every line is one ``{...}`` object of the
-plain shape (``prompt``, an ``id``, ``expected``, any other field) is decoded with the same
-decoder and proven by typed conversion, with no Python work per record beyond its id; any
-other block (messages, turns, the Batch format, a blank or bad line) goes through the record
-by record checks, which name the first bad line exactly as before. ``iter_keyed`` streams a
+checked in blocks of lines at msgspec speed: a block whose every line is one record of the
+plain shape (``prompt``, an ``id``, ``expected``; other fields too) is decoded line by line
+straight into a typed struct (or, with other fields, by the record reader's own decoder and
+then converted), with no Python work per record beyond its id; any other block (messages,
+turns, the Batch format, a blank or bad line) goes through the record by record checks,
+which name the first bad line exactly as before (tests/test_startup.py holds both to the
+same answer on tricky files). ``iter_keyed`` streams a
 file as (id, line, record) without building items: a resume skips what is done at that cost.
 """
 
@@ -112,17 +114,19 @@ def scan(path: str, template: str | None = None) -> DatasetInfo:
     """Validate every record; return sha256 and count. Raises InputError at the first bad one."""
     fmt = _format(path)
     try:
-        if fmt == "jsonl" and not template:
-            count, digest, size = _scan_jsonl(path, set())
-        else:
-            raise _Duplicate
+        count, digest, size = _scan_jsonl(path, set()) if fmt == "jsonl" and not template else _scan_items(path, template)
     except _Duplicate:  # said by the record by record checks, with its line
-        seen: set[int] = set()
-        count = sum(_checked(path, item, seen) for item in iter_items(path, template))
-        digest, size = file_sha256(path), file_size(path)
+        count, digest, size = _scan_items(path, template)
     if count == 0:
         raise InputError(f"{path}: the dataset has no items")
     return DatasetInfo(os.path.abspath(path), digest, count, fmt, size)
+
+
+def _scan_items(path: str, template: str | None) -> tuple[int, str, int]:
+    """Validate record by record: (items, sha256, size)."""
+    seen: set[int] = set()
+    count = sum(_checked(path, item, seen) for item in iter_items(path, template))
+    return count, file_sha256(path), file_size(path)
 
 
 def _checked(path: str, item: Item, seen: set[int]) -> int:

@@ -1,10 +1,10 @@
 """What a session will send: the resume plan, and the dry run's ``plan.jsonl``.
 
-Resume plan per (item, sample), from the index, streamed (a million items are never held
-at once; what a resume found is counted from the index beforehand): done -> skipped; finally failed ->
+Resume plan per (item, sample), from the index: done -> skipped; finally failed ->
 skipped with ``skip_failed``, else retried; in flight -> re-sent from the turn after the
 last completed one, with the conversation rebuilt from the replies in the log; never
-started -> sent. With ``--limit`` and ``--seed``, the same random subset on every session.
+started -> sent. It is streamed in file order (a million works are never held at once);
+what a resume found is counted from the index's records beforehand. With ``--limit`` and ``--seed``, the same random subset on every session.
 
 ``--dry-run``: the fully expanded requests, written to ``plan.jsonl``, and what they cost.
 

@@ -2,7 +2,8 @@
 written -- the parser compiles, the dataset validates (every record), the runner and the
 transport exist, the API key exists for a remote endpoint, the endpoint lists the model,
 an existing run's dataset still has its recorded sha256 (then it is not validated again:
-it is the dataset the run validated) and what was typed agrees with the run. The result, ``Prepared``, is what a session opens.
+it is the dataset the run validated) and what was typed agrees with the run. The result,
+``Prepared``, is what a session opens.
 """
 
 from __future__ import annotations

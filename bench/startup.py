@@ -8,12 +8,15 @@
   validating the whole dataset, opening the run and planning.
 * That run is killed with SIGKILL once ``--kill-after`` requests (default 15,000) reached the
   simulator, then ``ledger resume`` is started: ``resume_first_request_s`` is measured the
-  same way (first request logged after the resume was spawned). The resume then runs for
+  same way (first request logged after the resume was spawned). ``*_cpu_at_first_request_s``:
+  the CPU time the CLI process had used when its first request was seen (what the start
+  costs, less inflated than the wall time on a busy machine). The resume then runs for
   ``--resume-seconds`` and is stopped with SIGINT; ``resume_peak_rss_mb`` is its peak RSS
   (``os.wait4`` on that one process: ru_maxrss, so neither the simulator nor the first run
   count).
 * ``help_s``, ``status_s``: wall time of ``ledger --help`` and ``ledger status RUN`` (the
-  resumed run), median of ``--repeat`` runs.
+  resumed run), median of ``--repeat`` runs; ``*_cpu_s`` their CPU time (user + system),
+  which a busy machine inflates less (``load_average_1min`` says how busy it was).
 
 Each figure comes with its target and whether it was met. ``--src DIR`` runs the CLI from
 another checkout (a directory holding ``llm_ledger/{ledger,runners,...}``, put first on
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import signal
 import socket
 import statistics
@@ -95,12 +99,21 @@ def cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "llm_ledger.cli", *args]
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a live process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def first_request(cmd: list[str], log: RequestLog, env: dict[str, str], until: int, timeout: float = 300.0
-                  ) -> tuple[subprocess.Popen, float]:
-    """Spawn ``cmd``; return it and the seconds to the first request, once ``until`` requests arrived."""
+                  ) -> tuple[subprocess.Popen, float, float]:
+    """Spawn ``cmd``; once ``until`` requests arrived, return it, the seconds to the first
+    request and the CPU seconds the process had used when it was seen (polled every 10 ms)."""
     t0 = log.since = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + timeout
+    cpu = None
     while log.count < until:
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd[3]} exited with {proc.returncode}: {proc.stderr.read().decode()[-2000:]}")
@@ -109,17 +122,23 @@ def first_request(cmd: list[str], log: RequestLog, env: dict[str, str], until: i
             raise RuntimeError(f"{cmd[3]}: {log.count} requests after {timeout} s")
         time.sleep(0.01)
         log.poll()
-    assert log.first is not None
-    return proc, log.first - t0
+        if cpu is None and log.first is not None:
+            cpu = round(cpu_seconds(proc.pid), 2)
+    assert log.first is not None and cpu is not None
+    return proc, log.first - t0, cpu
 
 
-def timed(cmd: list[str], env: dict[str, str], repeat: int) -> float:
-    times = []
+def timed(cmd: list[str], env: dict[str, str], repeat: int) -> tuple[float, float]:
+    """Median wall time and median CPU time (user + system) of ``cmd``: on a busy machine the
+    CPU time says what the command costs, the wall time what a user waits."""
+    times, cpus = [], []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, check=True)
         times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(r1.ru_utime - r0.ru_utime + r1.ru_stime - r0.ru_stime)
+    return statistics.median(times), round(statistics.median(cpus), 3)
 
 
 def main() -> None:
@@ -150,7 +169,8 @@ def main() -> None:
         log = RequestLog(request_log)
         run = cli("run", dataset, "--base-url", f"http://127.0.0.1:{port}/v1", "--model", "sim-1", "--run-id", "big",
                   "--runs-dir", runs, "--no-preflight")
-        proc, result["new_run_first_request_s"] = first_request(run, log, env, args.kill_after)
+        proc, result["new_run_first_request_s"], result["new_run_cpu_at_first_request_s"] = first_request(
+            run, log, env, args.kill_after)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         time.sleep(1.0)  # requests already on their way are logged before the resume starts
@@ -158,15 +178,17 @@ def main() -> None:
         result["requests_before_kill"] = log.count
 
         log = RequestLog(request_log)
-        proc, result["resume_first_request_s"] = first_request(cli("resume", "big", "--runs-dir", runs), log, env, 1)
+        proc, result["resume_first_request_s"], result["resume_cpu_at_first_request_s"] = first_request(
+            cli("resume", "big", "--runs-dir", runs), log, env, 1)
         time.sleep(args.resume_seconds)
         proc.send_signal(signal.SIGINT)
         _, _, usage = os.wait4(proc.pid, 0)
         proc.returncode = 0
         result["resume_peak_rss_mb"] = round(usage.ru_maxrss / 1024, 1)
 
-        result["help_s"] = timed(cli("--help"), env, args.repeat)
-        result["status_s"] = timed(cli("status", "big", "--runs-dir", runs), env, args.repeat)
+        result["help_s"], result["help_cpu_s"] = timed(cli("--help"), env, args.repeat)
+        result["status_s"], result["status_cpu_s"] = timed(cli("status", "big", "--runs-dir", runs), env, args.repeat)
+        result["load_average_1min"] = os.getloadavg()[0]
     finally:
         sim.terminate()
         sim.wait()

@@ -142,6 +142,7 @@ def _checked(path: str, item: Item, seen: set[int]) -> int:
 _id_hash = hash  # 64 bits of the id (within this process): what finds duplicates without holding the ids
 
 _BLOCK = 4 << 20
+_KEYED_BLOCK = 256 << 10
 _NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
 
 
@@ -191,13 +192,14 @@ def _scan_jsonl(path: str, seen: set[int]) -> tuple[int, str, int]:
     return count, sha.hexdigest(), size
 
 
-def _blocks(path: str, sha: Any = None) -> Iterator[tuple[int, bytes]]:
-    """The file in blocks of whole lines, each with the number of its first line."""
+def _blocks(path: str, sha: Any = None, size: int = 0) -> Iterator[tuple[int, bytes]]:
+    """The file in blocks of whole lines (about ``size`` bytes, default ``_BLOCK``), each with
+    the number of its first line."""
     line, carry = 1, b""
     try:
         with fs.open_file(path, "rb") as f:
             while True:
-                data = f.read(_BLOCK)
+                data = f.read(size or _BLOCK)
                 if sha is not None:
                     sha.update(data)
                 if not data:
@@ -272,7 +274,7 @@ def iter_keyed(path: str) -> Iterator[tuple[str, int, dict[str, Any]]]:
         for line, record in _records(path):
             yield _item_id(f"{path}:{line}", record, line), line, record
         return
-    for first_line, block in _blocks(path):
+    for first_line, block in _blocks(path, size=_KEYED_BLOCK):  # smaller: the first work comes sooner
         records = _plain_records(block)
         if records is None:
             for line, record in _jsonl_lines(path, io.BytesIO(block), first_line):

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.projections.compare import Comparison, as_text, compare_runs, write_csv
-from llm_ledger.projections.outputs import check_output_path
 
 from .app import app
+
+if TYPE_CHECKING:
+    from llm_ledger.projections.compare import Comparison
 from .common import RunsDir, handled, out
 
 
@@ -26,6 +26,9 @@ def compare(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Accuracy with 95% intervals, agreement and McNemar's exact test, paired over shared items."""
+    from llm_ledger.projections.compare import compare_runs, write_csv
+    from llm_ledger.projections.outputs import check_output_path
+
     with handled():
         result = compare_runs([find_run(runs_dir, run) for run in runs])
         written = write_csv(result, check_output_path(output), only_diff) if output else None
@@ -46,6 +49,8 @@ def _print_coverage(result: Comparison) -> None:
 
 
 def _print_stats(result: Comparison) -> None:
+    from rich.table import Table
+
     _print_coverage(result)
     table = Table("run", "model", "scored", "correct", "accuracy", "95% CI", title="accuracy on shared items")
     for r in result.runs:
@@ -65,6 +70,10 @@ def _print_stats(result: Comparison) -> None:
 
 
 def _print_diff(result: Comparison) -> None:
+    from rich.table import Table
+
+    from llm_ledger.projections.compare import as_text
+
     diffs = result.differences()
     _print_coverage(result)
     table = Table("item", "sample", "expected", *(escape(r) for r in result.run_ids))
@@ -76,5 +85,7 @@ def _print_diff(result: Comparison) -> None:
 
 
 def _answer(parsed: object, correct: bool | None) -> str:
+    from llm_ledger.projections.compare import as_text
+
     text = escape(str(as_text(parsed)))
     return {True: f"[green]{text}[/green]", False: f"[red]{text}[/red]"}.get(correct, text)  # type: ignore[arg-type]

@@ -8,8 +8,6 @@ import msgspec
 import typer
 
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.ledger.lock import is_locked
-from llm_ledger.ledger.reader import follow_events, iter_events
 
 from .app import app
 from .common import RunsDir, handled, stdout
@@ -24,6 +22,9 @@ def log(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Print the run's events as JSON lines, with DESIGN's field names."""
+    from llm_ledger.ledger.lock import is_locked
+    from llm_ledger.ledger.reader import follow_events, iter_events
+
     with handled():
         paths = find_run(runs_dir, run)
         if follow:

@@ -7,11 +7,9 @@ from typing import Annotated, Optional
 import typer
 
 from llm_ledger.ledger.layout import RunPaths, find_run
-from llm_ledger.projections.registry import output_names
 
 from .app import app
 from .common import RunsDir, handled, out
-from .progress import summary_table
 
 
 @app.command("replay")
@@ -27,6 +25,8 @@ def replay(
         from llm_ledger.projections.replay import replay as replay_run  # here: keeps every command's start light
         from llm_ledger.runners.reparse import reparse as reparse_run
 
+        from .progress import summary_table
+
         summary = reparse_run(paths, reparse) if reparse else replay_run(paths, full=rebuild)
         if reparse:
             out.print(f"re-parsed {summary['reparsed']} replies with {reparse}; no request sent")
@@ -39,6 +39,8 @@ def replay(
 def _timings(rebuilt: dict[str, float]) -> str:
     """``responses.jsonl, summary.json, failures.jsonl in 1.2 s; conversations/ in 9.8 s``:
     the files of each pass over the log (projections folded together took the same time)."""
+    from llm_ledger.projections.registry import output_names
+
     passes: dict[float, list[str]] = {}
     for name, seconds in rebuilt.items():
         passes.setdefault(seconds, []).append(name)

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from llm_ledger.runners.prepare import Prepared
     from llm_ledger.runners.session import Session
 from .common import RunsDir, err, handled, out
-from .progress import make_bar, summary_table, ticker
 
 
 PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
@@ -173,6 +172,7 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
 
     from .exit_codes import exit_code
     from .interrupts import install_interrupts
+    from .progress import make_bar, summary_table, ticker
 
     config = prepared.config
     bar = make_bar()

@@ -9,7 +9,6 @@ import typer
 from rich.markup import escape
 
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.projections.show import item_story
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -24,6 +23,8 @@ def show(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """The conversation of one item and every attempt made for it."""
+    from llm_ledger.projections.show import item_story
+
     with handled():
         story = item_story(find_run(runs_dir, run), item, sample)
         if as_json:

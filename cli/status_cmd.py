@@ -6,16 +6,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
-from rich.table import Table
 
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.projections.runs import RunRow, RunStatus, list_runs, run_status
 
 from .app import app
+
+if TYPE_CHECKING:
+    from llm_ledger.projections.runs import RunRow, RunStatus
 from .common import RunsDir, handled, out
 
 
@@ -26,6 +27,8 @@ def status(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Progress of a running or stopped run: from its index when current (O(1)), else from the log."""
+    from llm_ledger.projections.runs import run_status
+
     with handled():
         info = run_status(find_run(runs_dir, run))
         if as_json:
@@ -55,6 +58,10 @@ def ls(
 
     A table on a terminal; tab-separated lines with a header when piped (nothing cut short,
     so `ledger ls | grep completed` works)."""
+    from rich.table import Table
+
+    from llm_ledger.projections.runs import list_runs
+
     with handled():
         runs = list_runs(runs_dir)
         if as_json:

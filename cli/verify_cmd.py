@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.ledger.maintenance import repair_log, verify_log
 
 from .app import app
 from .common import RunsDir, err, handled, out
@@ -20,6 +19,8 @@ def verify(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Check every frame of the log; exit 1 if any is damaged (0 after a repair)."""
+    from llm_ledger.ledger.maintenance import repair_log, verify_log
+
     with handled():
         paths = find_run(runs_dir, run)
         report = verify_log(paths.log)

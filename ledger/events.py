@@ -65,6 +65,11 @@ class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
     dataset_sha256: str = ""
     items: int = 0
     version: str = ""
+    # The validated dataset as a whole (0: a log written before they were recorded): its item
+    # count (``items`` is what is planned: fewer with --limit) and size in bytes. A resume
+    # whose dataset still has this size and sha256 trusts the count and skips validating it.
+    dataset_items: int = 0
+    dataset_size: int = 0
 
 
 class SessionStarted(EventBase, frozen=True, kw_only=True, tag="session_started"):

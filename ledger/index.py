@@ -55,7 +55,7 @@ import hashlib
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple
 
 import lmdb
@@ -354,6 +354,19 @@ class RunIndex:
     def get(self, item_id: str, sample: int) -> ItemState | None:
         with self._begin() as txn:
             return _lookup(txn, self._items, item_id, sample)
+
+    def get_many(self, keys: Sequence[tuple[str, int]]) -> list[ItemState | None]:
+        """``get`` for many (item_id, sample) at once, in one read transaction."""
+        with self._begin() as txn:
+            return [_lookup(txn, self._items, item_id, sample) for item_id, sample in keys]
+
+    def records(self) -> Iterator[tuple[str, int, ItemState]]:
+        """Every (item_id, sample, state) held, streamed from one snapshot (read it to the end
+        before writing in this thread)."""
+        with self._begin() as txn:
+            for key, raw in txn.cursor(db=self._items):
+                value = _unpack(raw)
+                yield (*_split(key, value), _state(value))
 
     def _begin(self) -> lmdb.Transaction:
         try:

@@ -3,7 +3,8 @@
 Resume plan per (item, sample), from the index: done -> skipped; finally failed ->
 skipped with ``skip_failed``, else retried; in flight -> re-sent from the turn after the
 last completed one, with the conversation rebuilt from the replies in the log; never
-started -> sent. With ``--limit`` and ``--seed``, the same random subset on every session.
+started -> sent. It is streamed in file order (a million works are never held at once);
+what a resume found is counted from the index's records beforehand. With ``--limit`` and ``--seed``, the same random subset on every session.
 
 ``--dry-run``: the fully expanded requests, written to ``plan.jsonl``, and what they cost.
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +34,7 @@ from llm_ledger.projections.conversations import Conversation
 from llm_ledger.projections.fold import key_of
 
 from .config import RunConfig
-from .dataset import Item, iter_items
+from .dataset import Item, iter_items, iter_keyed, make_item, template_fields
 from .limits import estimate_tokens
 from .runner import Work
 
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 
     from .prepare import Prepared
 
-__all__ = ["Found", "resume_works", "planned_items", "plan_only", "dry_run"]
+__all__ = ["Found", "resume_found", "resume_works", "planned_items", "plan_only", "dry_run"]
 
 
 @dataclass
@@ -57,32 +58,102 @@ class Found:
     to_send: int = 0
 
 
-def resume_works(prepared: Prepared, state_of: Callable[[str, int], ItemState | None],
-                 conversation: Callable[[str], Conversation | None], found: Found) -> Iterator[Work]:
-    """The works to send, lazily, counting into ``found``. ``state_of``: an (item, sample)'s
-    state in the index; ``conversation``: its conversation as folded from the log (the
-    projector's, proven by its checkpoint's CRC and log position, never unchecked bytes)."""
+States = Callable[[list[tuple[str, int]]], list["ItemState | None"]]
+_BATCH = 512  # items whose states are read in one index transaction
+
+
+def resume_found(prepared: Prepared, records: Iterable[tuple[str, int, ItemState]]) -> Found:
+    """What a resume will do, counted before anything is sent, without walking the dataset.
+
+    ``records``: every (item, sample) the index holds a record of; those are the planned
+    ones that were started (the plan is fixed by the run), so the others never started.
+    Only the unfinished ones need their item (for the tokens they re-send): the dataset is
+    read up to the last of them, usually just past what was done."""
+    config = prepared.config
+    found = Found()
+    unfinished: dict[str, int] = {}
+    held = 0
+    for item_id, _sample, state in records:
+        held += 1
+        if state.state == DONE:
+            found.done += 1
+        elif state.state == FAILED:
+            found.failed += 1
+        else:
+            found.in_flight += state.state == IN_FLIGHT
+            unfinished[item_id] = unfinished.get(item_id, 0) + 1
+    planned = planned_items(prepared.dataset.items, config.limit) * config.samples
+    found.never_started = max(0, planned - held)
+    found.to_send = planned - found.done - (found.failed if prepared.skip_failed else 0)
+    found.in_flight_tokens = _unfinished_tokens(prepared, unfinished)
+    return found
+
+
+def _unfinished_tokens(prepared: Prepared, wanted: dict[str, int]) -> int:
+    if not wanted:
+        return 0
+    path, template = prepared.dataset.path, prepared.config.template
+    fields = template_fields(template) if template else set()
+    tokens = 0
+    for item_id, line, record in iter_keyed(path):
+        samples = wanted.pop(item_id, 0)
+        if samples:
+            tokens += _estimate_tokens(make_item(path, line, record, template, fields)) * samples
+            if not wanted:
+                break
+    return tokens
+
+
+def resume_works(prepared: Prepared, states: States | None,
+                 conversation: Callable[[str], Conversation | None]) -> Iterator[Work]:
+    """The works to send, streamed in file order. ``states``: the (item, sample)s' states in
+    the index (None: a new run, nothing to look up); ``conversation``: an (item, sample)'s
+    conversation as folded from the log (the projector's, proven by its checkpoint's CRC and
+    log position, never unchecked bytes). An item is built only when something of it is sent:
+    a resume passes over what is done at the cost of decoding its line."""
+    template = prepared.config.template
+    fields = template_fields(template) if template else set()
+    batch: list[tuple[str, int, dict[str, Any]]] = []
+    for keyed in _planned(prepared):
+        batch.append(keyed)
+        if len(batch) < _BATCH:
+            continue
+        yield from _batch_works(prepared, batch, states, conversation, fields)
+        batch = []
+    yield from _batch_works(prepared, batch, states, conversation, fields)
+
+
+def _planned(prepared: Prepared) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """(id, line, record) of the planned items: all, the first --limit, or the --seed subset."""
     config = prepared.config
     chosen = subset(prepared.dataset.items, config.limit, config.seed)
-    for n, item in enumerate(iter_items(prepared.dataset.path, config.template)):
+    for n, keyed in enumerate(iter_keyed(prepared.dataset.path)):
         if config.limit is not None and chosen is None and n >= config.limit:
             return
         if chosen is not None and n not in chosen:
             continue
-        for sample in range(config.samples):
-            state = state_of(item.id, sample)
+        yield keyed
+
+
+def _batch_works(prepared: Prepared, batch: list[tuple[str, int, dict[str, Any]]], states: States | None,
+                 conversation: Callable[[str], Conversation | None], fields: set[str]) -> Iterator[Work]:
+    """The works of a batch of items, their states read at once (they cannot change before
+    this session sends them: only the works yielded are sent)."""
+    if not batch:
+        return
+    config = prepared.config
+    samples, path, template = config.samples, prepared.dataset.path, config.template
+    found = states([(item_id, s) for item_id, _, _ in batch for s in range(samples)]) if states else None
+    for i, (_item_id, line, record) in enumerate(batch):
+        item: Item | None = None
+        for sample in range(samples):
+            state = found[i * samples + sample] if found else None
+            if state is not None and (state.state == DONE or (state.state == FAILED and prepared.skip_failed)):
+                continue
+            item = item or make_item(path, line, record, template, fields)
             if state is None:
-                found.never_started += 1
                 yield Work(item, sample)
-            elif state.state == DONE:
-                found.done += 1
-            elif state.state == FAILED:
-                found.failed += 1
-                if not prepared.skip_failed:
-                    yield _continue(config, item, sample, state.attempts, conversation)
             else:
-                found.in_flight += state.state == IN_FLIGHT
-                found.in_flight_tokens += _estimate_tokens(item)
                 yield _continue(config, item, sample, state.attempts, conversation)
 
 

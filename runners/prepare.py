@@ -1,8 +1,9 @@
 """Preparation: everything that can be wrong with the input is checked before a byte is
 written -- the parser compiles, the dataset validates (every record), the runner and the
 transport exist, the API key exists for a remote endpoint, the endpoint lists the model,
-an existing run's dataset still has its recorded sha256 and what was typed agrees with the
-run. The result, ``Prepared``, is what a session opens.
+an existing run's dataset still has its recorded sha256 (then it is not validated again:
+it is the dataset the run validated) and what was typed agrees with the run. The result,
+``Prepared``, is what a session opens.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from llm_ledger.ledger.layout import RunPaths, validate_run_id
 from llm_ledger.ledger.reader import iter_events
 
 from .config import HOW_FIELDS, SIMULATOR_MODEL, RunConfig, check_config, compare
-from .dataset import DatasetInfo, scan
+from .dataset import DatasetInfo, file_sha256, file_size, known, scan
 from .parsers import Parser, make_parser
 from .preflight import check_endpoints, list_models
 from .prices import lookup
@@ -176,7 +177,7 @@ def prepare_resume(paths: RunPaths, skip_failed: bool = False, overrides: dict[s
     if changed:
         config = msgspec.structs.replace(config, **changed)
         _check_numbers(config)
-    info = scan(started.dataset, config.template)
+    info = _unchanged(started) or scan(started.dataset, config.template)
     if info.sha256 != started.dataset_sha256:
         raise InputError(f"{started.dataset}: the dataset changed since the run started (sha256 differs); "
                          "restore it or start a new run")
@@ -185,6 +186,25 @@ def prepare_resume(paths: RunPaths, skip_failed: bool = False, overrides: dict[s
     if ("base_url" in changed or "base_urls" in changed) and config.preflight and not dry_run:
         check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
     return Prepared(paths, config, info, parser, api_key, resume=True, skip_failed=skip_failed, overrides=changed)
+
+
+def _unchanged(started: RunStarted) -> DatasetInfo | None:
+    """The run's dataset as validated when the run started, if it still has the same size and
+    sha256: then it is not validated again (a million records cost seconds; hashing them a
+    tenth of one). None for anything else -- a log from before the count was recorded, a
+    changed or missing file -- which is scanned and compared as always (the same errors).
+    The modification time is not trusted either way: a copy changes it, an edit may not."""
+    if started.dataset_items <= 0:
+        return None
+    try:
+        if file_size(started.dataset) != started.dataset_size:
+            return None
+        digest = file_sha256(started.dataset)
+    except OSError:
+        return None
+    if digest != started.dataset_sha256:
+        return None
+    return known(started.dataset, digest, started.dataset_items, started.dataset_size)
 
 
 def _run_started(paths: RunPaths) -> RunStarted:

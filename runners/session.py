@@ -33,7 +33,7 @@ from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.projector import Projector
 
-from .plan import Found, planned_items, resume_works
+from .plan import Found, planned_items, resume_found, resume_works
 from .prepare import Prepared, secrets_of
 from .registry import RUNNERS, TRANSPORTS
 from .runner import Progress, RunContext, Runner, Work
@@ -107,6 +107,7 @@ class Session:
         self.writer.append(RunStarted(
             run_id=self.paths.run_id, config=prepared.config.to_dict(), dataset=info.path,
             dataset_sha256=info.sha256, items=planned_items(info.items, prepared.config.limit), version=__version__,
+            dataset_items=info.items, dataset_size=info.size,
         ))
 
     def _apply_to_index(self, frames: Any) -> None:
@@ -179,17 +180,15 @@ class Session:
                                           reason="resume" if self.prepared.resume else "new",
                                           overrides=self.prepared.overrides))
 
-    def plan(self) -> list[Work] | Iterator[Work]:
-        """The works to send. For a resume, counted up front so that it can be reported.
-        Refuses (IndexStateError) to plan from an index that did not apply the whole log as it
-        was when the session opened: a lagging index would re-send durable replies."""
+    def plan(self) -> Iterator[Work]:
+        """The works to send, streamed. For a resume, what it found is counted first (from the
+        index) so that it can be reported. Refuses (IndexStateError) to plan from an index that
+        did not apply the whole log as it was when the session opened: a lagging index would
+        re-send durable replies."""
         self._check_index_level()
-        works = self._works()
-        if not self.prepared.resume:
-            return works
-        planned = list(works)
-        self.found.to_send = len(planned)
-        return planned
+        if self.prepared.resume:
+            self.found = resume_found(self.prepared, self.index.records())
+        return self._works()
 
     def _check_index_level(self) -> None:
         applied = self.index.applied()[0]
@@ -199,7 +198,8 @@ class Session:
                               f"run `ledger resume` again to rebuild it")
 
     def _works(self) -> Iterator[Work]:
-        return resume_works(self.prepared, self.index.get, self.projector.conversation, self.found)
+        states = self.index.get_many if self.prepared.resume else None  # a new run has no states yet
+        return resume_works(self.prepared, states, self.projector.conversation)
 
     # -- running -------------------------------------------------------------------------
 

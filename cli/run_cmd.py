@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from llm_ledger.runners.prepare import Prepared
     from llm_ledger.runners.session import Session
 from .common import RunsDir, err, handled, out
-from .progress import make_bar, summary_table, ticker
+from .progress import RunDisplay, make_live, stop_live, summary_table, ticker
 
 
 PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
@@ -175,22 +175,37 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     from .interrupts import install_interrupts
 
     config = prepared.config
-    bar = make_bar()
-    task = bar.add_task("running", total=None, rate="", extra="")
+    display = RunDisplay((config.price_in, config.price_out))
+    live = make_live(display)
+    opened = []
 
-    def planned(session: "Session") -> None:  # the bar appears once the run is open: errors stay one line
+    def planned(session: "Session") -> None:  # the display appears once the run is open: errors stay one line
+        opened.append(True)
         _print_header(prepared, session)
-        bar.start()
+        live.start()
 
     try:
-        session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
-                                       on_tick=ticker(bar, task, (config.price_in, config.price_out), show_first))
+        with handled():
+            session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
+                                           on_tick=ticker(live, display, show_first))
     except KeyboardInterrupt:  # a Ctrl-C after the run stopped, while the log was closing
-        bar.stop()
-        err.print(f"interrupted while closing the run; resume with: {_resume_command(prepared)}", markup=False, highlight=False)
+        stop_live(live)
+        err.print("interrupted while closing the run", markup=False, highlight=False)
+        _say_resume(prepared)
         return 130
+    except typer.Exit:  # an error, said in one line: the run is resumable once it was opened
+        stop_live(live)
+        if opened:
+            _say_resume(prepared)
+        raise
+    except Exception as exc:  # a bug: one line, not a traceback, and the way back
+        stop_live(live)
+        err.print(f"error: internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
+        if opened:
+            _say_resume(prepared)
+        return 1
     finally:
-        bar.stop()
+        stop_live(live)
     with fs.open_file(prepared.paths.summary, "rb") as f:
         summary = json.loads(f.read())
     out.print(summary_table(summary))
@@ -221,8 +236,16 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     elif pending:
         lines.append(f"the session ended with {items} (neither done nor failed)")
     if code in (75, 130) or pending:
-        lines.append(f"resume with: {_resume_command(prepared)}")
+        lines.append(_resume_line(prepared))
     return lines
+
+
+def _resume_line(prepared: "Prepared") -> str:
+    return f"resume with: {_resume_command(prepared)}"
+
+
+def _say_resume(prepared: "Prepared") -> None:
+    err.print(_resume_line(prepared), markup=False, highlight=False)
 
 
 def _resume_command(prepared: "Prepared") -> str:
@@ -236,16 +259,28 @@ def _resume_command(prepared: "Prepared") -> str:
 
 
 def _print_header(prepared: "Prepared", session: "Session") -> None:
+    """Once, before the display: which run, which model, which items, where the files go."""
     config = prepared.config
     endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
-    out.print(f"run {prepared.paths.run_id}")
-    out.print(f"model {config.model} @ {endpoint}")
-    items = prepared.dataset.items
-    shown = f"{config.limit} of {items}" if config.limit is not None and config.limit < items else f"{items}"
-    out.print(f"dataset {prepared.dataset.path} ({shown} items x {config.samples} samples)")
-    out.print(f"output {prepared.paths.dir}")
+    out.print(f"run {prepared.paths.run_id}", markup=False)
+    out.print(f"model {config.model} @ {endpoint}", markup=False)
+    out.print(f"dataset {prepared.dataset.path}: {dataset_extent(prepared.dataset.items, config.limit, config.seed, config.samples)}",
+              markup=False)
+    out.print(f"output {prepared.paths.dir}", markup=False)
     if prepared.resume:
         f = session.found
-        out.print(f"resume: {f.done} done, {f.failed} failed{' (skipped)' if prepared.skip_failed else ''}, "
-                  f"{f.never_started} never started, {f.in_flight} in flight at the crash "
-                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send} to send")
+        out.print(f"resume: {f.done:,} done, {f.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "
+                  f"{f.never_started:,} never started, {f.in_flight:,} in flight at the crash "
+                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send:,} to send", markup=False)
+
+
+def dataset_extent(items: int, limit: int | None, seed: int | None, samples: int) -> str:
+    """``10 items``, ``50 of 100,000 items (--limit 50, seed 7)``, ``... x 3 samples``."""
+    from llm_ledger.projections.numbers import count, plural
+
+    if limit is not None and limit < items:
+        chosen = f"seed {seed}" if seed is not None else f"the first {count(limit)}"
+        extent = f"{count(limit)} of {plural(items, 'item')} (--limit {limit}, {chosen})"
+    else:
+        extent = plural(items, "item")
+    return extent if samples == 1 else f"{extent} x {plural(samples, 'sample')}"

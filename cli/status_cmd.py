@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.numbers import count, percent
 from llm_ledger.projections.runs import RunRow, RunStatus, list_runs, run_status
 
 from .app import app
@@ -47,32 +48,57 @@ def _status_lines(info: RunStatus) -> list[tuple[str, object]]:
 
 @app.command("ls")
 def ls(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array: each run as `status --json` has it, "
-                                                          "plus model, dataset and started.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array, newest run first: each run as "
+                                                          "`status --json` has it, plus model, dataset and start time.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Every run under the runs directory: status, model, dataset, counts, accuracy, start.
+    """List the runs, newest first: status, model, dataset, counts, accuracy, start time.
 
     A table on a terminal; tab-separated lines with a header when piped (nothing cut short,
     so `ledger ls | grep completed` works)."""
     with handled():
-        runs = list_runs(runs_dir)
+        runs = newest_first(list_runs(runs_dir))
         if as_json:
             sys.stdout.write(json.dumps(msgspec.to_builtins(runs)) + "\n")
             return
         header = ("run", "status", "model", "dataset", "done", "failed", "planned", "accuracy", "started")
-        rows = [_ls_cells(row) for row in runs]
+        rows = [_ls_cells(row, out.is_terminal) for row in runs]
         if not out.is_terminal:
             for cells in (header, *rows):
                 sys.stdout.write("\t".join(cells) + "\n")
             return
-        table = Table(*header)
-        for cells in rows:
-            table.add_row(*cells)
-        out.print(table)
+        out.print(_ls_table(header, rows, out.width))
 
 
-def _ls_cells(row: RunRow) -> tuple[str, ...]:
-    acc = row.accuracy
-    return (row.run_id, row.status_text, row.model, os.path.basename(row.dataset), str(row.done),
-            str(row.failed), str(row.planned), "-" if acc is None else f"{acc:.1%}", row.started)
+def newest_first(runs: list[RunRow]) -> list[RunRow]:
+    """By start time, newest first (a run id breaks a tie: ids begin with the time)."""
+    return sorted(runs, key=lambda r: (r.started, r.run_id), reverse=True)
+
+
+_DROPPED_FIRST = ("started", "dataset", "model", "planned")  # when the terminal is too narrow for all
+
+
+def _ls_table(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int) -> Table:
+    """The columns that fit ``width`` (the least needed are left out first); run ids are
+    never cut: their column takes its full width, and only a long status wraps."""
+    keep = list(range(len(header)))
+    widths = [max(len(c) for c in (name, *(r[i] for r in rows))) for i, name in enumerate(header)]
+    for name in _DROPPED_FIRST:
+        if sum(widths[i] + 2 for i in keep) - 2 <= width:
+            break
+        keep.remove(header.index(name))
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    for i in keep:
+        name = header[i]
+        table.add_column(name, justify="right" if name in ("done", "failed", "planned", "accuracy") else "left",
+                         no_wrap=name != "status", min_width=widths[i] if name != "status" else len(name))
+    for cells in rows:
+        table.add_row(*(cells[i] for i in keep))
+    return table
+
+
+def _ls_cells(row: RunRow, for_people: bool) -> tuple[str, ...]:
+    """Counts with thousands separators on a terminal; bare integers for a program reading a pipe."""
+    number = count if for_people else str
+    return (row.run_id, row.status_text, row.model, os.path.basename(row.dataset), number(row.done),
+            number(row.failed), number(row.planned), percent(row.accuracy), row.started)

@@ -17,7 +17,7 @@ from .progress import summary_table
 @app.command("replay")
 def replay(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete every projection and fold the whole log again.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete the output files and write them again from the whole log.")] = False,
     reparse: Annotated[Optional[str], typer.Option("--reparse", help="Parse every stored reply with this parser (no requests), then rebuild.")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:

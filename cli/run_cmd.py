@@ -32,13 +32,13 @@ def run(
     model: Annotated[Optional[str], typer.Option(help="Model name. Without --model and --base-url: the built-in simulator; with --base-url alone: the endpoint's only model.")] = None,
     base_url: Annotated[Optional[list[str]], typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; repeat to spread over several.")] = None,
     api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
-    samples: Annotated[int, typer.Option(help="Run each item N times (s0..sN-1).")] = 1,
+    samples: Annotated[int, typer.Option(help="Ask each item N times (samples 0 to N-1), for pass@k and agreement.")] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most (1 to 10,000).")] = 32,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds for each request, connect to last byte.")] = 60.0,
-    retries: Annotated[int, typer.Option(help="Retries per request on 429/5xx/timeouts/connection errors.")] = 5,
-    temperature: Annotated[Optional[float], typer.Option()] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
+    retries: Annotated[int, typer.Option(help="Retries per request after a 429, a 5xx, a timeout or a lost connection.")] = 5,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature sent with each request (default: the endpoint's).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest reply, in tokens, for each request (default: the endpoint's).")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for every conversation.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
     parser: Annotated[str, typer.Option(help=f"{PARSER_KINDS} or module:function.")] = "text",
@@ -59,7 +59,7 @@ def run(
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Run every item of DATASET against a model; resumable at any moment."""
+    """Run every item of a dataset (PATH) against a model; stop at any moment, resume later."""
     from llm_ledger.runners.config import SIMULATOR_MODEL, RunConfig
     from llm_ledger.runners.dataset import interpret_escapes
     from llm_ledger.runners.plan import plan_only
@@ -141,8 +141,8 @@ def resume(
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent.
 
-    Only settings that change how the work is sent can be given; they apply to this session
-    and are recorded in its session_started event. What is sent is fixed by the run."""
+    What is sent is fixed by the run; only how it is sent can change (endpoints, limits,
+    timeouts), for this session only, and the run's log records the change."""
     from llm_ledger.runners.prepare import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,

@@ -23,10 +23,10 @@ from .common import RunsDir, handled, out
 @app.command("status")
 def status(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Progress of a running or stopped run: from its index when current (O(1)), else from the log."""
+    """Progress of a run, running or stopped: its status, counts and accuracy; instant even on a large run."""
     with handled():
         info = run_status(find_run(runs_dir, run))
         if as_json:

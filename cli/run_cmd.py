@@ -123,7 +123,9 @@ def _plan_table(report: dict) -> "Table":
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
+    from llm_ledger.projections.numbers import usd
+
+    return usd(value)
 
 
 @app.command("resume")

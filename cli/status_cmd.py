@@ -13,8 +13,8 @@ import typer
 from rich.table import Table
 
 from llm_ledger.ledger.layout import find_run
-from llm_ledger.projections.numbers import count, percent
-from llm_ledger.projections.runs import RunRow, RunStatus, list_runs, run_status
+from llm_ledger.projections.numbers import count, ms, percent, usd
+from llm_ledger.projections.runs import RunRow, RunStatus, list_runs, read_summary, run_status
 
 from .app import app
 from .common import RunsDir, handled, out
@@ -28,22 +28,30 @@ def status(
 ) -> None:
     """Progress of a run, running or stopped: its status, counts and accuracy; instant even on a large run."""
     with handled():
-        info = run_status(find_run(runs_dir, run))
+        paths = find_run(runs_dir, run)
+        info = run_status(paths)
         if as_json:
             out.print(json.dumps(msgspec.to_builtins(info)), soft_wrap=True)
             return
-        for key, value in _status_lines(info):
+        summary = read_summary(paths) if info.summary_current else {}
+        for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
 
 
-def _status_lines(info: RunStatus) -> list[tuple[str, object]]:
-    """What a person reads: the status in words, the counts, and accuracy when it is current."""
-    acc = info.accuracy
-    shown = f"{acc:.1%}" if acc is not None else "-"
+def _status_lines(info: RunStatus, summary: dict) -> list[tuple[str, str]]:
+    """What a person reads: the status in words, the counts, and the figures of summary.json
+    when it vouches for this log (accuracy; cost and median latency when known)."""
+    shown = percent(info.accuracy)
     if not info.summary_current and info.done:
         shown += f" (summary.json is out of date: `ledger replay {info.run_id} --rebuild` rewrites it)"
-    return [("run_id", info.run_id), ("status", info.status_text), *info.counts._asdict().items(),
-            ("events", info.events), ("accuracy", shown)]
+    lines = [("run_id", info.run_id), ("status", info.status_text),
+             *((name, count(n)) for name, n in info.counts._asdict().items()), ("events", count(info.events)),
+             ("accuracy", shown)]
+    if summary.get("cost_usd") is not None:
+        lines.append(("cost", usd(summary["cost_usd"])))
+    if (summary.get("latency_s") or {}).get("p50") is not None:
+        lines.append(("latency", f"p50 {ms(summary['latency_s']['p50'])}, p90 {ms(summary['latency_s'].get('p90'))}"))
+    return lines
 
 
 @app.command("ls")

@@ -9,7 +9,7 @@ through here: they keep full precision.
 
 from __future__ import annotations
 
-__all__ = ["usd", "ms", "per_second", "percent", "count", "duration", "clock", "plural", "MISSING"]
+__all__ = ["usd", "ms", "p_value", "per_second", "percent", "count", "duration", "clock", "plural", "MISSING"]
 
 MISSING = "-"  # a figure that does not exist (no price, nothing scored, nothing timed yet)
 
@@ -70,3 +70,10 @@ def clock(seconds: float | None) -> str:
 def plural(n: int, word: str, many: str | None = None) -> str:
     """``1 item``, ``3 items``, ``100,000 items`` (``many``: an irregular plural)."""
     return f"{n:,} {word if n == 1 else (many or word + 's')}"
+
+
+def p_value(p: float | None) -> str:
+    """A test's p-value with three decimals: ``0.031``, ``1.000``; ``<0.001`` below that."""
+    if p is None:
+        return MISSING
+    return "<0.001" if p < 0.0005 else f"{p:.3f}"

@@ -21,7 +21,7 @@ from rich.console import Console
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import LedgerError
 
-__all__ = ["RunsDir", "handled", "err", "out", "fail", "stdout", "StdStream", "os_error_line"]
+__all__ = ["RunsDir", "handled", "err", "out", "fail", "stdout", "StdStream", "os_error_line", "resume_line"]
 
 RunsDir = Annotated[
     str,
@@ -133,3 +133,14 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def resume_line(paths: Any) -> str:
+    """``resume with: ledger resume RUN`` (with ``--runs-dir`` when the run is not under the
+    default one): the one line said wherever a run is left resumable."""
+    import shlex
+
+    runs_dir = os.path.dirname(os.path.abspath(paths.dir))
+    default = os.path.abspath(os.environ.get("LEDGER_RUNS_DIR") or "runs")
+    extra = "" if runs_dir == default else f" --runs-dir {shlex.quote(runs_dir)}"
+    return f"resume with: ledger resume {shlex.quote(paths.run_id)}{extra}"

@@ -112,7 +112,8 @@ class RunDisplay:
         return [first, *([_fitting(extras, width)] if extras else []), *self.alerts()]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield from self.lines(options.max_width)
+        if self.progress is not None:  # nothing to say before the first tick (the total is not known)
+            yield from self.lines(options.max_width)
 
 
 def _bar_line(display: RunDisplay, bar_width: int, figures: str) -> Text:

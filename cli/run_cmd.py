@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from llm_ledger.runners.prepare import Prepared
     from llm_ledger.runners.session import Session
-from .common import RunsDir, err, handled, out
+from .common import RunsDir, err, handled, out, resume_line
 from .progress import RunDisplay, make_live, stop_live, summary_table, ticker
 
 
@@ -190,9 +190,9 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
         with handled():
             session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
                                            on_tick=ticker(live, display, show_first))
-    except KeyboardInterrupt:  # a Ctrl-C after the run stopped, while the log was closing
+    except KeyboardInterrupt:  # a Ctrl-C outside the run's own handlers (starting, or closing the log)
         stop_live(live)
-        err.print("interrupted while closing the run", markup=False, highlight=False)
+        err.print("interrupted", markup=False, highlight=False)
         _say_resume(prepared)
         return 130
     except typer.Exit:  # an error, said in one line: the run is resumable once it was opened
@@ -243,21 +243,11 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
 
 
 def _resume_line(prepared: "Prepared") -> str:
-    return f"resume with: {_resume_command(prepared)}"
+    return resume_line(prepared.paths)
 
 
 def _say_resume(prepared: "Prepared") -> None:
     err.print(_resume_line(prepared), markup=False, highlight=False)
-
-
-def _resume_command(prepared: "Prepared") -> str:
-    import os
-    import shlex
-
-    runs_dir = os.path.dirname(os.path.abspath(prepared.paths.dir))
-    default = os.path.abspath(os.environ.get("LEDGER_RUNS_DIR") or "runs")
-    extra = "" if runs_dir == default else f" --runs-dir {shlex.quote(runs_dir)}"
-    return f"ledger resume {shlex.quote(prepared.paths.run_id)}{extra}"
 
 
 def _print_header(prepared: "Prepared", session: "Session") -> None:

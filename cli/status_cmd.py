@@ -17,7 +17,7 @@ from llm_ledger.projections.numbers import count, ms, percent, usd
 from llm_ledger.projections.runs import RunRow, RunStatus, list_runs, read_summary, run_status
 
 from .app import app
-from .common import RunsDir, handled, out
+from .common import RunsDir, handled, out, resume_line
 
 
 @app.command("status")
@@ -36,6 +36,12 @@ def status(
         summary = read_summary(paths) if info.summary_current else {}
         for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
+        if info.status in RESUMABLE:
+            out.print(resume_line(paths), markup=False)
+
+
+# Stopped with work left: Ctrl-C, an outage (exit 75), a crash or kill, an error.
+RESUMABLE = ("interrupted", "error", "completed_with_pending")
 
 
 def _status_lines(info: RunStatus, summary: dict) -> list[tuple[str, str]]:

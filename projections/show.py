@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections import Counter
 from typing import Any, NamedTuple
 
@@ -123,4 +124,5 @@ def _outcome(event: dict[str, Any] | None) -> tuple[str, str]:
 def _error(event: dict[str, Any]) -> str:
     status = f"HTTP {event['status']} " if event.get("status") else ""
     then = "gave up" if event.get("final") else "retried" if event.get("retryable") else ""
-    return f"{status}{event.get('error_type') or 'error'}: {event.get('message', '')}" + (f" ({then})" if then else "")
+    message = re.sub(r"^Error code: \d+ - ", "", event.get("message") or "")  # the SDK's prefix repeats the status
+    return f"{status}{event.get('error_type') or 'error'}: {message}" + (f" ({then})" if then else "")

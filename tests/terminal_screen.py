@@ -34,6 +34,20 @@ class Screen:
     def text(self) -> str:
         return "\n".join(self.lines)
 
+    def joined(self, cols: int) -> list[str]:
+        """The rows with each wrapped line put back together (a row filled to ``cols``
+        continues on the next one) -- for text, not for the progress display, whose bar
+        fills its row by design."""
+        lines: list[str] = []
+        carry = ""
+        for row in self.lines:
+            if len(row) == cols:
+                carry += row
+                continue
+            lines.append(carry + row)
+            carry = ""
+        return lines + ([carry] if carry else [])
+
     def line_with(self, needle: str) -> int:
         """The index of the last row containing ``needle`` (the display's final picture)."""
         found = [i for i, line in enumerate(self.lines) if needle in line]

@@ -108,7 +108,7 @@ class RunDisplay:
             first.append(GAP)
             first.append(Text(GAP).join(extras))
             return [first, *self.alerts()]
-        first = _bar_line(self, room, figures) if room >= BAR_MIN else Text(figures.strip()[:width])
+        first = _bar_line(self, room, figures) if room >= BAR_MIN else _fitting(_parts(figures), width)
         return [first, *([_fitting(extras, width)] if extras else []), *self.alerts()]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
@@ -124,6 +124,10 @@ def _bar_line(display: RunDisplay, bar_width: int, figures: str) -> Text:
     line.append("━" * (bar_width - filled), style="grey23")
     line.append(" " + figures)
     return line
+
+
+def _parts(figures: str) -> list[Text]:
+    return [Text(part.strip()) for part in figures.split(GAP) if part.strip()]
 
 
 def _fitting(parts: list[Text], width: int) -> Text:

@@ -4,10 +4,12 @@ Each command runs with a pty of 60, 80 or 120 columns as its controlling termina
 wrote is rendered by a VT100 emulator (pyte) and the tests read the visible rows:
 
 - ``w60`` / ``w80`` / ``w120``: the same priced run (30 of 40 items by --limit 30 --seed 7,
-  10% HTTP 500s retried) at three widths: the progress display, the header, the summary;
+  15% HTTP 429s retried) at three widths: the progress display, the header, the summary;
 - ``ctrl-c``: a long run stopped by Ctrl-C typed at the terminal (exit 130);
 - ``down``: every endpoint down past --give-up-after (exit 75);
-- then, on those runs: ``ls`` at 60 and 120 columns, ``show`` of a retried item, help.
+- ``k``: a run killed by SIGKILL (a crash: no handler runs);
+- then, on those runs: ``ls`` at 60 and 120 columns, ``show`` of a retried item, help, and
+  ``status`` of the killed run.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from terminal_screen import Screen, in_terminal
 
 WIDTHS = (60, 80, 120)
 PRICED = ["--price-in", "2.5", "--price-out", "10", "--limit", "30", "--seed", "7", "--concurrency", "4", "--retries", "6",
-          "--parser", "regex:answer is (.+)$", "--sim", json.dumps({"latency": 0.01, "rate_500": 0.1, "seed": 1})]
+          "--parser", "regex:answer is (.+)$", "--sim", json.dumps({"latency": 0.01, "rate_429": 0.15, "retry_after": 0.01, "seed": 1})]
 
 
 def _dataset(path: Path, n: int) -> Path:
@@ -44,10 +46,12 @@ def seen(tmp_path_factory) -> dict[str, Screen]:
     runs = {f"w{cols}": (["run", str(small), "--run-id", f"w{cols}", *PRICED], cols, None) for cols in WIDTHS}
     runs["ctrl-c"] = (["run", str(large), "--run-id", "cc", "--concurrency", "2", "--sim", json.dumps({"latency": 0.05})],
                       80, b"adaptive limit")
-    runs["down"] = (["run", str(small), "--run-id", "down", "--give-up-after", "1", "--sim", json.dumps({"down": True})], 80, None)
-    with ThreadPoolExecutor(len(runs)) as pool:
+    runs["down"] = (["run", str(small), "--run-id", "down", "--give-up-after", "0.2", "--sim", json.dumps({"down": True})], 80, None)
+    with ThreadPoolExecutor(len(runs) + 1) as pool:
+        killed = pool.submit(_killed_mid_run, base, large, "k")
         futures = {key: pool.submit(in_terminal, args, cols, base, interrupt_when=when) for key, (args, cols, when) in runs.items()}
         screens = {key: f.result() for key, f in futures.items()}
+        killed.result()
     log = [json.loads(line) for line in run_cli("log", "w80", cwd=base).stdout.splitlines()]
     starts: dict[str, int] = {}
     for e in log:
@@ -56,10 +60,13 @@ def seen(tmp_path_factory) -> dict[str, Screen]:
     retried = next(item for item, n in starts.items() if n > 1)
     plain = next(item for item, n in starts.items() if n == 1)
     after = {"ls60": (["ls"], 60), "ls120": (["ls"], 120), "show retried": (["show", "w80", retried], 80),
-             "show plain": (["show", "w80", plain], 80), "help": (["-h"], 80), "run help": (["run", "--help"], 120)}
-    with ThreadPoolExecutor(len(after)) as pool:
+             "show plain": (["show", "w80", plain], 80), "help": (["-h"], 80), "run help": (["run", "--help"], 120),
+             "status killed": (["status", "k"], 80)}
+    with ThreadPoolExecutor(len(after) + 1) as pool:
+        listed = pool.submit(run_cli, "ls", "--json", cwd=base)
         futures = {key: pool.submit(in_terminal, args, cols, base) for key, (args, cols) in after.items()}
         screens.update({key: f.result() for key, f in futures.items()})
+        screens["_ls_json"] = json.loads(listed.result().stdout)  # type: ignore[assignment]
     screens["_base"] = base  # type: ignore[assignment]
     screens["_log"] = log  # type: ignore[assignment]
     return screens
@@ -149,7 +156,7 @@ def _ls_ids(screen: Screen) -> list[str]:
 def test_ls_lists_newest_first_and_never_cuts_a_run_id(seen):
     wide, narrow = seen["ls120"], seen["ls60"]
     assert wide.returncode == 0 and narrow.returncode == 0, (wide.text, narrow.text)
-    listed = json.loads(run_cli("ls", "--json", cwd=seen["_base"]).stdout)
+    listed = seen["_ls_json"]
     started = [r["started"] for r in listed]
     assert started == sorted(started, reverse=True)  # --json: newest first too
     assert _ls_ids(wide) == [r["run_id"] for r in listed] == _ls_ids(narrow)
@@ -172,7 +179,7 @@ def test_show_reads_as_a_conversation_then_one_line_per_request(seen):
     assert "answer: A   expected: A   right" in text
     assert "{'" not in text and "usage" not in text and "'A'" not in text  # no Python reprs
     attempts = [line for line in screen.lines if line.startswith("attempt ")]
-    assert attempts[0].startswith("attempt 1: failed, HTTP 500 ") and attempts[0].endswith("(retried)")
+    assert attempts[0].startswith("attempt 1: failed, HTTP 429 rate_limit: ") and attempts[0].endswith("(retried)")
     assert re.fullmatch(r"attempt \d+: ok, \d+ ms, \d+ prompt \+ \d+ completion tokens", attempts[-1]), attempts
     plain = seen["show plain"]
     assert "attempt" not in plain.text  # no retry: no attempt numbers
@@ -214,11 +221,11 @@ def test_exit_75_ends_with_the_resume_line(seen):
     assert sum(line.startswith("resume with:") for line in screen.lines) == 1
 
 
-def test_after_a_crash_status_says_how_to_resume(tmp_path):
-    data = _dataset(tmp_path / "d.jsonl", 300)
-    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(data), "--run-id", "k", "--concurrency", "2",
-                             "--sim", json.dumps({"latency": 0.05})], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "runs" / "k" / "events.log"
+def _killed_mid_run(base: Path, data: Path, run_id: str) -> None:
+    """A run killed (SIGKILL: no handler runs, as in a crash) once it has logged some work."""
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(data), "--run-id", run_id, "--concurrency", "2",
+                             "--sim", json.dumps({"latency": 0.05})], cwd=base, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = base / "runs" / run_id / "events.log"
     try:
         deadline = time.monotonic() + 60
         while (not log.exists() or log.stat().st_size < 2000) and time.monotonic() < deadline and proc.poll() is None:
@@ -226,7 +233,10 @@ def test_after_a_crash_status_says_how_to_resume(tmp_path):
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    screen = in_terminal(["status", "k"], 80, tmp_path)
+
+
+def test_after_a_crash_status_says_how_to_resume(seen):
+    screen = seen["status killed"]
     assert screen.returncode == 0, screen.text
     assert re.search(r"^\s+status: interrupted$", screen.text, re.M), screen.text
     assert screen.lines[-1] == "resume with: ledger resume k"

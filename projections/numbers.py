@@ -73,7 +73,7 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def p_value(p: float | None) -> str:
-    """A test's p-value with three decimals: ``0.031``, ``1.000``; ``<0.001`` below that."""
+    """A test's p-value with four decimals: ``0.0078``, ``1.0000``; ``<0.0001`` below that."""
     if p is None:
         return MISSING
-    return "<0.001" if p < 0.0005 else f"{p:.3f}"
+    return "<0.0001" if p < 0.00005 else f"{p:.4f}"

@@ -11,6 +11,8 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.runners.parsers import PARSERS
 
+from llm_ledger.projections.numbers import plural
+
 from .app import app
 
 if TYPE_CHECKING:
@@ -193,7 +195,8 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     except KeyboardInterrupt:  # a Ctrl-C outside the run's own handlers (starting, or closing the log)
         stop_live(live)
         err.print("interrupted", markup=False, highlight=False)
-        _say_resume(prepared)
+        if opened:
+            _say_resume(prepared)
         return 130
     except typer.Exit:  # an error, said in one line: the run is resumable once it was opened
         stop_live(live)
@@ -228,7 +231,7 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     lines = internal + ([f"... and {more} more internal errors (each a `failed` event: see `ledger log`)"] if more > 0 else [])
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
-    items = f"{pending} item{'s' if pending != 1 else ''} pending"
+    items = f"{plural(pending, 'item')} pending"
     if code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:

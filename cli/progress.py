@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 from .common import err
 
-__all__ = ["RunDisplay", "make_live", "stop_live", "ticker", "summary_table"]
+__all__ = ["RunDisplay", "make_live", "start_live", "stop_live", "ticker", "summary_table"]
 
 BAR_MIN = 10  # narrower than this, a bar says nothing: the numbers alone are shown
 BAR_BESIDE_EXTRAS = 30  # extras share the first line only if the bar keeps this much
@@ -144,18 +144,23 @@ def _fitting(parts: list[Text], width: int) -> Text:
 
 
 def make_live(display: RunDisplay) -> "Live":
+    """The display on stderr when it is a terminal; piped or redirected, it shows nothing
+    (the summary on stdout has every figure; a log file gets no redraws, and an error
+    stays the one line on stderr)."""
     from rich.live import Live
 
     return Live(display, console=err, refresh_per_second=4, transient=False)
 
 
+def start_live(live: "Live") -> None:
+    if live.console.is_terminal:
+        live.start()
+
+
 def stop_live(live: "Live") -> None:
-    """Stop the display (again: a no-op); its last picture stays, ended by a newline even
-    when stderr is no terminal (rich adds one only on a terminal)."""
+    """Stop the display (again: a no-op); on a terminal its last picture stays."""
     if live.is_started:
         live.stop()
-        if not live.console.is_terminal:
-            live.console.line()
 
 
 def ticker(live: "Live", display: RunDisplay, show_first: bool = False):

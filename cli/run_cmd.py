@@ -6,11 +6,13 @@ import json
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.runners.parsers import PARSERS
 
+from llm_ledger.ledger.errors import LedgerError
 from llm_ledger.projections.numbers import plural
 
 from .app import app
@@ -20,8 +22,8 @@ if TYPE_CHECKING:
 
     from llm_ledger.runners.prepare import Prepared
     from llm_ledger.runners.session import Session
-from .common import RunsDir, err, handled, out, resume_line
-from .progress import RunDisplay, make_live, stop_live, summary_table, ticker
+from .common import RunsDir, err, error_line, fail, handled, out, resume_line
+from .progress import RunDisplay, make_live, start_live, stop_live, summary_table, ticker
 
 
 PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
@@ -186,28 +188,31 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     def planned(session: "Session") -> None:  # the display appears once the run is open: errors stay one line
         opened.append(True)
         _print_header(prepared, session)
-        live.start()
+        start_live(live)
 
     try:
         with handled():
-            session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
-                                           on_tick=ticker(live, display, show_first))
+            try:
+                session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
+                                               on_tick=ticker(live, display, show_first))
+            except (LedgerError, OSError) as exc:
+                if not opened or isinstance(exc, BrokenPipeError):
+                    raise
+                stop_live(live)  # the error's one line says how to continue, too
+                text, code = error_line(exc)
+                raise fail(escape(f"{text}; {resume_line(prepared.paths)}"), code) from None
     except KeyboardInterrupt:  # a Ctrl-C outside the run's own handlers (starting, or closing the log)
         stop_live(live)
         err.print("interrupted", markup=False, highlight=False)
         if opened:
             _say_resume(prepared)
         return 130
-    except typer.Exit:  # an error, said in one line: the run is resumable once it was opened
+    except Exception as exc:  # a bug: one line, not a traceback, with the way back
+        if isinstance(exc, typer.Exit):
+            raise
         stop_live(live)
-        if opened:
-            _say_resume(prepared)
-        raise
-    except Exception as exc:  # a bug: one line, not a traceback, and the way back
-        stop_live(live)
-        err.print(f"error: internal error: {type(exc).__name__}: {exc}", markup=False, highlight=False)
-        if opened:
-            _say_resume(prepared)
+        resume = f"; {resume_line(prepared.paths)}" if opened else ""
+        err.print(f"error: internal error: {type(exc).__name__}: {exc}{resume}", markup=False, highlight=False)
         return 1
     finally:
         stop_live(live)

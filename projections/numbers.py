@@ -73,7 +73,8 @@ def plural(n: int, word: str, many: str | None = None) -> str:
 
 
 def p_value(p: float | None) -> str:
-    """A test's p-value with four decimals: ``0.0078``, ``1.0000``; ``<0.0001`` below that."""
+    """A test's p-value with four decimals: ``0.0078``, ``1.0000``; below 0.0001, four
+    significant digits (``1.863e-09``): rounded for the eye, never to 0."""
     if p is None:
         return MISSING
-    return "<0.0001" if p < 0.00005 else f"{p:.4f}"
+    return f"{p:.3e}" if 0 < p < 0.0001 else f"{p:.4f}"

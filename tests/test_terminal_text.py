@@ -28,7 +28,7 @@ def test_numbers_have_fixed_precision_and_units():
     assert [num.duration(v) for v in (1.586, 125, 3720)] == ["1.6 s", "2m 05s", "1h 02m"]
     assert [num.clock(v) for v in (42, 725, 3723, None)] == ["0:42", "12:05", "1:02:03", "-"]
     assert [num.plural(n, "item") for n in (0, 1, 2, 100_000)] == ["0 items", "1 item", "2 items", "100,000 items"]
-    assert [num.p_value(v) for v in (1.0, 0.0312, 0.0078125, 0.00001)] == ["1.0000", "0.0312", "0.0078", "<0.0001"]
+    assert [num.p_value(v) for v in (1.0, 0.0312, 0.0078125, 0.00001)] == ["1.0000", "0.0312", "0.0078", "1.000e-05"]
 
 
 @pytest.mark.parametrize(("args", "said"), [

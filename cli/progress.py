@@ -1,13 +1,13 @@
 """The live progress display and the closing summary table of `run` / `resume`.
 
 What matters comes first, on the first line, at any width: the bar, ``done/total``, the
-percent, the rate and the time left (``ETA``). The extras (failures, retries, requests in
-flight and the adaptive limit on them, tokens, cost) follow on the same line when they fit
+percent, the rate and the time left (``ETA``). The extras (failures, retries, items in
+flight, the adaptive concurrency limit, tokens, cost) follow on the same line when they fit
 beside a bar of useful length, else on a second line, as many as fit there in that order:
 nothing is cut mid-word. An endpoint outage or a stop in progress gets a line of its own.
 
     ━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━━    37/100   37%  12.3/s  ETA 0:05
-    failed 2  retries 4  in flight 16 (adaptive limit 24)  tokens 5,912  $0.0072 ...
+    failed 2  retries 4  in flight 16  concurrency 5 of 16 (adaptive)  tokens 5,912  ...
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ GAP = "  "
 class RunDisplay:
     """What the live display shows, laid out anew at each refresh for the console's width."""
 
-    def __init__(self, price: tuple[float | None, float | None]) -> None:
+    def __init__(self, price: tuple[float | None, float | None], concurrency: int = 0) -> None:
         self.price = price
+        self.concurrency = concurrency  # --concurrency: the most the adaptive limit grows to
         self.progress: "RunProgress | None" = None
         self._history: deque[tuple[float, int]] = deque()
 
@@ -77,7 +78,8 @@ class RunDisplay:
             return []
         parts = [Text(f"failed {num.count(p.failed)}", style="red" if p.failed else ""),
                  Text(f"retries {num.count(p.retrying)}"),
-                 Text(f"in flight {num.count(p.in_flight)}" + (f" (adaptive limit {num.count(p.limit)})" if p.limit else "")),
+                 Text(f"in flight {num.count(p.in_flight)}"),
+                 *([Text(self._limit(p.limit))] if p.limit else []),
                  Text(f"tokens {num.count(p.prompt_tokens + p.completion_tokens)}")]
         if self.price[0] is not None or self.price[1] is not None:
             cost = (p.prompt_tokens * (self.price[0] or 0) + p.completion_tokens * (self.price[1] or 0)) / 1e6
@@ -85,6 +87,12 @@ class RunDisplay:
             projected = f", projected {num.usd(cost / finished * p.total)}" if finished else ""
             parts.append(Text(f"cost {num.usd(cost)}{projected}"))
         return parts
+
+    def _limit(self, limit: int) -> str:
+        """The adaptive limit on requests sent at once: lowered after 429s, grown back after
+        successes, never above --concurrency. ``concurrency 5 of 16 (adaptive)``."""
+        of = f" of {num.count(self.concurrency)}" if self.concurrency and limit < self.concurrency else ""
+        return f"concurrency {num.count(limit)}{of} (adaptive)"
 
     def alerts(self) -> list[Text]:
         p = self.progress

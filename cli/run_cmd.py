@@ -181,7 +181,7 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     from .interrupts import install_interrupts
 
     config = prepared.config
-    display = RunDisplay((config.price_in, config.price_out))
+    display = RunDisplay((config.price_in, config.price_out), config.concurrency)
     live = make_live(display)
     opened = []
 

@@ -45,7 +45,7 @@ def seen(tmp_path_factory) -> dict[str, Screen]:
     small, large = _dataset(base / "small.jsonl", 40), _dataset(base / "large.jsonl", 300)
     runs = {f"w{cols}": (["run", str(small), "--run-id", f"w{cols}", *PRICED], cols, None) for cols in WIDTHS}
     runs["ctrl-c"] = (["run", str(large), "--run-id", "cc", "--concurrency", "2", "--sim", json.dumps({"latency": 0.05})],
-                      80, b"adaptive limit")
+                      80, b"(adaptive)")
     runs["down"] = (["run", str(small), "--run-id", "down", "--give-up-after", "0.2", "--sim", json.dumps({"down": True})], 80, None)
     with ThreadPoolExecutor(len(runs) + 1) as pool:
         killed = pool.submit(_killed_mid_run, base, large, "k")
@@ -103,11 +103,12 @@ def test_progress_extras_follow_whole_and_in_order(seen, cols):
     summary = _summary(seen, f"w{cols}")
     tokens = summary["tokens"]["total"]
     extras = [f"failed {summary['counts']['failed']}", f"retries {summary['retries']}",
-              r"in flight \d+ \(adaptive limit \d+\)", f"tokens {tokens:,}", r"cost \$\d+\.\d{4}, projected \$\d+\.\d{4}"]
+              r"in flight \d+", r"concurrency \d+( of 4)? \(adaptive\)", f"tokens {tokens:,}", r"cost \$\d+\.\d{4}, projected \$\d+\.\d{4}"]
     assert "retries" not in screen.lines[row]  # too many extras to share the bar's line at these widths
     second = screen.lines[row + 1]
     shown = second.split("  ")
-    assert len(shown) >= {60: 3, 80: 4, 120: 5}[cols], second  # 60: failures, retries, in flight; 80: + tokens; 120: all
+    # 60: failures, retries, in flight (and the concurrency when it fits); 80: + tokens; 120: all
+    assert len(shown) >= {60: 3, 80: 5, 120: 6}[cols], second
     for got, want in zip(shown, extras):
         assert re.fullmatch(want, got), (got, want)
 

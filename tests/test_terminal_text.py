@@ -44,7 +44,7 @@ def test_run_header_extent_has_plurals_and_the_subset(args, said):
 
 
 def _display(**fields) -> RunDisplay:
-    display = RunDisplay((2.5, 10.0))
+    display = RunDisplay((2.5, 10.0), 32)
     p = Progress(total=1000, done=370, failed=3, retrying=12, in_flight=16, limit=24, prompt_tokens=51_000,
                  completion_tokens=8_123, **fields)
     display.update(Progress(total=1000), now=100.0)
@@ -55,7 +55,7 @@ def _display(**fields) -> RunDisplay:
 def test_display_at_a_wide_terminal_is_one_line_with_every_extra():
     lines = [t.plain for t in _display().lines(200)]
     assert len(lines) == 1 and len(lines[0]) <= 200
-    assert re.fullmatch(r"━{30,} +373/1,000   37%  37\.3/s  ETA 0:17  failed 3  retries 12  in flight 16 \(adaptive limit 24\)  "
+    assert re.fullmatch(r"━{30,} +373/1,000   37%  37\.3/s  ETA 0:17  failed 3  retries 12  in flight 16  concurrency 24 of 32 \(adaptive\)  "
                         r"tokens 59,123  cost \$0\.2087, projected \$0\.5596", lines[0]), lines[0]
 
 
@@ -64,7 +64,8 @@ def test_display_puts_the_essentials_first_and_whole_extras_after(width):
     lines = [t.plain for t in _display().lines(width)]
     assert len(lines) == 2 and all(len(line) <= width for line in lines), lines
     assert re.search(r"373/1,000 +37% +37\.3/s +ETA 0:17$", lines[0]), lines[0]
-    extras = ["failed 3", "retries 12", "in flight 16 (adaptive limit 24)", "tokens 59,123", "cost $0.2087, projected $0.5596"]
+    extras = ["failed 3", "retries 12", "in flight 16", "concurrency 24 of 32 (adaptive)", "tokens 59,123",
+              "cost $0.2087, projected $0.5596"]
     shown = lines[1].split("  ")
     assert shown == extras[:len(shown)] and len(shown) >= 2, lines[1]
 

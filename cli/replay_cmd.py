@@ -33,7 +33,7 @@ def replay(
         rebuilt = summary.pop("rebuilt", {})
         if rebuilt:
             out.print("rebuilt " + _timings(rebuilt))
-        out.print(f"run {paths.run_id}", markup=False)  # the table says the figures, this line whose
+        out.print(f"run {paths.run_id}", markup=False)  # whose figures the table below says
         out.print(summary_table(summary))
 
 

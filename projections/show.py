@@ -90,9 +90,12 @@ def attempt_lines(events: list[dict[str, Any]]) -> list[AttemptLine]:
     tries = Counter(e.get("turn", 0) for e in events if e["type"] == "started")
     lines: list[AttemptLine] = []
     seen: Counter[int] = Counter()
+    previous = ""  # the type of the last started / response / failed event
     for i, e in enumerate(events):
-        if e["type"] == "failed" and not any(s["type"] == "started" for s in events[:i]):
+        if e["type"] == "failed" and previous != "started":
             lines.append(AttemptLine("before sending", "failed", _error(e)))  # e.g. over --max-context
+        if e["type"] in ("started", "response", "failed"):
+            previous = e["type"]
         if e["type"] != "started":
             continue
         turn = e.get("turn", 0)

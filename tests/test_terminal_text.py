@@ -116,3 +116,9 @@ def test_every_option_has_help_and_a_conventional_placeholder():
             assert (param.help or "").strip(), f"ledger {name}: {param.name} has no help"
             if not getattr(param, "is_flag", False):
                 assert re.fullmatch(r"[A-Z_]+(\.\.\.)?( [A-Z_.]+)*( \.\.\.)?", param.metavar or ""), (name, param.name, param.metavar)
+
+
+def test_show_says_a_failure_before_any_request():
+    too_long = _ev("failed", 3, 1, error_type="context_too_long", message="over --max-context", retryable=False, final=True)
+    events = [_ev("started", 1, 0), _ev("response", 2, 0, latency=0.01), too_long]
+    assert [tuple(line)[:2] for line in attempt_lines(events)] == [("turn 1", "ok"), ("before sending", "failed")]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 app = typer.Typer(
@@ -10,7 +12,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from llm_ledger.ledger import __version__
+
+        typer.echo(f"ledger {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                          callback=_version)] = False,
+) -> None:
+    """Run large LLM evaluation and batch-inference jobs so that no work is ever lost."""
 
 
 def _register() -> None:
@@ -18,5 +37,7 @@ def _register() -> None:
 
 
 def main() -> None:
+    from .help_format import conventional
+
     _register()
-    app()
+    conventional(typer.main.get_command(app))(prog_name="ledger")

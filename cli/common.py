@@ -21,7 +21,7 @@ from rich.console import Console
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import LedgerError
 
-__all__ = ["RunsDir", "handled", "err", "out", "fail", "stdout", "StdStream", "os_error_line"]
+__all__ = ["RunsDir", "handled", "err", "out", "fail", "stdout", "StdStream", "os_error_line", "resume_line", "error_line"]
 
 RunsDir = Annotated[
     str,
@@ -38,16 +38,20 @@ def fail(message: str, code: int) -> "typer.Exit":
 def handled() -> Iterator[None]:
     try:
         yield
-    except LedgerError as exc:
-        _quiet_after_error()
-        raise fail(_escape(str(exc)), exc.exit_code) from None
     except BrokenPipeError:
         # `ledger log | head`: the reader left; exit quietly like other Unix tools.
         os.dup2(fs.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
-    except OSError as exc:
+    except (LedgerError, OSError) as exc:
         _quiet_after_error()
-        raise fail(_escape(os_error_line(exc)), 1) from None
+        raise fail(_escape(error_line(exc)[0]), error_line(exc)[1]) from None
+
+
+def error_line(exc: LedgerError | OSError) -> tuple[str, int]:
+    """The one line said for an error, and the exit code."""
+    if isinstance(exc, LedgerError):
+        return str(exc), exc.exit_code
+    return os_error_line(exc), 1
 
 
 def _quiet_after_error() -> None:
@@ -133,3 +137,14 @@ def _escape(text: str) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def resume_line(paths: Any) -> str:
+    """``resume with: ledger resume RUN`` (with ``--runs-dir`` when the run is not under the
+    default one): the one line said wherever a run is left resumable."""
+    import shlex
+
+    runs_dir = os.path.dirname(os.path.abspath(paths.dir))
+    default = os.path.abspath(os.environ.get("LEDGER_RUNS_DIR") or "runs")
+    extra = "" if runs_dir == default else f" --runs-dir {shlex.quote(runs_dir)}"
+    return f"resume with: ledger resume {shlex.quote(paths.run_id)}{extra}"

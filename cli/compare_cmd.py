@@ -8,7 +8,11 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
+if TYPE_CHECKING:
+    from rich.table import Column
+
 from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections import numbers as num
 
 from .app import app
 
@@ -28,16 +32,18 @@ def compare(
     """Accuracy with 95% intervals, agreement and McNemar's exact test, paired over shared items."""
     from llm_ledger.projections.compare import compare_runs, write_csv
     from llm_ledger.projections.outputs import check_output_path
+    from llm_ledger.projections.runs import read_summary
 
     with handled():
-        result = compare_runs([find_run(runs_dir, run) for run in runs])
+        paths = [find_run(runs_dir, run) for run in runs]
+        result = compare_runs(paths)
         written = write_csv(result, check_output_path(output), only_diff) if output else None
         if as_json:
             out.print(json.dumps(result.to_json(only_diff), ensure_ascii=False), soft_wrap=True, markup=False)
         elif only_diff:
             _print_diff(result)
         else:
-            _print_stats(result)
+            _print_stats(result, {p.run_id: read_summary(p) for p in paths})
         if written is not None and not as_json:
             out.print(f"wrote {written} rows to {escape(output or '')}")
 
@@ -48,25 +54,38 @@ def _print_coverage(result: Comparison) -> None:
     out.print(cover.message() + ("" if cover.complete else f"; compared on the {cover.shared} shared"), markup=False)
 
 
-def _print_stats(result: Comparison) -> None:
+def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
+    """Accuracy per run (with each whole run's cost and median latency, from its summary.json),
+    agreement, and the paired test."""
     from rich.table import Table
 
     _print_coverage(result)
-    table = Table("run", "model", "scored", "correct", "accuracy", "95% CI", title="accuracy on shared items")
+    table = Table("run", "model", *_right("scored", "correct", "accuracy", "95% CI", "cost", "latency p50"),
+                  title="accuracy on shared items")
     for r in result.runs:
         acc, ci = r["accuracy"], r["ci95"]
-        table.add_row(escape(r["run_id"]), escape(r["model"]), str(r["scored"]), str(r["correct"]),
-                      "-" if acc is None else f"{acc:.1%}", "-" if ci is None else f"{ci[0]:.1%}-{ci[1]:.1%}")
+        summary = summaries.get(r["run_id"], {})
+        table.add_row(escape(r["run_id"]), escape(r["model"]), num.count(r["scored"]), num.count(r["correct"]),
+                      num.percent(acc), num.MISSING if ci is None else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
+                      num.usd(summary.get("cost_usd")), num.ms((summary.get("latency_s") or {}).get("p50")))
     out.print(table)
-    matrix = Table("", *(escape(r) for r in result.run_ids), title="agreement (same parsed answer)")
+    matrix = Table("", *_right(*(escape(r) for r in result.run_ids)), title="agreement (same parsed answer)")
     for run, row in zip(result.run_ids, result.agreement):
-        matrix.add_row(escape(run), *(f"{v:.1%}" for v in row))
+        matrix.add_row(escape(run), *(num.percent(v) for v in row))
     out.print(matrix)
-    pairs = Table("A", "B", "agree", "only A right", "only B right", "p", "p < 0.05", title="paired differences (McNemar exact test)")
+    pairs = Table("A", "B", *_right("agree", "only A right", "only B right", "p"), "p < 0.05",
+                  title="paired differences (McNemar exact test)")
     for p in result.pairs:
-        pairs.add_row(escape(p["a"]), escape(p["b"]), f"{p['agreement']:.1%}", str(p["only_a_correct"]), str(p["only_b_correct"]),
-                      f"{p['p_value']:.4g}", "[bold]yes[/bold]" if p["significant"] else "no")
+        pairs.add_row(escape(p["a"]), escape(p["b"]), num.percent(p["agreement"]), num.count(p["only_a_correct"]),
+                      num.count(p["only_b_correct"]), num.p_value(p["p_value"]), "[bold]yes[/bold]" if p["significant"] else "no")
     out.print(pairs)
+
+
+def _right(*names: str) -> list["Column"]:
+    """Columns of figures, right-aligned so their digits line up."""
+    from rich.table import Column
+
+    return [Column(name, justify="right") for name in names]
 
 
 def _print_diff(result: Comparison) -> None:
@@ -81,7 +100,7 @@ def _print_diff(result: Comparison) -> None:
         cells = [_answer(d["answers"][r], d["correct"][r]) for r in result.run_ids]
         table.add_row(escape(d["item_id"]), str(d["sample"]), escape(str(as_text(d["expected"]))), *cells)
     out.print(table)
-    out.print(f"{len(diffs)} of {len(result.shared)} shared items differ")
+    out.print(f"{num.count(len(diffs))} of {num.plural(len(result.shared), 'shared item')} differ")
 
 
 def _answer(parsed: object, correct: bool | None) -> str:

@@ -21,7 +21,7 @@ def log(
     follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new events as they become durable.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Print the run's events as JSON lines, with DESIGN's field names."""
+    """Print every event the run recorded, one JSON object per line (requests, replies, failures)."""
     from llm_ledger.ledger.lock import is_locked
     from llm_ledger.ledger.reader import follow_events, iter_events
 

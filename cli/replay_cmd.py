@@ -15,7 +15,7 @@ from .common import RunsDir, handled, out
 @app.command("replay")
 def replay(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete every projection and fold the whole log again.")] = False,
+    rebuild: Annotated[bool, typer.Option("--rebuild", help="Delete the output files and write them again from the whole log.")] = False,
     reparse: Annotated[Optional[str], typer.Option("--reparse", help="Parse every stored reply with this parser (no requests), then rebuild.")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
@@ -33,6 +33,7 @@ def replay(
         rebuilt = summary.pop("rebuilt", {})
         if rebuilt:
             out.print("rebuilt " + _timings(rebuilt))
+        out.print(f"run {paths.run_id}", markup=False)  # whose figures the table below says
         out.print(summary_table(summary))
 
 

@@ -6,10 +6,14 @@ import json
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.runners.parsers import PARSERS
+
+from llm_ledger.ledger.errors import LedgerError
+from llm_ledger.projections.numbers import plural
 
 from .app import app
 
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 
     from llm_ledger.runners.prepare import Prepared
     from llm_ledger.runners.session import Session
-from .common import RunsDir, err, handled, out
+from .common import RunsDir, err, error_line, fail, handled, out, resume_line
 
 
 PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
@@ -31,13 +35,13 @@ def run(
     model: Annotated[Optional[str], typer.Option(help="Model name. Without --model and --base-url: the built-in simulator; with --base-url alone: the endpoint's only model.")] = None,
     base_url: Annotated[Optional[list[str]], typer.Option("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1; repeat to spread over several.")] = None,
     api_key_env: Annotated[str, typer.Option("--api-key-env", help="Environment variable holding the API key.")] = "OPENAI_API_KEY",
-    samples: Annotated[int, typer.Option(help="Run each item N times (s0..sN-1).")] = 1,
+    samples: Annotated[int, typer.Option(help="Ask each item N times (samples 0 to N-1), for pass@k and agreement.")] = 1,
     limit: Annotated[Optional[int], typer.Option(help="Only the first N items.")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight at most (1 to 10,000).")] = 32,
     timeout: Annotated[float, typer.Option(help="Deadline in seconds for each request, connect to last byte.")] = 60.0,
-    retries: Annotated[int, typer.Option(help="Retries per request on 429/5xx/timeouts/connection errors.")] = 5,
-    temperature: Annotated[Optional[float], typer.Option()] = None,
-    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens")] = None,
+    retries: Annotated[int, typer.Option(help="Retries per request after a 429, a 5xx, a timeout or a lost connection.")] = 5,
+    temperature: Annotated[Optional[float], typer.Option(help="Sampling temperature sent with each request (default: the endpoint's).")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Longest reply, in tokens, for each request (default: the endpoint's).")] = None,
     system: Annotated[Optional[str], typer.Option(help="System message for every conversation.")] = None,
     template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
     parser: Annotated[str, typer.Option(help=f"{PARSER_KINDS} or module:function.")] = "text",
@@ -58,7 +62,7 @@ def run(
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Run every item of DATASET against a model; resumable at any moment."""
+    """Run every item of a dataset (PATH) against a model; stop at any moment, resume later."""
     from llm_ledger.runners.config import SIMULATOR_MODEL, RunConfig
     from llm_ledger.runners.dataset import interpret_escapes
     from llm_ledger.runners.plan import plan_only
@@ -122,7 +126,9 @@ def _plan_table(report: dict) -> "Table":
 
 
 def _usd(value: float) -> str:
-    return f"${value:,.2f}" if value >= 1 else f"${value:.6f}"
+    from llm_ledger.projections.numbers import usd
+
+    return usd(value)
 
 
 @app.command("resume")
@@ -140,8 +146,8 @@ def resume(
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent.
 
-    Only settings that change how the work is sent can be given; they apply to this session
-    and are recorded in its session_started event. What is sent is fixed by the run."""
+    What is sent is fixed by the run; only how it is sent can change (endpoints, limits,
+    timeouts), for this session only, and the run's log records the change."""
     from llm_ledger.runners.prepare import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
@@ -172,25 +178,44 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
 
     from .exit_codes import exit_code
     from .interrupts import install_interrupts
-    from .progress import make_bar, summary_table, ticker
+    from .progress import RunDisplay, make_live, start_live, stop_live, summary_table, ticker
 
     config = prepared.config
-    bar = make_bar()
-    task = bar.add_task("running", total=None, rate="", extra="")
+    display = RunDisplay((config.price_in, config.price_out), config.concurrency)
+    live = make_live(display)
+    opened = []
 
-    def planned(session: "Session") -> None:  # the bar appears once the run is open: errors stay one line
+    def planned(session: "Session") -> None:  # the display appears once the run is open: errors stay one line
+        opened.append(True)
         _print_header(prepared, session)
-        bar.start()
+        start_live(live)
 
     try:
-        session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
-                                       on_tick=ticker(bar, task, (config.price_in, config.price_out), show_first))
-    except KeyboardInterrupt:  # a Ctrl-C after the run stopped, while the log was closing
-        bar.stop()
-        err.print(f"interrupted while closing the run; resume with: {_resume_command(prepared)}", markup=False, highlight=False)
+        with handled():
+            try:
+                session, reason = run_prepared(prepared, on_planned=planned, on_running=install_interrupts,
+                                               on_tick=ticker(live, display, show_first))
+            except (LedgerError, OSError) as exc:
+                if not opened or isinstance(exc, BrokenPipeError):
+                    raise
+                stop_live(live)  # the error's one line says how to continue, too
+                text, code = error_line(exc)
+                raise fail(escape(f"{text}; {resume_line(prepared.paths)}"), code) from None
+    except KeyboardInterrupt:  # a Ctrl-C outside the run's own handlers (starting, or closing the log)
+        stop_live(live)
+        err.print("interrupted", markup=False, highlight=False)
+        if opened:
+            _say_resume(prepared)
         return 130
+    except Exception as exc:  # a bug: one line, not a traceback, with the way back
+        if isinstance(exc, typer.Exit):
+            raise
+        stop_live(live)
+        resume = f"; {resume_line(prepared.paths)}" if opened else ""
+        err.print(f"error: internal error: {type(exc).__name__}: {exc}{resume}", markup=False, highlight=False)
+        return 1
     finally:
-        bar.stop()
+        stop_live(live)
     with fs.open_file(prepared.paths.summary, "rb") as f:
         summary = json.loads(f.read())
     out.print(summary_table(summary))
@@ -211,7 +236,7 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     lines = internal + ([f"... and {more} more internal errors (each a `failed` event: see `ledger log`)"] if more > 0 else [])
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
-    items = f"{pending} item{'s' if pending != 1 else ''} pending"
+    items = f"{plural(pending, 'item')} pending"
     if code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:
@@ -221,31 +246,41 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     elif pending:
         lines.append(f"the session ended with {items} (neither done nor failed)")
     if code in (75, 130) or pending:
-        lines.append(f"resume with: {_resume_command(prepared)}")
+        lines.append(_resume_line(prepared))
     return lines
 
 
-def _resume_command(prepared: "Prepared") -> str:
-    import os
-    import shlex
+def _resume_line(prepared: "Prepared") -> str:
+    return resume_line(prepared.paths)
 
-    runs_dir = os.path.dirname(os.path.abspath(prepared.paths.dir))
-    default = os.path.abspath(os.environ.get("LEDGER_RUNS_DIR") or "runs")
-    extra = "" if runs_dir == default else f" --runs-dir {shlex.quote(runs_dir)}"
-    return f"ledger resume {shlex.quote(prepared.paths.run_id)}{extra}"
+
+def _say_resume(prepared: "Prepared") -> None:
+    err.print(_resume_line(prepared), markup=False, highlight=False)
 
 
 def _print_header(prepared: "Prepared", session: "Session") -> None:
+    """Once, before the display: which run, which model, which items, where the files go."""
     config = prepared.config
     endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
-    out.print(f"run {prepared.paths.run_id}")
-    out.print(f"model {config.model} @ {endpoint}")
-    items = prepared.dataset.items
-    shown = f"{config.limit} of {items}" if config.limit is not None and config.limit < items else f"{items}"
-    out.print(f"dataset {prepared.dataset.path} ({shown} items x {config.samples} samples)")
-    out.print(f"output {prepared.paths.dir}")
+    out.print(f"run {prepared.paths.run_id}", markup=False)
+    out.print(f"model {config.model} @ {endpoint}", markup=False)
+    out.print(f"dataset {prepared.dataset.path}: {dataset_extent(prepared.dataset.items, config.limit, config.seed, config.samples)}",
+              markup=False)
+    out.print(f"output {prepared.paths.dir}", markup=False)
     if prepared.resume:
         f = session.found
-        out.print(f"resume: {f.done} done, {f.failed} failed{' (skipped)' if prepared.skip_failed else ''}, "
-                  f"{f.never_started} never started, {f.in_flight} in flight at the crash "
-                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send} to send")
+        out.print(f"resume: {f.done:,} done, {f.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "
+                  f"{f.never_started:,} never started, {f.in_flight:,} in flight at the crash "
+                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send:,} to send", markup=False)
+
+
+def dataset_extent(items: int, limit: int | None, seed: int | None, samples: int) -> str:
+    """``10 items``, ``50 of 100,000 items (--limit 50, seed 7)``, ``... x 3 samples``."""
+    from llm_ledger.projections.numbers import count, plural
+
+    if limit is not None and limit < items:
+        chosen = f"seed {seed}" if seed is not None else f"the first {count(limit)}"
+        extent = f"{count(limit)} of {plural(items, 'item')} (--limit {limit}, {chosen})"
+    else:
+        extent = plural(items, "item")
+    return extent if samples == 1 else f"{extent} x {plural(samples, 'sample')}"

@@ -17,12 +17,12 @@ from .common import RunsDir, handled, out
 @app.command("show")
 def show(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    item: Annotated[str, typer.Argument(help="Item id.")],
-    sample: Annotated[int, typer.Option(help="Sample number.")] = 0,
+    item: Annotated[str, typer.Argument(help="Item id (the dataset's id field).")],
+    sample: Annotated[int, typer.Option(help="Which sample of the item, with --samples N: 0 to N-1.", metavar="N")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """The conversation of one item and every attempt made for it."""
+    """One item: its conversation, its answer, and each request made for it."""
     from llm_ledger.projections.show import item_story
 
     with handled():
@@ -30,23 +30,31 @@ def show(
         if as_json:
             out.print(json.dumps(story, ensure_ascii=False), soft_wrap=True, markup=False)
             return
-        conversation = story["conversation"]
-        if conversation:
-            for m in conversation["messages"]:
-                out.print(f"[bold]{m['role']}[/bold]: {escape(str(m['content']))}")
-            out.print(f"parsed: {conversation['parsed']!r}  expected: {conversation['expected']!r}  correct: {conversation['correct']}")
-        for e in story["events"]:
-            out.print(escape(_line(e)))
+        _print_story(story)
 
 
-def _line(e: dict) -> str:
-    head = f"#{e['seq']} {e['type']} turn {e.get('turn', 0)}"
-    match e["type"]:
-        case "started":
-            return f"{head} attempt {e['attempt']}"
-        case "response":
-            return f"{head} attempt {e['attempt']}: {e['latency']:.3f}s {e['finish_reason']} usage {e['usage']}"
-        case "failed":
-            return f"{head} attempt {e['attempt']}: {e['error_type']} {e['message']} (HTTP {e['status']}) retryable={e['retryable']} final={e['final']}"
-        case _:
-            return f"{head} {e.get('parser')}: ok={e.get('ok')} value={e.get('value')!r} {e.get('error') or ''}"
+def _print_story(story: dict) -> None:
+    """The conversation (role, then its content), the answer, then a line per request."""
+    from llm_ledger.projections.show import attempt_lines, conversation_messages, message_text
+
+    for m in conversation_messages(story):
+        text = message_text(m.get("content")).replace("\n", "\n  ")
+        out.print(f"[bold]{escape(str(m.get('role')))}[/bold]: {escape(text)}")
+    conversation = story["conversation"]
+    if conversation:
+        out.print(_answer(conversation))
+    for line in attempt_lines(story["events"]):
+        style = {"ok": "green", "failed": "red"}.get(line.outcome, "yellow")
+        out.print(f"{escape(line.label)}: [{style}]{line.outcome}[/{style}], {escape(line.details)}")
+
+
+def _answer(conversation: dict) -> str:
+    """``answer: Cairo   expected: Cairo   right`` (no verdict without an expected answer)."""
+    from llm_ledger.projections.compare import as_text
+
+    parsed, expected = as_text(conversation.get("parsed")), as_text(conversation.get("expected"))
+    said = "none" if parsed is None else escape(parsed)  # why not: the lines below say
+    if expected is None:
+        return f"answer: {said}"
+    verdict = "[green]right[/green]" if conversation.get("correct") else "[red]wrong[/red]"
+    return f"answer: {said}   expected: {escape(expected)}   {verdict}"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from .app import app
 from .common import handled, out
+
+if TYPE_CHECKING:
+    from llm_ledger.runners.simulator import SimConfig, Simulator
 
 
 @app.command("simulate")
@@ -29,7 +32,7 @@ def simulate(
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
     from llm_ledger.projections.outputs import check_output_path
-    from llm_ledger.runners.simulator import SimConfig, Simulator
+    from llm_ledger.runners.simulator import SimConfig
 
     with handled():
         if request_log:
@@ -46,7 +49,7 @@ def simulate(
         sim.stop()
 
 
-def _start(config: "SimConfig", port: int) -> "Simulator":  # noqa: F821 (imported lazily above)
+def _start(config: SimConfig, port: int) -> Simulator:
     from llm_ledger.runners.simulator import Simulator
 
     return Simulator(config, port=port).start()

@@ -12,74 +12,116 @@ import msgspec
 import typer
 
 from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.numbers import count, ms, percent, usd
 
 from .app import app
+from .common import RunsDir, handled, out, resume_line
 
 if TYPE_CHECKING:
+    from rich.table import Table
+
     from llm_ledger.projections.runs import RunRow, RunStatus
-from .common import RunsDir, handled, out
 
 
 @app.command("status")
 def status(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Progress of a running or stopped run: from its index when current (O(1)), else from the log."""
-    from llm_ledger.projections.runs import run_status
+    """Progress of a run, running or stopped: its status, counts and accuracy; instant even on a large run."""
+    from llm_ledger.projections.runs import read_summary, run_status
 
     with handled():
-        info = run_status(find_run(runs_dir, run))
+        paths = find_run(runs_dir, run)
+        info = run_status(paths)
         if as_json:
             out.print(json.dumps(msgspec.to_builtins(info)), soft_wrap=True)
             return
-        for key, value in _status_lines(info):
+        summary = read_summary(paths) if info.summary_current else {}
+        for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
+        if info.status in RESUMABLE:
+            out.print(resume_line(paths), markup=False)
 
 
-def _status_lines(info: RunStatus) -> list[tuple[str, object]]:
-    """What a person reads: the status in words, the counts, and accuracy when it is current."""
-    acc = info.accuracy
-    shown = f"{acc:.1%}" if acc is not None else "-"
+# Stopped with work left: Ctrl-C, an outage (exit 75), a crash or kill, an error.
+RESUMABLE = ("interrupted", "error", "completed_with_pending")
+
+
+def _status_lines(info: RunStatus, summary: dict) -> list[tuple[str, str]]:
+    """What a person reads: the status in words, the counts, and the figures of summary.json
+    when it vouches for this log (accuracy; cost and median latency when known)."""
+    shown = percent(info.accuracy)
     if not info.summary_current and info.done:
         shown += f" (summary.json is out of date: `ledger replay {info.run_id} --rebuild` rewrites it)"
-    return [("run_id", info.run_id), ("status", info.status_text), *info.counts._asdict().items(),
-            ("events", info.events), ("accuracy", shown)]
+    lines = [("run_id", info.run_id), ("status", info.status_text),
+             *((name, count(n)) for name, n in info.counts._asdict().items()), ("events", count(info.events)),
+             ("accuracy", shown)]
+    if summary.get("cost_usd") is not None:
+        lines.append(("cost", usd(summary["cost_usd"])))
+    if (summary.get("latency_s") or {}).get("p50") is not None:
+        lines.append(("latency", f"p50 {ms(summary['latency_s']['p50'])}, p90 {ms(summary['latency_s'].get('p90'))}"))
+    return lines
 
 
 @app.command("ls")
 def ls(
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array: each run as `status --json` has it, "
-                                                          "plus model, dataset and started.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array, newest run first: each run as "
+                                                          "`status --json` has it, plus model, dataset and start time.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Every run under the runs directory: status, model, dataset, counts, accuracy, start.
+    """List the runs, newest first: status, model, dataset, counts, accuracy, start time.
 
     A table on a terminal; tab-separated lines with a header when piped (nothing cut short,
     so `ledger ls | grep completed` works)."""
-    from rich.table import Table
-
     from llm_ledger.projections.runs import list_runs
 
     with handled():
-        runs = list_runs(runs_dir)
+        runs = newest_first(list_runs(runs_dir))
         if as_json:
             sys.stdout.write(json.dumps(msgspec.to_builtins(runs)) + "\n")
             return
         header = ("run", "status", "model", "dataset", "done", "failed", "planned", "accuracy", "started")
-        rows = [_ls_cells(row) for row in runs]
+        rows = [_ls_cells(row, out.is_terminal) for row in runs]
         if not out.is_terminal:
             for cells in (header, *rows):
                 sys.stdout.write("\t".join(cells) + "\n")
             return
-        table = Table(*header)
-        for cells in rows:
-            table.add_row(*cells)
-        out.print(table)
+        out.print(_ls_table(header, rows, out.width))
 
 
-def _ls_cells(row: RunRow) -> tuple[str, ...]:
-    acc = row.accuracy
-    return (row.run_id, row.status_text, row.model, os.path.basename(row.dataset), str(row.done),
-            str(row.failed), str(row.planned), "-" if acc is None else f"{acc:.1%}", row.started)
+def newest_first(runs: list[RunRow]) -> list[RunRow]:
+    """By start time, newest first (a run id breaks a tie: ids begin with the time)."""
+    return sorted(runs, key=lambda r: (r.started, r.run_id), reverse=True)
+
+
+_DROPPED_FIRST = ("started", "dataset", "model", "planned")  # when the terminal is too narrow for all
+
+
+def _ls_table(header: tuple[str, ...], rows: list[tuple[str, ...]], width: int) -> Table:
+    """The columns that fit ``width`` (the least needed are left out first); run ids are
+    never cut: their column takes its full width, and only a long status wraps."""
+    from rich.table import Table
+
+    keep = list(range(len(header)))
+    widths = [max(len(c) for c in (name, *(r[i] for r in rows))) for i, name in enumerate(header)]
+    for name in _DROPPED_FIRST:
+        if sum(widths[i] + 2 for i in keep) - 2 <= width:
+            break
+        keep.remove(header.index(name))
+    table = Table(box=None, pad_edge=False, padding=(0, 1), header_style="bold")
+    for i in keep:
+        name = header[i]
+        table.add_column(name, justify="right" if name in ("done", "failed", "planned", "accuracy") else "left",
+                         no_wrap=name != "status", min_width=widths[i] if name != "status" else len(name))
+    for cells in rows:
+        table.add_row(*(cells[i] for i in keep))
+    return table
+
+
+def _ls_cells(row: RunRow, for_people: bool) -> tuple[str, ...]:
+    """Counts with thousands separators on a terminal; bare integers for a program reading a pipe."""
+    number = count if for_people else str
+    return (row.run_id, row.status_text, row.model, os.path.basename(row.dataset), number(row.done),
+            number(row.failed), number(row.planned), percent(row.accuracy), row.started)

@@ -15,10 +15,10 @@ from .common import RunsDir, err, handled, out
 @app.command("verify")
 def verify(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
-    repair: Annotated[bool, typer.Option("--repair", help="Keep every frame that can be read (those after the damage renumbered); save the damaged bytes beside the log.")] = False,
+    repair: Annotated[bool, typer.Option("--repair", help="Keep every event that can be read (renumbering those after the damage); save the damaged bytes beside the log.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Check every frame of the log; exit 1 if any is damaged (0 after a repair)."""
+    """Check the run's log byte by byte; exit 1 if any part is damaged (0 after a repair)."""
     from llm_ledger.ledger.maintenance import repair_log, verify_log
 
     with handled():

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+import re
+from collections import Counter
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -18,9 +20,10 @@ from llm_ledger.ledger.events import Failed, Parsed, Response, Started
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 
+from . import numbers
 from .conversations import file_name
 
-__all__ = ["item_story"]
+__all__ = ["item_story", "AttemptLine", "attempt_lines", "conversation_messages", "message_text"]
 
 
 def item_story(paths: RunPaths, item_id: str, sample: int) -> dict[str, Any]:
@@ -42,3 +45,87 @@ def _brief(event: Any) -> dict[str, Any]:
     data = msgspec.to_builtins(event)
     data.pop("raw", None)  # the raw reply repeats the text; `ledger log` has it whole
     return data
+
+
+# -- how a person reads it (``ledger show`` without --json) -------------------------------
+
+
+class AttemptLine(NamedTuple):
+    """One request of the item, in words: ``label`` (``turn 2 attempt 2``), ``outcome``
+    (ok / failed / no reply), ``details`` (latency, tokens, finish reason or the error)."""
+
+    label: str
+    outcome: str
+    details: str
+
+
+def conversation_messages(story: dict[str, Any]) -> list[dict[str, Any]]:
+    """The messages: the conversation file's when the item finished, else the last request
+    sent and the reply to it, if any (an item still in flight, or stopped)."""
+    if story["conversation"]:
+        return list(story["conversation"]["messages"])
+    started = [e for e in story["events"] if e["type"] == "started"]
+    if not started:
+        return []
+    last = started[-1]
+    messages = list((last.get("request") or {}).get("messages") or [])
+    reply = next((e for e in story["events"] if e["type"] == "response" and e["seq"] > last["seq"]), None)
+    return messages + ([{"role": "assistant", "content": reply["text"]}] if reply else [])
+
+
+def message_text(content: Any) -> str:
+    """A message's content as text: a string as itself, parts (text, images) by their text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p.get("text", f"[{p.get('type', 'part')}]") if isinstance(p, dict) else str(p) for p in content)
+    return json.dumps(content, ensure_ascii=False)
+
+
+def attempt_lines(events: list[dict[str, Any]]) -> list[AttemptLine]:
+    """A line per request made for the item; ``turn N`` only for a conversation of several
+    turns, ``attempt K`` only for a turn that was tried more than once (K counts that turn's
+    requests; the events' own attempt numbers run on across turns)."""
+    turns = {e.get("turn", 0) for e in events if e["type"] in ("started", "failed", "response")}
+    tries = Counter(e.get("turn", 0) for e in events if e["type"] == "started")
+    lines: list[AttemptLine] = []
+    seen: Counter[int] = Counter()
+    previous = ""  # the type of the last started / response / failed event
+    for i, e in enumerate(events):
+        if e["type"] == "failed" and previous != "started":
+            lines.append(AttemptLine("before sending", "failed", _error(e)))  # e.g. over --max-context
+        if e["type"] in ("started", "response", "failed"):
+            previous = e["type"]
+        if e["type"] != "started":
+            continue
+        turn = e.get("turn", 0)
+        seen[turn] += 1
+        label = " ".join([*([f"turn {turn + 1}"] if len(turns) > 1 or turn else []),
+                          *([f"attempt {seen[turn]}"] if tries[turn] > 1 else [])]) or "reply"
+        outcome = next((o for o in events[i + 1:] if o["type"] in ("started", "response", "failed")), None)
+        lines.append(AttemptLine(label, *_outcome(outcome)))
+    lines += [AttemptLine("parse", "failed", f"{e['parser']}: {e.get('error') or 'no value'}")
+              for e in events if e["type"] == "parsed" and not e.get("ok")]
+    return lines
+
+
+def _outcome(event: dict[str, Any] | None) -> tuple[str, str]:
+    if event is None or event["type"] == "started":
+        return "no reply", "none recorded (in flight, or the session stopped first)"
+    if event["type"] == "failed":
+        return "failed", _error(event)
+    usage = event.get("usage") or {}
+    parts = [numbers.ms(event.get("latency"))]
+    if usage:
+        parts.append(f"{numbers.count(usage.get('prompt_tokens', 0))} prompt + "
+                     f"{numbers.count(usage.get('completion_tokens', 0))} completion tokens")
+    if event.get("finish_reason") not in (None, "stop"):
+        parts.append(f"finish reason {event['finish_reason']}")
+    return "ok", ", ".join(parts)
+
+
+def _error(event: dict[str, Any]) -> str:
+    status = f"HTTP {event['status']} " if event.get("status") else ""
+    then = "gave up" if event.get("final") else "retried" if event.get("retryable") else ""
+    message = re.sub(r"^Error code: \d+ - ", "", event.get("message") or "")  # the SDK's prefix repeats the status
+    return f"{status}{event.get('error_type') or 'error'}: {message}" + (f" ({then})" if then else "")

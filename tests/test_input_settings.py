@@ -193,7 +193,7 @@ def test_seed_without_limit_is_said_and_header_counts_the_limit(tmp_path):
 
     r = run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--limit", "5", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert "(5 of 20 items x 1 samples)" in r.stdout, r.stdout
+    assert ": 5 of 20 items (--limit 5, the first 5)\n" in r.stdout, r.stdout
 
 
 def test_dry_run_on_an_existing_run_is_refused_and_writes_nothing(tmp_path):

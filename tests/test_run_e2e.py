@@ -125,7 +125,7 @@ def test_clean_run_scores_everything_and_writes_every_projection(cli, tmp_path):
     head = r.stdout.splitlines()[:4]
     assert head[0] == f"run {run_id}", r.stdout
     assert head[1].startswith("model sim-1 @ ") and "simulator" in head[1], head
-    assert head[2] == f"dataset {dataset} (50 items x 1 samples)", head
+    assert head[2] == f"dataset {dataset}: 50 items", head
     assert head[3].startswith("output ") and head[3].endswith(os.path.join("runs", run_id)), head
 
     rows = read_jsonl(run_dir / "responses.jsonl")
@@ -179,7 +179,7 @@ def test_samples_run_each_item_n_times(cli, tmp_path):
     r = cli("run", str(dataset), "--runs-dir", str(runs), "--samples", "3", "--parser", REGEX_PARSER,
             "--run-id", "three", "--concurrency", "16")
     assert r.returncode == 0, r.stderr
-    assert "(50 items x 3 samples)" in r.stdout
+    assert ": 50 items x 3 samples\n" in r.stdout
     rows = read_jsonl(runs / "three" / "responses.jsonl")
     assert len(rows) == 150
     assert Counter((row["item_id"], row["sample"]) for row in rows) == Counter(

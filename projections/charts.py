@@ -13,7 +13,7 @@ Three per run, each from the data that defines it:
 
 ``EventFigures`` reads the log incrementally (only the frames appended since its last
 refresh), so a live run's charts cost what was appended, not a replay per poll. Bins use
-"nice" widths (1, 2, 5 x 10^k ms; 1 s to 1 day), at most ``LATENCY_BINS`` / ``TIME_BINS``.
+"nice" widths (1, 2, 5 x 10^k ms; 0.1 s to 1 day), at most ``LATENCY_BINS`` / ``TIME_BINS``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ __all__ = ["accuracy", "accuracy_by", "latency_histogram", "timeline", "EventFig
 
 LATENCY_BINS = 20
 TIME_BINS = 60
-_TIME_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
+MAX_TICKS = 20_000  # distinct time keys an EventFigures keeps before it coarsens them
+_TIME_STEPS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400)
 
 
 def accuracy(correct: Iterable[bool | None]) -> dict[str, Any]:
@@ -82,23 +83,25 @@ def latency_histogram(latencies_s: list[float], bins: int = LATENCY_BINS) -> dic
     return {"n": len(values), "start_ms": start, "step_ms": step, "counts": counts, **quantiles}
 
 
-def timeline(per_second: Mapping[int, list[int]], bins: int = TIME_BINS) -> dict[str, Any]:
-    """Per-second counts [sent, replies, 429s, errors] regrouped into at most ``bins`` bins."""
+def timeline(per_tick: Mapping[int, list[int]], tick: float = 1.0, bins: int = TIME_BINS) -> dict[str, Any]:
+    """Counts [sent, replies, 429s, errors] per tick (key: ``int(ts / tick)``) regrouped into
+    at most ``bins`` bins of a nice width (a whole number of ticks)."""
     names = ("requests", "replies", "rate_limited", "errors")
-    if not per_second:
+    if not per_tick:
         return {"start": None, "step_s": 0, "bins": [], "totals": dict.fromkeys(names, 0)}
-    first, last = min(per_second), max(per_second)
-    step = next((s for s in _TIME_STEPS if (last - first + 1) / s <= bins), _TIME_STEPS[-1])
+    first, last = min(per_tick), max(per_tick)
+    steps = [round(s / tick) for s in _TIME_STEPS if s >= tick * (1 - 1e-9) and abs(s / tick - round(s / tick)) < 1e-6]
+    step = next((s for s in steps if (last - first + 1) / s <= bins), steps[-1])
     start = first - first % step
     width = (last - start) // step + 1
     rows = [[0, 0, 0, 0] for _ in range(width)]
-    for second, counts in per_second.items():
-        row = rows[(second - start) // step]
+    for key, counts in per_tick.items():
+        row = rows[(key - start) // step]
         for i, c in enumerate(counts):
             row[i] += c
     totals = {name: sum(r[i] for r in rows) for i, name in enumerate(names)}
-    return {"start": start, "step_s": step, "totals": totals,
-            "bins": [{"t": start + i * step, **dict(zip(names, r))} for i, r in enumerate(rows)]}
+    return {"start": round(start * tick, 6), "step_s": round(step * tick, 6), "totals": totals,
+            "bins": [{"t": round((start + i * step) * tick, 6), **dict(zip(names, r))} for i, r in enumerate(rows)]}
 
 
 class EventFigures:
@@ -111,7 +114,8 @@ class EventFigures:
 
     def _reset(self) -> None:
         self.latencies: list[float] = []
-        self.per_second: dict[int, list[int]] = {}
+        self.tick = 0.1  # seconds per key of per_tick; 10x coarser whenever the span passes MAX_TICKS
+        self.per_tick: dict[int, list[int]] = {}
         self.errors_by_type: Counter[str] = Counter()
         self._offset = HEADER_SIZE
         self._file: tuple[int, int] | None = None
@@ -145,11 +149,23 @@ class EventFigures:
             self._count(event.ts, 2 if event.status == 429 else 3)
 
     def _count(self, ts: float, column: int) -> None:
-        counts = self.per_second.get(int(ts))
+        counts = self.per_tick.get(int(ts / self.tick))
         if counts is None:
-            counts = self.per_second[int(ts)] = [0, 0, 0, 0]
+            if len(self.per_tick) >= MAX_TICKS:
+                self._coarsen()
+            counts = self.per_tick.setdefault(int(ts / self.tick), [0, 0, 0, 0])
         counts[column] += 1
 
+    def _coarsen(self) -> None:
+        """Ten times wider ticks: memory stays bounded over a run of days."""
+        self.tick *= 10
+        merged: dict[int, list[int]] = {}
+        for key, counts in self.per_tick.items():
+            row = merged.setdefault(key // 10, [0, 0, 0, 0])
+            for i, c in enumerate(counts):
+                row[i] += c
+        self.per_tick = merged
+
     def figures(self) -> dict[str, Any]:
-        return {"latency": latency_histogram(self.latencies), "timeline": timeline(self.per_second),
+        return {"latency": latency_histogram(self.latencies), "timeline": timeline(self.per_tick, self.tick),
                 "errors_by_type": dict(self.errors_by_type.most_common()), "error": self.error}

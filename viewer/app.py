@@ -53,7 +53,7 @@ from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.projections import charts
 from llm_ledger.projections.compare import AnswerIndex, as_text
-from llm_ledger.projections.runs import RunRow, describe, files_version, list_runs
+from llm_ledger.projections.runs import RunRow, describe, files_version, first_event, list_runs
 from llm_ledger.projections.show import item_story
 
 from .metadata import DatasetMetadata, ViewAnswer
@@ -70,6 +70,7 @@ MAX_GROUPS = 30  # distinct values of a metadata field drawn as groups of a char
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -103,6 +104,7 @@ class RunsDir:
         self._tables: dict[tuple[str, ...], Table] = {}
         self._described: dict[str, tuple[tuple, RunRow]] = {}
         self._figures: dict[str, charts.EventFigures] = {}
+        self._started: dict[str, float] = {}
         self.metadata = DatasetMetadata()
         self._lock = threading.Lock()
 
@@ -165,6 +167,22 @@ class RunsDir:
         index.refresh()
         return index
 
+    def started_at(self, name: str) -> float:
+        """When a run started (its ``run_started`` ts, to the microsecond: runs started in the
+        same second keep their order); newest first is the run list's order."""
+        with self._lock:
+            known = self._started.get(name)
+        if known is None:
+            try:
+                event = first_event(self.paths(name))
+            except (LedgerError, HTTPException):
+                event = None
+            known = event.ts if event is not None else 0.0
+            if event is not None:
+                with self._lock:
+                    self._started[name] = known
+        return known
+
     def figures(self, paths: RunPaths) -> dict[str, Any]:
         """The log's figures (latency, timeline) of a run, read incrementally."""
         with self._lock:
@@ -197,7 +215,7 @@ def _static_file(name: str) -> Response:
 
 def _api_runs(request: Request) -> Response:
     runs: RunsDir = request.app.state.runs
-    rows = sorted(list_runs(runs.dir, runs.describe), key=lambda r: (r.started, r.run_id), reverse=True)  # newest first
+    rows = sorted(list_runs(runs.dir, runs.describe), key=lambda r: (runs.started_at(r.run_id), r.run_id), reverse=True)
     return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": rows})
 
 

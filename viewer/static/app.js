@@ -395,7 +395,7 @@ async function loadCharts() {
         panel("Latency per reply", "latency", charts.latencyChart(lat, i), el("div", { class: "small muted", text: latNote })),
         panel("Requests over time", "timeline", charts.timelineChart(tl),
           el("div", { class: "small muted", text: tlNote }),
-          el("div", { class: "legend small" }, el("span", { class: "swatch stack-ok" }), "replies ",
+          el("div", { class: "legend small" }, el("span", { class: "swatch sent" }), "sent ", el("span", { class: "swatch stack-ok" }), "replies ",
             el("span", { class: "swatch stack-rl" }), "429s ", el("span", { class: "swatch stack-err" }), "errors")))));
   }
   $("charts").replaceChildren(...panels);
@@ -428,7 +428,7 @@ async function openDetail(item, sample) {
   const row = state.rows.find((r) => r.item_id === item && r.sample === sample);
   const meta = row ? Object.entries(row.metadata).map(([k, v]) => el("span", { class: "meta-tag", text: `${k}: ${v}` })) : [];
   $("detail-title").replaceChildren(el("span", { class: "muted", text: "Item " }), el("span", { class: "mono", text: item }),
-    el("span", { class: "muted", text: ` · sample ${sample}` }), meta);
+    el("span", { class: "muted", text: ` · sample ${sample}` }), ...meta);
   $("detail-body").replaceChildren(el("p", { class: "muted", text: "Loading…" }));
   show($("detail"), true);
   show($("backdrop"), true);

@@ -97,7 +97,8 @@ function latencyChart(lat, series) {
     if (lat[q] === null) continue;
     const x = xOf(lat[q]);
     chart.append(svg("line", { class: "marker marker-" + q, x1: x, x2: x, y1: top, y2: top + plotH }, tip(`${q} ${ms(lat[q])}`)),
-      svg("text", { class: "axis marker-label", x: x + 3, y: top + 8 + 11 * ["p50", "p90", "p99"].indexOf(q), text: q }));
+      svg("text", { class: "axis marker-label", x: x > width - 40 ? x - 3 : x + 3, "text-anchor": x > width - 40 ? "end" : "start",
+        y: top + 8 + 11 * ["p50", "p90", "p99"].indexOf(q), text: q }));
   }
   for (const i of [0, Math.floor(n / 2), n]) {
     chart.append(svg("text", { class: "axis", x: left + i * barW, y: top + plotH + 14, "text-anchor": "middle",
@@ -110,8 +111,8 @@ function ms(v) {
   return v >= 10000 ? (v / 1000).toFixed(1) + " s" : v >= 100 ? Math.round(v) + " ms" : (+v.toFixed(1)) + " ms";
 }
 
-// Requests over time: per bin, replies, 429s and other errors stacked (all attempts that
-// ended in that bin); "requests" (attempts sent) in the tooltip.
+// Requests over time: per bin, the attempts sent (a light bar) and, stacked in front of it,
+// how the attempts that ended in that bin ended: replies, 429s, other errors.
 const OUTCOMES = [["replies", "ok"], ["rate_limited", "rl"], ["errors", "err"]];
 
 function timelineChart(tl) {
@@ -129,6 +130,10 @@ function timelineChart(tl) {
     const label = `${when} UTC (+${tl.step_s} s): ${b.requests} sent, ${b.replies} replies, ${b.rate_limited} 429s, ${b.errors} errors`;
     const column = svg("g", { class: "bin", "data-requests": b.requests, "data-replies": b.replies,
       "data-rate-limited": b.rate_limited, "data-errors": b.errors }, tip(label));
+    if (b.requests) { // attempts sent in the bin, behind how the attempts that ended in it ended
+      column.append(svg("rect", { class: "bar sent", x: left + i * barW + 0.5, y: y(b.requests),
+        width: Math.max(1, barW - 1), height: plotH * b.requests / max }));
+    }
     let base = 0;
     for (const [key, cls] of OUTCOMES) {
       if (!b[key]) continue;

@@ -287,16 +287,22 @@ def _answer_json(a: Any) -> dict[str, Any]:
     return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error}
 
 
+def _groups(values: list[tuple[str, int]]) -> bool:
+    """Whether a field's values make groups: 2 to MAX_GROUPS of them, each held by two items on
+    average (an id-like field, one value per item, does not)."""
+    return 2 <= len(values) <= MAX_GROUPS and 2 * len(values) <= sum(n for _, n in values)
+
+
 def _api_charts(request: Request) -> Response:
     """Per run: accuracy with its 95% CI (overall, and per value of ``group`` -- by default the
     first metadata field with 2 to MAX_GROUPS values), latency histogram, requests over time."""
     runs: RunsDir = request.app.state.runs
     names = _run_names(request)
     table = runs.table(names)
-    groupable = [f for f in table.fields if 2 <= len(table.values.get(f, ())) <= MAX_GROUPS]
+    groupable = [f for f in table.fields if _groups(table.values.get(f, []))]
     group = request.query_params.get("group") or (groupable[0] if groupable else "")
     if group and group not in groupable:
-        raise HTTPException(400, f"group={group}: not a metadata field with 2 to {MAX_GROUPS} values ({', '.join(groupable) or 'none'})")
+        raise HTTPException(400, f"group={group}: not a metadata field whose values make groups ({', '.join(groupable) or 'none'})")
     out = []
     for i, name in enumerate(names):
         paths = runs.paths(name)

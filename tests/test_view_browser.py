@@ -89,12 +89,13 @@ def runs(tmp_path_factory) -> Path:
     data.write_text("".join(json.dumps(_record(i, x)) + "\n" for i, x in enumerate(IDS)))
     for name, (accuracy, sim) in RUNS.items():  # one after the other: "b" is the newer run
         done = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", name, "--parser", "choice",
-                       "--concurrency", "4", "--sim-accuracy", str(accuracy), "--sim", json.dumps(sim))
+                       "--concurrency", "8", "--sim-accuracy", str(accuracy), "--sim", json.dumps(sim))
         assert done.returncode == 0, done.stdout + done.stderr
     fx = root / "fx.jsonl"  # one item too long for --max-context: it fails, unsent
     fx.write_text("".join(json.dumps({"id": f"f{i}", "prompt": "x " * (400 if i == 1 else 1) + "answer: A", "expected": "A"}) + "\n"
                           for i in range(4)))
-    done = run_cli("run", str(fx), "--runs-dir", str(runs), "--run-id", "fx", "--parser", "choice", "--max-context", "200")
+    done = run_cli("run", str(fx), "--runs-dir", str(runs), "--run-id", "fx", "--parser", "choice", "--max-context", "200",
+                   "--transport", "simulator")
     assert done.returncode == 1, done.stdout + done.stderr
     return runs
 
@@ -329,9 +330,9 @@ def test_charts_accuracy_with_ci_per_topic_latency_and_requests_over_time(server
 def test_charts_follow_a_live_run(runs, page, tmp_path):
     live_runs = tmp_path / "runs"
     data = tmp_path / "slow.jsonl"
-    data.write_text("".join(json.dumps({"id": f"s{i}", "prompt": f"answer: {'ABCD'[i % 4]}", "expected": "A"}) + "\n" for i in range(8)))
+    data.write_text("".join(json.dumps({"id": f"s{i}", "prompt": f"answer: {'ABCD'[i % 4]}", "expected": "A"}) + "\n" for i in range(6)))
     slow = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(data), "--runs-dir", str(live_runs), "--run-id", "live",
-                             "--parser", "choice", "--concurrency", "1", "--sim", json.dumps({"latency": 0.35})],
+                             "--parser", "choice", "--concurrency", "1", "--sim", json.dumps({"latency": 0.3})],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60  # a hang guard, not a performance threshold
@@ -344,12 +345,12 @@ def test_charts_follow_a_live_run(runs, page, tmp_path):
             bins = page.locator(".run-charts[data-run='live'] [data-chart='timeline'] g.bin")
             bins.first.wait_for(state="attached")
             seen = _sum(bins, "data-replies")
-            assert seen < 8
+            assert seen < 6
             page.screenshot(path=str(tmp_path / "charts-live.png"), full_page=True)
             assert slow.wait(60) == 0, slow.stderr.read()
             expect(page.locator(".run-charts[data-run='live'] .badge")).to_have_text("completed", timeout=20_000)
-            assert _sum(bins, "data-replies") == 8 and _sum(bins, "data-requests") == 8
-            expect(page.locator("[data-chart='accuracy'] rect.bar")).to_have_attribute("data-value", "0.25")
+            assert _sum(bins, "data-replies") == 6 and _sum(bins, "data-requests") == 6
+            expect(page.locator("[data-chart='accuracy'] rect.bar")).to_have_attribute("data-value", str(2 / 6))
     finally:
         if slow.poll() is None:
             slow.kill()

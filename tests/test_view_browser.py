@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -327,35 +325,36 @@ def test_charts_accuracy_with_ci_per_topic_latency_and_requests_over_time(server
     assert "group=level" in page.url
 
 
-def test_charts_follow_a_live_run(runs, page, tmp_path):
+def test_charts_follow_a_live_run(page, tmp_path):
     live_runs = tmp_path / "runs"
+    live_runs.mkdir()
     data = tmp_path / "slow.jsonl"
     data.write_text("".join(json.dumps({"id": f"s{i}", "prompt": f"answer: {'ABCD'[i % 4]}", "expected": "A"}) + "\n" for i in range(6)))
-    slow = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(data), "--runs-dir", str(live_runs), "--run-id", "live",
-                             "--parser", "choice", "--concurrency", "1", "--sim", json.dumps({"latency": 0.3})],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + 60  # a hang guard, not a performance threshold
-        while not (live_runs / "live" / "events.log").exists():
-            assert slow.poll() is None and time.monotonic() < deadline
-            time.sleep(0.05)
-        with view_server(live_runs, "live") as (_, url, _base):
-            page.goto(url + "&tab=charts")
+    with view_server(live_runs) as (_, _url, base):  # serving before the run starts: the page opens at once
+        slow = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", str(data), "--runs-dir", str(live_runs), "--run-id", "live",
+                                 "--parser", "choice", "--concurrency", "1", "--sim", json.dumps({"latency": 0.4})],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 60  # a hang guard, not a performance threshold
+            while not (live_runs / "live" / "responses.jsonl").exists():  # the session holds the lock: running
+                assert slow.poll() is None and time.monotonic() < deadline
+                time.sleep(0.05)
+            page.goto(base + "/?run=live&tab=charts")
             expect(page.locator("#live")).to_be_visible()  # the page polls while the run runs
             bins = page.locator(".run-charts[data-run='live'] [data-chart='timeline'] g.bin")
             bins.first.wait_for(state="attached")
-            seen = _sum(bins, "data-replies")
-            assert seen < 6
+            assert _sum(bins, "data-replies") < 6
             page.screenshot(path=str(tmp_path / "charts-live.png"), full_page=True)
             assert slow.wait(60) == 0, slow.stderr.read()
             expect(page.locator(".run-charts[data-run='live'] .badge")).to_have_text("completed", timeout=20_000)
             assert _sum(bins, "data-replies") == 6 and _sum(bins, "data-requests") == 6
             expect(page.locator("[data-chart='accuracy'] rect.bar")).to_have_attribute("data-value", str(2 / 6))
-    finally:
-        if slow.poll() is None:
-            slow.kill()
-        slow.wait()
-        slow.stderr.close()
+            page.goto("about:blank")  # no poll reaches the server after it stops
+        finally:
+            if slow.poll() is None:
+                slow.kill()
+            slow.wait()
+            slow.stderr.close()
 
 
 # -- the runs of test_compare: answers side by side, the differences, one item --------------

@@ -34,7 +34,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode

@@ -49,7 +49,7 @@ def run(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,
     skip_failed: Annotated[bool, typer.Option("--skip-failed", help="On resume, do not retry finally failed items.")] = False,
     sim: Annotated[Optional[str], typer.Option("--sim", help="Embedded simulator settings as JSON, e.g. '{\"rate_429\": 0.2}'.")] = None,
-    sim_accuracy: Annotated[Optional[float], typer.Option("--sim-accuracy", metavar="SHARE", help="Built-in simulator (no --base-url): share of questions (prompts ending 'answer: X') answered right, the same ones on every run; e.g. 0.7.")] = None,
+    sim_accuracy: Annotated[Optional[float], typer.Option("--sim-accuracy", metavar="SHARE", help="Built-in simulator (no --base-url): share of questions (prompts ending 'answer: X') answered right, the same ones for the same simulator seed (--sim '{\"seed\": N}'); e.g. 0.7.")] = None,
     rpm: Annotated[Optional[int], typer.Option(help="Requests per minute, at most.")] = None,
     tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute, at most (estimated, corrected by reported usage).")] = None,
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down before the run stops (exit 75, resumable).")] = None,

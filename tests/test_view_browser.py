@@ -6,8 +6,8 @@ where Chromium or the playwright package is missing.
 
 The runs are real `ledger run`s on the built-in simulator, made to differ with
 ``--sim-accuracy``: "a" (accuracy 0.8, seed 1, 20% 429s) and "b" (accuracy 0.6, seed 6) on
-22 items with a ``topic`` and a ``level`` (ids w0..w19, w170, w171), then "fx", whose one
-over-long item fails. Which answers are right is known in advance from the simulator's reply
+22 items with a ``topic`` and a ``level`` (ids w0..w19, w170, w171), and "fx", whose one
+over-long item fails (the three at once; the list's order is checked against their logs). Which answers are right is known in advance from the simulator's reply
 function (``reply_text``), so the page's counts, filtered rows and chart bars are checked
 against numbers computed here, not read back from the page. The runs of `test_compare`
 ("a".."d" there) check the old side-by-side assertions.
@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -83,18 +84,18 @@ DIFFER = [x for x in IDS if _answer("a", x) != _answer("b", x)]
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("view-browser")
-    data, runs = root / "qa.jsonl", root / "runs"
+    data, runs, fx = root / "qa.jsonl", root / "runs", root / "fx.jsonl"
     data.write_text("".join(json.dumps(_record(i, x)) + "\n" for i, x in enumerate(IDS)))
-    for name, (accuracy, sim) in RUNS.items():  # one after the other: "b" is the newer run
-        done = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", name, "--parser", "choice",
-                       "--concurrency", "8", "--sim-accuracy", str(accuracy), "--sim", json.dumps(sim))
-        assert done.returncode == 0, done.stdout + done.stderr
-    fx = root / "fx.jsonl"  # one item too long for --max-context: it fails, unsent
+    # fx: one item too long for --max-context fails, unsent
     fx.write_text("".join(json.dumps({"id": f"f{i}", "prompt": "x " * (400 if i == 1 else 1) + "answer: A", "expected": "A"}) + "\n"
                           for i in range(4)))
-    done = run_cli("run", str(fx), "--runs-dir", str(runs), "--run-id", "fx", "--parser", "choice", "--max-context", "200",
-                   "--transport", "simulator")
-    assert done.returncode == 1, done.stdout + done.stderr
+    commands = {name: ["run", str(data), "--runs-dir", str(runs), "--run-id", name, "--parser", "choice", "--concurrency", "8",
+                       "--sim-accuracy", str(accuracy), "--sim", json.dumps(sim)] for name, (accuracy, sim) in RUNS.items()}
+    commands["fx"] = ["run", str(fx), "--runs-dir", str(runs), "--run-id", "fx", "--parser", "choice", "--max-context", "200",
+                      "--transport", "simulator"]
+    with ThreadPoolExecutor(3) as pool:
+        done = dict(zip(commands, pool.map(lambda args: run_cli(*args), commands.values())))
+    assert [done[n].returncode for n in ("a", "b", "fx")] == [0, 0, 1], {n: d.stderr for n, d in done.items()}
     return runs
 
 
@@ -152,16 +153,18 @@ def wait_rows(page, ids: list[str]) -> None:
 # -- the run list ----------------------------------------------------------------------------
 
 
-def test_run_list_is_newest_first_and_a_run_with_failures_is_not_green(server, page, tmp_path):
+def test_run_list_is_newest_first_and_a_run_with_failures_is_not_green(server, runs, page, tmp_path):
     page.goto(server + "/")
     rows = page.locator("#runs-table tbody tr")
     expect(rows).to_have_count(3)
-    assert rows.evaluate_all("rows => rows.map(r => r.dataset.run)") == ["fx", "b", "a"]
-    badges = page.locator("#runs-table tbody .badge")
-    assert badges.all_inner_texts() == ["completed, 1 failed", "completed", "completed"]
-    assert badges.first.get_attribute("class") == "badge status-completed_with_failures"
-    green = badges.nth(1).evaluate("b => getComputedStyle(b).color")
-    assert badges.first.evaluate("b => getComputedStyle(b).color") != green  # not the green of "completed"
+    started = {run: next(iter_events(str(runs / run / "events.log"))).ts for run in ("a", "b", "fx")}
+    newest_first = sorted(started, key=started.get, reverse=True)
+    assert rows.evaluate_all("rows => rows.map(r => r.dataset.run)") == newest_first
+    badge = {run: page.locator(f"#runs-table tbody tr[data-run='{run}'] .badge") for run in started}
+    assert [badge[r].inner_text() for r in ("fx", "a", "b")] == ["completed, 1 failed", "completed", "completed"]
+    assert badge["fx"].get_attribute("class") == "badge status-completed_with_failures"
+    green = badge["a"].evaluate("b => getComputedStyle(b).color")
+    assert badge["fx"].evaluate("b => getComputedStyle(b).color") != green  # not the green of "completed"
     assert page.locator("#runs-table tbody tr[data-run='fx'] .progress .fill.failed").count() == 1
     page.screenshot(path=str(tmp_path / "list.png"))
 

@@ -52,6 +52,7 @@ def run(
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,
     skip_failed: Annotated[bool, typer.Option("--skip-failed", help="On resume, do not retry finally failed items.")] = False,
     sim: Annotated[Optional[str], typer.Option("--sim", help="Embedded simulator settings as JSON, e.g. '{\"rate_429\": 0.2}'.")] = None,
+    sim_accuracy: Annotated[Optional[float], typer.Option("--sim-accuracy", metavar="SHARE", help="Built-in simulator (no --base-url): share of questions (prompts ending 'answer: X') answered right, the same ones for the same simulator seed (--sim '{\"seed\": N}'); e.g. 0.7.")] = None,
     rpm: Annotated[Optional[int], typer.Option(help="Requests per minute, at most.")] = None,
     tpm: Annotated[Optional[int], typer.Option(help="Tokens per minute, at most (estimated, corrected by reported usage).")] = None,
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down before the run stops (exit 75, resumable).")] = None,
@@ -77,7 +78,7 @@ def run(
             preflight=not no_preflight, seed=seed,
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
             system=system, template=interpret_escapes(template) if template else template, parser=parser,
-            price_in=price_in, price_out=price_out, simulator=_sim(sim),
+            price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url),
             **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None},
         )
         if model and not base_url and getattr(TRANSPORTS.get(config.transport), "remote", True):
@@ -92,7 +93,7 @@ def run(
 
 
 # option name -> the RunConfig fields it sets, where they differ
-_FIELDS = {"base_url": ("base_url", "base_urls"), "sim": ("simulator",), "no_preflight": ("preflight",)}
+_FIELDS = {"base_url": ("base_url", "base_urls"), "sim": ("simulator",), "sim_accuracy": ("simulator",), "no_preflight": ("preflight",)}
 
 
 def _typed(ctx: typer.Context) -> set[str]:
@@ -159,9 +160,13 @@ def resume(
         raise typer.Exit(_execute(prepared, False))
 
 
-def _sim(text: str | None) -> dict:
+def _sim(text: str | None, accuracy: float | None = None, base_url: list[str] | None = None) -> dict:
     from llm_ledger.ledger.errors import InputError
 
+    if accuracy is not None:
+        if base_url:
+            raise InputError("--sim-accuracy is for the built-in simulator: with --base-url the endpoint answers")
+        return {**_sim(text), "accuracy": accuracy}
     if not text:
         return {}
     try:

@@ -26,6 +26,7 @@ def simulate(
     reset_rate: Annotated[float, typer.Option("--reset-rate", help="Share of connections dropped mid-body.")] = 0.0,
     malformed_rate: Annotated[float, typer.Option("--malformed-rate", help="Share of malformed bodies.")] = 0.0,
     capacity: Annotated[float, typer.Option("--capacity", help="Requests per second served; above it, 429 with Retry-After (0: unlimited).")] = 0.0,
+    accuracy: Annotated[float, typer.Option("--accuracy", metavar="SHARE", help="Share of questions (prompts ending 'answer: X') answered X; the others get another answer, the same ones for a given --seed. E.g. 0.7.")] = 1.0,
     model: Annotated[str, typer.Option(help="Model name served.")] = "sim-1",
     seed: Annotated[int, typer.Option(help="Seed of replies and faults.")] = 0,
     request_log: Annotated[str, typer.Option("--request-log", help="Append one JSON line per request here.")] = "",
@@ -40,7 +41,7 @@ def simulate(
         sim = _start(SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
                        retry_after=retry_after, rate_500=error_rate, rate_hang=hang_rate, rate_reset=reset_rate,
                        rate_malformed=malformed_rate, request_log=request_log,
-                       capacity_rps=capacity), port)
+                       capacity_rps=capacity, accuracy=accuracy), port)
     out.print(f"simulator on {sim.base_url} (model {model}); Ctrl-C to stop", highlight=False)
     try:
         while True:

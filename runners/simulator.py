@@ -4,7 +4,11 @@ and every benchmark's target.
 Replies are a deterministic function of (seed, the last user message): the same prompt gets
 the same answer, so tests can check content. If the prompt contains ``answer:`` the reply
 ends with the text after it (``"... answer: B"`` -> ``"The answer is B"``), which lets
-datasets with known answers score 100% on the simulator.
+datasets with known answers score 100% on the simulator. ``accuracy`` below 1 makes it a
+worse model: a prompt whose hash (seed, prompt) falls at or above ``accuracy`` in [0, 1) gets
+another answer of the same kind (another letter, another number, the other of yes/no, a
+word), so about that share of such questions is answered right, the same ones on every
+run with the same seed (a lower accuracy adds wrong answers to those of a higher one).
 
 Faults are drawn per request from a seeded RNG: 429 with ``Retry-After``, 500, a hang past
 the client's timeout, a dropped connection and a malformed body, each with its own rate.
@@ -38,7 +42,7 @@ from starlette.routing import Route
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 
-__all__ = ["SimConfig", "Simulator", "Answer", "RESET", "new_state", "answer", "build_app", "reply_text", "ledger_key"]
+__all__ = ["SimConfig", "Simulator", "Answer", "RESET", "new_state", "answer", "build_app", "reply_text", "wrong_answer", "ledger_key"]
 
 _json = msgspec.json.Encoder()
 
@@ -62,14 +66,45 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     request_log: str = ""  # path of the JSONL request log; "" keeps none
     down: bool = False  # every request gets a 503 (an outage)
     capacity_rps: float = 0.0  # > 0: a real rate limit (token bucket, 0.1 s burst); over it, 429
+    accuracy: float = 1.0  # share of "answer: X" prompts answered X; the others get another answer
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.accuracy <= 1.0:  # NaN fails too
+            raise InputError(f"simulator accuracy {self.accuracy}: must be a share in [0, 1], e.g. 0.7")
 
 
-def reply_text(prompt: str, seed: int = 0) -> str:
+def reply_text(prompt: str, seed: int = 0, accuracy: float = 1.0) -> str:
     """The deterministic reply to a prompt."""
     if "answer:" in prompt:
-        return "The answer is " + prompt.rsplit("answer:", 1)[1].strip()
+        right = prompt.rsplit("answer:", 1)[1].strip()
+        if accuracy < 1.0:
+            digest = hashlib.sha256(f"{seed}:accuracy:{prompt}".encode()).digest()
+            if int.from_bytes(digest[:8], "big") / 2**64 >= accuracy:
+                return "The answer is " + wrong_answer(right, digest[8])
+        return "The answer is " + right
     digest = hashlib.sha256(f"{seed}:{prompt}".encode()).digest()
     return " ".join(WORDS[b % len(WORDS)] for b in digest[: 3 + digest[0] % 6])
+
+
+_FLIPS = {"yes": "no", "no": "yes", "true": "false", "false": "true"}
+
+
+def wrong_answer(right: str, pick: int) -> str:
+    """An answer of the same kind as ``right`` that no parser scores as it: another choice
+    letter (A-D, or A-J past D), another number, the other of yes/no, else a word."""
+    letters = "ABCD" if right in "ABCD" else "ABCDEFGHIJ"
+    if len(right) == 1 and right.upper() in letters:
+        i = letters.index(right.upper())
+        return letters[(i + 1 + pick % (len(letters) - 1)) % len(letters)]
+    if right.casefold() in _FLIPS:
+        return _FLIPS[right.casefold()]
+    try:
+        number = float(right.replace(",", ""))
+    except ValueError:
+        word = WORDS[pick % len(WORDS)].capitalize()
+        return word if word.casefold() != right.casefold() else WORDS[(pick + 1) % len(WORDS)].capitalize()
+    shifted = number + 1 + pick % 9
+    return str(int(shifted)) if shifted.is_integer() else f"{shifted:g}"
 
 
 def _tokens(text: str) -> int:
@@ -206,7 +241,7 @@ def _draw_fault(state: _State) -> str:
 def _completion(config: SimConfig, body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages") or []
     prompt = next((m.get("content") or "" for m in reversed(messages) if m.get("role") == "user"), "")
-    text = reply_text(str(prompt), config.seed)
+    text = reply_text(str(prompt), config.seed, config.accuracy)
     prompt_tokens = sum(_tokens(str(m.get("content") or "")) for m in messages)
     completion_tokens = _tokens(text)
     return {

@@ -89,7 +89,7 @@ def test_compare_and_the_api_state_the_same_coverage(runs):
 # -- what the page shows ----------------------------------------------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser():
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install chromium`)")

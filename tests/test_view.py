@@ -28,7 +28,9 @@ import msgspec
 import pytest
 from starlette.testclient import TestClient
 
+from conftest import run_cli
 from test_compare import EXPECTED, HINTS, N, shared_runs
+from llm_ledger.ledger.reader import iter_events
 from llm_ledger.viewer.app import create_app
 
 TRAVERSALS = [
@@ -160,7 +162,8 @@ def test_page_and_static_files_are_served_with_a_strict_policy(client):
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "default-src 'self'" in page.headers["content-security-policy"]
     assert '<script src="/static/app.js">' in page.text
-    for name, kind in (("app.js", "text/javascript"), ("style.css", "text/css")):
+    assert '<script src="/static/charts.js">' in page.text
+    for name, kind in (("app.js", "text/javascript"), ("charts.js", "text/javascript"), ("style.css", "text/css")):
         r = client.get("/static/" + name)
         assert r.status_code == 200 and r.headers["content-type"].startswith(kind) and len(r.content) > 1000
 
@@ -170,9 +173,10 @@ def test_nothing_writes_and_no_path_escapes_the_runs_directory(client, runs):
     for path in TRAVERSALS:
         assert client.get(path).status_code == 404, path
     for method in ("POST", "PUT", "DELETE", "PATCH"):
-        for path in ("/api/runs", "/api/items?run=a", "/api/item?run=a&item=i0", "/static/app.js"):
+        for path in ("/api/runs", "/api/items?run=a", "/api/item?run=a&item=i0", "/api/charts?run=a", "/static/app.js"):
             assert client.request(method, path).status_code == 405, (method, path)
     items(client, "run=a&run=b&q=x&diff=1")
+    assert client.get("/api/charts?run=a&run=b").status_code == 200
     assert _snapshot(runs) == before
 
 
@@ -324,3 +328,92 @@ def test_view_refuses_unknown_runs_and_a_busy_port(runs):
         taken.listen(1)
         r = CliRunner().invoke(app, ["view", "--runs-dir", str(runs), "--port", str(taken.getsockname()[1])])
     assert r.exit_code == 2 and "cannot listen on 127.0.0.1" in r.stderr
+
+
+# -- issue 15: outcome categories, whole-token search, metadata, charts ----------------------
+
+
+def test_outcome_categories_are_counted_and_filtered(client):
+    ab = items(client, "run=a&run=b")
+    assert ab["categories"] == ["only0", "only1", "allwrong", "differ", "wrong"]
+    assert ab["counts"] == {"all": N, "only0": 8, "only1": 0, "allwrong": 0, "differ": 8, "wrong": 8}
+    assert [r["item_id"] for r in items(client, "run=a&run=b&show=only0")["rows"]] == [f"i{i}" for i in range(2, 10)]
+    bc = items(client, "run=b&run=c")  # b wrong on i2..i9, c on i0, i9..i11 (the same wrong letter at i9)
+    assert bc["counts"] == {"all": N, "only0": 3, "only1": 7, "allwrong": 1, "differ": 10, "wrong": 11}
+    for show, ids in (("only0", ["i0", "i10", "i11"]), ("only1", [f"i{i}" for i in range(2, 9)]), ("allwrong", ["i9"])):
+        page = items(client, f"run=b&run=c&show={show}")
+        assert (page["matching"], [r["item_id"] for r in page["rows"]]) == (len(ids), ids)
+        assert all(show in r["categories"] for r in page["rows"])
+    assert [r["item_id"] for r in items(client, "run=b&run=c&show=differ")["rows"]] == ["i0", *[f"i{i}" for i in range(2, 9)], "i10", "i11"]
+    abc = items(client, "run=a&run=b&run=c")
+    assert abc["categories"] == ["only0", "only1", "only2", "allwrong", "differ", "alldiffer", "wrong"]
+    assert (abc["counts"]["only0"], abc["counts"]["differ"], abc["counts"]["alldiffer"]) == (1, 11, 0)
+    assert items(client, "run=a&run=b&diff=1")["counts"]["all"] == N  # counts ignore the category asked for
+    assert items(client, "run=a&run=b&diff=1")["matching"] == 8  # the old link names still work
+    assert client.get("/api/items?run=a&run=b&show=nonsense").status_code == 400
+
+
+def test_search_matches_a_whole_token_when_asked(client):
+    assert [r["item_id"] for r in items(client, "run=a&q=i1")["rows"]] == ["i1", "i10", "i11"]
+    assert [r["item_id"] for r in items(client, "run=a&q=i1&word=1")["rows"]] == ["i1"]
+    assert [r["item_id"] for r in items(client, "run=a&q=%22i1%22")["rows"]] == ["i1"]  # "i1" in quotes
+    assert [r["item_id"] for r in items(client, "run=a&q=%22Question i1%22")["rows"]] == ["i1"]  # in the prompt
+    counts = items(client, "run=a&run=b&q=i1&word=1")["counts"]
+    assert (counts["all"], counts["differ"]) == (1, 0)  # counted within the search
+
+
+def test_rows_carry_the_prompt_and_runs_come_newest_first(client, runs):
+    row = items(client, "run=a&run=b")["rows"][3]
+    assert row["prompt"] == f"Question i3? answer: {HINTS['a'][3]}"
+    listed = [r["run_id"] for r in client.get("/api/runs").json()["runs"]]
+    started = {name: next(iter_events(str(runs / name / "events.log"))).ts for name in listed}
+    assert listed == sorted(started, key=started.get, reverse=True)
+
+
+def test_metadata_from_the_dataset_and_from_the_rows(tmp_path):
+    data, runs = tmp_path / "meta.jsonl", tmp_path / "runs"
+    topics = ["geo", "art", "geo", "math", "geo", "art"]
+    data.write_text("".join(json.dumps({"id": f"m{i}", "prompt": f"Q{i} answer: {'AB'[i % 2]}", "expected": "A", "topic": t,
+                                        "meta": {"k": i}}) + "\n" for i, t in enumerate(topics)))
+    done = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "m", "--parser", "choice", "--transport", "simulator")
+    assert done.returncode == 0, done.stderr
+    client = TestClient(create_app(str(runs)))
+    page = items(client, "run=m")
+    assert page["fields"] == ["topic", "meta"] and page["notes"] == []
+    assert page["values"]["topic"] == [["art", 2], ["geo", 3], ["math", 1]]
+    assert page["rows"][0]["metadata"] == {"topic": "geo", "meta": '{"k":0}'}
+    assert [r["item_id"] for r in items(client, "run=m&m.topic=geo")["rows"]] == ["m0", "m2", "m4"]
+    assert [r["item_id"] for r in items(client, "run=m&q=math")["rows"]] == ["m3"]  # search sees metadata
+    assert [r["item_id"] for r in items(client, "run=m&sort=m.topic")["rows"]][:2] == ["m1", "m5"]
+    charts = client.get("/api/charts?run=m").json()
+    assert (charts["group"], charts["groupable"]) == ("topic", ["topic"])
+    groups = {g["value"]: (g["correct"], g["scored"]) for g in charts["runs"][0]["groups"]}
+    assert groups == {"geo": (3, 3), "art": (0, 2), "math": (0, 1)}  # even ids answer A (right), odd ones B
+    assert client.get("/api/charts?run=m&group=nope").status_code == 400
+
+    data.write_text(data.read_text() + json.dumps({"id": "extra", "prompt": "x"}) + "\n")  # edited since the run
+    edited = items(TestClient(create_app(str(runs))), "run=m")
+    assert edited["fields"] == [] and edited["notes"] == ["no metadata: meta.jsonl changed since the run started"]
+
+    rows = runs / "m" / "responses.jsonl"  # rows that carry their metadata (as exports will write them) come first
+    lines = [json.loads(line) for line in rows.read_text().splitlines()]
+    rows.write_text("".join(json.dumps({**r, "metadata": {"level": "hard"}}) + "\n" for r in lines))
+    assert items(TestClient(create_app(str(runs))), "run=m")["rows"][0]["metadata"] == {"level": "hard"}
+
+
+def test_charts_api_has_accuracy_with_ci_latency_and_the_timeline(client, runs):
+    from llm_ledger.projections.summary import percentile, wilson
+
+    data = client.get("/api/charts?run=a&run=b").json()
+    assert data["group"] is None and data["groupable"] == []
+    a, b = data["runs"]
+    assert (a["accuracy"]["correct"], a["accuracy"]["scored"], a["accuracy"]["ci95"]) == (12, 12, wilson(12, 12))
+    assert (b["accuracy"]["correct"], b["accuracy"]["ci95"]) == (4, wilson(4, 12))
+    summary = json.loads((runs / "b" / "summary.json").read_text())
+    assert b["latency"]["n"] == sum(b["latency"]["counts"]) == 12
+    assert b["latency"]["p50"] / 1000 == pytest.approx(summary["latency_s"]["p50"], abs=1e-6)  # as summary.json says it
+    latencies = sorted(e.latency * 1000 for e in iter_events(str(runs / "b" / "events.log")) if e.__class__.__name__ == "Response")
+    assert b["latency"]["p90"] == percentile(latencies, 90)
+    assert b["timeline"]["totals"] == {"requests": 12, "replies": 12, "rate_limited": 0, "errors": 0}
+    assert sum(x["requests"] for x in b["timeline"]["bins"]) == 12 and len(b["timeline"]["bins"]) <= 60
+    assert b["status"] == "completed" and b["error"] is None

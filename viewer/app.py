@@ -4,13 +4,19 @@ Endpoints (GET only; nothing writes, every other method is 405)::
 
     /                    the page (viewer/static/index.html); the script reads ?run=...
     /static/NAME         one of the files in ``STATIC``; any other name is 404
-    /api/runs            every run: status, model, counts, accuracy
-    /api/items           ?run=A&run=B&q=&diff=1&wrong=1&sort=&desc=1&page=0&size=50
-                         one page of the merged item table, runs side by side, and its
-                         ``coverage`` (projections.compare.coverage: "the runs share N of M
-                         items"); disagreements count only keys every run holds
+    /api/runs            every run, newest first: status, model, counts, accuracy
+    /api/items           ?run=A&run=B&q=&word=1&show=CATEGORY&m.FIELD=VALUE&sort=&desc=1&page=0&size=50
+                         one page of the merged item table (viewer/table.py: runs side by
+                         side, categories only<i> / allwrong / differ / alldiffer / wrong,
+                         counted on the filter buttons), the metadata fields and their values,
+                         and ``coverage`` (projections.compare.coverage: "the runs share N of
+                         M items"); ``diff=1`` and ``wrong=1`` are the old names of
+                         ``show=differ`` and ``show=wrong``
     /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts,
                          with latency (``latency_s``) and ``usage`` summed over its replies
+    /api/charts          ?run=A&run=B&group=FIELD: per run, the figures of projections/charts.py
+                         (accuracy and its 95% CI, per value of FIELD too; latency histogram;
+                         requests / replies / 429s / errors over time, from the log)
 
 What a request may read: a run is named only by an entry of the runs directory's listing
 (a directory holding ``events.log``); any other name -- ``..``, an absolute path, an encoded
@@ -28,7 +34,6 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 from urllib.parse import urlencode
@@ -45,18 +50,26 @@ from starlette.routing import Route
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
-from llm_ledger.projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
-from llm_ledger.projections.runs import RunRow, describe, files_version, list_runs
+from llm_ledger.projections import charts
+from llm_ledger.projections.compare import AnswerIndex, as_text
+from llm_ledger.projections.runs import RunRow, describe, files_version, first_event, list_runs
 from llm_ledger.projections.show import item_story
+
+from .metadata import DatasetMetadata, ViewAnswer
+from .table import Query, Row, Table
 
 __all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 CELL_LIMIT = 600  # characters of a response sent per table cell (the detail view has it all)
+PROMPT_LIMIT = 1000  # characters of a prompt sent per table cell (shown on hover; the detail view has it all)
+MAX_VALUES = 200  # distinct values of a metadata field offered as a filter
+MAX_GROUPS = 30  # distinct values of a metadata field drawn as groups of a chart
 STATIC = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
+    "charts.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
 }
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -89,6 +102,9 @@ class RunsDir:
         self._indexes: dict[str, AnswerIndex] = {}
         self._tables: dict[tuple[str, ...], Table] = {}
         self._described: dict[str, tuple[tuple, RunRow]] = {}
+        self._figures: dict[str, charts.EventFigures] = {}
+        self._started: dict[str, float] = {}
+        self.metadata = DatasetMetadata()
         self._lock = threading.Lock()
 
     def names(self) -> set[str]:
@@ -126,116 +142,54 @@ class RunsDir:
                 self._tables.pop(key, None)
                 if len(self._tables) >= 8:  # a few run sets stay cached; the oldest goes
                     self._tables.pop(next(iter(self._tables)))
-                table = self._tables[key] = Table(indexes, names)
+                table = self._tables[key] = self._table(paths, indexes, names)
             return table
+
+    def _table(self, paths: list[RunPaths], indexes: list[AnswerIndex], names: list[str]) -> Table:
+        """The table, each key's metadata from the first run whose row has it, else from the
+        first run's dataset that has the item (viewer/metadata.py)."""
+        from_dataset = [self.metadata.of_run(p) for p in paths]
+
+        def metadata(key: tuple[str, int]) -> dict[str, str]:
+            for index in indexes:
+                answer = index.answers.get(key)
+                if answer is not None and getattr(answer, "metadata", None):
+                    return {k: as_text(v) or "" for k, v in answer.metadata.items() if v is not None}  # type: ignore[union-attr]
+            return next((found[key[0]] for found, _ in from_dataset if key[0] in found), {})
+
+        return Table(indexes, names, metadata, [note for _, note in from_dataset if note])
 
     def _index(self, paths: RunPaths) -> AnswerIndex:
         index = self._indexes.get(paths.run_id)
         if index is None:
-            index = self._indexes[paths.run_id] = AnswerIndex(paths.responses, AnswerText)
+            index = self._indexes[paths.run_id] = AnswerIndex(paths.responses, ViewAnswer)
         index.refresh()
         return index
 
-
-# -- the merged item table ---------------------------------------------------------------
-
-
-@dataclass
-class Row:
-    key: Key
-    answers: list[AnswerText | None]
-    agree: bool | None  # None: not in every run (the rule of ``compare.coverage``), or one run alone
-
-    @property
-    def wrong(self) -> bool:
-        return any(a is not None and a.correct is False for a in self.answers)
-
-    @property
-    def expected(self) -> Any:
-        return next((a.expected for a in self.answers if a is not None), None)
-
-    def matches(self, needle: str) -> bool:
-        if needle in self.key[0].casefold():
-            return True
-        texts = [as_text(self.expected)]
-        for a in self.answers:
-            if a is not None:
-                texts += [a.response, a.prompt, as_text(a.parsed), a.error]
-        return any(t is not None and needle in t.casefold() for t in texts)
-
-
-def _agree(answers: list[AnswerText | None]) -> bool | None:
-    """Whether the runs' parsed answers agree; only on a key every run holds, as compare counts."""
-    if len(answers) < 2 or any(a is None for a in answers):
-        return None
-    first = normalized(answers[0].parsed)  # type: ignore[union-attr]
-    return all(normalized(a.parsed) == first for a in answers[1:])  # type: ignore[union-attr]
-
-
-def _sort_key(sort: str, n_runs: int):
-    match = re.fullmatch(r"(parsed|correct)(\d+)", sort)
-    if match and int(match[2]) < n_runs:
-        i = int(match[2])
-        if match[1] == "parsed":
-            return lambda r: (r.answers[i] is None, str(as_text(r.answers[i].parsed)) if r.answers[i] else "")
-        return lambda r: {False: 0, True: 1, None: 2}[r.answers[i].correct if r.answers[i] else None]
-    if sort == "expected":
-        return lambda r: (r.expected is None, str(as_text(r.expected)))
-    if sort == "agree":
-        return lambda r: {False: 0, True: 1, None: 2}[r.agree]
-    if sort == "sample":
-        return lambda r: r.key[1]
-    return None  # item order: the table's own
-
-
-class Table:
-    """The items of several runs side by side (union of their keys), in natural item order;
-    ``coverage`` says how many of them every run holds (the banner, and what compare uses)."""
-
-    def __init__(self, indexes: list[AnswerIndex], names: list[str]) -> None:
-        self.versions = [i.version for i in indexes]
-        self.coverage: Coverage = coverage(names, [i.answers.keys() for i in indexes])
-        keys: dict[Key, None] = {}
-        for index in indexes:
-            keys.update(dict.fromkeys(index.answers))
-        ordered = sorted(keys, key=key_order)
-        self.rows = [self._row(k, indexes) for k in ordered]
-        self.disagreements = sum(r.agree is False for r in self.rows)
-        self.stats = [self._stats(index) for index in indexes]
-        self._orders: dict[tuple, list[Row]] = {}
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def _stats(index: AnswerIndex) -> dict[str, Any]:
-        scored = [a.correct for a in index.answers.values() if a.correct is not None]
-        return {"finished": len(index.answers), "scored": len(scored), "accuracy": sum(scored) / len(scored) if scored else None}
-
-    @staticmethod
-    def _row(key: Key, indexes: list[AnswerIndex]) -> Row:
-        answers: list[AnswerText | None] = [i.answers.get(key) for i in indexes]  # type: ignore[misc]
-        return Row(key, answers, _agree(answers))
-
-    def select(self, *, q: str = "", diff: bool = False, wrong: bool = False, sort: str = "item", desc: bool = False) -> list[Row]:
-        """The rows that pass the filters, in the asked order (cached per query)."""
-        query = (q, diff, wrong, sort, desc)
+    def started_at(self, name: str) -> float:
+        """When a run started (its ``run_started`` ts, to the microsecond: runs started in the
+        same second keep their order); newest first is the run list's order."""
         with self._lock:
-            rows = self._orders.get(query)
-            if rows is None:
-                rows = self._orders[query] = self._select(*query)
-                if len(self._orders) > 32:
-                    self._orders.pop(next(iter(self._orders)))
-            return rows
+            known = self._started.get(name)
+        if known is None:
+            try:
+                event = first_event(self.paths(name))
+            except (LedgerError, HTTPException):
+                event = None
+            known = event.ts if event is not None else 0.0
+            if event is not None:
+                with self._lock:
+                    self._started[name] = known
+        return known
 
-    def _select(self, q: str, diff: bool, wrong: bool, sort: str, desc: bool) -> list[Row]:
-        needle = q.strip().casefold()
-        rows = [r for r in self.rows if (not diff or r.agree is False) and (not wrong or r.wrong)
-                and (not needle or r.matches(needle))]
-        key = _sort_key(sort, len(self.versions))
-        if key is not None:
-            rows.sort(key=key, reverse=desc)
-        elif desc:
-            rows.reverse()
-        return rows
+    def figures(self, paths: RunPaths) -> dict[str, Any]:
+        """The log's figures (latency, timeline) of a run, read incrementally."""
+        with self._lock:
+            figures = self._figures.get(paths.run_id)
+            if figures is None:
+                figures = self._figures[paths.run_id] = charts.EventFigures(paths.log)
+            figures.refresh()
+            return figures.figures()
 
 
 # -- endpoints ---------------------------------------------------------------------------
@@ -260,7 +214,8 @@ def _static_file(name: str) -> Response:
 
 def _api_runs(request: Request) -> Response:
     runs: RunsDir = request.app.state.runs
-    return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": list_runs(runs.dir, runs.describe)})
+    rows = sorted(list_runs(runs.dir, runs.describe), key=lambda r: (runs.started_at(r.run_id), r.run_id), reverse=True)
+    return _respond({"runs_dir": os.path.abspath(runs.dir), "runs": rows})
 
 
 def _run_names(request: Request) -> list[str]:
@@ -279,20 +234,33 @@ def _int(request: Request, name: str, default: int) -> int:
     return int(value)
 
 
+def query_of(request: Request, n_runs: int) -> Query:
+    """The page's filters from the URL: search, whole token, one category, metadata values, order."""
+    params = request.query_params
+    show = params.get("show", "")
+    if not show:
+        show = "differ" if params.get("diff") == "1" else "wrong" if params.get("wrong") == "1" else ""
+    if show and not re.fullmatch(r"only\d{1,3}|allwrong|differ|alldiffer|wrong", show):
+        raise HTTPException(400, f"show={show}: one of only0..only{n_runs - 1}, allwrong, differ, alldiffer, wrong")
+    meta = tuple(sorted((k[2:], v) for k, v in params.multi_items() if k.startswith("m.") and len(k) > 2))
+    return Query(q=params.get("q", ""), word=params.get("word") == "1", show=show, meta=meta,
+                 sort=params.get("sort", "item"), desc=params.get("desc") == "1")
+
+
 def _api_items(request: Request) -> Response:
     runs: RunsDir = request.app.state.runs
     names = _run_names(request)
     table = runs.table(names)
-    params = request.query_params
-    rows = table.select(q=params.get("q", ""), diff=params.get("diff") == "1", wrong=params.get("wrong") == "1",
-                        sort=params.get("sort", "item"), desc=params.get("desc") == "1")
+    rows, counts = table.view(query_of(request, len(names)))
     size = min(max(1, _int(request, "size", PAGE_SIZE)), MAX_PAGE_SIZE)
     pages = max(1, -(-len(rows) // size))
     page = min(_int(request, "page", 0), pages - 1)
     return _respond({
         "runs": [_run_info(runs, runs.paths(n), table, i) for i, n in enumerate(names)],
         "items": len(table.rows), "coverage": table.coverage.to_json(), "disagreements": table.disagreements,
-        "matching": len(rows),
+        "matching": len(rows), "counts": counts, "categories": table.category_names(),
+        "fields": table.fields, "values": {f: v for f, v in table.values.items() if len(v) <= MAX_VALUES},
+        "notes": table.notes,
         "page": page, "pages": pages, "size": size,
         "rows": [_row_json(r) for r in rows[page * size:(page + 1) * size]],
     })
@@ -300,18 +268,47 @@ def _api_items(request: Request) -> Response:
 
 def _run_info(runs: RunsDir, paths: RunPaths, table: Table, i: int) -> dict[str, Any]:
     """A run's card: status and counts from ``run_status`` (as ``ledger status`` and ``ls``
-    say them), answers from the table."""
+    say them), answers (accuracy and its 95% CI) from the table."""
     return {**msgspec.structs.asdict(runs.describe(paths)), **table.stats[i]}
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return text if text is None or len(text) <= limit else text[:limit] + " …"
 
 
 def _row_json(row: Row) -> dict[str, Any]:
     return {"item_id": row.key[0], "sample": row.key[1], "expected": as_text(row.expected), "agree": row.agree,
+            "prompt": _cut(row.prompt, PROMPT_LIMIT), "metadata": row.metadata, "categories": sorted(row.categories),
             "answers": [None if a is None else _answer_json(a) for a in row.answers]}
 
 
-def _answer_json(a: AnswerText) -> dict[str, Any]:
-    response = a.response if a.response is None or len(a.response) <= CELL_LIMIT else a.response[:CELL_LIMIT] + " …"
-    return {"parsed": as_text(a.parsed), "correct": a.correct, "response": response, "error": a.error}
+def _answer_json(a: Any) -> dict[str, Any]:
+    return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error}
+
+
+def _groups(values: list[tuple[str, int]]) -> bool:
+    """Whether a field's values make groups: 2 to MAX_GROUPS of them, each held by two items on
+    average (an id-like field, one value per item, does not)."""
+    return 2 <= len(values) <= MAX_GROUPS and 2 * len(values) <= sum(n for _, n in values)
+
+
+def _api_charts(request: Request) -> Response:
+    """Per run: accuracy with its 95% CI (overall, and per value of ``group`` -- by default the
+    first metadata field with 2 to MAX_GROUPS values), latency histogram, requests over time."""
+    runs: RunsDir = request.app.state.runs
+    names = _run_names(request)
+    table = runs.table(names)
+    groupable = [f for f in table.fields if _groups(table.values.get(f, []))]
+    group = request.query_params.get("group") or (groupable[0] if groupable else "")
+    if group and group not in groupable:
+        raise HTTPException(400, f"group={group}: not a metadata field whose values make groups ({', '.join(groupable) or 'none'})")
+    out = []
+    for i, name in enumerate(names):
+        paths = runs.paths(name)
+        answered = [(r.metadata.get(group), r.answers[i].correct) for r in table.rows if r.answers[i] is not None]
+        out.append({**msgspec.structs.asdict(runs.describe(paths)), "accuracy": table.stats[i],
+                    "groups": charts.accuracy_by(answered) if group else None, **runs.figures(paths)})
+    return _respond({"group": group or None, "groupable": groupable, "runs": out})
 
 
 def _api_item(request: Request) -> Response:
@@ -360,6 +357,7 @@ def create_app(runs_dir: str, allowed_hosts: list[str] | None = None) -> Starlet
         Route("/api/runs", _api_runs),
         Route("/api/items", _api_items),
         Route("/api/item", _api_item),
+        Route("/api/charts", _api_charts),
     ]
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     app = Starlette(routes=routes, middleware=middleware)

@@ -1,13 +1,15 @@
 // ledger view: plain JavaScript, no build step. Every text from a run is set with
-// textContent (never innerHTML): a model's reply is data, not markup.
+// textContent (never innerHTML): a model's reply is data, not markup. Every filter, the
+// order, the page, the tab and the open item live in the URL, so a view can be shared.
 "use strict";
 
 const POLL_MS = 3000;
 const $ = (id) => document.getElementById(id);
+const charts = window.ledgerCharts;
 
 const state = {
-  runs: [], q: "", diff: false, wrong: false, sort: "item", desc: false, page: 0,
-  item: null, sample: 0, pages: 1, running: false, seq: 0,
+  runs: [], q: "", word: false, show: "", meta: {}, sort: "item", desc: false, page: 0, tab: "items", group: "",
+  item: null, sample: 0, pages: 1, running: false, seq: 0, rows: [], cursor: -1, names: [],
 };
 
 // -- small helpers ------------------------------------------------------------------------
@@ -49,7 +51,8 @@ function stamp() {
 }
 
 function statusBadge(run) {
-  // run.status is the word (its colour); run.status_text is what a person reads ("completed, 3 failed")
+  // run.status is the word (its colour: green only for "completed" with nothing failed or
+  // pending); run.status_text is what a person reads ("completed, 3 failed")
   return el("span", { class: "badge status-" + run.status, text: run.status_text || run.status });
 }
 
@@ -65,11 +68,15 @@ function readURL() {
   const p = new URLSearchParams(location.search);
   state.runs = p.getAll("run");
   state.q = p.get("q") || "";
-  state.diff = p.get("diff") === "1";
-  state.wrong = p.get("wrong") === "1";
+  state.word = p.get("word") === "1";
+  state.show = p.get("show") || (p.get("diff") === "1" ? "differ" : p.get("wrong") === "1" ? "wrong" : "");
+  state.meta = {};
+  for (const [k, v] of p) if (k.startsWith("m.") && k.length > 2) state.meta[k.slice(2)] = v;
   state.sort = p.get("sort") || "item";
   state.desc = p.get("desc") === "1";
   state.page = parseInt(p.get("page") || "0", 10) || 0;
+  state.tab = p.get("tab") === "charts" ? "charts" : "items";
+  state.group = p.get("group") || "";
   state.item = p.get("item");
   state.sample = parseInt(p.get("sample") || "0", 10) || 0;
 }
@@ -78,8 +85,9 @@ function query(extra) {
   const p = new URLSearchParams();
   for (const r of state.runs) p.append("run", r);
   if (state.q) p.set("q", state.q);
-  if (state.diff) p.set("diff", "1");
-  if (state.wrong) p.set("wrong", "1");
+  if (state.word) p.set("word", "1");
+  if (state.show) p.set("show", state.show);
+  for (const [k, v] of Object.entries(state.meta)) p.set("m." + k, v);
   if (state.sort !== "item") p.set("sort", state.sort);
   if (state.desc) p.set("desc", "1");
   if (state.page) p.set("page", String(state.page));
@@ -88,12 +96,15 @@ function query(extra) {
 }
 
 function writeURL() {
-  const p = query(state.item !== null ? { item: state.item, sample: state.sample } : {});
-  const qs = p.toString();
+  const extra = {};
+  if (state.tab === "charts") extra.tab = "charts";
+  if (state.group) extra.group = state.group;
+  if (state.item !== null) Object.assign(extra, { item: state.item, sample: state.sample });
+  const qs = query(extra).toString();
   history.replaceState(null, "", qs ? "?" + qs : location.pathname);
 }
 
-// -- the list of runs ---------------------------------------------------------------------
+// -- the list of runs (newest first, as the server sends them) ----------------------------
 
 async function loadRuns() {
   const data = await getJSON("/api/runs", new URLSearchParams());
@@ -108,27 +119,28 @@ async function loadRuns() {
 }
 
 function runRow(r, checked) {
-  const share = r.planned ? Math.min(1, (r.done + r.failed) / r.planned) : 0;
   const box = el("input", { type: "checkbox", value: r.run_id, checked, "aria-label": "select " + r.run_id,
     onchange: updateCompareButton });
   const dataset = (r.dataset || "").split("/").pop();
-  return el("tr", {},
+  return el("tr", { "data-run": r.run_id },
     el("td", { class: "narrow" }, box),
     el("td", {}, el("a", { class: "run-link", href: "/?run=" + encodeURIComponent(r.run_id), text: r.run_id })),
     el("td", {}, statusBadge(r)),
     el("td", { text: r.model || "–" }),
     el("td", { class: "mono small", title: r.dataset || "", text: dataset || "–" }),
-    el("td", {}, progressBar(share, `${r.done} done, ${r.failed} failed of ${r.planned}`),
-      el("span", { class: "small muted", text: ` ${r.done + r.failed} / ${r.planned}` })),
-    el("td", { class: "num", text: String(r.failed) }),
+    el("td", {}, progressBar(r), el("span", { class: "small muted", text: ` ${r.done + r.failed} / ${r.planned}` })),
+    el("td", { class: "num" + (r.failed ? " bad-num" : ""), text: String(r.failed) }),
     el("td", { class: "num strong", text: pct(r.accuracy) }),
     el("td", { class: "small muted", text: r.started || "" }));
 }
 
-function progressBar(share, title) {
-  const fill = el("div", { class: "fill" });
-  fill.style.width = (100 * share).toFixed(1) + "%"; // CSSOM, allowed by the page's CSP
-  return el("div", { class: "progress", title }, fill);
+function progressBar(r) {
+  // done and failed as two segments: a run with failures does not look all done
+  const done = el("div", { class: "fill" }), failed = el("div", { class: "fill failed" });
+  const share = (n) => (r.planned ? (100 * Math.min(1, n / r.planned)).toFixed(1) + "%" : "0%");
+  done.style.width = share(r.done); // CSSOM, allowed by the page's CSP
+  failed.style.width = share(r.failed);
+  return el("div", { class: "progress", title: `${r.done} done, ${r.failed} failed of ${r.planned}` }, done, failed);
 }
 
 function updateCompareButton() {
@@ -147,26 +159,28 @@ function updateCompareButton() {
 
 async function loadItems() {
   const seq = ++state.seq;
-  const p = query({ size: 50 });
-  const data = await getJSON("/api/items", p);
+  const data = await getJSON("/api/items", query({ size: 50 }));
   if (seq !== state.seq) return; // a newer request is on its way
   state.page = data.page;
   state.pages = data.pages;
+  state.names = data.runs.map((r) => r.run_id);
   state.running = data.runs.some((r) => r.status === "running");
   renderCards(data);
-  renderHead(data.runs);
+  renderFilters(data);
+  renderHead(data);
   renderRows(data);
   writeURL();
   stamp();
 }
 
 function renderCards(data) {
-  const cards = data.runs.map((r) => el("div", { class: "card" },
+  const cards = data.runs.map((r, i) => el("div", { class: "card series-edge-" + (i % 6) },
     el("div", { class: "card-head" }, el("span", { class: "card-title", text: r.run_id }), statusBadge(r)),
     el("div", { class: "card-model muted", text: r.model || "–" }),
     el("div", { class: "card-figure" }, el("span", { class: "big", text: pct(r.accuracy) }),
       el("span", { class: "muted small", text: " accuracy" })),
-    el("div", { class: "small muted", text: `on ${r.scored} scored items` }),
+    el("div", { class: "small muted ci", text: r.ci95 ? `95% CI ${pct(r.ci95[0])}–${pct(r.ci95[1])} · ${r.correct} of ${r.scored} scored`
+      : `on ${r.scored} scored items` }),
     el("div", { class: "small muted", text: `${r.finished} finished · ${r.failed} failed · ${r.planned} planned` })));
   const cover = data.coverage;
   if (data.runs.length > 1) {
@@ -188,7 +202,36 @@ function renderCards(data) {
   $("run-cards").replaceChildren(...cards);
   $("crumbs").replaceChildren(el("a", { href: "/", text: "Runs" }), el("span", { class: "sep", text: "/" }),
     el("span", { text: state.runs.join(" vs ") }));
-  show($("only-diff-label"), data.runs.length > 1);
+  $("notes").textContent = (data.notes || []).join("; ");
+  show($("notes"), (data.notes || []).length > 0);
+}
+
+// The outcome buttons: how a person compares two runs (only A right, only B right, both
+// wrong, all differ), each with its count among the rows the search and metadata allow.
+function categoryLabel(name, runs) {
+  const two = runs.length === 2;
+  if (name.startsWith("only")) return `Only ${runs[+name.slice(4)].run_id} right`;
+  return { allwrong: two ? "Both wrong" : "All wrong", differ: two ? "All differ" : "Answers differ",
+    alldiffer: "All differ", wrong: "Wrong in any run" }[name] || name;
+}
+
+function renderFilters(data) {
+  const chips = [["", `All`, data.counts.all]].concat(data.categories.map((c) => [c, categoryLabel(c, data.runs), data.counts[c]]));
+  $("chips").replaceChildren(...chips.map(([name, label, count]) => el("button", {
+    class: "chip" + (state.show === name ? " active" : "") + (name ? " chip-" + name.replace(/\d+$/, "") : ""),
+    "data-show": name, "aria-pressed": state.show === name ? "true" : "false",
+    onclick: () => { state.show = state.show === name ? "" : name; state.page = 0; state.cursor = -1; refresh(); } },
+    label, " ", el("span", { class: "count", text: String(count) }))));
+  const selects = data.fields.filter((f) => data.values[f]).map((f) => {
+    const select = el("select", { "data-field": f, "aria-label": "filter by " + f,
+      onchange: (e) => { if (e.target.value) state.meta[f] = e.target.value; else delete state.meta[f]; state.page = 0; refresh(); } },
+      el("option", { value: "", text: `${f}: any` }),
+      data.values[f].map(([v, n]) => el("option", { value: v, selected: state.meta[f] === v, text: `${f}: ${v} (${n})` })));
+    return el("label", { class: "meta-filter" + (state.meta[f] !== undefined ? " active" : "") }, select);
+  });
+  $("meta-filters").replaceChildren(...selects);
+  const filtered = state.q || state.show || Object.keys(state.meta).length;
+  $("counts").textContent = filtered ? `${data.matching} of ${data.items} items match` : `${data.items} items`;
 }
 
 function sortHeader(label, key, attrs) {
@@ -205,10 +248,12 @@ function setSort(key) {
   refresh();
 }
 
-function renderHead(runs) {
-  const multi = runs.length > 1;
+function renderHead(data) {
+  const runs = data.runs, multi = runs.length > 1;
   const top = el("tr", {},
     sortHeader("Item", "item", { rowspan: 2 }),
+    sortHeader("Prompt", "prompt", { rowspan: 2, class: "prompt-col" }),
+    data.fields.map((f) => sortHeader(f, "m." + f, { rowspan: 2, class: "meta-col" })),
     sortHeader("Expected", "expected", { rowspan: 2 }),
     multi ? sortHeader("Agree", "agree", { rowspan: 2, class: "narrow" }) : null,
     runs.map((r) => el("th", { colspan: 3, class: "run-col", text: r.run_id })));
@@ -221,25 +266,36 @@ function renderHead(runs) {
 
 function renderRows(data) {
   const body = $("items-table").tBodies[0];
-  body.replaceChildren(...data.rows.map((row) => itemRow(row, data.runs)));
+  state.rows = data.rows;
+  body.replaceChildren(...data.rows.map((row) => itemRow(row, data)));
   show($("items-empty"), data.rows.length === 0);
-  const filtered = state.q || state.diff || state.wrong;
-  $("counts").textContent = filtered ? `${data.matching} of ${data.items} items match` : `${data.items} items`;
   $("page-info").textContent = `Page ${data.page + 1} of ${data.pages}`;
   $("first").disabled = $("prev").disabled = data.page <= 0;
   $("next").disabled = $("last").disabled = data.page >= data.pages - 1;
+  if (state.cursor >= data.rows.length) state.cursor = data.rows.length - 1;
+  markCursor(false);
 }
 
-function itemRow(row, runs) {
-  const multi = runs.length > 1;
-  const cls = row.agree === false ? "item disagree" : "item";
-  const open = () => openDetail(row.item_id, row.sample);
-  return el("tr", { class: cls, tabindex: 0, "data-item": row.item_id, "data-sample": row.sample, onclick: open,
-    onkeydown: (e) => { if (e.key === "Enter") open(); } },
+function itemRow(row, data) {
+  const runs = data.runs, multi = runs.length > 1;
+  const cls = "item" + (row.agree === false ? " disagree" : "");
+  const open = () => { state.cursor = state.rows.indexOf(row); markCursor(false); openDetail(row.item_id, row.sample); };
+  return el("tr", { class: cls, tabindex: -1, "data-item": row.item_id, "data-sample": row.sample, onclick: open },
     el("td", { class: "mono item-id" }, row.item_id, row.sample ? el("span", { class: "muted small", text: ` s${row.sample}` }) : null),
+    promptCell(row.prompt),
+    data.fields.map((f) => el("td", { class: "meta-col small", text: row.metadata[f] ?? "–" })),
     el("td", { class: "mono", text: row.expected ?? "–" }),
     multi ? el("td", { class: "narrow agree-cell" }, agreeMark(row.agree)) : null,
     row.answers.map((a, i) => answerCells(a, runs[i])));
+}
+
+function promptCell(prompt) {
+  // cut to two lines; the whole prompt on hover (title), or in place with the ▸ toggle
+  if (prompt === null || prompt === undefined) return el("td", { class: "prompt-col muted", text: "–" });
+  const text = el("div", { class: "clamp prompt", title: prompt, text: prompt });
+  const toggle = el("button", { class: "expand", title: "Show the whole prompt", "aria-label": "expand prompt",
+    onclick: (e) => { e.stopPropagation(); const open = text.classList.toggle("expanded"); toggle.textContent = open ? "▾" : "▸"; } }, "▸");
+  return el("td", { class: "prompt-col" }, el("div", { class: "prompt-wrap" }, toggle, text));
 }
 
 function agreeMark(agree) {
@@ -263,19 +319,122 @@ function answerCells(a, run) {
     el("td", { class: "response-col" }, response)];
 }
 
+// -- keyboard: j / k move, Enter opens, Esc closes, / searches -----------------------------
+
+function markCursor(scroll) {
+  const rows = $("items-table").tBodies[0].rows;
+  for (const r of rows) r.classList.remove("cursor");
+  const row = rows[state.cursor];
+  if (!row) return;
+  row.classList.add("cursor");
+  if (scroll) { row.focus({ preventScroll: true }); row.scrollIntoView({ block: "nearest" }); }
+}
+
+async function moveCursor(step) {
+  const next = state.cursor + step;
+  if (next >= state.rows.length && state.page < state.pages - 1) {
+    state.page += 1; state.cursor = 0; await refresh();
+  } else if (next < 0 && state.page > 0) {
+    state.page -= 1; state.cursor = 49; await refresh();
+  } else {
+    state.cursor = Math.max(0, Math.min(next, state.rows.length - 1));
+  }
+  markCursor(true);
+  const row = state.rows[state.cursor];
+  if (row && !$("detail").hidden) openDetail(row.item_id, row.sample); // the drawer follows the cursor
+}
+
+function onKey(e) {
+  const typing = /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName);
+  if (e.key === "Escape") {
+    if (!$("detail").hidden) { closeDetail(); e.preventDefault(); } else if (typing) e.target.blur();
+    return;
+  }
+  if (typing || e.ctrlKey || e.metaKey || e.altKey || !state.runs.length || state.tab !== "items") return;
+  if (e.key === "j" || e.key === "ArrowDown") { e.preventDefault(); moveCursor(1); }
+  else if (e.key === "k" || e.key === "ArrowUp") { e.preventDefault(); moveCursor(-1); }
+  else if (e.key === "Enter" && state.rows[state.cursor] && $("detail").hidden) {
+    e.preventDefault();
+    openDetail(state.rows[state.cursor].item_id, state.rows[state.cursor].sample);
+  } else if (e.key === "/") { e.preventDefault(); $("search").focus(); }
+}
+
+// -- the charts tab -----------------------------------------------------------------------
+
+async function loadCharts() {
+  const extra = state.group ? { group: state.group } : {};
+  const p = new URLSearchParams();
+  for (const r of state.runs) p.append("run", r);
+  for (const [k, v] of Object.entries(extra)) p.set(k, v);
+  const data = await getJSON("/api/charts", p);
+  state.running = data.runs.some((r) => r.status === "running");
+  // overall: one group per run (its name under its bar); by group: one bar per run in each
+  const overall = data.runs.map((r, i) => ({ label: r.run_id, items: r.accuracy.scored, bars: [{ run: r.run_id, series: i,
+    value: r.accuracy.accuracy, ci95: r.accuracy.ci95, n: r.accuracy.scored }] }));
+  const top = [panel("Accuracy with 95% CI", "accuracy", charts.accuracyChart(overall, "accuracy per run"))];
+  if (data.group) {
+    const first = data.runs[0].groups;
+    const groups = first.map((g0) => ({ label: g0.value, items: g0.items,
+      bars: data.runs.map((r, i) => { const g = r.groups.find((x) => x.value === g0.value) || {}; return { run: r.run_id, series: i,
+        value: g.accuracy ?? null, ci95: g.ci95 || null, n: g.scored || 0 }; }) }));
+    const picker = data.groupable.length > 1 ? el("label", { class: "small muted" }, "group by ", el("select", { id: "group-select",
+      "aria-label": "group by", onchange: (e) => { state.group = e.target.value; refresh(); } },
+      data.groupable.map((f) => el("option", { value: f, selected: f === data.group, text: f })))) : null;
+    top.push(panel(`Accuracy by ${data.group} (95% CI)`, "groups", charts.accuracyChart(groups, "accuracy by " + data.group),
+      el("div", { class: "legend-row" }, legend(data.runs), picker)));
+  }
+  const panels = [el("div", { class: "chart-row" }, top)];
+  for (const [i, r] of data.runs.entries()) {
+    const lat = r.latency, tl = r.timeline;
+    const latNote = lat.n ? `${lat.n} replies · p50 ${charts.ms(lat.p50)} · p90 ${charts.ms(lat.p90)} · p99 ${charts.ms(lat.p99)}` : "";
+    const tlNote = `${tl.totals.requests} sent · ${tl.totals.replies} replies · ${tl.totals.rate_limited} 429s · ${tl.totals.errors} errors`;
+    panels.push(el("div", { class: "run-charts", "data-run": r.run_id },
+      el("h3", {}, el("span", { class: "swatch series-" + (i % 6) }), r.run_id, " ", statusBadge(r)),
+      r.error ? el("p", { class: "error", text: r.error }) : null,
+      el("div", { class: "chart-row" },
+        panel("Latency per reply", "latency", charts.latencyChart(lat, i), el("div", { class: "small muted", text: latNote })),
+        panel("Requests over time", "timeline", charts.timelineChart(tl),
+          el("div", { class: "small muted", text: tlNote }),
+          el("div", { class: "legend small" }, el("span", { class: "swatch sent" }), "sent ", el("span", { class: "swatch stack-ok" }), "replies ",
+            el("span", { class: "swatch stack-rl" }), "429s ", el("span", { class: "swatch stack-err" }), "errors")))));
+  }
+  $("charts").replaceChildren(...panels);
+  writeURL();
+  stamp();
+}
+
+function panel(title, kind, ...content) {
+  return el("section", { class: "chart-panel", "data-chart": kind }, el("h4", { text: title }), content);
+}
+
+function legend(runs) {
+  return el("div", { class: "legend small" }, runs.map((r, i) => [el("span", { class: "swatch series-" + (i % 6) }), r.run_id + " "]));
+}
+
+function setTab(tab) {
+  state.tab = tab;
+  for (const b of document.querySelectorAll(".tab")) b.classList.toggle("active", b.dataset.tab === tab);
+  show($("items-pane"), tab === "items");
+  show($("charts"), tab === "charts");
+  writeURL();
+}
+
 // -- the detail drawer --------------------------------------------------------------------
 
 async function openDetail(item, sample) {
   state.item = item;
   state.sample = sample;
   writeURL();
+  const row = state.rows.find((r) => r.item_id === item && r.sample === sample);
+  const meta = row ? Object.entries(row.metadata).map(([k, v]) => el("span", { class: "meta-tag", text: `${k}: ${v}` })) : [];
   $("detail-title").replaceChildren(el("span", { class: "muted", text: "Item " }), el("span", { class: "mono", text: item }),
-    el("span", { class: "muted", text: ` · sample ${sample}` }));
+    el("span", { class: "muted", text: ` · sample ${sample}` }), ...meta);
   $("detail-body").replaceChildren(el("p", { class: "muted", text: "Loading…" }));
   show($("detail"), true);
   show($("backdrop"), true);
   try {
     const data = await getJSON("/api/item", query({ item, sample }));
+    if (state.item !== item || state.sample !== sample) return; // moved on meanwhile
     $("detail-body").replaceChildren(el("div", { class: "story-grid cols-" + Math.min(data.runs.length, 3) },
       data.runs.map(storyColumn)));
   } catch (e) {
@@ -288,6 +447,7 @@ function closeDetail() {
   show($("detail"), false);
   show($("backdrop"), false);
   writeURL();
+  markCursor(true);
 }
 
 function storyColumn(run) {
@@ -344,8 +504,9 @@ function eventItem(e) {
 
 async function refresh() {
   try {
-    if (state.runs.length) await loadItems();
-    else await loadRuns();
+    if (!state.runs.length) await loadRuns();
+    else if (state.tab === "charts") await Promise.all([loadItems(), loadCharts()]);
+    else await loadItems();
     setError("");
   } catch (e) {
     setError("Could not load: " + (e.message || e));
@@ -353,8 +514,8 @@ async function refresh() {
 }
 
 function startPolling() {
-  // Every few seconds while a run is going; otherwise every fifth tick, so that a run that
-  // starts or resumes later (or a new run in the list) shows up without a reload.
+  // Every few seconds while a run is going (the charts too: a live run's view); otherwise
+  // every fifth tick, so that a run that starts or resumes later shows up without a reload.
   let tick = 0;
   setInterval(() => {
     tick += 1;
@@ -365,22 +526,21 @@ function startPolling() {
 function bindControls() {
   let debounce = null;
   $("search").value = state.q;
-  $("only-diff").checked = state.diff;
-  $("only-wrong").checked = state.wrong;
+  $("whole-word").checked = state.word;
   $("search").addEventListener("input", () => {
     clearTimeout(debounce);
-    debounce = setTimeout(() => { state.q = $("search").value; state.page = 0; refresh(); }, 250);
+    debounce = setTimeout(() => { state.q = $("search").value; state.page = 0; state.cursor = -1; refresh(); }, 250);
   });
-  $("only-diff").addEventListener("change", () => { state.diff = $("only-diff").checked; state.page = 0; refresh(); });
-  $("only-wrong").addEventListener("change", () => { state.wrong = $("only-wrong").checked; state.page = 0; refresh(); });
-  const go = (page) => { state.page = Math.max(0, Math.min(page, state.pages - 1)); refresh(); };
+  $("whole-word").addEventListener("change", () => { state.word = $("whole-word").checked; state.page = 0; refresh(); });
+  const go = (page) => { state.page = Math.max(0, Math.min(page, state.pages - 1)); state.cursor = -1; refresh(); };
   $("first").addEventListener("click", () => go(0));
   $("prev").addEventListener("click", () => go(state.page - 1));
   $("next").addEventListener("click", () => go(state.page + 1));
   $("last").addEventListener("click", () => go(state.pages - 1));
   $("detail-close").addEventListener("click", closeDetail);
   $("backdrop").addEventListener("click", closeDetail);
-  document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("detail").hidden) closeDetail(); });
+  for (const b of document.querySelectorAll(".tab")) b.addEventListener("click", () => { setTab(b.dataset.tab); refresh(); });
+  document.addEventListener("keydown", onKey);
 }
 
 async function start() {
@@ -389,6 +549,7 @@ async function start() {
   show($("runs-view"), state.runs.length === 0);
   show($("items-view"), state.runs.length > 0);
   if (!state.runs.length) $("crumbs").replaceChildren(el("span", { text: "Runs" }));
+  else setTab(state.tab);
   await refresh();
   if (state.item !== null) openDetail(state.item, state.sample);
   startPolling();

@@ -38,15 +38,18 @@ def status_error(status: int, message: str, headers: Mapping[str, str], secrets:
 
 
 def error_message(status: int, body: bytes) -> str:
-    """An error reply's message as the SDK words it: the status, then the body's ``error``
-    object (or the body). Redacted by ``status_error`` like every message."""
+    """An error reply's message as the SDK words it: the status, then the ``message`` of the
+    body's ``error`` object; a body without one is quoted as text (cut to 300 characters).
+    Redacted by ``status_error`` like every message."""
     try:
         data = _decode(body)
     except msgspec.DecodeError:
-        text = body.decode(errors="replace")
-    else:
-        text = str(data.get("error", data)) if isinstance(data, dict) else str(data)
-    return f"Error code: {status} - {text[:1000]}"
+        data = None
+    error = data.get("error", data) if isinstance(data, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or not message:
+        message = " ".join(body.decode(errors="replace").split())[:300]
+    return f"Error code: {status} - {message}" if message else f"Error code: {status}"
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")

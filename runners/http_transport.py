@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import math
 import ssl
 import time
 import urllib.request
@@ -47,7 +48,28 @@ if TYPE_CHECKING:
 
 __all__ = ["HttpTransport", "encode_body", "proxy_for", "tls_context"]
 
-encode_body = msgspec.json.Encoder().encode  # the bytes every HTTP transport sends
+_encode = msgspec.json.Encoder().encode
+
+
+def encode_body(body: dict[str, Any]) -> bytes:
+    """The bytes every HTTP transport sends: ``body`` as JSON, which has no NaN or infinity.
+    msgspec writes those as ``null``, which would send something the ``started`` event does
+    not say, so they are refused (a ValueError, as the SDK's encoder raised: the item fails
+    as an internal error, nothing is sent). Only a body with a ``null`` is walked."""
+    data = _encode(body)
+    if b"null" in data and _non_finite(body):
+        raise ValueError("Out of range float values are not JSON compliant (NaN or infinity in the request)")
+    return data
+
+
+def _non_finite(value: Any) -> bool:
+    if type(value) is float:
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
 _PATH = "/chat/completions"
 _CONNECT = 10.0  # seconds: a connection that is not up by then will not be
 

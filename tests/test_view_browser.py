@@ -177,7 +177,7 @@ def test_side_by_side_counts_each_outcome_and_filters_by_it(server, page, tmp_pa
     wait_rows(page, IDS[:20] + ["w170", "w171"])
     assert page.locator("#items-table thead th.run-col").all_inner_texts() == ["a", "b"]
     heads = page.locator("#items-table thead tr").first.locator("th").all_inner_texts()
-    assert heads[:5] == ["Item ▲", "Prompt", "topic", "level", "Expected"]
+    assert heads[:5] == ["Item ▲", "Prompt", "level", "topic", "Expected"]  # metadata by name, as exports
     counts = {b.get_attribute("data-show"): int(b.locator(".count").inner_text()) for b in page.locator("#chips button").all()}
     assert counts == {"": 22, "only0": len(ONLY_A), "only1": len(ONLY_B), "allwrong": len(BOTH_WRONG),
                       "differ": len(DIFFER), "wrong": len([x for x in IDS if not (RIGHT["a"][x] and RIGHT["b"][x])])}
@@ -202,7 +202,7 @@ def test_metadata_filter_search_and_a_shared_link(server, page, tmp_path):
     history = [x for x in IDS if TOPIC[x] == "history"]
     wait_rows(page, history)
     assert "m.topic=history" in page.url
-    assert page.locator("#items-table tbody td.meta-col").all_inner_texts()[::2] == ["history"] * len(history)
+    assert page.locator("#items-table tbody td.meta-col").all_inner_texts()[1::2] == ["history"] * len(history)
     assert int(chip(page, "only0").locator(".count").inner_text()) == len([x for x in ONLY_A if x in history])
     page.screenshot(path=str(tmp_path / "filter-topic.png"), full_page=True)
 
@@ -296,7 +296,7 @@ def _sum(locator, attribute: str) -> int:
 
 
 def test_charts_accuracy_with_ci_per_topic_latency_and_requests_over_time(server, runs, page, tmp_path):
-    page.goto(server + "/?run=a&run=b&tab=charts")
+    page.goto(server + "/?run=a&run=b&tab=charts&group=topic")
     overall = page.locator("[data-chart='accuracy'] rect.bar")
     expect(overall).to_have_count(2)  # one bar per run
     values = [float(v) for v in overall.evaluate_all("bars => bars.map(b => b.dataset.value)")]

@@ -148,7 +148,7 @@ class RunsDir:
     def _table(self, paths: list[RunPaths], indexes: list[AnswerIndex], names: list[str]) -> Table:
         """The table, each key's metadata from the first run whose row has it, else from the
         first run's dataset that has the item (viewer/metadata.py)."""
-        from_dataset = [self.metadata.of_run(p) for p in paths]
+        from_dataset = [({}, "") if _rows_carry_metadata(i) else self.metadata.of_run(p) for p, i in zip(paths, indexes)]
 
         def metadata(key: tuple[str, int]) -> dict[str, str]:
             for index in indexes:
@@ -402,3 +402,9 @@ def serve(runs_dir: str, runs: list[str], *, host: str = "127.0.0.1", port: int 
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the Ctrl-C it handled; stopping is what was asked
+
+
+def _rows_carry_metadata(index: AnswerIndex) -> bool:
+    """A run whose log records each item's dataset line and metadata: its rows say all there
+    is (an item without metadata has none), and its dataset file is never read."""
+    return any(getattr(answer, "line", 0) for answer in index.answers.values())

@@ -5,7 +5,7 @@ Two sources, the first that has it:
 
 * a ``metadata`` object on the lines of ``responses.jsonl`` (``ViewAnswer.metadata``), once
   the rows carry it;
-* until then, the run's dataset file as ``run_started`` names it, read with the runner's own
+* for a run whose log predates that (its rows have no dataset ``line``), the run's dataset file as ``run_started`` names it, read with the runner's own
   reader (``runners.dataset.iter_items``) and trusted only while its sha256 is the one the
   run recorded: a dataset edited since is not passed off as the run's (``note`` says so).
 
@@ -35,6 +35,7 @@ class ViewAnswer(AnswerText):
     """A line of ``responses.jsonl`` as the viewer reads it: with ``metadata`` when the row has it."""
 
     metadata: dict[str, Any] | None = None
+    line: int = 0  # the item's dataset line: set on rows of logs that carry their metadata
 
 
 def _texts(metadata: dict[str, Any]) -> dict[str, str]:

@@ -38,10 +38,10 @@ from .prepare import Prepared, secrets_of
 from .registry import RUNNERS, TRANSPORTS
 from .runner import Progress, RunContext, Runner, Work
 
-# Threads that create the live conversation files beside the projector: a file create waits
-# on the file system's journal (which the log's fdatasyncs commit), not on the CPU, so two
-# overlap those waits and the projector keeps pace with the log.
-LIVE_WRITERS = 2
+# Threads that create the live conversation files beside the projector. None: measured on
+# ext4 (bench/run.py), two such threads cost more kernel CPU per file (they contend for the
+# directory) than they saved in waiting.
+LIVE_WRITERS = 0
 PROJECT_EVERY = 0.05  # seconds the projector thread lets commit groups gather before a batch
 
 __all__ = ["run_prepared", "Session"]

@@ -32,7 +32,7 @@ def compare(
     """Accuracy with 95% intervals, agreement and McNemar's exact test, paired over shared items."""
     from llm_ledger.projections.compare import compare_runs, write_csv
     from llm_ledger.projections.outputs import check_output_path
-    from llm_ledger.projections.runs import read_summary
+    from llm_ledger.projections.runs import read_summary, run_status
 
     with handled():
         paths = [find_run(runs_dir, run) for run in runs]
@@ -43,7 +43,8 @@ def compare(
         elif only_diff:
             _print_diff(result)
         else:
-            _print_stats(result, {p.run_id: read_summary(p) for p in paths})
+            # a whole run's cost and latency only from a summary.json that vouches for its log
+            _print_stats(result, {p.run_id: read_summary(p) if run_status(p).summary_current else {} for p in paths})
         if written is not None and not as_json:
             out.print(f"wrote {written} rows to {escape(output or '')}")
 

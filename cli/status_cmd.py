@@ -41,7 +41,8 @@ def status(
         summary = read_summary(paths) if info.summary_current else {}
         for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
-        if info.status in RESUMABLE:
+        unfinished = info.counts.pending + info.counts.in_flight
+        if info.status in RESUMABLE or (info.status != "running" and unfinished):
             out.print(resume_line(paths), markup=False)
 
 

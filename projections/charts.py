@@ -91,7 +91,8 @@ def timeline(per_tick: Mapping[int, list[int]], tick: float = 1.0, bins: int = T
         return {"start": None, "step_s": 0, "bins": [], "totals": dict.fromkeys(names, 0)}
     first, last = min(per_tick), max(per_tick)
     steps = [round(s / tick) for s in _TIME_STEPS if s >= tick * (1 - 1e-9) and abs(s / tick - round(s / tick)) < 1e-6]
-    step = next((s for s in steps if (last - first + 1) / s <= bins), steps[-1])
+    # past the longest nice width, as many ticks a bin as make ``bins`` bins
+    step = next((s for s in steps if (last - first + 1) / s <= bins), -(-(last - first + 1) // bins))
     start = first - first % step
     width = (last - start) // step + 1
     rows = [[0, 0, 0, 0] for _ in range(width)]

@@ -15,8 +15,11 @@ MISSING = "-"  # a figure that does not exist (no price, nothing scored, nothing
 
 
 def usd(value: float | None) -> str:
-    """``$0.0072``: four decimals always (a cent's hundredth: what a few cheap requests cost)."""
-    return MISSING if value is None else f"${value:,.4f}"
+    """``$0.0072``: four decimals always (a cent's hundredth: what a few cheap requests cost);
+    a cost that is not zero never reads as ``$0.0000`` (``<$0.0001``)."""
+    if value is None:
+        return MISSING
+    return "<$0.0001" if 0 < value < 0.00005 else f"${value:,.4f}"
 
 
 def ms(seconds: float | None) -> str:
@@ -36,8 +39,15 @@ def per_second(value: float | None, unit: str = "") -> str:
 
 
 def percent(fraction: float | None) -> str:
-    """A share with one decimal: ``93.3%``."""
-    return MISSING if fraction is None else f"{fraction:.1%}"
+    """A share with one decimal: ``93.3%``; not all is never ``100.0%`` (``>99.9%``), some is
+    never ``0.0%`` (``<0.1%``)."""
+    if fraction is None:
+        return MISSING
+    if 0.999 < fraction < 1:
+        return ">99.9%"
+    if 0 < fraction < 0.001:
+        return "<0.1%"
+    return f"{fraction:.1%}"
 
 
 def count(n: int | None) -> str:

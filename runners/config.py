@@ -3,8 +3,9 @@
 Never holds a secret: only the *name* of the environment variable with the key. An empty
 ``base_url`` means the embedded simulator (started in-process by every session). ``runner``
 and ``transport`` name entries of registry.py; a log older than them reads as the defaults.
-The transport only changes how the same bytes are sent, so it is a *how* setting: a resume
-may choose another (a run from before the ``http`` default reads as ``http``).
+The transport only changes how the same bytes are sent, so it is a *how* setting that a
+later session may change (``ledger run --run-id RUN --transport ...``); a run started before
+the ``http`` default recorded ``openai`` and keeps it unless told otherwise.
 """
 
 from __future__ import annotations

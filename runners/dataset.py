@@ -262,9 +262,11 @@ def _plain(block: bytes) -> list[_Plain] | None:
     except msgspec.DecodeError:  # a ValidationError too
         pass
     try:
-        return msgspec.convert(list(map(_json_decode, lines)), _plain_list)
-    except msgspec.DecodeError:
-        return None
+        records = list(map(_json_decode, lines))
+        _probe(records)  # extra fields become the item's metadata: the log must hold them too
+        return msgspec.convert(records, _plain_list)
+    except (msgspec.DecodeError, msgspec.EncodeError, OverflowError, TypeError):
+        return None  # the record-by-record reader names the line and what is wrong
 
 
 def iter_keyed(path: str) -> Iterator[tuple[str, int, dict[str, Any]]]:

@@ -89,13 +89,16 @@ class Engine:
         self.writer.submit([Paused(endpoint=name, reason=reason) if state == "paused" else Resumed(endpoint=name)])
         self.progress.paused = self.pool.down()
 
-    async def run(self, works: Iterator[Work]) -> None:
+    async def run(self, works: Iterator[Work | None]) -> None:
         """Schedule every work, then wait for the tasks. If reading the works fails (the
         dataset became unreadable mid-run), the run stops like an interrupt -- what is in
         flight is recorded -- and the error is raised after."""
         slots = asyncio.Semaphore(self.config.concurrency)
         try:
             for work in works:
+                if work is None:  # the plan read a batch (plan.resume_works): the loop's turn
+                    await asyncio.sleep(0)
+                    continue
                 await slots.acquire()
                 if self.progress.stopping:
                     slots.release()

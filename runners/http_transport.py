@@ -112,7 +112,8 @@ class HttpTransport:
     def _open(self) -> aiohttp.ClientSession:
         import aiohttp
 
-        connector = aiohttp.TCPConnector(limit=self.concurrency + 8, ssl=tls_context() if self.base.startswith("https") else False)
+        # the context even for an http:// base URL: a redirect to https must still be verified
+        connector = aiohttp.TCPConnector(limit=self.concurrency + 8, ssl=tls_context())
         self._session = aiohttp.ClientSession(connector=connector, headers=self.headers, trust_env=False,
                                               timeout=aiohttp.ClientTimeout(total=None, sock_connect=min(self.timeout, _CONNECT)),
                                               skip_auto_headers=("User-Agent",))
@@ -121,7 +122,7 @@ class HttpTransport:
     async def send(self, body: dict[str, Any], key: str, timeout: float | None) -> Reply:
         start = time.perf_counter()
         status, headers, content = await self.request("POST", _PATH, timeout, data=encode_body(body), headers={"x-ledger-key": key})
-        if status != 200:
+        if not 200 <= status < 300:  # any 2xx is a reply, as for the SDK
             raise status_error(status, error_message(status, content), headers, self.secrets)
         reply = decode_reply(content, time.perf_counter() - start, self._red)
         return reply._replace(pause=ratelimit_pause(headers))

@@ -50,7 +50,7 @@ class PerRequestRunner:
     def progress(self) -> Progress:
         return self.engine.progress
 
-    async def run(self, works: Iterator[Work]) -> None:
+    async def run(self, works: Iterator[Work | None]) -> None:
         try:
             await self.engine.run(works)
         finally:

@@ -105,8 +105,10 @@ def _unfinished_tokens(prepared: Prepared, wanted: dict[str, int]) -> int:
 
 
 def resume_works(prepared: Prepared, states: States | None,
-                 conversation: Callable[[str], Conversation | None]) -> Iterator[Work]:
-    """The works to send, streamed in file order. ``states``: the (item, sample)s' states in
+                 conversation: Callable[[str], Conversation | None]) -> Iterator[Work | None]:
+    """The works to send, streamed in file order, with a ``None`` after each batch read: the
+    consumer (the engine, on the event loop) takes it as its turn to let requests in flight
+    be answered, so that a long stretch of done items never stalls them. ``states``: the (item, sample)s' states in
     the index (None: a new run, nothing to look up); ``conversation``: an (item, sample)'s
     conversation as folded from the log (the projector's, proven by its checkpoint's CRC and
     log position, never unchecked bytes). An item is built only when something of it is sent:
@@ -119,6 +121,7 @@ def resume_works(prepared: Prepared, states: States | None,
         if len(batch) < _BATCH:
             continue
         yield from _batch_works(prepared, batch, states, conversation, fields)
+        yield None
         batch = []
     yield from _batch_works(prepared, batch, states, conversation, fields)
 

@@ -73,7 +73,10 @@ class RunContext(NamedTuple):
 class Runner(Protocol):
     progress: Progress
 
-    async def run(self, works: Iterator[Work]) -> None: ...
+    async def run(self, works: Iterator[Work | None]) -> None:
+        """Work every work; a ``None`` is not a work but the plan's pause between batches (let
+        the loop run)."""
+        ...
 
     def stop(self, reason: str = "interrupted") -> None: ...
 

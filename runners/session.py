@@ -180,7 +180,7 @@ class Session:
                                           reason="resume" if self.prepared.resume else "new",
                                           overrides=self.prepared.overrides))
 
-    def plan(self) -> Iterator[Work]:
+    def plan(self) -> Iterator[Work | None]:
         """The works to send, streamed. For a resume, what it found is counted first (from the
         index) so that it can be reported. Refuses (IndexStateError) to plan from an index that
         did not apply the whole log as it was when the session opened: a lagging index would
@@ -197,13 +197,13 @@ class Session:
             raise IndexStateError(f"{self.paths.index}: index is behind the log ({cause}); not planning from it: "
                               f"run `ledger resume` again to rebuild it")
 
-    def _works(self) -> Iterator[Work]:
+    def _works(self) -> Iterator[Work | None]:
         states = self.index.get_many if self.prepared.resume else None  # a new run has no states yet
         return resume_works(self.prepared, states, self.projector.conversation)
 
     # -- running -------------------------------------------------------------------------
 
-    def execute(self, works: Iterator[Work] | list[Work], on_tick: Callable[[Progress], None] | None = None,
+    def execute(self, works: Iterator[Work | None] | list[Work], on_tick: Callable[[Progress], None] | None = None,
                 on_running: Callable[[Runner], Callable[[], None]] | None = None) -> str:
         """Run the works; returns the session's end reason. ``on_running(runner)`` is called
         on the event loop once the runner exists (the CLI installs its signal handlers

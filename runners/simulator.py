@@ -92,7 +92,7 @@ _FLIPS = {"yes": "no", "no": "yes", "true": "false", "false": "true"}
 def wrong_answer(right: str, pick: int) -> str:
     """An answer of the same kind as ``right`` that no parser scores as it: another choice
     letter (A-D, or A-J past D), another number, the other of yes/no, else a word."""
-    letters = "ABCD" if right in "ABCD" else "ABCDEFGHIJ"
+    letters = "ABCD" if len(right) == 1 and right.upper() in "ABCD" else "ABCDEFGHIJ"
     if len(right) == 1 and right.upper() in letters:
         i = letters.index(right.upper())
         return letters[(i + 1 + pick % (len(letters) - 1)) % len(letters)]

@@ -58,11 +58,12 @@ def _print_coverage(result: Comparison) -> None:
 def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
     """Accuracy per run (with each whole run's cost and median latency, from its summary.json),
     agreement, and the paired test."""
-    from rich.table import Table
+    from rich.table import Column, Table
 
     _print_coverage(result)
-    table = Table("run", "model", *_right("scored", "correct", "accuracy", "95% CI", "cost", "latency p50"),
-                  title="accuracy on shared items")
+    table = Table(*_ids("run"), Column("model", overflow="fold"),
+                  *_right("scored", "correct", "accuracy", "95% CI", "cost", "latency p50"),
+                  title="accuracy on shared items", **_COMPACT)
     for r in result.runs:
         acc, ci = r["accuracy"], r["ci95"]
         summary = summaries.get(r["run_id"], {})
@@ -70,23 +71,36 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
                       num.percent(acc), num.MISSING if ci is None else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
                       num.usd(summary.get("cost_usd")), num.ms((summary.get("latency_s") or {}).get("p50")))
     out.print(table)
-    matrix = Table("", *_right(*(escape(r) for r in result.run_ids)), title="agreement (same parsed answer)")
+    matrix = Table(*_ids(""), *_right(*(escape(r) for r in result.run_ids)), title="agreement (same parsed answer)",
+                   **_COMPACT)
     for run, row in zip(result.run_ids, result.agreement):
         matrix.add_row(escape(run), *(num.percent(v) for v in row))
     out.print(matrix)
-    pairs = Table("A", "B", *_right("agree", "only A right", "only B right", "p"), "p < 0.05",
-                  title="paired differences (McNemar exact test)")
+    pairs = Table(*_ids("A", "B"), *_right("agree", "only A right", "only B right", "p"), "p < 0.05",
+                  title="paired differences (McNemar exact test)", **_COMPACT)
     for p in result.pairs:
         pairs.add_row(escape(p["a"]), escape(p["b"]), num.percent(p["agreement"]), num.count(p["only_a_correct"]),
                       num.count(p["only_b_correct"]), num.p_value(p["p_value"]), "[bold]yes[/bold]" if p["significant"] else "no")
     out.print(pairs)
 
 
-def _right(*names: str) -> list["Column"]:
-    """Columns of figures, right-aligned so their digits line up."""
+# Tables without vertical rules: eight columns of figures fit 80 columns.
+_COMPACT = {"box": None, "padding": (0, 1), "header_style": "bold"}
+
+
+def _ids(*names: str) -> list["Column"]:
+    """Columns of run ids: never cut."""
     from rich.table import Column
 
-    return [Column(name, justify="right") for name in names]
+    return [Column(name, no_wrap=True, min_width=len(name)) for name in names]
+
+
+def _right(*names: str) -> list["Column"]:
+    """Columns of figures, right-aligned so their digits line up, never cut short (a narrow
+    terminal wraps the header instead: a figure with an ellipsis would be a wrong figure)."""
+    from rich.table import Column
+
+    return [Column(name, justify="right", no_wrap=True, min_width=len(name)) for name in names]
 
 
 def _print_diff(result: Comparison) -> None:

@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -53,24 +52,7 @@ from llm_ledger.runners.openai_transport import make_client
 from llm_ledger.runners.prepare import prepare
 from llm_ledger.runners.session import run_prepared
 from llm_ledger.runners.transport import TransportSpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_simulator(port: int, *flags: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "simulate", "--port", str(port), *flags],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("simulator did not start")
+from simproc import free_port, start_simulator
 
 
 def write_dataset(path: str, n: int) -> None:

@@ -32,21 +32,16 @@ import json
 import os
 import resource
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from simproc import free_port, start_simulator
+
 TARGETS = {"new_run_first_request_s": 4.0, "resume_first_request_s": 2.0, "resume_peak_rss_mb": 300.0,
            "help_s": 0.3, "status_s": 0.3}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_dataset(path: str, n: int) -> None:
@@ -54,18 +49,6 @@ def write_dataset(path: str, n: int) -> None:
         for i in range(n):
             f.write(json.dumps({"id": i, "prompt": f"What is {i} plus {i % 97}? Answer:",
                                 "expected": str(i + i % 97)}) + "\n")
-
-
-def start_simulator(port: int, request_log: str, env: dict[str, str]) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "simulate", "--port", str(port),
-                             "--request-log", request_log], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    for _ in range(400):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.1).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("simulator did not start")
 
 
 class RequestLog:
@@ -162,7 +145,7 @@ def main() -> None:
     runs = tempfile.mkdtemp(prefix="runs-", dir=work)
     request_log = os.path.join(work, f"requests-{os.getpid()}.jsonl")
     port = free_port()
-    sim = start_simulator(port, request_log, env)
+    sim = start_simulator(port, "--request-log", request_log, env=env)
     result: dict[str, object] = {"items": args.items, "dataset_mb": round(os.path.getsize(dataset) / 1e6, 1),
                                  "src": args.src or "installed", "measured_at": "simulator request log (first request's t)"}
     try:

@@ -70,6 +70,8 @@ def _non_finite(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return any(_non_finite(v) for v in value)
     return False
+
+
 _PATH = "/chat/completions"
 _CONNECT = 10.0  # seconds: a connection that is not up by then will not be
 

@@ -198,8 +198,11 @@ class Session:
                               f"run `ledger resume` again to rebuild it")
 
     def _works(self) -> Iterator[Work | None]:
-        states = self.index.get_many if self.prepared.resume else None  # a new run has no states yet
-        return resume_works(self.prepared, states, self.projector.conversation)
+        # A new run has no states to look up -- unless another process ran the same new run id
+        # between our checks and our lock: then its durable replies must not be bought again.
+        counts = self.index.counts()
+        fresh = not self.prepared.resume and counts["done"] + counts["failed"] + counts["in_flight"] == 0
+        return resume_works(self.prepared, None if fresh else self.index.get_many, self.projector.conversation)
 
     # -- running -------------------------------------------------------------------------
 

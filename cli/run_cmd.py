@@ -217,7 +217,11 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
             raise
         stop_live(live)
         resume = f"; {resume_line(prepared.paths)}" if opened else ""
-        err.print(f"error: internal error: {type(exc).__name__}: {exc}{resume}", markup=False, highlight=False)
+        from llm_ledger.runners.prepare import secrets_of
+        from llm_ledger.runners.redaction import redact
+
+        text = redact(" ".join(f"{type(exc).__name__}: {exc}".split())[:500], secrets_of(prepared.api_key, prepared.config))
+        err.print(f"error: internal error: {text}{resume}", markup=False, highlight=False)  # one line, no key
         return 1
     finally:
         stop_live(live)

@@ -44,7 +44,8 @@ def handled() -> Iterator[None]:
         raise typer.Exit(0) from None
     except (LedgerError, OSError) as exc:
         _quiet_after_error()
-        raise fail(_escape(error_line(exc)[0]), error_line(exc)[1]) from None
+        text, code = error_line(exc)
+        raise fail(_escape(text), code) from None
 
 
 def error_line(exc: LedgerError | OSError) -> tuple[str, int]:

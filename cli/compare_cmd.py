@@ -8,17 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.markup import escape
 
-if TYPE_CHECKING:
-    from rich.table import Column
-
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.projections import numbers as num
 
 from .app import app
+from .common import RunsDir, handled, out
 
 if TYPE_CHECKING:
+    from rich.table import Column
+
     from llm_ledger.projections.compare import Comparison
-from .common import RunsDir, handled, out
 
 
 @app.command("compare")

@@ -9,20 +9,19 @@ import typer
 from rich.markup import escape
 
 from llm_ledger.ledger import fs
+from llm_ledger.ledger.errors import LedgerError
 from llm_ledger.ledger.layout import find_run
+from llm_ledger.projections.numbers import count, plural
 from llm_ledger.runners.parsers import PARSERS
 
-from llm_ledger.ledger.errors import LedgerError
-from llm_ledger.projections.numbers import plural
-
 from .app import app
+from .common import RunsDir, err, error_line, fail, handled, out, resume_line
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from llm_ledger.runners.prepare import Prepared
     from llm_ledger.runners.session import Session
-from .common import RunsDir, err, error_line, fail, handled, out, resume_line
 
 
 PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
@@ -255,16 +254,12 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     elif pending:
         lines.append(f"the session ended with {items} (neither done nor failed)")
     if code in (75, 130) or pending:
-        lines.append(_resume_line(prepared))
+        lines.append(resume_line(prepared.paths))
     return lines
 
 
-def _resume_line(prepared: "Prepared") -> str:
-    return resume_line(prepared.paths)
-
-
 def _say_resume(prepared: "Prepared") -> None:
-    err.print(_resume_line(prepared), markup=False, highlight=False)
+    err.print(resume_line(prepared.paths), markup=False, highlight=False)
 
 
 def _print_header(prepared: "Prepared", session: "Session") -> None:
@@ -285,8 +280,6 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
 
 def dataset_extent(items: int, limit: int | None, seed: int | None, samples: int) -> str:
     """``10 items``, ``50 of 100,000 items (--limit 50, seed 7)``, ``... x 3 samples``."""
-    from llm_ledger.projections.numbers import count, plural
-
     if limit is not None and limit < items:
         chosen = f"seed {seed}" if seed is not None else f"the first {count(limit)}"
         extent = f"{count(limit)} of {plural(items, 'item')} (--limit {limit}, {chosen})"

@@ -91,6 +91,9 @@ class LogWriter:
         self._dead: BaseException | None = None
         self._closing = False
         self.listener_errors: list[BaseException] = []
+        # Submissions (``submit``: nobody waits) refused because they could not be encoded:
+        # no producer hears of it, so their errors are kept here for the runner to report.
+        self.refused: list[UnencodableEventError] = []
         self.groups = 0  # commit groups written (one fdatasync each)
         self.cpu_seconds = 0.0  # the writer thread's CPU time, once it has ended (bench/run.py)
         # Seconds to wait for company when a group starts with a fire-and-forget submit
@@ -252,7 +255,7 @@ class LogWriter:
         if payload and len(payload) <= MAX_FRAME:
             groups = [(stamped, payload)]
         else:  # rare: split oversize batches, fail only the unencodable submissions
-            groups = _regroup(stamped)
+            groups = _regroup(stamped, self.refused)
             if not groups:
                 return
         # One write + one fdatasync per frame: a frame is written only once every frame
@@ -351,16 +354,21 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[fs.write(fd, view) :]
 
 
-def _regroup(stamped: list[tuple[list[Event], Any]]) -> list[tuple[list[tuple[list[Event], Any]], bytes]]:
+def _regroup(stamped: list[tuple[list[Event], Any]],
+             refused: list[UnencodableEventError]) -> list[tuple[list[tuple[list[Event], Any]], bytes]]:
     """Frames of at most about MAX_FRAME payload bytes, never splitting a submission
-    (append_many is all or nothing). A submission that cannot be encoded fails alone; the
-    seqs of the others are renumbered so the log stays gapless."""
+    (append_many is all or nothing). A submission that cannot be encoded fails alone (one
+    without a waiter is kept in ``refused``); the seqs of the others are renumbered so the
+    log stays gapless."""
     encoded: list[tuple[list[Event], Any, int]] = []
     for events, waiter in stamped:
         try:
             encoded.append((events, waiter, sum(len(_checked(e)) for e in events)))
         except (msgspec.EncodeError, msgspec.DecodeError, TypeError, ValueError, OverflowError, RecursionError) as exc:
-            _resolve(waiter, None, UnencodableEventError(f"event cannot be encoded: {exc}"))
+            error = UnencodableEventError(f"{type(events[0]).__name__} event cannot be encoded: {exc}")
+            if waiter is None:
+                refused.append(error)
+            _resolve(waiter, None, error)
     if not encoded:
         return []
     seq = stamped[0][0][0].seq

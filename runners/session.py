@@ -33,6 +33,7 @@ from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.projector import Projector
 
+from .engine import SHOWN_INTERNAL
 from .plan import Found, planned_items, resume_found, resume_works
 from .prepare import Prepared, secrets_of
 from .registry import RUNNERS, TRANSPORTS
@@ -172,6 +173,17 @@ class Session:
             except RuntimeError:  # the loop closed meanwhile
                 pass
 
+    def _report_refused(self) -> None:
+        """Events the writer refused with nobody waiting for them (``LogWriter.refused``) are
+        said at the end like internal errors: such an item may be left unfinished, never
+        silently."""
+        if self.runner is None or not self.writer.refused:
+            return
+        progress = self.runner.progress
+        progress.errors["internal"] = progress.errors.get("internal", 0) + len(self.writer.refused)
+        for error in self.writer.refused[: max(0, SHOWN_INTERNAL - len(progress.internal))]:
+            progress.internal.append(f"an event was not recorded: {error}")
+
     # -- planning ------------------------------------------------------------------------
 
     def begin(self) -> None:
@@ -260,6 +272,7 @@ class Session:
             error = exc
         finally:
             self.writer.close()
+            self._report_refused()
             self._frames.put(None)
             self._projecting.join()
             try:

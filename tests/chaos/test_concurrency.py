@@ -39,7 +39,7 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
     runs = str(tmp_path / "runs")
     run_dir = tmp_path / "runs" / "live"
     run = start_cli("run", str(data), "--runs-dir", runs, "--run-id", "live", "--parser", REGEX_PARSER, "--concurrency", "2",
-                    "--sim", json.dumps({"latency": 0.08}), cwd=tmp_path, name="live")
+                    "--sim", json.dumps({"latency": 0.15}), cwd=tmp_path, name="live")
     port = _free_port()
     view = None
     try:
@@ -52,6 +52,19 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
         view = start_cli("view", "--port", str(port), "--runs-dir", runs, cwd=tmp_path, name="view")
         before = run_dir / "events.log"
         size_before = before.stat().st_size
+
+        # -- readers during the run (one read at once, so that a loaded machine still sees it live)
+        seen_done, statuses, view_answers = [], set(), 0
+
+        def read_status() -> None:
+            r = run_cli("status", "live", "--json", "--runs-dir", runs, cwd=tmp_path)
+            assert r.returncode == 0, r
+            info = json.loads(r.stdout)
+            statuses.add(info["status"])
+            assert info["done"] <= info["planned"] == N, info
+            seen_done.append(info["done"])
+
+        read_status()
 
         # -- a second writer, in every form, is refused with the holder's pid
         writers = [("resume", "live", "--runs-dir", runs),
@@ -66,15 +79,8 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
             assert len(lines) == 1 and lines[0].startswith("error:") and f"pid {run.pid}" in lines[0], (args, r.stderr)
         assert run.poll() is None, "the run ended before every second writer was tried: make it slower"
 
-        # -- readers during the run
-        seen_done, statuses, view_answers = [], set(), 0
         while run.poll() is None:
-            r = run_cli("status", "live", "--json", "--runs-dir", runs, cwd=tmp_path)
-            assert r.returncode == 0, r
-            info = json.loads(r.stdout)
-            statuses.add(info["status"])
-            assert info["done"] <= info["planned"] == N, info
-            seen_done.append(info["done"])
+            read_status()
             code, runs_list = _get(f"http://127.0.0.1:{port}/api/runs")
             if code == 200:
                 view_answers += 1

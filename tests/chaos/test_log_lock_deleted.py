@@ -21,7 +21,7 @@ def test_a_second_writer_is_refused_after_the_lock_file_was_deleted(tmp_path):
     runs = str(tmp_path / "runs")
     run_dir = tmp_path / "runs" / "live"
     run = start_cli("run", str(data), "--runs-dir", runs, "--run-id", "live", "--parser", REGEX_PARSER, "--concurrency", "1",
-                    "--sim", json.dumps({"latency": 0.1}), cwd=tmp_path, name="live")
+                    "--sim", json.dumps({"latency": 0.2}), cwd=tmp_path, name="live")  # 6 s: long enough on a loaded machine
     deadline = time.monotonic() + 60
     held = lock_held_by(run_dir / "events.log.lock", run.pid)
     while not held():

@@ -4,10 +4,13 @@ Two ways to start `ledger ARGS`:
 
 * ``exec``: ``python -m cli ARGS``, exactly what a user runs (about 1 s of imports first).
 * ``fork``: a child forked from a warm multiprocessing *forkserver* that has imported the CLI
-  once; the child redirects stdout/stderr to files, installs an optional fault backend
-  for fs (oshim.py), and calls ``cli.app.main()``. It is a separate process with its own pid, lock,
-  embedded simulator and event loop -- SIGKILL means the same thing -- but starts in a few
-  milliseconds, which is what lets the suite afford dozens of kills.
+  once; the child takes exactly the caller's environment, sys.path as ``python -m`` builds it
+  (working directory, ``PYTHONPATH``), fresh random numbers, stdin/stdout/stderr files,
+  installs an optional fault backend for fs (oshim.py), and calls ``cli.app.main()``. It is a
+  separate process with its own pid, lock, embedded simulator and event loop -- SIGKILL means
+  the same thing -- but starts in a few milliseconds instead of a second of imports: what
+  lets the suite afford dozens of kills, and every `run_cli` of conftest.py use it too.
+  Tests of what a process imports (test_startup.py) run fresh interpreters.
 
 Kill moments are never fixed sleeps (those land before start or after the end): a trigger
 is polled (the simulator's request log reached N new lines, the run lock names the child's
@@ -16,8 +19,10 @@ pid, ...) and only then a small seeded delay is added.
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -28,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CliProc", "start_cli", "run_cli", "kill_when", "lines_after", "lock_held_by", "PRELOAD"]
+__all__ = ["CliProc", "Hung", "start_cli", "run_cli", "kill_when", "lines_after", "lock_held_by", "PRELOAD"]
 
 PRELOAD = [
     "llm_ledger.cli.app", "llm_ledger.cli.common", "llm_ledger.cli.run_cmd", "llm_ledger.cli.status_cmd", "llm_ledger.cli.log_cmd", "llm_ledger.cli.replay_cmd",
@@ -63,14 +68,26 @@ def _context() -> Any:
         return _ctx
 
 
-def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], shim: dict | None) -> None:
-    """Body of a forked child: become `ledger ARGS` with stdout/stderr in files."""
-    for path, target in ((out, 1), (err, 2)):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], shim: dict | None,
+           stdin: str | None = None) -> None:
+    """Body of a forked child: become `ledger ARGS` as a fresh `python -m llm_ledger.cli`
+    would be -- its environment exactly ``env``, sys.path from its working directory and
+    ``PYTHONPATH``, its own random numbers -- with stdin/stdout/stderr in files."""
+    for path, target, flags in ((stdin or os.devnull, 0, os.O_RDONLY),
+                                (out, 1, os.O_WRONLY | os.O_CREAT | os.O_APPEND),
+                                (err, 2, os.O_WRONLY | os.O_CREAT | os.O_APPEND)):
+        fd = os.open(path, flags, 0o644)
         os.dup2(fd, target)
         os.close(fd)
+    if stdin is not None:  # multiprocessing closed sys.stdin; a command reading it gets the file
+        sys.stdin = open(0, encoding="utf-8", closefd=False)
     os.chdir(cwd)
+    os.environ.clear()
     os.environ.update(env)
+    extra = [os.path.abspath(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:] = [os.getcwd(), *extra, *[p for p in sys.path if p not in extra and p != os.getcwd()]]
+    importlib.invalidate_caches()
+    random.seed()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     code = 1
     try:
@@ -78,14 +95,17 @@ def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], s
             from chaos.oshim import install_in_child
 
             install_in_child(shim)
-        from llm_ledger.cli.app import _register, app
+        from llm_ledger.cli.app import main
 
-        _register()
         sys.argv = ["ledger", *args]
-        app()
+        main()
         code = 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if exc.code is not None and not isinstance(exc.code, int):
+            print(exc.code, file=sys.stderr)
+    except KeyboardInterrupt:
+        code = 130
     except BaseException:
         traceback.print_exc()
     finally:
@@ -98,21 +118,28 @@ def _child(args: list[str], cwd: str, out: str, err: str, env: dict[str, str], s
             os._exit(code)
 
 
+class Hung(AssertionError):
+    """A child that did not end in time (it was killed)."""
+
+
 class CliProc:
     """One `ledger` child process; ``out`` and ``err`` are files (read them after it ends)."""
 
     def __init__(self, args: list[str], cwd: Path, out: Path, err: Path, *, mode: str = "fork",
-                 env: dict[str, str] | None = None, shim: dict | None = None) -> None:
+                 env: dict[str, str] | None = None, shim: dict | None = None, stdin: Path | None = None) -> None:
+        """``env``: over this process's environment (``full_env``: the whole of it)."""
         self.args, self.out, self.err = args, out, err
         self.mode = mode
+        full_env = {**os.environ, **(env or {})}
         if mode == "exec":
             assert shim is None, "fault shims need the fork mode"
-            with open(out, "ab") as o, open(err, "ab") as e:
+            with open(out, "ab") as o, open(err, "ab") as e, open(stdin or os.devnull, "rb") as i:
                 self._popen = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", *args], cwd=cwd, stdout=o, stderr=e,
-                                               env={**os.environ, **(env or {})})
+                                               stdin=i, env=full_env)
             self.pid = self._popen.pid
         else:
-            self._proc = _context().Process(target=_child, args=(args, str(cwd), str(out), str(err), env or {}, shim))
+            self._proc = _context().Process(target=_child, args=(args, str(cwd), str(out), str(err), full_env, shim,
+                                                                 None if stdin is None else str(stdin)))
             self._proc.start()
             self.pid = self._proc.pid
 
@@ -137,12 +164,12 @@ class CliProc:
             except subprocess.TimeoutExpired:
                 self.kill()
                 self._popen.wait()
-                raise AssertionError(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
+                raise Hung(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
         self._proc.join(timeout)
         if self._proc.exitcode is None:
             self.kill()
             self._proc.join()
-            raise AssertionError(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
+            raise Hung(f"`ledger {' '.join(self.args)}` hung for {timeout} s (killed)")
         return self._exitcode()
 
     def _exitcode(self) -> int:
@@ -168,11 +195,13 @@ _counter_lock = threading.Lock()
 
 
 def start_cli(*args: str, cwd: Path, mode: str = "fork", env: dict[str, str] | None = None,
-              shim: dict | None = None, name: str = "") -> CliProc:
+              shim: dict | None = None, name: str = "", files: Path | None = None, stdin: Path | None = None) -> CliProc:
+    """``files``: where its stdout/stderr files go (default: ``cwd``)."""
     with _counter_lock:
         n = next(_counter)
-    stem = Path(cwd) / f"cli-{name or args[0]}-{n}"
-    return CliProc(list(args), Path(cwd), stem.with_suffix(".out"), stem.with_suffix(".err"), mode=mode, env=env, shim=shim)
+    stem = Path(files or cwd) / f"cli-{name or args[0]}-{n}"
+    return CliProc(list(args), Path(cwd), stem.with_suffix(".out"), stem.with_suffix(".err"), mode=mode, env=env, shim=shim,
+                   stdin=stdin)
 
 
 class Result:

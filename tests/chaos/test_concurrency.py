@@ -1,11 +1,12 @@
 """Other processes during a run: a second writer is refused naming the holder's pid (exit 2,
 nothing written); `ledger status`, `ledger log --follow`, `ledger view` and `ledger export`
-read safely while it runs, and what they saw agrees with the finished run.
+read safely while it runs, and what they saw agrees with the log the run leaves.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 import urllib.request
@@ -15,7 +16,7 @@ from chaos.chains import REGEX_PARSER
 from chaos.invariants import read_log
 from chaos.procs import lock_held_by, run_cli, start_cli
 
-N = 40
+N = 400  # far more than the test waits for: it ends the run with Ctrl-C once it has seen what it came for
 
 
 def _free_port() -> int:
@@ -79,7 +80,9 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
             assert len(lines) == 1 and lines[0].startswith("error:") and f"pid {run.pid}" in lines[0], (args, r.stderr)
         assert run.poll() is None, "the run ended before every second writer was tried: make it slower"
 
-        while run.poll() is None:
+        rounds = 0
+        while run.poll() is None and (rounds < 3 or not view_answers) and rounds < 50:
+            rounds += 1
             read_status()
             code, runs_list = _get(f"http://127.0.0.1:{port}/api/runs")
             if code == 200:
@@ -95,7 +98,9 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
             r = run_cli("export", "live", "jsonl", "-o", str(export), "--runs-dir", runs, cwd=tmp_path)
             assert r.returncode == 0, r
             assert len(export.read_bytes().splitlines()) <= N
-        assert run.wait() == 0, run.stderr
+        assert run.poll() is None, "the run ended before the readers were done: make it longer"
+        run.signal(signal.SIGINT)  # a graceful stop: what was read must agree with the log it leaves
+        assert run.wait() == 130, run.stderr
         assert "running" in statuses and seen_done == sorted(seen_done), (statuses, seen_done)
         assert view_answers, "`ledger view` never answered during the run"
         assert follow.wait(30) == 0, follow.stderr
@@ -114,7 +119,8 @@ def test_second_writers_are_refused_and_readers_read_safely_during_a_run(tmp_pat
     assert followed == [json.loads(line) for line in r.stdout.splitlines()]
     assert [e["seq"] for e in followed] == list(range(1, len(events) + 1))
     info = json.loads(run_cli("status", "live", "--json", "--runs-dir", runs, cwd=tmp_path).stdout)
-    assert (info["status"], info["done"]) == ("completed", N), info
+    parsed = {e.item_id for e in events if e.__class__.__name__ == "Parsed"}
+    assert info["status"] != "running" and info["done"] == len(parsed) >= max(seen_done), (info, len(parsed))
 
 
 def test_log_follow_of_a_run_killed_with_sigkill_ends_with_exactly_the_durable_events(tmp_path):

@@ -10,10 +10,11 @@ the one in effect (``cleared`` puts the machine's verdict back); earlier ones ar
 ``correct_reviewed`` in ``responses.jsonl`` is the fold's (a rebuild applies each key's
 latest review at the item's finishing parse, like a re-parse: ``overrides.py``). A review
 also **carries over** to other runs of the same item: when projecting or reading across
-runs (``compare``, the viewer), a row that has no review of its own takes the verdict of
-the newest non-stale review, in any run of the same runs directory, of the same item id
-with the same expected answer and a reply of the same sha256 (``CarriedReviews``). It is
-not written into the other run's log: that run's own files stay a fold of its own log.
+runs (``compare``, the viewer), a row that has no review of its own in effect takes the
+verdict of the newest non-stale review, in any run of the same runs directory, of the same
+item id with the same expected answer and a reply of the same sha256 (``verdicts``); a
+review of that item for another reply is shown as stale and not applied. It is not written
+into the other run's log: that run's own files stay a fold of its own log.
 
 ``review_rows`` / ``review_table`` give a run's reviews as rows / an Arrow table (the
 ``reviews`` view of ``ledger sql``). Columns: run_id, item_id, sample, turn, seq,
@@ -33,7 +34,7 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.layout import RunPaths
 
 __all__ = ["ReviewRow", "REVIEWS_FILE", "reply_sha256", "encode_reviews", "read_reviews", "review_rows", "review_table",
-           "verdict_value", "CarriedReviews", "Carried", "reviews_path", "reviews_stamp", "SCHEMA_FIELDS"]
+           "verdict_value", "Verdict", "verdicts", "sibling_runs", "reviews_path", "reviews_stamp", "SCHEMA_FIELDS"]
 
 REVIEWS_FILE = "reviews.jsonl"
 Key = tuple[str, int]
@@ -135,43 +136,139 @@ def reviews_stamp(runs_dir: str) -> tuple:
     return tuple(stamps)
 
 
-class Carried(msgspec.Struct, frozen=True, kw_only=True):
-    """A verdict from another run, for a reply of the same text."""
+class Verdict(msgspec.Struct, frozen=True, kw_only=True):
+    """The review that bears on one row of a run, as compare and the viewer show it: its own
+    (``carried`` false) or one carried from another run for the same reply text. ``stale``:
+    given for another reply, so not applied (the row keeps the machine's verdict)."""
 
-    run_id: str
     verdict: str
-    note: str
-    who: str
-    ts: float
+    run_id: str
+    note: str = ""
+    who: str = ""
+    ts: float = 0.0
+    stale: bool = False
+    carried: bool = False
+
+    def value(self, own: bool | None) -> bool | None:
+        """The row's ``correct_reviewed`` with this review: a carried verdict that applies, or
+        ``own`` (the row's, from its run's fold: its own review is applied there already)."""
+        if self.carried and not self.stale:
+            return verdict_value(self.verdict)
+        return own
+
+    @property
+    def applied(self) -> bool:
+        return not self.stale and self.verdict in ("correct", "incorrect")
 
 
-class CarriedReviews:
-    """The latest non-stale verdicts of the runs of one runs directory, by (item id,
-    expected answer, reply sha256): what another run of the same item with the same reply
-    takes as its ``correct_reviewed`` where it has no review of its own."""
+class _Line(msgspec.Struct, gc=False):
+    item_id: str
+    sample: int = 0
+    expected: Any = None
+    response: str | None = None
 
-    def __init__(self, runs: Sequence[RunPaths], expected: dict[str, dict[Key, Any]]) -> None:
-        """``expected``: per run id, the expected answer of each reviewed key (from its rows)."""
-        self._by_reply: dict[tuple[str, str, str], Carried] = {}
-        self.item_ids: set[str] = set()
-        for paths in runs:
-            answers = expected.get(paths.run_id, {})
-            for r in read_reviews(paths):
-                if not r.latest or r.stale or r.verdict not in ("correct", "incorrect"):
+
+_decode_rows = msgspec.json.Decoder(_Line).decode
+
+
+def _rows(paths: RunPaths, item_ids: set[str]) -> dict[Key, _Line]:
+    """The last line per key of a run's ``responses.jsonl``, for these item ids only."""
+    out: dict[Key, _Line] = {}
+    try:
+        with fs.open_file(paths.responses, "rb") as f:
+            for line in f:
+                if not line.endswith(b"\n"):
+                    break  # a live writer's line in progress
+                try:
+                    row = _decode_rows(line)
+                except msgspec.DecodeError:
                     continue
-                key = (r.item_id, _expected_text(answers.get((r.item_id, r.sample))), r.reply_sha256)
-                known = self._by_reply.get(key)
-                if known is None or known.ts < r.ts:
-                    self._by_reply[key] = Carried(run_id=paths.run_id, verdict=r.verdict, note=r.note, who=r.who, ts=r.ts)
-                    self.item_ids.add(r.item_id)
+                if row.item_id in item_ids:
+                    out[(row.item_id, row.sample)] = row
+    except OSError:
+        pass
+    return out
 
-    def __bool__(self) -> bool:
-        return bool(self._by_reply)
 
-    def find(self, item_id: str, expected: Any, sha256: str, run_id: str) -> Carried | None:
-        """The verdict carried to ``run_id``'s reply of this item (never its own review)."""
-        found = self._by_reply.get((item_id, _expected_text(expected), sha256))
-        return found if found is not None and found.run_id != run_id else None
+def sibling_runs(runs: Sequence[RunPaths]) -> list[RunPaths]:
+    """Every run of the runs directories these runs are in (where reviews carry from)."""
+    seen: dict[str, RunPaths] = {}
+    for parent in dict.fromkeys(os.path.dirname(os.path.abspath(p.dir)) for p in runs):
+        try:
+            names = sorted(fs.listdir(parent))
+        except OSError:
+            continue
+        for name in names:
+            paths = RunPaths(os.path.join(parent, name))
+            if os.path.isfile(paths.log):
+                seen.setdefault(os.path.abspath(paths.dir), paths)
+    return list(seen.values())
+
+
+def verdicts(runs: Sequence[RunPaths], keys: Sequence[Iterable[Key]] | None = None,
+             siblings: Sequence[RunPaths] | None = None) -> list[dict[Key, Verdict]]:
+    """Per run, the review bearing on each of its rows that has one: its own latest review
+    (stale or not), else the newest non-stale verdict another run gave for the same item (id
+    and expected answer) and the same reply text (``carried``), else, when other runs
+    reviewed the item for other replies, the newest of those, marked stale.
+
+    ``siblings``: the runs reviews carry from (default: every run of the runs' directories);
+    ``keys``: per run, the keys to consider (default: all)."""
+    siblings = sibling_runs(runs) if siblings is None else siblings
+    given = _given(siblings)
+    item_ids = {item for item, _, _ in given}
+    out: list[dict[Key, Verdict]] = []
+    for i, paths in enumerate(runs):
+        found: dict[Key, Verdict] = {}
+        for r in read_reviews(paths):
+            if r.latest:
+                found[(r.item_id, r.sample)] = Verdict(verdict=r.verdict, run_id=paths.run_id, note=r.note, who=r.who,
+                                                       ts=r.ts, stale=r.stale)
+        if item_ids:
+            wanted = None if keys is None else set(keys[i])
+            for key, row in _rows(paths, item_ids).items():
+                mine = found.get(key)
+                if (mine is not None and not mine.stale) or (wanted is not None and key not in wanted):
+                    continue
+                carried = _carried(given, paths.run_id, row)
+                if carried is not None and (mine is None or not carried.stale):
+                    found[key] = carried
+        out.append(found)
+    return out
+
+
+_Given = dict[tuple[str, str, str], list[tuple[str, ReviewRow]]]
+
+
+def _given(runs: Sequence[RunPaths]) -> _Given:
+    """(item id, expected as JSON, reply sha256) -> the latest non-stale verdicts given for
+    that reply, with the run that gave each."""
+    given: _Given = {}
+    for paths in runs:
+        reviews = [r for r in read_reviews(paths) if r.latest and not r.stale and r.verdict in ("correct", "incorrect")]
+        if not reviews:
+            continue
+        rows = _rows(paths, {r.item_id for r in reviews})
+        for r in reviews:
+            row = rows.get((r.item_id, r.sample))
+            if row is not None:
+                given.setdefault((r.item_id, _expected_text(row.expected), r.reply_sha256), []).append((paths.run_id, r))
+    return given
+
+
+def _carried(given: _Given, run_id: str, row: _Line) -> Verdict | None:
+    """The newest verdict another run gave for this row's reply; else the newest it gave for
+    another reply of the same item (stale); else None."""
+    expected = _expected_text(row.expected)
+    same = given.get((row.item_id, expected, reply_sha256(row.response)), [])
+    others = [(run, r) for (item, exp, _), found in given.items() if item == row.item_id and exp == expected
+              for run, r in found] if not any(run != run_id for run, _ in same) else []
+    for stale, candidates in ((False, same), (True, others)):
+        candidates = [(run, r) for run, r in candidates if run != run_id]
+        if candidates:
+            run, r = max(candidates, key=lambda c: (c[1].ts, c[0]))
+            return Verdict(verdict=r.verdict, run_id=run, note=r.note, who=r.who, ts=r.ts, stale=stale, carried=True)
+    return None
 
 
 def _expected_text(value: Any) -> str:

@@ -10,9 +10,10 @@ person compares by (``Row.categories``):
                (two runs: "all differ"; the old "disagreements")
     alldiffer  three runs or more: every run gave a different answer
     wrong      wrong in any run (any key, shared or not)
-    toreview   the review queue: the runs' answers differ, or a run's reply failed to parse
-               (a reply with no parsed value and a parse error), and some run's answer still
-               has no verdict in effect (its own review or one carried for the same reply)
+    toreview   the review queue: a run's reply failed to parse (a reply with no parsed value
+               and a parse error) or the runs' parsed answers differ, and one of those answers
+               (the unparsed replies; the parsed ones when they differ) still has no verdict in
+               effect (its run's own review, or one carried for the same reply)
 
 ``Table.view`` applies the search and the metadata filters, counts each category among
 what remains (the numbers on the filter buttons), then keeps the one category asked for and
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import re
 import threading
+
+import msgspec
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -33,6 +36,8 @@ from llm_ledger.projections.compare import AnswerIndex, AnswerText, Coverage, as
 from llm_ledger.projections.reviews import Verdict
 
 from .metadata import fields_of
+
+_json = msgspec.json.Encoder(order="deterministic")
 
 __all__ = ["Row", "Table", "Query", "CATEGORIES"]
 
@@ -71,18 +76,21 @@ def _parse_failed(a: AnswerText | None) -> bool:
     return a is not None and a.response is not None and a.parsed is None and a.error is not None
 
 
-def _to_review(answers: list[AnswerText | None], verdicts: list[Verdict | None], differ: bool) -> bool:
-    """In the review queue: answers differ or a reply failed to parse, and some answer has no verdict yet."""
-    if not (differ or any(_parse_failed(a) for a in answers)):
-        return False
-    return any(a is not None and a.response is not None and (v is None or not v.applied) for a, v in zip(answers, verdicts))
+def _to_review(answers: list[AnswerText | None], verdicts: list[Verdict | None]) -> bool:
+    """In the review queue: an answer that needs a person's look has no verdict yet. Those are
+    the replies that failed to parse, and, when the parsed answers differ, every parsed one."""
+    failed = [i for i, a in enumerate(answers) if _parse_failed(a)]
+    parsed = [i for i, a in enumerate(answers) if a is not None and a.response is not None and i not in failed]
+    differ = len({_json.encode(normalized(answers[i].parsed)) for i in parsed}) > 1  # type: ignore[union-attr]
+    look = failed + (parsed if differ else [])
+    return any(verdicts[i] is None or not verdicts[i].applied for i in look)  # type: ignore[union-attr]
 
 
 def _categories(answers: list[AnswerText | None], verdicts: list[Verdict | None] | None = None) -> tuple[bool | None, frozenset[str]]:
     verdicts = verdicts or [None] * len(answers)
     found = {"wrong"} if any(a is not None and a.correct is False for a in answers) else set()
     if len(answers) < 2 or any(a is None for a in answers):
-        if _to_review(answers, verdicts, False):
+        if _to_review(answers, verdicts):
             found.add("toreview")
         return None, frozenset(found)
     parsed = [normalized(a.parsed) for a in answers]  # type: ignore[union-attr]
@@ -97,7 +105,7 @@ def _categories(answers: list[AnswerText | None], verdicts: list[Verdict | None]
     right = [i for i, c in enumerate(correct) if c is True]
     if len(right) == 1 and all(c is False for i, c in enumerate(correct) if i != right[0]):
         found.add(f"only{right[0]}")
-    if _to_review(answers, verdicts, not agree):
+    if _to_review(answers, verdicts):
         found.add("toreview")
     return agree, frozenset(found)
 

@@ -14,7 +14,8 @@ started with ``--review``, which adds the one endpoint that writes, ``POST /api/
                          M items"); ``diff=1`` and ``wrong=1`` are the old names of
                          ``show=differ`` and ``show=wrong``
     /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts,
-                         with latency (``latency_s``) and ``usage`` summed over its replies
+                         with latency (``latency_s``) and ``usage`` summed over its replies, and
+                         its ``answer`` as a row of /api/items has it (verdicts included)
     /api/charts          ?run=A&run=B&group=FIELD: per run, the figures of projections/charts.py
                          (accuracy and its 95% CI, per value of FIELD too; latency histogram;
                          requests / replies / 429s / errors over time, from the log)
@@ -341,6 +342,10 @@ def _api_item(request: Request) -> Response:
     stories = [_story(runs.paths(n), item, sample) for n in names]
     if not any(s["found"] or s.get("error") for s in stories):
         raise _not_found(f"no item {item!r} sample {sample} in {', '.join(names)}")
+    row = runs.table(names).row((item, sample))
+    for i, story in enumerate(stories):  # its row of the table: the verdicts bearing on it
+        answer = row.answers[i] if row is not None else None
+        story["answer"] = None if answer is None else _answer_json(answer, row.verdicts[i])  # type: ignore[union-attr]
     return _respond({"item_id": item, "sample": sample, "runs": stories})
 
 

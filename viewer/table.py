@@ -171,6 +171,7 @@ class Table:
         for index in indexes:
             keys.update(dict.fromkeys(index.answers))
         self.rows = [self._row(k, indexes, metadata(k), self.verdicts) for k in sorted(keys, key=key_order)]
+        self._by_key = {r.key: r for r in self.rows}
         self.fields = fields_of([r.metadata for r in self.rows])
         self.notes = notes or []  # why a run's items have no metadata
         self.disagreements = sum(r.agree is False for r in self.rows)
@@ -194,6 +195,9 @@ class Table:
         return {**accuracy(reviewed(a, found, k) for k, a in index.answers.items()),
                 "verdicts": sum(v.applied for v in applied), "carried": sum(v.applied and v.carried for v in applied),
                 "stale": sum(v.stale for v in applied)}
+
+    def row(self, key: Key) -> Row | None:
+        return self._by_key.get(key)
 
     def category_names(self) -> list[str]:
         names = [f"only{i}" for i in range(self.n_runs)] + ["allwrong", "differ"] if self.n_runs > 1 else []

@@ -479,9 +479,8 @@ async function openDetail(item, sample) {
   try {
     const data = await getJSON("/api/item", query({ item, sample }));
     if (state.item !== item || state.sample !== sample) return; // moved on meanwhile
-    const shown = state.rows.find((r) => r.item_id === item && r.sample === sample);
     $("detail-body").replaceChildren(el("div", { class: "story-grid cols-" + Math.min(data.runs.length, 3) },
-      data.runs.map((run, i) => storyColumn(run, shown ? shown.answers[i] : null, item, sample))));
+      data.runs.map((run) => storyColumn(run, run.answer, item, sample))));
   } catch (e) {
     $("detail-body").replaceChildren(el("p", { class: "error", text: String(e.message || e) }));
   }

@@ -18,6 +18,12 @@ keep counting; if it then finishes, it gets a new line that supersedes the faile
 counts as scored and incorrect until it succeeds. Re-parses do not add lines: a rebuild
 applies them at the position of the original parse (overrides.py); the fold only counts
 re-parse sessions, so that a full fold knows it has to be redone with them.
+
+Reviews (``reviewed`` events, ``runners/review.py``) work the same way: a rebuild applies
+each key's latest review at the item's finishing parse, where a line gets its
+``correct_reviewed`` -- the person's verdict when the review judged this very reply text
+(its sha256), else the machine's ``correct``. The fold keeps every review (``reviews``, for
+``reviews.jsonl``) and marks it stale when its item gets a final reply of another text.
 """
 
 from __future__ import annotations

@@ -520,7 +520,8 @@ function storyColumn(run, answer, item, sample) {
     fact("Parsed", el("span", { class: "mono answer " + (c.correct === true ? "ok" : c.correct === false ? "bad" : ""), text: fmt(c.parsed) })),
     fact("Expected", el("span", { class: "mono", text: fmt(c.expected) })),
     fact("Correct", correctMark(c.correct)),
-    answer ? fact("Reviewed", correctMark(answer.correct_reviewed)) : null,
+    answer && answer.review && !answer.review.stale && answer.review.verdict !== "cleared"
+      ? fact("Reviewed", correctMark(answer.correct_reviewed)) : null,
     fact("Attempts", String(c.attempts)),
     fact("Latency", run.latency_s === null ? "–" : `${run.latency_s.toFixed(3)} s`),
     run.usage ? fact("Tokens", `${run.usage.prompt_tokens} in / ${run.usage.completion_tokens} out`) : null,

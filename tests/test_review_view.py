@@ -5,6 +5,11 @@ One real run "p" on the simulator (six items, the `choice` parser: the machine g
 right); "q" is a copy of it where two items were asked again (as a resume re-running them
 would): q1 answered with another letter (the runs disagree) and q2 with a reply the parser
 could not read (a parse failure). Those two rows are the "to review" queue.
+
+The last test drives the page in a real browser: `ledger view --review` in a subprocess,
+Debian's headless Chromium through Playwright (skipped, saying why, where either is
+missing): a click on a row's ✗ appends a `reviewed` event (read back from the log), the row
+leaves the queue, and the drawer's note form records a note the same way.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -26,8 +32,16 @@ from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.replay import replay
 from llm_ledger.viewer.app import create_app
+from test_view import view_server
 
 LETTERS = "ABCDAB"
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def reviews(runs: Path, run: str) -> list[Reviewed]:
+    return [e for e in iter_events(str(runs / run / "events.log")) if isinstance(e, Reviewed)]
 
 
 def reask(run: Path, item: str, text: str, parsed: Parsed) -> None:
@@ -39,7 +53,7 @@ def reask(run: Path, item: str, text: str, parsed: Parsed) -> None:
 
 
 def make_runs(root: Path) -> Path:
-    """Runs p and q as the module doc says (shared with test_review_browser)."""
+    """Runs p and q as the module doc says."""
     data, runs = root / "qa.jsonl", root / "runs"
     data.write_text("".join(json.dumps({"id": f"q{i}", "prompt": f"Question {i}? answer: {x}", "expected": x}) + "\n"
                             for i, x in enumerate(LETTERS)))
@@ -156,3 +170,43 @@ def test_bad_reviews_are_refused_and_write_nothing(runs):
         lock.release()
     assert r.status_code == 409 and "is live" in r.json()["error"]
     assert log.read_bytes() == before
+
+
+def test_review_buttons_append_verdicts_and_empty_the_queue(runs, tmp_path):
+    """In Chromium: the "To review" queue, a row's ✗ button, the drawer's note form."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing: install Debian's chromium (`apt-get install chromium`, as .ci/run does)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is missing: pip install playwright")
+    expect = sync_api.expect
+    problems: list[str] = []
+    with view_server(runs, "--review") as (_, _url, base), sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.set_default_timeout(15_000)
+            page.goto(base + "/?run=p&run=q&show=toreview")
+            rows = page.locator("#items-table tbody tr")
+            expect(rows).to_have_count(2)
+            expect(page.locator("#chips button[data-show='toreview'] .count")).to_have_text("2")
+            # q2: q's reply could not be parsed; mark it wrong from the table
+            q2 = page.locator("#items-table tbody tr[data-item='q2'] td[data-run='q']")
+            q2.locator("button[data-verdict='incorrect']").click()
+            expect(rows).to_have_count(1)
+            assert [(e.item_id, e.verdict) for e in reviews(runs, "q")] == [("q2", "incorrect")]
+            # q1: the runs disagree; judge both answers, q's with a note from the detail drawer
+            page.locator("#items-table tbody tr[data-item='q1'] td[data-run='p'] button[data-verdict='correct']").click()
+            expect(page.locator("#items-table tbody tr[data-item='q1'] td[data-run='p'] .review-mark")).to_have_text("✓ reviewed")
+            page.locator("#items-table tbody tr[data-item='q1'] .item-id").click()
+            form = page.locator("#detail .review-form[data-run='q']")
+            form.locator("input.review-note").fill("C is also accepted")
+            form.locator("button[data-verdict='correct']").click()
+            expect(rows).to_have_count(0)
+            expect(page.locator("#detail section.story[data-run='q'] .review-said")).to_contain_text("C is also accepted")
+            assert [(e.item_id, e.verdict, e.note) for e in reviews(runs, "q")][-1] == ("q1", "correct", "C is also accepted")
+            expect(page.locator(".card .reviewed-acc").nth(1)).to_have_attribute("data-reviewed", str(5 / 6))
+            page.screenshot(path=str(tmp_path / "review.png"))
+        finally:
+            browser.close()
+    assert problems == []

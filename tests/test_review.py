@@ -32,6 +32,7 @@ from llm_ledger.projections.reviews import review_rows, review_table
 from llm_ledger.projections.compare import compare_runs
 from llm_ledger.projections.export import export
 from llm_ledger.projections.replay import replay
+from llm_ledger.projections.show import item_story
 from llm_ledger.runners.reparse import reparse
 from llm_ledger.runners.review import find_target
 from llm_ledger.runners.review import review as review_item
@@ -131,6 +132,8 @@ def test_review_changes_reviewed_accuracy_by_exactly_the_verdicts_and_logs_who_h
     assert first.target_seq == reply.seq and first.reply_sha256 == hashlib.sha256(reply.text.encode()).hexdigest()
     assert (first.who, first.note, first.sample) == (getpass.getuser(), "the city is right", 0) and first.ts > reply.ts
 
+    story = item_story(RunPaths(str(runs / "a")), "cap0", 0)  # what `ledger show` prints
+    assert (story["review"]["verdict"], story["review"]["note"], story["review"]["stale"]) == ("correct", "the city is right", False)
     table = review_table([RunPaths(str(runs / "a"))])
     assert table.num_rows == 3 and table.column("verdict").to_pylist() == ["correct", "correct", "incorrect"]
     assert table.column_names[:3] == ["run_id", "item_id", "sample"] and not any(table.column("stale").to_pylist())

@@ -349,17 +349,19 @@ def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | No
         totals.scored -= expected not in (None, "")
     if state.samples > 1:
         totals.per_item.setdefault(row.item_id, []).append([correct, label(value) if ok else None])
-    reviewed = _reviewed(totals, overrides, key, row, correct)
-    # a retried failure had counted as scored and incorrect here too
-    totals.scored_reviewed += (reviewed is not None) - (retried and expected not in (None, ""))
-    totals.correct_reviewed += reviewed is True
+    reviewed = _reviewed(totals, overrides, key, row, correct) if overrides else correct  # (the hot path: no call)
+    if reviewed is not None:
+        totals.scored_reviewed += 1
+        totals.correct_reviewed += reviewed
+    if retried and expected not in (None, ""):
+        totals.scored_reviewed -= 1  # the failure it supersedes had counted as scored and incorrect
     return _line(row, value, correct, event.error, event, True, reviewed)
 
 
 def _reviewed(totals: Totals, overrides: Mapping[Key, Parsed] | None, key: Key, row: OpenRow, correct: bool | None) -> bool | None:
     """The item's ``correct_reviewed``: the verdict of its latest review (``overrides``: a
     rebuild's, overrides.py) when that review judged this very reply text, else ``correct``."""
-    reviews = getattr(overrides, "reviews", None) if overrides else None
+    reviews = getattr(overrides, "reviews", None)
     review = reviews.get(key) if reviews else None
     if review is None or review.verdict not in ("correct", "incorrect"):
         return correct

@@ -60,6 +60,7 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
     from rich.table import Column, Table
 
     _print_coverage(result)
+    reviewed = any(r["reviewed"] or r["stale_reviews"] for r in result.runs)
     table = Table(*_ids("run"), Column("model", overflow="fold"),
                   *_right("scored", "correct", "accuracy", "95% CI", "cost", "latency p50"),
                   title="accuracy on shared items", **_COMPACT)
@@ -70,17 +71,35 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
                       num.percent(acc), num.MISSING if ci is None else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
                       num.usd(summary.get("cost_usd")), num.ms((summary.get("latency_s") or {}).get("p50")))
     out.print(table)
+    if reviewed:
+        _print_reviewed(result)
     matrix = Table(*_ids(""), *_right(*(escape(r) for r in result.run_ids)), title="agreement (same parsed answer)",
                    **_COMPACT)
     for run, row in zip(result.run_ids, result.agreement):
         matrix.add_row(escape(run), *(num.percent(v) for v in row))
     out.print(matrix)
     pairs = Table(*_ids("A", "B"), *_right("agree", "only A right", "only B right", "p"), "p < 0.05",
-                  title="paired differences (McNemar exact test)", **_COMPACT)
+                  *(_right("p reviewed") if reviewed else ()), title="paired differences (McNemar exact test)", **_COMPACT)
     for p in result.pairs:
         pairs.add_row(escape(p["a"]), escape(p["b"]), num.percent(p["agreement"]), num.count(p["only_a_correct"]),
-                      num.count(p["only_b_correct"]), num.p_value(p["p_value"]), "[bold]yes[/bold]" if p["significant"] else "no")
+                      num.count(p["only_b_correct"]), num.p_value(p["p_value"]), "[bold]yes[/bold]" if p["significant"] else "no",
+                      *((num.p_value(p["reviewed"]["p_value"]),) if reviewed else ()))
     out.print(pairs)
+
+
+def _print_reviewed(result: Comparison) -> None:
+    """The accuracies with people's verdicts where given (``correct_reviewed``): their own
+    run's, or carried from another run for the same reply; stale ones are not applied."""
+    from rich.table import Table
+
+    table = Table(*_ids("run"), *_right("scored", "correct", "accuracy", "95% CI", "verdicts", "carried", "stale"),
+                  title="accuracy with reviews (people's verdicts where given)", **_COMPACT)
+    for r in result.runs:
+        ci = r["ci95_reviewed"]
+        table.add_row(escape(r["run_id"]), num.count(r["scored_reviewed"]), num.count(r["correct_reviewed"]),
+                      num.percent(r["accuracy_reviewed"]), num.MISSING if ci is None else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
+                      num.count(r["reviewed"]), num.count(r["carried"]), num.count(r["stale_reviews"]))
+    out.print(table)
 
 
 # Tables without vertical rules: eight columns of figures fit 80 columns.

@@ -43,6 +43,11 @@ def _print_story(story: dict) -> None:
     conversation = story["conversation"]
     if conversation:
         out.print(_answer(conversation))
+    review = story.get("review")
+    if review and review["verdict"] != "cleared":
+        how = "stale (given for another reply; not applied)" if review["stale"] else review["verdict"]
+        note = f": {review['note']}" if review["note"] else ""
+        out.print(f"reviewed: {how}, by {escape(review['who'])}{escape(note)}")
     for line in attempt_lines(story["events"]):
         style = {"ok": "green", "failed": "red"}.get(line.outcome, "yellow")
         out.print(f"{escape(line.label)}: [{style}]{line.outcome}[/{style}], {escape(line.details)}")

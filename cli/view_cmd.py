@@ -1,4 +1,4 @@
-"""`ledger view [RUN...] [--port N] [--host H]`."""
+"""`ledger view [RUN...] [--port N] [--host H] [--review]`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ def view(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to show side by side (default: a list of every run).", metavar="RUN")] = None,
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback lets others read your runs.")] = "127.0.0.1",
+    review: Annotated[bool, typer.Option("--review", help="Review mode: mark answers correct or incorrect (appends `reviewed` events).")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """A local, read-only web page: runs side by side, disagreements marked, every attempt."""
+    """A local web page: runs side by side, disagreements marked, every attempt; read-only unless --review."""
     if host not in ("127.0.0.1", "localhost", "::1"):
-        err.print(f"[yellow]warning:[/yellow] listening on {escape(host)}: anyone who can reach it can read these runs")
+        err.print(f"[yellow]warning:[/yellow] listening on {escape(host)}: anyone who can reach it can read these runs"
+                  + (" and review them" if review else ""))
     from llm_ledger.viewer import serve  # starlette and uvicorn load only for this command
 
     with handled():
-        serve(runs_dir, runs or [], host=host, port=port, on_ready=lambda url: out.print(f"ledger view: {url}  (Ctrl-C to stop)", markup=False))
+        serve(runs_dir, runs or [], host=host, port=port, review=review,
+              on_ready=lambda url: out.print(f"ledger view: {url}  ({'review mode; ' if review else ''}Ctrl-C to stop)", markup=False))

@@ -32,6 +32,8 @@ __all__ = [
     "SessionEnded",
     "Paused",
     "Resumed",
+    "Reviewed",
+    "VERDICTS",
     "encode",
     "decode",
     "encode_many",
@@ -144,6 +146,24 @@ class Resumed(EventBase, frozen=True, kw_only=True, tag="resumed"):
     endpoint: str = ""
 
 
+# -- a person's verdict on a reply (``ledger review``, the viewer's review mode) ----------
+
+VERDICTS = ("correct", "incorrect", "cleared")  # cleared: the machine's verdict stands again
+
+
+class Reviewed(ItemEvent, frozen=True, kw_only=True, tag="reviewed"):
+    """A person's verdict on the item's reply: the ``response`` it judged (``target_seq``)
+    and the sha256 of that reply's text, so that a verdict is applied only to the very text
+    it was given for (a different reply makes it stale) and can follow that text into other
+    runs of the same item. Not an item event to the lifecycle: it moves no state."""
+
+    target_seq: int = 0
+    reply_sha256: str = ""
+    verdict: str = "correct"  # one of VERDICTS
+    note: str = ""
+    who: str = ""  # the OS user name of the reviewer
+
+
 Event = (
     RunStarted
     | SessionStarted
@@ -154,6 +174,7 @@ Event = (
     | SessionEnded
     | Paused
     | Resumed
+    | Reviewed
 )
 
 # What projections decode: every event as it is, but a response without its raw body.
@@ -167,6 +188,7 @@ EventView = (
     | SessionEnded
     | Paused
     | Resumed
+    | Reviewed
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -12,6 +12,11 @@ wins, as for every reader of that file). Over the shared keys:
   first got right, ``c`` only the second; the two-sided p-value is
   ``min(1, 2 * P[X <= min(b, c)])`` for ``X ~ Binomial(b + c, 1/2)`` (1.0 when ``b + c = 0``).
 
+Both verdicts: ``correct`` (the machine's) and ``correct_reviewed`` (a person's where one
+is in effect: the run's own review, or one carried from another run of the runs directory
+for the same reply text, ``reviews.verdicts``). Each run's accuracy and each pair's McNemar
+test are given on both (``accuracy_reviewed``, ``pairs[].reviewed``).
+
 Keys that are not in every run are left out and counted per run: ``coverage`` is the one
 rule ``compare`` and the viewer follow for runs that do not hold the same items (different
 datasets, or one still going). Both say "the runs share N of M items" (M: keys in any run);
@@ -39,10 +44,11 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import RunPaths
 
+from .reviews import Verdict, verdicts
 from .scoring import normalize
 from .summary import wilson
 
-__all__ = ["Answer", "AnswerText", "AnswerIndex", "Comparison", "Coverage", "coverage", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
+__all__ = ["reviewed", "Answer", "AnswerText", "AnswerIndex", "Comparison", "Coverage", "coverage", "compare_runs", "key_order", "mcnemar_exact", "normalized", "write_csv", "as_text"]
 
 Key = tuple[str, int]
 TEXT_LIMIT = 4000  # characters of a response (and of a prompt) an AnswerText keeps in memory
@@ -58,6 +64,9 @@ class Answer(msgspec.Struct):
     expected: Any = None
     correct: bool | None = None
     error: str | None = None
+    # a person's verdict where the run's own review is in effect, else ``correct`` (a line
+    # written before reviews has none: UNSET, read as ``correct``)
+    correct_reviewed: bool | None | msgspec.UnsetType = msgspec.UNSET
 
 
 class AnswerText(Answer):
@@ -116,6 +125,8 @@ class AnswerIndex:
             answer = self._decode(line)
         except msgspec.DecodeError:
             return  # not a line the projector wrote whole; the next rebuild rewrites it
+        if answer.correct_reviewed is msgspec.UNSET:
+            answer.correct_reviewed = answer.correct
         if isinstance(answer, AnswerText):
             answer.response = _cut(answer.response)
             answer.prompt = _cut(as_text(answer.prompt))
@@ -199,6 +210,7 @@ class Comparison:
     agreement: list[list[float | None]]
     pairs: list[dict[str, Any]]
     coverage: Coverage
+    verdicts: list[dict[Key, Verdict]] = field(default_factory=list, repr=False)
 
     def same(self, key: Key) -> bool:
         first = normalized(self.answers[0][key].parsed)
@@ -212,10 +224,18 @@ class Comparison:
 
     def _item(self, key: Key) -> dict[str, Any]:
         first = self.answers[0][key]
-        return {"item_id": key[0], "sample": key[1], "expected": first.expected,
+        item = {"item_id": key[0], "sample": key[1], "expected": first.expected,
                 "answers": {r: a[key].parsed for r, a in zip(self.run_ids, self.answers)},
                 "correct": {r: a[key].correct for r, a in zip(self.run_ids, self.answers)},
+                "correct_reviewed": {r: reviewed(a[key], v, key) for r, a, v in zip(self.run_ids, self.answers, self._verdicts())},
                 "agree": self.same(key)}
+        found = {r: msgspec.to_builtins(v[key]) for r, v in zip(self.run_ids, self._verdicts()) if key in v}
+        if found:
+            item["reviews"] = found
+        return item
+
+    def _verdicts(self) -> list[dict[Key, Verdict]]:
+        return self.verdicts or [{} for _ in self.run_ids]
 
     def to_json(self, only_diff: bool = False) -> dict[str, Any]:
         data = {"runs": self.runs, "shared": len(self.shared), "coverage": self.coverage.to_json(),
@@ -237,11 +257,19 @@ def compare_runs(runs: Sequence[RunPaths]) -> Comparison:
     if not cover.shared:
         raise InputError(f"runs {', '.join(run_ids)}: {cover.message()}: nothing to compare")
     shared = _shared(answers)
-    rows = [_run_row(p, a, shared) for p, a in zip(runs, answers)]
+    found = verdicts(runs)
+    rows = [_run_row(p, a, shared, v) for p, a, v in zip(runs, answers, found)]
     agreement = [[_agreement(a, b, shared) for b in answers] for a in answers]
-    pairs = [_pair(run_ids[i], run_ids[j], answers[i], answers[j], shared)
+    pairs = [_pair(run_ids[i], run_ids[j], answers[i], answers[j], shared, (found[i], found[j]))
              for i in range(len(runs)) for j in range(i + 1, len(runs))]
-    return Comparison(run_ids, rows, shared, answers, agreement, pairs, cover)
+    return Comparison(run_ids, rows, shared, answers, agreement, pairs, cover, found)
+
+
+def reviewed(answer: Answer, found: dict[Key, Verdict], key: Key) -> bool | None:
+    """An answer's ``correct_reviewed``, with a verdict carried from another run if one applies."""
+    own = answer.correct if answer.correct_reviewed is msgspec.UNSET else answer.correct_reviewed
+    verdict = found.get(key)
+    return own if verdict is None else verdict.value(own)  # type: ignore[return-value]
 
 
 def _load(paths: RunPaths) -> dict[Key, Answer]:
@@ -262,12 +290,18 @@ def key_order(key: Key) -> tuple:
     return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in parts), key[1]
 
 
-def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key]) -> dict[str, Any]:
+def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key], found: dict[Key, Verdict]) -> dict[str, Any]:
     scored = [answers[k].correct for k in shared if answers[k].correct is not None]
     right = sum(scored)
+    judged = [c for k in shared if (c := reviewed(answers[k], found, k)) is not None]
+    verdicts = [found[k] for k in shared if k in found]
     return {"run_id": paths.run_id, "model": _model(paths), "finished": len(answers), "left_out": len(answers) - len(shared),
             "scored": len(scored), "correct": right, "accuracy": right / len(scored) if scored else None,
-            "ci95": wilson(right, len(scored))}
+            "ci95": wilson(right, len(scored)),
+            "scored_reviewed": len(judged), "correct_reviewed": sum(judged),
+            "accuracy_reviewed": sum(judged) / len(judged) if judged else None, "ci95_reviewed": wilson(sum(judged), len(judged)),
+            "reviewed": sum(v.applied for v in verdicts), "carried": sum(v.applied and v.carried for v in verdicts),
+            "stale_reviews": sum(v.stale for v in verdicts)}
 
 
 def _model(paths: RunPaths) -> str:
@@ -281,16 +315,23 @@ def _agreement(a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) ->
     return same / len(shared)
 
 
-def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key]) -> dict[str, Any]:
+def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], shared: list[Key],
+          found: tuple[dict[Key, Verdict], dict[Key, Verdict]] = ({}, {})) -> dict[str, Any]:
+    machine = _mcnemar([(a[k].correct, b[k].correct) for k in shared])
+    by_people = _mcnemar([(reviewed(a[k], found[0], k), reviewed(b[k], found[1], k)) for k in shared])
+    return {"a": name_a, "b": name_b, "agreement": _agreement(a, b, shared), **machine, "reviewed": by_people}
+
+
+def _mcnemar(pairs: Iterable[tuple[bool | None, bool | None]]) -> dict[str, Any]:
+    """The paired table of the keys both runs scored, and McNemar's exact test on it."""
     table = {(True, True): 0, (True, False): 0, (False, True): 0, (False, False): 0}
-    for k in shared:
-        if a[k].correct is not None and b[k].correct is not None:
-            table[(a[k].correct, b[k].correct)] += 1
+    for x, y in pairs:
+        if x is not None and y is not None:
+            table[(x, y)] += 1
     only_a, only_b = table[(True, False)], table[(False, True)]
     p = mcnemar_exact(only_a, only_b)
-    return {"a": name_a, "b": name_b, "agreement": _agreement(a, b, shared), "both_correct": table[(True, True)],
-            "only_a_correct": only_a, "only_b_correct": only_b, "both_wrong": table[(False, False)],
-            "p_value": p, "significant": p < 0.05}
+    return {"both_correct": table[(True, True)], "only_a_correct": only_a, "only_b_correct": only_b,
+            "both_wrong": table[(False, False)], "p_value": p, "significant": p < 0.05}
 
 
 def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int:
@@ -298,7 +339,7 @@ def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int
     items = comparison.differences() if only_diff else comparison.items()
     header = ["item_id", "sample", "expected"]
     for run in comparison.run_ids:
-        header += [f"{run}.parsed", f"{run}.correct"]
+        header += [f"{run}.parsed", f"{run}.correct", f"{run}.correct_reviewed"]
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with fs.open_file(tmp, "w", newline="", encoding="utf-8") as f:
@@ -316,6 +357,7 @@ def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int
 def _csv_row(item: dict[str, Any], run_ids: Iterable[str]) -> list[Any]:
     row = [item["item_id"], item["sample"], as_text(item["expected"])]
     for run in run_ids:
-        correct = item["correct"][run]
-        row += [as_text(item["answers"][run]), "" if correct is None else str(correct).lower()]
+        correct, judged = item["correct"][run], item["correct_reviewed"][run]
+        row += [as_text(item["answers"][run]), "" if correct is None else str(correct).lower(),
+                "" if judged is None else str(judged).lower()]
     return [*row, str(item["agree"]).lower()]

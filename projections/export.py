@@ -15,7 +15,7 @@ field of the dataset records (``topic`` ...; by name; a field named like a fixed
 
     run_id string, item_id string, sample int64, <metadata...>, model string,
     prompt string, response string, parsed string, expected string, correct bool,
-    prompt_tokens int64, completion_tokens int64, total_tokens int64, latency float64,
+    correct_reviewed bool, prompt_tokens int64, completion_tokens int64, total_tokens int64, latency float64,
     attempts int64, error string, finished_at timestamp[us, UTC], seq int64,
     conversation list<struct<role string, content string>>
 
@@ -24,7 +24,10 @@ field of the dataset records (``topic`` ...; by name; a field named like a fixed
 type. A metadata column keeps its values' type when they share one (bool, int64, float64 for
 ints and floats, string), else it is text the same way. ``prompt``/``response`` are the last
 turn's; ``conversation`` is a multi-turn item's every message, its last reply included (null
-for one turn: prompt and response are all of it). Arrow is the IPC *file* format.
+for one turn: prompt and response are all of it). ``correct`` is the machine's verdict,
+``correct_reviewed`` a person's where one is in effect (``ledger review``), else the
+machine's; a line written before reviews existed has none: it is ``correct`` there too.
+Arrow is the IPC *file* format.
 
 Bounded memory: a first pass (``_Survey``) reads each line's key, dataset line and metadata
 and keeps two integers per row (where the line is in the file); their sorted order is read
@@ -72,7 +75,7 @@ _CONVERSATION = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("item_id", pa.string()), ("sample", pa.int64()), ("model", pa.string()),
     ("prompt", pa.string()), ("response", pa.string()), ("parsed", pa.string()), ("expected", pa.string()),
-    ("correct", pa.bool_()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
+    ("correct", pa.bool_()), ("correct_reviewed", pa.bool_()), ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()),
     ("total_tokens", pa.int64()), ("latency", pa.float64()), ("attempts", pa.int64()), ("error", pa.string()),
     ("finished_at", pa.timestamp("us", tz="UTC")), ("seq", pa.int64()), ("conversation", _CONVERSATION),
 ])
@@ -387,6 +390,8 @@ def _columns(table: pa.Table, texts: dict[str, pa.Array]) -> dict[str, pa.Array]
     for name, value in _DEFAULTS.items():
         if cols[name].null_count:
             cols[name] = cols[name].fill_null(value)
+    if "correct_reviewed" in cols and cols["correct_reviewed"].null_count:  # a line from before reviews: the machine's
+        cols["correct_reviewed"] = pc.if_else(cols["correct_reviewed"].is_null(), cols["correct"], cols["correct_reviewed"])
     micros = pc.multiply(cols["finished_at"], 1_000_000.0).cast(pa.int64(), safe=False)  # truncated, as int() does
     cols["finished_at"] = micros.cast(SCHEMA.field("finished_at").type)
     return cols

@@ -18,6 +18,12 @@ keep counting; if it then finishes, it gets a new line that supersedes the faile
 counts as scored and incorrect until it succeeds. Re-parses do not add lines: a rebuild
 applies them at the position of the original parse (overrides.py); the fold only counts
 re-parse sessions, so that a full fold knows it has to be redone with them.
+
+Reviews (``reviewed`` events, ``runners/review.py``) work the same way: a rebuild applies
+each key's latest review at the item's finishing parse, where a line gets its
+``correct_reviewed`` -- the person's verdict when the review judged this very reply text
+(its sha256), else the machine's ``correct``. The fold keeps every review (``reviews``, for
+``reviews.jsonl``) and marks it stale when its item gets a final reply of another text.
 """
 
 from __future__ import annotations
@@ -27,9 +33,10 @@ from typing import Any
 
 import msgspec
 
-from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, Reviewed, RunStarted, SessionEnded, SessionStarted, Started, Usage
 from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, REPLIED, RETRYABLE, STARTED, STEP, State, unopened
 
+from .reviews import ReviewRow, reply_sha256, verdict_value
 from .scoring import score
 
 __all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "encode_rows", "Key", "key_of", "prompt_of", "failure_text",
@@ -73,6 +80,7 @@ class Row(msgspec.Struct, gc=False, omit_defaults=True):
     parsed: Any
     expected: Any
     correct: bool | None
+    correct_reviewed: bool | None  # a person's verdict where one is in effect, else ``correct``
     usage: Usage | None
     latency: float
     attempts: int
@@ -107,6 +115,12 @@ class Totals(msgspec.Struct, kw_only=True):
     latencies: list[float] = []
     labels: Labels | None = msgspec.field(default_factory=Labels)  # None: more than MAX_LABELS classes
     per_item: dict[str, list[list[Any]]] = {}  # with several samples: item -> [[correct, answer], ...]
+    # As ``scored`` / ``correct``, by ``correct_reviewed``; ``reviewed``: finishes whose reply a
+    # person's verdict was applied to, ``overturned``: ... where it differs from the machine's.
+    scored_reviewed: int = 0
+    correct_reviewed: int = 0
+    reviewed: int = 0
+    overturned: int = 0
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -127,6 +141,10 @@ class RunState(msgspec.Struct, kw_only=True):
     open: dict[Key, OpenRow] = {}
     failed: dict[Key, OpenRow] = {}  # finally failed, kept for a resume to continue
     totals: Totals = msgspec.field(default_factory=Totals)
+    # Every ``reviewed`` event (reviews.py), and the hash of the current reply of each reviewed
+    # key: a later reply of another text makes its reviews stale.
+    reviews: list[ReviewRow] = []
+    review_replies: dict[Key, str] = {}
 
 
 def key_of(item_id: str, sample: int) -> Key:
@@ -268,6 +286,8 @@ def _response(state: RunState, event: Response, _: Any) -> None:
             return None
         row = _reopen(state, key, before, OpenRow(event.item_id, event.sample, state.model))
     row.response = event.text
+    if state.review_replies and event.final and key in state.review_replies:
+        _new_reply(state, key, event.text)
     row.latency += event.latency
     totals = state.totals
     totals.latencies.append(event.latency)
@@ -329,7 +349,49 @@ def _parsed(state: RunState, event: Parsed, overrides: Mapping[Key, Parsed] | No
         totals.scored -= expected not in (None, "")
     if state.samples > 1:
         totals.per_item.setdefault(row.item_id, []).append([correct, label(value) if ok else None])
-    return _line(row, value, correct, event.error, event, True)
+    reviewed = _reviewed(totals, overrides, key, row, correct) if overrides else correct  # (the hot path: no call)
+    if reviewed is not None:
+        totals.scored_reviewed += 1
+        totals.correct_reviewed += reviewed
+    if retried and expected not in (None, ""):
+        totals.scored_reviewed -= 1  # the failure it supersedes had counted as scored and incorrect
+    return _line(row, value, correct, event.error, event, True, reviewed)
+
+
+def _reviewed(totals: Totals, overrides: Mapping[Key, Parsed] | None, key: Key, row: OpenRow, correct: bool | None) -> bool | None:
+    """The item's ``correct_reviewed``: the verdict of its latest review (``overrides``: a
+    rebuild's, overrides.py) when that review judged this very reply text, else ``correct``."""
+    reviews = getattr(overrides, "reviews", None)
+    review = reviews.get(key) if reviews else None
+    if review is None or review.verdict not in ("correct", "incorrect"):
+        return correct
+    if reply_sha256(row.response) != review.reply_sha256:
+        return correct  # stale: given for another reply
+    verdict = verdict_value(review.verdict)
+    totals.reviewed += 1
+    totals.overturned += verdict != correct
+    return verdict
+
+
+def _new_reply(state: RunState, key: Key, text: str) -> None:
+    """A reviewed item got a new final reply: its reviews are stale unless the text is the same."""
+    digest = state.review_replies[key] = reply_sha256(text)
+    for review in state.reviews:
+        if (review.item_id, review.sample) == key:
+            review.stale = review.reply_sha256 != digest
+
+
+def _reviewed_event(state: RunState, event: Reviewed, _: Any) -> None:
+    """Kept for ``reviews.jsonl``; a rebuild applies it to the rows at the item's parse."""
+    key = (event.item_id, event.sample)
+    for review in state.reviews:
+        if review.latest and (review.item_id, review.sample) == key:
+            review.latest = False
+    state.review_replies[key] = event.reply_sha256  # the reply it judged is the item's current one
+    state.reviews.append(ReviewRow(item_id=event.item_id, sample=event.sample, turn=event.turn, seq=event.seq,
+                                   target_seq=event.target_seq, reply_sha256=event.reply_sha256, verdict=event.verdict,
+                                   note=event.note, who=event.who, ts=event.ts))
+    return None
 
 
 def failure_text(event: Failed) -> str:
@@ -357,6 +419,7 @@ def _failed(state: RunState, event: Failed, _: Any) -> Row | None:
         state.failed[key] = row
         state.totals.failed += 1
         state.totals.scored += scored
+        state.totals.scored_reviewed += scored
         if scored:  # a failure is a wrong answer for its class too, until it succeeds
             _count_label(state.totals, row.expected, None, False, 0)
     return _line(row, None, False if scored else None, row.error, event, False)
@@ -380,13 +443,16 @@ def _count_label(totals: Totals, expected: Any, predicted: Any, correct: bool, r
         labels.hits[cls] = labels.hits.get(cls, 0) + 1
 
 
-def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event, replied: bool) -> Row:
-    """The row's line; ``replied``: its last request was answered (the reply ends the conversation)."""
+def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, event: Event, replied: bool,
+          reviewed: bool | None = None) -> Row:
+    """The row's line; ``replied``: its last request was answered (the reply ends the
+    conversation); ``reviewed``: its ``correct_reviewed`` (a failure line: ``correct``)."""
     conversation = row.messages
     if conversation is not None and replied:
         conversation = [*conversation, {"role": "assistant", "content": row.response}]
-    return Row(row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct, row.usage,
-               round(row.latency, 6), row.attempts, error, event.ts, event.seq, row.line, row.metadata, conversation)
+    return Row(row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct,
+               reviewed if replied else correct, row.usage, round(row.latency, 6), row.attempts, error, event.ts,
+               event.seq, row.line, row.metadata, conversation)
 
 
 _HANDLERS: dict[type, Callable[[RunState, Any, Any], Row | None]] = {
@@ -398,4 +464,5 @@ _HANDLERS: dict[type, Callable[[RunState, Any, Any], Row | None]] = {
     ResponseView: _response,
     Parsed: _parsed,
     Failed: _failed,
+    Reviewed: _reviewed_event,
 }

@@ -8,21 +8,37 @@ winning per key, and the folds apply each at the position of the item's *origina
 (``fold.overridden``): rows stay in log order, one per finish, and carry the new value. The
 map holds one small entry per re-parsed key (the one place a rebuild's memory grows with the
 number of items).
+
+Reviews (``reviewed`` events, ``ledger review``) are applied the same way: a rebuild collects
+the latest review per key (``Overrides.reviews``) and the rows fold applies it at the item's
+finishing parse, where ``correct_reviewed`` is decided (``fold._reviewed``).
 """
 
 from __future__ import annotations
 
-from llm_ledger.ledger.events import Parsed, SessionStarted
+from llm_ledger.ledger.events import Parsed, Reviewed, SessionStarted
 from llm_ledger.ledger.reader import iter_events
 
 from .fold import Key, key_of
 
-__all__ = ["overrides"]
+__all__ = ["overrides", "Overrides"]
 
 
-def overrides(log_path: str) -> dict[Key, Parsed]:
-    """key -> the newest re-parse of that key (empty when the log was never re-parsed)."""
-    out: dict[Key, Parsed] = {}
+class Overrides(dict[Key, Parsed]):
+    """key -> the newest re-parse of that key; ``reviews``: key -> its latest review. True
+    when it holds either (the checkpoint's ``reparsed`` flag: keep applying them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reviews: dict[Key, Reviewed] = {}
+
+    def __bool__(self) -> bool:
+        return bool(len(self) or self.reviews)
+
+
+def overrides(log_path: str) -> Overrides:
+    """The re-parses and reviews of a log (empty when it has neither)."""
+    out = Overrides()
     in_block = False
     for event in iter_events(log_path):
         match event:
@@ -30,4 +46,6 @@ def overrides(log_path: str) -> dict[Key, Parsed]:
                 in_block = reason == "reparse"
             case Parsed() if in_block:
                 out[key_of(event.item_id, event.sample)] = event
+            case Reviewed():
+                out.reviews[key_of(event.item_id, event.sample)] = event
     return out

@@ -194,10 +194,10 @@ class Projector:
 
     def _redo_with_reparses(self, parts: Iterable[str]) -> None:
         """A fold from zero ran without re-parse overrides (finding them costs a pass of its
-        own, and most logs have none); if the log turned out to hold re-parses, fold those
-        projections again with them."""
+        own, and most logs have none); if the log turned out to hold re-parses or reviews,
+        fold those projections again with them."""
         redo = tuple(p for p in parts if p in self.refolded)
-        if self.overrides or not redo or not self.state.reparse_sessions:
+        if self.overrides or not redo or not (self.state.reparse_sessions or self.state.reviews):
             return
         self.overrides = overrides(self.paths.log)
         if self.overrides:
@@ -321,7 +321,7 @@ def rebuild(paths: RunPaths, parts: Sequence[str] = NAMES, *,
             part = get_part(old, p.name, p.version, p.part_type)
             if part is not None:
                 p.part = part
-        if ROWS not in parts and (old.reparsed or projector.state.reparse_sessions):
+        if ROWS not in parts and (old.reparsed or projector.state.reparse_sessions or projector.state.reviews):
             projector.overrides = overrides(paths.log)  # the rows' state is not refolded here
     clean, rebuilt = projector.ckpt.clean, set()  # a projection's files are untouched until its commit
     # ``clean`` vouches that no file of a directory projection (a file per item, checked by

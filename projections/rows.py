@@ -13,10 +13,15 @@ on open the file is cut back to that length (a partial last line from a crash go
 and events after the part are applied again; a file shorter than recorded or different
 inside (projections are never synced: zeroed or garbled by a power loss) means a fold from
 zero. Rebuilt first: one appended line per item makes it ready in seconds.
+
+``reviews.jsonl`` (``reviews.py``): the run's ``reviewed`` events as the fold keeps them, with
+whether each is stale or superseded; rewritten from the state like the summary, when it
+changed. Version 2: rows carry ``correct_reviewed`` and the state the reviews.
 """
 
 from __future__ import annotations
 
+import os
 import zlib
 from collections.abc import Mapping, Sequence
 from typing import IO, ClassVar
@@ -33,6 +38,7 @@ from llm_ledger.ledger.recovery import LogEnd
 from . import fold
 from .fold import Key, RunState
 from .projection import Output, Part, Where
+from .reviews import REVIEWS_FILE, encode_reviews
 from .summary import encode_summary
 
 __all__ = ["ROWS", "Rows", "RowsPart"]
@@ -48,7 +54,7 @@ class RowsPart(Part, kw_only=True):
 
 class Rows:
     name: ClassVar[str] = ROWS
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2
     slow: ClassVar[bool] = False
     part_type: ClassVar[type[Part]] = RowsPart
 
@@ -57,9 +63,14 @@ class Rows:
         self.where = where
         self.part: RowsPart = RowsPart()
         self._file: IO[bytes] | None = None
+        self._reviews_written: tuple[str, bytes] | None = None  # (where, what) reviews.jsonl was last written
+
+    @property
+    def _reviews(self) -> str:
+        return os.path.join(self.paths.dir, REVIEWS_FILE)
 
     def outputs(self) -> Sequence[Output]:
-        return (Output(self.paths.responses), Output(self.paths.summary))
+        return (Output(self.paths.responses), Output(self.paths.summary), Output(self._reviews))
 
     def check(self, end: LogEnd, clean: bool) -> bool:
         part, path = self.part, self.paths.responses
@@ -97,6 +108,10 @@ class Rows:
 
     def write(self) -> None:
         write_atomic(self.where(self.paths.summary), encode_summary(self.part.state))
+        where, data = self.where(self._reviews), encode_reviews(self.part.state.reviews)
+        if self._reviews_written != (where, data) or not os.path.exists(where):  # small, and rarely changes
+            write_atomic(where, data)
+            self._reviews_written = (where, data)
 
     def close(self) -> None:
         if self._file is not None:

@@ -1,7 +1,8 @@
 """``ledger show RUN ITEM``: one (item, sample)'s whole story, straight from the log.
 
 The conversation as the fold assembled it (the conversation file when the item finished,
-else the events so far) and every attempt: started, reply or failure, parse.
+else the events so far) and every attempt: started, reply or failure, parse; and the latest
+review of it, if a person gave one (``reviews.jsonl``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from llm_ledger.ledger.reader import iter_events
 
 from . import numbers
 from .conversations import file_name
+from .reviews import read_reviews
 
 __all__ = ["item_story", "AttemptLine", "attempt_lines", "conversation_messages", "message_text"]
 
@@ -38,7 +40,9 @@ def item_story(paths: RunPaths, item_id: str, sample: int) -> dict[str, Any]:
     if os.path.exists(path):
         with fs.open_file(path, "rb") as f:
             conversation = json.loads(f.read())
-    return {"item_id": item_id, "sample": sample, "conversation": conversation, "events": attempts}
+    review = next((r for r in read_reviews(paths) if r.latest and (r.item_id, r.sample) == (item_id, sample)), None)
+    return {"item_id": item_id, "sample": sample, "conversation": conversation, "events": attempts,
+            "review": None if review is None else msgspec.to_builtins(review)}
 
 
 def _brief(event: Any) -> dict[str, Any]:

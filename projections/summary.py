@@ -7,6 +7,11 @@ finished items over it. Accuracy is over scored items (those with an ``expected`
 95% Wilson interval; per-label precision / recall / F1 appear when answers are labels (at
 most ``fold.MAX_LABELS`` distinct expected values; the fold keeps the counts). Cost uses
 ``price_in`` / ``price_out`` (USD per million tokens) from the run's config when known.
+
+Both accuracies: ``accuracy`` is the machine's (``correct``), ``accuracy_reviewed`` counts a
+person's verdict where one is in effect (``correct_reviewed``, reviews.py), with its own
+interval; ``reviews`` says how many verdicts were applied, how many overturned the machine,
+and how many of the latest reviews are stale (given for a reply the item no longer has).
 """
 
 from __future__ import annotations
@@ -62,6 +67,12 @@ def summarize(state: RunState) -> dict[str, Any]:
         "accuracy_ci95": wilson(t.correct, t.scored),
         "scored": t.scored,
         "correct": t.correct,
+        "accuracy_reviewed": round(t.correct_reviewed / t.scored_reviewed, 6) if t.scored_reviewed else None,
+        "accuracy_reviewed_ci95": wilson(t.correct_reviewed, t.scored_reviewed),
+        "scored_reviewed": t.scored_reviewed,
+        "correct_reviewed": t.correct_reviewed,
+        "reviews": {"applied": t.reviewed, "overturned": t.overturned,
+                    "stale": sum(r.latest and r.stale and r.verdict != "cleared" for r in state.reviews)},
         "labels": _per_label(t.labels),
         "parse_success_rate": round(t.parsed_ok / t.done, 6) if t.done else None,
         "latency_s": {q: _round(percentile(latencies, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))},

@@ -166,7 +166,7 @@ def test_answer_index_reads_appends_keeps_last_line_and_restarts_after_truncatio
         f.write('ple": 0, "parsed": "C"}\n' + line("q1", "D"))  # q3 completes; q1 finishes again
     assert index.refresh() is True
     assert index.answers[("q3", 0)].parsed == "C"
-    assert index.answers[("q1", 0)] == Answer("q1", 0, parsed="D", correct=False)
+    assert index.answers[("q1", 0)] == Answer("q1", 0, parsed="D", correct=False, correct_reviewed=False)
     path.write_text(line("q9", "A"))  # rebuilt: shorter than what was read
     assert index.refresh() is True
     assert sorted(index.answers) == [("q9", 0)]
@@ -229,14 +229,15 @@ def test_csv_per_item_table_reads_back(outputs, csv_dir):
     assert (csv_dir / "cmp2.csv").read_bytes() == path.read_bytes()
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["item_id", "sample", "expected", "a.parsed", "a.correct", "b.parsed", "b.correct",
-                             "c.parsed", "c.correct", "agree"]
+    assert list(rows[0]) == ["item_id", "sample", "expected", "a.parsed", "a.correct", "a.correct_reviewed", "b.parsed",
+                             "b.correct", "b.correct_reviewed", "c.parsed", "c.correct", "c.correct_reviewed", "agree"]
     assert [row["item_id"] for row in rows] == [f"i{i}" for i in range(N)]
     for i, row in enumerate(rows):
         assert row["expected"] == EXPECTED[i] and row["sample"] == "0"
         for name in "abc":
             assert row[f"{name}.parsed"] == HINTS[name][i]
             assert row[f"{name}.correct"] == str(HINTS[name][i] == EXPECTED[i]).lower()
+            assert row[f"{name}.correct_reviewed"] == row[f"{name}.correct"]  # nobody reviewed these runs
         assert row["agree"] == str(len({HINTS[n][i] for n in "abc"}) == 1).lower()
     only = csv_dir / "diff.csv"
     assert "wrote 8 rows" in outputs["diff-csv"].stdout

@@ -146,7 +146,7 @@ def assert_rows_match(got: list[dict], run: str, world, run_id: str | None = Non
 
 
 def expected_columns(metadata: list[str] = ()) -> list[str]:
-    return ["run_id", "item_id", "sample", *metadata, "model", "prompt", "response", "parsed", "expected", "correct",
+    return ["run_id", "item_id", "sample", *metadata, "model", "prompt", "response", "parsed", "expected", "correct", "correct_reviewed",
             *TOKENS, "latency", "attempts", "error", "finished_at", "seq", "conversation"]
 
 
@@ -168,7 +168,7 @@ def csv_rows(path: Path) -> tuple[list[str], list[dict]]:
         for name, s in r.items():
             if name in INT_COLUMNS:
                 row[name] = int(s) if s else None
-            elif name == "correct":
+            elif name in ("correct", "correct_reviewed"):
                 row[name] = {"true": True, "false": False, "": None}[s]
             elif name == "latency":
                 row[name] = float(s)

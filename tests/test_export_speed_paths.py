@@ -106,6 +106,7 @@ def wanted(line: dict, run_id: str) -> dict:
         "run_id": run_id, "item_id": line["item_id"], "sample": line["sample"], "model": line.get("model", ""),
         "prompt": as_text(line.get("prompt")), "response": line.get("response"),
         "parsed": as_text(line.get("parsed")), "expected": as_text(line.get("expected")), "correct": line.get("correct"),
+        "correct_reviewed": line.get("correct_reviewed", line.get("correct")),  # a line without it: the machine's
         "latency": float(line.get("latency", 0.0)), "attempts": line.get("attempts", 0), "error": line.get("error"),
         "finished_at": int(line.get("finished_at", 0.0) * 1_000_000), "seq": line.get("seq", 0), "conversation": None,
     }

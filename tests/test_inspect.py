@@ -162,8 +162,9 @@ def test_reparse_rescores_without_a_request_and_rebuilds_identically(world):
     assert [r["item_id"] for r in rows] == [r["item_id"] for r in before_rows]  # order kept
     for row, old in zip(rows, before_rows):
         assert row["correct"] is True and row["parsed"] == row["expected"]
-        assert {k: v for k, v in row.items() if k not in ("parsed", "correct")} == \
-               {k: v for k, v in old.items() if k not in ("parsed", "correct")}
+        assert {k: v for k, v in row.items() if k not in ("parsed", "correct", "correct_reviewed")} == \
+               {k: v for k, v in old.items() if k not in ("parsed", "correct", "correct_reviewed")}
+        assert row["correct_reviewed"] is True  # no review: the machine's verdict
 
     log = [json.loads(line) for line in cli("log", "letters").stdout.splitlines()]
     assert log[:len(log_before)] == log_before  # nothing mutated

@@ -89,7 +89,7 @@ def test_fold_of_a_hand_built_stream():
     assert [r["item_id"] for r in rows] == ["a", "b", "c"]
     a, b, c = rows
     assert a == {"item_id": "a", "sample": 0, "model": "m-1", "prompt": "qa", "response": "The answer is A",
-                 "parsed": "A", "expected": "A", "correct": True,
+                 "parsed": "A", "expected": "A", "correct": True, "correct_reviewed": True,
                  "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}, "latency": 0.5,
                  "attempts": 1, "error": None, "finished_at": events[5].ts, "seq": 6}
     assert (b["parsed"], b["correct"], b["attempts"], b["error"], b["latency"]) == ("X", False, 2, None, 1.5)

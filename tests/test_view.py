@@ -335,18 +335,19 @@ def test_view_refuses_unknown_runs_and_a_busy_port(runs):
 
 def test_outcome_categories_are_counted_and_filtered(client):
     ab = items(client, "run=a&run=b")
-    assert ab["categories"] == ["only0", "only1", "allwrong", "differ", "wrong"]
-    assert ab["counts"] == {"all": N, "only0": 8, "only1": 0, "allwrong": 0, "differ": 8, "wrong": 8}
+    assert ab["categories"] == ["only0", "only1", "allwrong", "differ", "wrong", "toreview"]
+    # toreview (the review queue): answers differ or a reply failed to parse; none has a verdict here
+    assert ab["counts"] == {"all": N, "only0": 8, "only1": 0, "allwrong": 0, "differ": 8, "wrong": 8, "toreview": 8}
     assert [r["item_id"] for r in items(client, "run=a&run=b&show=only0")["rows"]] == [f"i{i}" for i in range(2, 10)]
     bc = items(client, "run=b&run=c")  # b wrong on i2..i9, c on i0, i9..i11 (the same wrong letter at i9)
-    assert bc["counts"] == {"all": N, "only0": 3, "only1": 7, "allwrong": 1, "differ": 10, "wrong": 11}
+    assert bc["counts"] == {"all": N, "only0": 3, "only1": 7, "allwrong": 1, "differ": 10, "wrong": 11, "toreview": 10}
     for show, ids in (("only0", ["i0", "i10", "i11"]), ("only1", [f"i{i}" for i in range(2, 9)]), ("allwrong", ["i9"])):
         page = items(client, f"run=b&run=c&show={show}")
         assert (page["matching"], [r["item_id"] for r in page["rows"]]) == (len(ids), ids)
         assert all(show in r["categories"] for r in page["rows"])
     assert [r["item_id"] for r in items(client, "run=b&run=c&show=differ")["rows"]] == ["i0", *[f"i{i}" for i in range(2, 9)], "i10", "i11"]
     abc = items(client, "run=a&run=b&run=c")
-    assert abc["categories"] == ["only0", "only1", "only2", "allwrong", "differ", "alldiffer", "wrong"]
+    assert abc["categories"] == ["only0", "only1", "only2", "allwrong", "differ", "alldiffer", "wrong", "toreview"]
     assert (abc["counts"]["only0"], abc["counts"]["differ"], abc["counts"]["alldiffer"]) == (1, 11, 0)
     assert items(client, "run=a&run=b&diff=1")["counts"]["all"] == N  # counts ignore the category asked for
     assert items(client, "run=a&run=b&diff=1")["matching"] == 8  # the old link names still work

@@ -180,7 +180,8 @@ def test_side_by_side_counts_each_outcome_and_filters_by_it(server, page, tmp_pa
     assert heads[:5] == ["Item ▲", "Prompt", "level", "topic", "Expected"]  # metadata by name, as exports
     counts = {b.get_attribute("data-show"): int(b.locator(".count").inner_text()) for b in page.locator("#chips button").all()}
     assert counts == {"": 22, "only0": len(ONLY_A), "only1": len(ONLY_B), "allwrong": len(BOTH_WRONG),
-                      "differ": len(DIFFER), "wrong": len([x for x in IDS if not (RIGHT["a"][x] and RIGHT["b"][x])])}
+                      "differ": len(DIFFER), "wrong": len([x for x in IDS if not (RIGHT["a"][x] and RIGHT["b"][x])]),
+                      "toreview": len(DIFFER)}  # the review queue: no reply failed to parse, none reviewed
     assert [chip(page, n).inner_text().rsplit(" ", 1)[0] for n in ("only0", "only1", "allwrong", "differ")] == \
         ["Only a right", "Only b right", "Both wrong", "All differ"]
     page.screenshot(path=str(tmp_path / "side-by-side.png"))

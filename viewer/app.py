@@ -1,22 +1,35 @@
-"""``ledger view``: a read-only local web page over the runs of one runs directory.
+"""``ledger view``: a local web page over the runs of one runs directory, read-only unless reviewing.
 
-Endpoints (GET only; nothing writes, every other method is 405)::
+Endpoints (GET only, nothing writes, every other method is 405 -- unless the viewer was
+started with ``--review``, which adds the one endpoint that writes, ``POST /api/review``)::
 
     /                    the page (viewer/static/index.html); the script reads ?run=...
     /static/NAME         one of the files in ``STATIC``; any other name is 404
     /api/runs            every run, newest first: status, model, counts, accuracy
     /api/items           ?run=A&run=B&q=&word=1&show=CATEGORY&m.FIELD=VALUE&sort=&desc=1&page=0&size=50
                          one page of the merged item table (viewer/table.py: runs side by
-                         side, categories only<i> / allwrong / differ / alldiffer / wrong,
+                         side, categories only<i> / allwrong / differ / alldiffer / wrong / toreview,
                          counted on the filter buttons), the metadata fields and their values,
                          and ``coverage`` (projections.compare.coverage: "the runs share N of
                          M items"); ``diff=1`` and ``wrong=1`` are the old names of
                          ``show=differ`` and ``show=wrong``
     /api/item            ?run=A&run=B&item=ID&sample=N: each run's conversation and attempts,
-                         with latency (``latency_s``) and ``usage`` summed over its replies
+                         with latency (``latency_s``) and ``usage`` summed over its replies, and
+                         its ``answer`` as a row of /api/items has it (verdicts included)
     /api/charts          ?run=A&run=B&group=FIELD: per run, the figures of projections/charts.py
                          (accuracy and its 95% CI, per value of FIELD too; latency histogram;
                          requests / replies / 429s / errors over time, from the log)
+    POST /api/review     review mode only (``ledger view --review``; otherwise there is no such
+                         route: 404): a JSON body {run, item, sample, verdict: correct /
+                         incorrect / cleared, note} appends a ``reviewed`` event through the
+                         function ``ledger review`` calls (runners/review.py); 400 for bad input,
+                         409 while the run is live, 403 from another origin or without a JSON body
+
+Reviews: each answer carries ``correct_reviewed`` and the ``review`` bearing on it
+(``projections.reviews.verdicts``: the run's own, or one carried from another run of the
+directory for the same reply text; stale ones shown, not applied). The ``toreview`` category
+is the queue a reviewer works through: rows whose runs' answers differ or where a reply
+failed to parse, until each run's answer has a verdict.
 
 What a request may read: a run is named only by an entry of the runs directory's listing
 (a directory holding ``events.log``); any other name -- ``..``, an absolute path, an encoded
@@ -36,7 +49,7 @@ import re
 import threading
 from importlib import resources
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import msgspec
 from starlette.applications import Starlette
@@ -51,7 +64,8 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.projections import charts
-from llm_ledger.projections.compare import AnswerIndex, as_text
+from llm_ledger.projections.compare import AnswerIndex, as_text, reviewed
+from llm_ledger.projections.reviews import Verdict, reviews_stamp, verdicts
 from llm_ledger.projections.runs import RunRow, describe, files_version, first_event, list_runs
 from llm_ledger.projections.show import item_story
 
@@ -138,7 +152,8 @@ class RunsDir:
             indexes = [self._index(p) for p in paths]
             key = tuple(names)
             table = self._tables.get(key)
-            if table is None or table.versions != [i.version for i in indexes]:
+            stamp = reviews_stamp(self.dir)  # a review in any run may carry into these
+            if table is None or table.versions != [i.version for i in indexes] or table.stamp != stamp:
                 self._tables.pop(key, None)
                 if len(self._tables) >= 8:  # a few run sets stay cached; the oldest goes
                     self._tables.pop(next(iter(self._tables)))
@@ -157,7 +172,10 @@ class RunsDir:
                     return {k: as_text(v) or "" for k, v in answer.metadata.items() if v is not None}  # type: ignore[union-attr]
             return next((found[key[0]] for found, _ in from_dataset if key[0] in found), {})
 
-        return Table(indexes, names, metadata, [note for _, note in from_dataset if note])
+        found = verdicts(paths, [i.answers.keys() for i in indexes])
+        table = Table(indexes, names, metadata, [note for _, note in from_dataset if note], found)
+        table.stamp = reviews_stamp(self.dir)
+        return table
 
     def _index(self, paths: RunPaths) -> AnswerIndex:
         index = self._indexes.get(paths.run_id)
@@ -240,8 +258,8 @@ def query_of(request: Request, n_runs: int) -> Query:
     show = params.get("show", "")
     if not show:
         show = "differ" if params.get("diff") == "1" else "wrong" if params.get("wrong") == "1" else ""
-    if show and not re.fullmatch(r"only\d{1,3}|allwrong|differ|alldiffer|wrong", show):
-        raise HTTPException(400, f"show={show}: one of only0..only{n_runs - 1}, allwrong, differ, alldiffer, wrong")
+    if show and not re.fullmatch(r"only\d{1,3}|allwrong|differ|alldiffer|wrong|toreview", show):
+        raise HTTPException(400, f"show={show}: one of only0..only{n_runs - 1}, allwrong, differ, alldiffer, wrong, toreview")
     meta = tuple(sorted((k[2:], v) for k, v in params.multi_items() if k.startswith("m.") and len(k) > 2))
     return Query(q=params.get("q", ""), word=params.get("word") == "1", show=show, meta=meta,
                  sort=params.get("sort", "item"), desc=params.get("desc") == "1")
@@ -256,6 +274,7 @@ def _api_items(request: Request) -> Response:
     pages = max(1, -(-len(rows) // size))
     page = min(_int(request, "page", 0), pages - 1)
     return _respond({
+        "review_mode": bool(request.app.state.review),
         "runs": [_run_info(runs, runs.paths(n), table, i) for i, n in enumerate(names)],
         "items": len(table.rows), "coverage": table.coverage.to_json(), "disagreements": table.disagreements,
         "matching": len(rows), "counts": counts, "categories": table.category_names(),
@@ -279,11 +298,13 @@ def _cut(text: str | None, limit: int) -> str | None:
 def _row_json(row: Row) -> dict[str, Any]:
     return {"item_id": row.key[0], "sample": row.key[1], "expected": as_text(row.expected), "agree": row.agree,
             "prompt": _cut(row.prompt, PROMPT_LIMIT), "metadata": row.metadata, "categories": sorted(row.categories),
-            "answers": [None if a is None else _answer_json(a) for a in row.answers]}
+            "answers": [None if a is None else _answer_json(a, v) for a, v in zip(row.answers, row.verdicts)]}
 
 
-def _answer_json(a: Any) -> dict[str, Any]:
-    return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error}
+def _answer_json(a: Any, verdict: Verdict | None) -> dict[str, Any]:
+    return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error,
+            "correct_reviewed": reviewed(a, {} if verdict is None else {(a.item_id, a.sample): verdict}, (a.item_id, a.sample)),
+            "review": None if verdict is None else msgspec.to_builtins(verdict)}
 
 
 def _groups(values: list[tuple[str, int]]) -> bool:
@@ -321,6 +342,10 @@ def _api_item(request: Request) -> Response:
     stories = [_story(runs.paths(n), item, sample) for n in names]
     if not any(s["found"] or s.get("error") for s in stories):
         raise _not_found(f"no item {item!r} sample {sample} in {', '.join(names)}")
+    row = runs.table(names).row((item, sample))
+    for i, story in enumerate(stories):  # its row of the table: the verdicts bearing on it
+        answer = row.answers[i] if row is not None else None
+        story["answer"] = None if answer is None else _answer_json(answer, row.verdicts[i])  # type: ignore[union-attr]
     return _respond({"item_id": item, "sample": sample, "runs": stories})
 
 
@@ -349,8 +374,55 @@ def _reply_totals(conversation: dict[str, Any] | None) -> dict[str, Any]:
     return {"latency_s": sum(t.get("latency") or 0.0 for t in turns), "usage": usage}
 
 
-def create_app(runs_dir: str, allowed_hosts: list[str] | None = None) -> Starlette:
-    """The viewer over ``runs_dir``; ``allowed_hosts`` guards a loopback server from DNS rebinding."""
+async def _api_review(request: Request) -> Response:
+    """Append a person's verdict (review mode only): the same use case as ``ledger review``."""
+    from starlette.concurrency import run_in_threadpool
+
+    from llm_ledger.runners.review import RunLiveError  # the writer loads only when a review comes
+
+    origin = request.headers.get("origin")
+    if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+        raise HTTPException(403, "a review must come from this page")  # another site's form or script
+    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+        raise HTTPException(403, "send the review as application/json")  # (no cross-site form can)
+    try:
+        body = msgspec.json.decode(await request.body(), type=ReviewRequest)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise HTTPException(400, f"review: {exc}") from None
+    runs: RunsDir = request.app.state.runs
+    paths = runs.paths(body.run)
+    try:
+        result = await run_in_threadpool(_review, paths, body)
+    except RunLiveError as exc:
+        return _error(409, str(exc))
+    except LedgerError as exc:
+        return _error(400 if exc.exit_code == 2 else 500, str(exc))
+    summary = result["summary"]
+    return _respond({"reviewed": result["reviewed"], "accuracy": summary["accuracy"],
+                     "accuracy_reviewed": summary["accuracy_reviewed"]})
+
+
+class ReviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    run: str
+    item: str
+    verdict: str
+    sample: int = 0
+    note: str = ""
+
+
+def _review(paths: RunPaths, body: ReviewRequest) -> dict[str, Any]:
+    from llm_ledger.runners.review import review
+
+    return review(paths, body.item, body.sample, body.verdict, body.note)
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(_json.encode({"error": message}), status_code=status, media_type="application/json", headers=_HEADERS)
+
+
+def create_app(runs_dir: str, allowed_hosts: list[str] | None = None, *, review: bool = False) -> Starlette:
+    """The viewer over ``runs_dir``; ``allowed_hosts`` guards a loopback server from DNS
+    rebinding; ``review`` adds the one endpoint that writes (``POST /api/review``)."""
     routes = [
         Route("/", _page),
         Route("/static/{name}", _static),
@@ -359,9 +431,12 @@ def create_app(runs_dir: str, allowed_hosts: list[str] | None = None) -> Starlet
         Route("/api/item", _api_item),
         Route("/api/charts", _api_charts),
     ]
+    if review:
+        routes.append(Route("/api/review", _api_review, methods=["POST"]))
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)] if allowed_hosts else []
     app = Starlette(routes=routes, middleware=middleware)
     app.state.runs = RunsDir(runs_dir)
+    app.state.review = review
     return app
 
 
@@ -374,7 +449,8 @@ def page_url(host: str, port: int, runs: list[str]) -> str:
     return f"http://{shown}:{port}/{query}"
 
 
-def serve(runs_dir: str, runs: list[str], *, host: str = "127.0.0.1", port: int = 8765, on_ready=print) -> None:
+def serve(runs_dir: str, runs: list[str], *, host: str = "127.0.0.1", port: int = 8765, on_ready=print,
+          review: bool = False) -> None:
     """Listen on ``host:port`` (0: any free port), call ``on_ready(url)``, serve until Ctrl-C."""
     import socket
 
@@ -387,7 +463,7 @@ def serve(runs_dir: str, runs: list[str], *, host: str = "127.0.0.1", port: int 
         if run not in known:
             raise InputError(f"no run {run!r} under {runs_dir} (name runs by id, as `ledger ls` shows them)")
     loopback = host in LOOPBACK_HOSTS or host.startswith("127.")
-    app = create_app(runs_dir, LOOPBACK_HOSTS + [host] if loopback else None)
+    app = create_app(runs_dir, LOOPBACK_HOSTS + [host] if loopback else None, review=review)
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -10,6 +10,10 @@ person compares by (``Row.categories``):
                (two runs: "all differ"; the old "disagreements")
     alldiffer  three runs or more: every run gave a different answer
     wrong      wrong in any run (any key, shared or not)
+    toreview   the review queue: a run's reply failed to parse (a reply with no parsed value
+               and a parse error) or the runs' parsed answers differ, and one of those answers
+               (the unparsed replies; the parsed ones when they differ) still has no verdict in
+               effect (its run's own review, or one carried for the same reply)
 
 ``Table.view`` applies the search and the metadata filters, counts each category among
 what remains (the numbers on the filter buttons), then keeps the one category asked for and
@@ -22,18 +26,23 @@ from __future__ import annotations
 
 import re
 import threading
+
+import msgspec
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from llm_ledger.projections.charts import accuracy
-from llm_ledger.projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized
+from llm_ledger.projections.compare import AnswerIndex, AnswerText, Coverage, as_text, coverage, key_order, normalized, reviewed
+from llm_ledger.projections.reviews import Verdict
 
 from .metadata import fields_of
+
+_json = msgspec.json.Encoder(order="deterministic")
 
 __all__ = ["Row", "Table", "Query", "CATEGORIES"]
 
 Key = tuple[str, int]
-CATEGORIES = ("allwrong", "differ", "alldiffer", "wrong")  # plus only0, only1, ... per run
+CATEGORIES = ("allwrong", "differ", "alldiffer", "wrong", "toreview")  # plus only0, only1, ... per run
 
 
 @dataclass
@@ -43,6 +52,7 @@ class Row:
     metadata: dict[str, str] = field(default_factory=dict)
     agree: bool | None = None  # None: not in every run (the rule of ``compare.coverage``), or one run alone
     categories: frozenset[str] = frozenset()
+    verdicts: list[Verdict | None] = field(default_factory=list)  # per run: the review bearing on its answer
 
     @property
     def expected(self) -> Any:
@@ -60,9 +70,28 @@ class Row:
         return [t.casefold() for t in texts if t]
 
 
-def _categories(answers: list[AnswerText | None]) -> tuple[bool | None, frozenset[str]]:
+def _parse_failed(a: AnswerText | None) -> bool:
+    """A reply came and the parser found no value in it (a failure without a reply is not
+    something a person can judge)."""
+    return a is not None and a.response is not None and a.parsed is None and a.error is not None
+
+
+def _to_review(answers: list[AnswerText | None], verdicts: list[Verdict | None]) -> bool:
+    """In the review queue: an answer that needs a person's look has no verdict yet. Those are
+    the replies that failed to parse, and, when the parsed answers differ, every parsed one."""
+    failed = [i for i, a in enumerate(answers) if _parse_failed(a)]
+    parsed = [i for i, a in enumerate(answers) if a is not None and a.response is not None and i not in failed]
+    differ = len({_json.encode(normalized(answers[i].parsed)) for i in parsed}) > 1  # type: ignore[union-attr]
+    look = failed + (parsed if differ else [])
+    return any(verdicts[i] is None or not verdicts[i].applied for i in look)  # type: ignore[union-attr]
+
+
+def _categories(answers: list[AnswerText | None], verdicts: list[Verdict | None] | None = None) -> tuple[bool | None, frozenset[str]]:
+    verdicts = verdicts or [None] * len(answers)
     found = {"wrong"} if any(a is not None and a.correct is False for a in answers) else set()
     if len(answers) < 2 or any(a is None for a in answers):
+        if _to_review(answers, verdicts):
+            found.add("toreview")
         return None, frozenset(found)
     parsed = [normalized(a.parsed) for a in answers]  # type: ignore[union-attr]
     agree = all(p == parsed[0] for p in parsed[1:])
@@ -76,6 +105,8 @@ def _categories(answers: list[AnswerText | None]) -> tuple[bool | None, frozense
     right = [i for i, c in enumerate(correct) if c is True]
     if len(right) == 1 and all(c is False for i, c in enumerate(correct) if i != right[0]):
         found.add(f"only{right[0]}")
+    if _to_review(answers, verdicts):
+        found.add("toreview")
     return agree, frozenset(found)
 
 
@@ -130,31 +161,47 @@ class Table:
     ``coverage`` says how many of them every run holds (the banner, and what compare uses)."""
 
     def __init__(self, indexes: list[AnswerIndex], names: list[str], metadata: Callable[[Key], dict[str, str]],
-                 notes: list[str] | None = None) -> None:
+                 notes: list[str] | None = None, verdicts: list[dict[Key, Verdict]] | None = None) -> None:
         self.versions = [i.version for i in indexes]
+        self.stamp: tuple = ()  # the reviews it was built with (app.py)
+        self.verdicts = verdicts or [{} for _ in indexes]
         self.n_runs = len(indexes)
         self.coverage: Coverage = coverage(names, [i.answers.keys() for i in indexes])
         keys: dict[Key, None] = {}
         for index in indexes:
             keys.update(dict.fromkeys(index.answers))
-        self.rows = [self._row(k, indexes, metadata(k)) for k in sorted(keys, key=key_order)]
+        self.rows = [self._row(k, indexes, metadata(k), self.verdicts) for k in sorted(keys, key=key_order)]
+        self._by_key = {r.key: r for r in self.rows}
         self.fields = fields_of([r.metadata for r in self.rows])
         self.notes = notes or []  # why a run's items have no metadata
         self.disagreements = sum(r.agree is False for r in self.rows)
-        self.stats = [{"finished": len(i.answers), **accuracy(a.correct for a in i.answers.values())} for i in indexes]
+        self.stats = [{"finished": len(i.answers), **accuracy(a.correct for a in i.answers.values()),
+                       "reviewed": self._reviewed_stats(i, v)} for i, v in zip(indexes, self.verdicts)]
         self.values = {f: _value_counts(self.rows, f) for f in self.fields}
         self._views: dict[Query, tuple[list[Row], dict[str, int]]] = {}
         self._lock = threading.Lock()
 
     @staticmethod
-    def _row(key: Key, indexes: list[AnswerIndex], metadata: dict[str, str]) -> Row:
+    def _row(key: Key, indexes: list[AnswerIndex], metadata: dict[str, str], verdicts: list[dict[Key, Verdict]]) -> Row:
         answers: list[AnswerText | None] = [i.answers.get(key) for i in indexes]  # type: ignore[misc]
-        agree, categories = _categories(answers)
-        return Row(key, answers, metadata, agree, categories)
+        found = [v.get(key) if a is not None else None for a, v in zip(answers, verdicts)]
+        agree, categories = _categories(answers, found)
+        return Row(key, answers, metadata, agree, categories, found)
+
+    @staticmethod
+    def _reviewed_stats(index: AnswerIndex, found: dict[Key, Verdict]) -> dict[str, Any]:
+        """The run's accuracy with people's verdicts where given, and how many there are."""
+        applied = [v for k, v in found.items() if k in index.answers]
+        return {**accuracy(reviewed(a, found, k) for k, a in index.answers.items()),
+                "verdicts": sum(v.applied for v in applied), "carried": sum(v.applied and v.carried for v in applied),
+                "stale": sum(v.stale for v in applied)}
+
+    def row(self, key: Key) -> Row | None:
+        return self._by_key.get(key)
 
     def category_names(self) -> list[str]:
         names = [f"only{i}" for i in range(self.n_runs)] + ["allwrong", "differ"] if self.n_runs > 1 else []
-        return names + (["alldiffer"] if self.n_runs > 2 else []) + ["wrong"]
+        return names + (["alldiffer"] if self.n_runs > 2 else []) + ["wrong", "toreview"]
 
     def view(self, query: Query) -> tuple[list[Row], dict[str, int]]:
         """The rows that pass the query, in its order, and the count of each category among

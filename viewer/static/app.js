@@ -9,7 +9,7 @@ const charts = window.ledgerCharts;
 
 const state = {
   runs: [], q: "", word: false, show: "", meta: {}, sort: "item", desc: false, page: 0, tab: "items", group: "",
-  item: null, sample: 0, pages: 1, running: false, seq: 0, rows: [], cursor: -1, names: [],
+  item: null, sample: 0, pages: 1, running: false, seq: 0, rows: [], cursor: -1, names: [], reviewMode: false,
 };
 
 // -- small helpers ------------------------------------------------------------------------
@@ -54,6 +54,37 @@ function statusBadge(run) {
   // run.status is the word (its colour: green only for "completed" with nothing failed or
   // pending); run.status_text is what a person reads ("completed, 3 failed")
   return el("span", { class: "badge status-" + run.status, text: run.status_text || run.status });
+}
+
+// A person's verdict beside the machine's: applied (its own run's review, or one carried from
+// another run for the same reply text), or stale (given for another reply: not applied).
+function reviewMark(a) {
+  const r = a.review;
+  if (!r || (r.verdict === "cleared" && !r.stale)) return null;
+  const who = `${r.who || "someone"}${r.carried ? ` in run ${r.run_id}` : ""}${r.note ? ": " + r.note : ""}`;
+  if (r.stale) return el("span", { class: "review-mark stale", title: `stale review (${r.verdict}, by ${who}): given for another reply, not applied`, text: "stale" });
+  const ok = r.verdict === "correct";
+  return el("span", { class: "review-mark " + (ok ? "ok" : "bad") + (r.carried ? " carried" : ""),
+    title: `reviewed ${r.verdict} by ${who}`, "data-verdict": r.verdict, text: ok ? "✓ reviewed" : "✗ reviewed" });
+}
+
+async function postReview(run, item, sample, verdict, note) {
+  const res = await fetch("/api/review", { method: "POST", headers: { "Content-Type": "application/json", Accept: "application/json" },
+    body: JSON.stringify({ run, item, sample, verdict, note: note || "" }) });
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) { setError("Review not saved: " + (data.error || data.detail || res.status)); return false; }
+  setError("");
+  await refresh();
+  if (state.item === item && state.sample === sample && !$("detail").hidden) openDetail(item, sample);
+  return true;
+}
+
+function reviewButtons(run, row) {
+  // review mode only: mark this run's answer right or wrong (a note: in the detail view)
+  const click = (verdict) => (e) => { e.stopPropagation(); postReview(run, row.item_id, row.sample, verdict, ""); };
+  return el("span", { class: "review-btns" },
+    el("button", { class: "review-btn ok", "data-verdict": "correct", title: "mark correct", "aria-label": "mark correct", onclick: click("correct") }, "✓"),
+    el("button", { class: "review-btn bad", "data-verdict": "incorrect", title: "mark incorrect", "aria-label": "mark incorrect", onclick: click("incorrect") }, "✗"));
 }
 
 function correctMark(correct) {
@@ -165,6 +196,8 @@ async function loadItems() {
   state.pages = data.pages;
   state.names = data.runs.map((r) => r.run_id);
   state.running = data.runs.some((r) => r.status === "running");
+  state.reviewMode = !!data.review_mode;
+  document.body.classList.toggle("review-mode", state.reviewMode);
   renderCards(data);
   renderFilters(data);
   renderHead(data);
@@ -181,7 +214,8 @@ function renderCards(data) {
       el("span", { class: "muted small", text: " accuracy" })),
     el("div", { class: "small muted ci", text: r.ci95 ? `95% CI ${pct(r.ci95[0])}–${pct(r.ci95[1])} · ${r.correct} of ${r.scored} scored`
       : `on ${r.scored} scored items` }),
-    el("div", { class: "small muted", text: `${r.finished} finished · ${r.failed} failed · ${r.planned} planned` })));
+    el("div", { class: "small muted", text: `${r.finished} finished · ${r.failed} failed · ${r.planned} planned` }),
+    reviewedLine(r.reviewed)));
   const cover = data.coverage;
   if (data.runs.length > 1) {
     const shared = cover.shared;
@@ -206,13 +240,22 @@ function renderCards(data) {
   show($("notes"), (data.notes || []).length > 0);
 }
 
+function reviewedLine(rv) {
+  // both accuracies: the machine's above, with people's verdicts where given here
+  if (!rv) return null;
+  const carried = rv.carried ? ` (${rv.carried} from other runs)` : "";
+  const stale = rv.stale ? ` · ${rv.stale} stale` : "";
+  return el("div", { class: "small reviewed-acc", "data-reviewed": rv.accuracy === null ? "" : String(rv.accuracy) },
+    el("span", { class: "strong", text: pct(rv.accuracy) }), ` reviewed accuracy · ${rv.verdicts} verdict${rv.verdicts === 1 ? "" : "s"}${carried}${stale}`);
+}
+
 // The outcome buttons: how a person compares two runs (only A right, only B right, both
 // wrong, all differ), each with its count among the rows the search and metadata allow.
 function categoryLabel(name, runs) {
   const two = runs.length === 2;
   if (name.startsWith("only")) return `Only ${runs[+name.slice(4)].run_id} right`;
   return { allwrong: two ? "Both wrong" : "All wrong", differ: two ? "All differ" : "Answers differ",
-    alldiffer: "All differ", wrong: "Wrong in any run" }[name] || name;
+    alldiffer: "All differ", wrong: "Wrong in any run", toreview: "To review" }[name] || name;
 }
 
 function renderFilters(data) {
@@ -286,7 +329,7 @@ function itemRow(row, data) {
     data.fields.map((f) => el("td", { class: "meta-col small", text: row.metadata[f] ?? "–" })),
     el("td", { class: "mono", text: row.expected ?? "–" }),
     multi ? el("td", { class: "narrow agree-cell" }, agreeMark(row.agree)) : null,
-    row.answers.map((a, i) => answerCells(a, runs[i])));
+    row.answers.map((a, i) => answerCells(a, runs[i], row)));
 }
 
 function promptCell(prompt) {
@@ -304,7 +347,7 @@ function agreeMark(agree) {
   return el("span", { class: "muted", title: "not in every run: not compared", text: "…" });
 }
 
-function answerCells(a, run) {
+function answerCells(a, run, row) {
   if (!a) {
     // a run with nothing left to do never had this item; otherwise it may still come
     const open = run.status === "running" || run.pending + run.in_flight > 0;
@@ -315,8 +358,9 @@ function answerCells(a, run) {
     : el("span", { class: "answer " + (a.correct === true ? "ok" : a.correct === false ? "bad" : ""), text: a.parsed });
   const response = a.error && a.response === null ? el("span", { class: "err-text", text: a.error })
     : el("div", { class: "clamp", text: a.response ?? "" });
-  return [el("td", { class: "narrow run-start" }, correctMark(a.correct)), el("td", { class: "mono" }, answer),
-    el("td", { class: "response-col" }, response)];
+  const judge = state.reviewMode && a.response !== null ? reviewButtons(run.run_id, row) : null;
+  return [el("td", { class: "narrow run-start", "data-run": run.run_id }, correctMark(a.correct), reviewMark(a), judge),
+    el("td", { class: "mono" }, answer), el("td", { class: "response-col" }, response)];
 }
 
 // -- keyboard: j / k move, Enter opens, Esc closes, / searches -----------------------------
@@ -436,7 +480,7 @@ async function openDetail(item, sample) {
     const data = await getJSON("/api/item", query({ item, sample }));
     if (state.item !== item || state.sample !== sample) return; // moved on meanwhile
     $("detail-body").replaceChildren(el("div", { class: "story-grid cols-" + Math.min(data.runs.length, 3) },
-      data.runs.map(storyColumn)));
+      data.runs.map((run) => storyColumn(run, run.answer, item, sample))));
   } catch (e) {
     $("detail-body").replaceChildren(el("p", { class: "error", text: String(e.message || e) }));
   }
@@ -450,7 +494,25 @@ function closeDetail() {
   markCursor(true);
 }
 
-function storyColumn(run) {
+function reviewPanel(run, answer, item, sample) {
+  // the verdict bearing on this run's answer; in review mode, the form that gives one
+  const r = answer && answer.review;
+  const said = !r ? "No review." : r.stale ? `Stale review (${r.verdict}) by ${r.who}${r.carried ? " in run " + r.run_id : ""}: given for another reply, not applied.`
+    : r.verdict === "cleared" ? `Review cleared by ${r.who}.`
+    : `Reviewed ${r.verdict} by ${r.who}${r.carried ? " in run " + r.run_id + " (same reply)" : ""}${r.note ? ": " + r.note : ""}.`;
+  const parts = [el("p", { class: "small review-said", text: said })];
+  if (state.reviewMode && answer && answer.response !== null) {
+    const note = el("input", { type: "text", class: "review-note", placeholder: "note (optional)", "aria-label": "review note" });
+    const send = (verdict) => () => postReview(run.run_id, item, sample, verdict, note.value);
+    parts.push(el("div", { class: "review-form", "data-run": run.run_id }, note,
+      el("button", { class: "review-btn ok", "data-verdict": "correct", onclick: send("correct") }, "✓ Correct"),
+      el("button", { class: "review-btn bad", "data-verdict": "incorrect", onclick: send("incorrect") }, "✗ Incorrect"),
+      el("button", { class: "review-btn", "data-verdict": "cleared", onclick: send("cleared") }, "Clear")));
+  }
+  return el("div", { class: "review-panel" }, parts);
+}
+
+function storyColumn(run, answer, item, sample) {
   const head = el("h3", {}, run.run_id);
   if (!run.found) return el("section", { class: "story" }, head, el("p", { class: "muted", text: run.error || "No events for this item in this run." }));
   const c = run.conversation;
@@ -458,6 +520,8 @@ function storyColumn(run) {
     fact("Parsed", el("span", { class: "mono answer " + (c.correct === true ? "ok" : c.correct === false ? "bad" : ""), text: fmt(c.parsed) })),
     fact("Expected", el("span", { class: "mono", text: fmt(c.expected) })),
     fact("Correct", correctMark(c.correct)),
+    answer && answer.review && !answer.review.stale && answer.review.verdict !== "cleared"
+      ? fact("Reviewed", correctMark(answer.correct_reviewed)) : null,
     fact("Attempts", String(c.attempts)),
     fact("Latency", run.latency_s === null ? "–" : `${run.latency_s.toFixed(3)} s`),
     run.usage ? fact("Tokens", `${run.usage.prompt_tokens} in / ${run.usage.completion_tokens} out`) : null,
@@ -466,7 +530,8 @@ function storyColumn(run) {
   const messages = c ? el("div", { class: "conversation" }, c.messages.map((m) =>
     el("div", { class: "msg role-" + m.role }, el("div", { class: "role", text: m.role }), el("div", { class: "content", text: fmt(m.content) }))))
     : null;
-  return el("section", { class: "story" }, head, facts, c ? el("h4", { text: "Conversation" }) : null, messages,
+  return el("section", { class: "story", "data-run": run.run_id }, head, facts, reviewPanel(run, answer, item, sample),
+    c ? el("h4", { text: "Conversation" }) : null, messages,
     el("h4", { text: `Attempts (${run.events.length} events)` }), el("ol", { class: "events" }, run.events.map(eventItem)));
 }
 

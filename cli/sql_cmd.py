@@ -56,42 +56,48 @@ def _answer(catalog: Catalog, query: str, form: str, output: str | None) -> None
 
 def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
     """Read queries from standard input until its end or .quit; an error is its one line on
-    standard error, and the prompt goes on. The prompt and its banner show on a terminal only."""
-    from llm_ledger.ledger.errors import LedgerError
+    standard error, and the prompt goes on. The prompt and its banner show on a terminal only.
 
+    A query ends at a line ending in ';', at a blank line, or at the end of the input; a line
+    that is a whole statement by itself runs at once (``Catalog.whole``), and a first line that
+    is not is run (its error said) when the next line begins a statement, not glued to it."""
     from llm_ledger.projections.sql_views import VIEWS
 
     interactive = sys.stdin.isatty()
     if interactive:
         err.print(f"ledger sql: views {', '.join(VIEWS)}; end a query with ';' (.tables lists the views, .quit leaves)",
                   markup=False)
-    lines: list[str] = []
+    pending = ""  # lines of a query not run yet
     while True:
         if interactive:
-            err.print("ledger> " if not lines else "   ...> ", end="", markup=False)
+            err.print("   ...> " if pending else "ledger> ", end="", markup=False)
         line = sys.stdin.readline()
         if not line:
             break
         word = line.strip()
-        if not lines and word.lower() in _QUIT:
+        if not pending and word.lower() in _QUIT:
             break
-        if not lines and word.lower() in _TABLES:
+        if not pending and word.lower() in _TABLES:
             for name, view in VIEWS.items():
                 out.print(f"{name}: {view.about}", markup=False)
             continue
-        if word or lines:
-            lines.append(line)
-        text = "".join(lines)
-        if lines and (not word or catalog.ready(text)):
-            lines = []
-            _one(catalog, text, form, output, LedgerError)
-    if "".join(lines).strip():
-        _one(catalog, "".join(lines), form, output, LedgerError)
+        if pending and "\n" not in pending.strip() and not catalog.whole(pending) and catalog.starts(line):
+            _one(catalog, pending, form, output)  # a first line that never parsed: said now
+            pending = ""
+        pending += line
+        if not word or word.endswith(";") or ("\n" not in pending.strip() and catalog.whole(pending)):
+            if pending.strip():
+                _one(catalog, pending, form, output)
+            pending = ""
+    if pending.strip():
+        _one(catalog, pending, form, output)
 
 
-def _one(catalog: Catalog, text: str, form: str, output: str | None, errors: type[Exception]) -> None:
+def _one(catalog: Catalog, text: str, form: str, output: str | None) -> None:
+    from llm_ledger.ledger.errors import LedgerError
+
     try:
         _answer(catalog, text, form, output)
-    except (errors, OSError) as exc:  # type: ignore[misc]
-        message, _ = error_line(exc)  # type: ignore[arg-type]
+    except (LedgerError, OSError) as exc:
+        message, _ = error_line(exc)
         err.print(f"error: {message}", markup=False, highlight=False)

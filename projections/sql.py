@@ -49,6 +49,9 @@ _SETTINGS = {"enable_external_access": False}
 # goes to ``mean``, DuckDB's other name for its own avg (a macro may not call itself).
 _AVG_MACRO = "CREATE OR REPLACE TEMP MACRO avg(x BOOLEAN) AS mean(x::INTEGER), (x) AS mean(x)"
 _NO_BOOLEAN_AVG = "avg(BOOLEAN)"
+_CONTINUED = ",(+-*/%=<>|&"
+_STARTS = frozenset({"select", "with", "from", "show", "describe", "summarize", "explain", "values", "pivot", "unpivot",
+                     "table", "create", "drop", "set", "pragma"})
 
 
 def run_paths(runs_dir: str) -> list[RunPaths]:
@@ -126,20 +129,25 @@ class Catalog:
         except duckdb.Error as exc:
             raise InputError(f"SQL: {one_line(exc)}") from None
 
-    def ready(self, text: str) -> bool:
-        """Whether the prompt should run the lines typed so far: they end in ``;``, or they are
-        one line that is a whole statement -- or that no further line could mend (a syntax
-        error before its end: said at once). Several lines wait for a ``;`` (or a blank line)."""
+    def whole(self, line: str) -> bool:
+        """Whether one line is a whole statement (the prompt runs it at once): DuckDB parses it,
+        and it does not end in a comma, an operator or an open parenthesis (which say more is
+        coming; DuckDB accepts a trailing comma)."""
         import duckdb
 
-        if text.rstrip().endswith(";"):
-            return True
-        if "\n" in text.strip():
+        text = line.strip()
+        if not text or text[-1] in _CONTINUED:
             return False
         try:
             return bool(self._probe.extract_statements(text))
-        except duckdb.Error as exc:
-            return "end of input" not in str(exc)
+        except duckdb.Error:
+            return False
+
+    @staticmethod
+    def starts(line: str) -> bool:
+        """Whether a line begins a statement (its first word is a statement's first keyword)."""
+        words = line.split(None, 1)
+        return bool(words) and words[0].lower().rstrip(";") in _STARTS
 
     def named(self, text: str, statements: Sequence[Any]) -> set[str]:
         """The views the statements read."""

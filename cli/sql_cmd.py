@@ -45,7 +45,12 @@ def sql(
 def _answer(catalog: Catalog, query: str, form: str, output: str | None) -> None:
     from llm_ledger.projections.sql_output import render, write_file
 
-    table = catalog.query(query)
+    try:
+        table = catalog.query(query)
+    finally:
+        for note in catalog.notes:
+            err.print(f"warning: {note}", markup=False, highlight=False)
+        catalog.notes.clear()
     if output:
         rows = write_file(table, form, output)
         out.print(f"wrote {rows} rows to {output}", markup=False)

@@ -18,6 +18,10 @@ The query reads the views and nothing else: DuckDB's own file access (``COPY ...
 files nor bypass ``-o``, which writes through ``outputs.py`` (checked, atomic). Times are
 shown in UTC.
 
+A run that cannot be read (a damaged log) is left out of ``rows`` and ``events`` with a note
+(``Catalog.notes``, said on standard error) instead of failing every query; ``runs`` shows it
+as ``damaged: ...``.
+
 ``avg`` of a boolean (``avg(correct)``: the share of true) works, although DuckDB has no
 ``avg(BOOLEAN)``: a statement failing on just that is run again with a temporary macro
 ``avg`` that counts true as 1 (for other types it is DuckDB's ``mean``), dropped after it; as
@@ -34,7 +38,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from llm_ledger.ledger import fs
-from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 
 from .sql_views import VIEWS
@@ -98,6 +102,7 @@ class Catalog:
         self._probe = duckdb.connect(":memory:", config=_SETTINGS)  # table names are read on an empty catalog
         self._built: dict[str, tuple[Any, ...]] = {}  # view -> the stamps it was built from
         self._macro = False  # the avg macro is defined (for one statement)
+        self.notes: list[str] = []  # runs a view left out, said (and emptied) by the caller
 
     def close(self) -> None:
         self.con.close()
@@ -165,11 +170,28 @@ class Catalog:
         stamps = tuple(_stamp(p) for p in runs)
         if self._built.get(name) == stamps:
             return
-        table = VIEWS[name].build(runs)
+        table = self._build(name, runs)
         if name in self._built:
             self.con.unregister(name)
         self.con.register(name, table)
         self._built[name] = stamps
+
+    def _build(self, name: str, runs: Sequence[RunPaths]) -> pa.Table:
+        """The view over every run; a run that cannot be read (a damaged log) is left out
+        with a note saying so, rather than failing every query of the directory."""
+        build = VIEWS[name].build
+        try:
+            return build(runs)
+        except LedgerError:
+            pass
+        good = []
+        for paths in runs:
+            try:
+                build([paths])
+                good.append(paths)
+            except LedgerError as exc:
+                self.notes.append(f"{name}: run {paths.run_id} left out: {exc}")
+        return build(good)
 
     def _execute(self, text: str) -> pa.Table:
         import duckdb

@@ -233,3 +233,20 @@ def test_the_command_module_loads_no_duckdb_or_pyarrow():
     code = "import sys, llm_ledger.cli.sql_cmd; print(sorted(m for m in ('duckdb', 'pyarrow') if m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_a_damaged_run_is_left_out_with_a_note(world, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    shutil.copytree(world / "runs" / "a", runs / "a")
+    shutil.copytree(world / "runs" / "a", runs / "broken")
+    with open(runs / "broken" / "events.log", "r+b") as f:
+        f.seek(300)
+        f.write(b"XXXXXXXX")
+    with Catalog(str(runs)) as catalog:
+        got = catalog.query("SELECT run_id, count(*) AS n FROM events GROUP BY ALL").to_pylist()
+        assert got == [{"run_id": "a", "n": len(list(iter_events(str(runs / "a" / "events.log"))))}]
+        assert len(catalog.notes) == 1 and catalog.notes[0].startswith("events: run broken left out: ")
+        status = {r["run_id"]: r["status"] for r in catalog.query("SELECT run_id, status FROM runs").to_pylist()}
+    assert status["a"] == "completed" and status["broken"].startswith("damaged: ")

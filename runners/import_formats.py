@@ -8,7 +8,8 @@
 * the reply: ``response`` (a string). A line whose ``response`` is null or missing and that
   has an ``error`` (a string, or an object with a ``message``) is a failed item;
 * optionally ``expected``, ``sample`` (an integer >= 0; default 0), ``model`` (a string),
-  ``usage`` (``prompt_tokens``, ``completion_tokens``, ``total_tokens``), ``latency``
+  ``usage`` (``prompt_tokens``, ``completion_tokens``, ``total_tokens``; or ``input_tokens``,
+  ``output_tokens``), ``latency``
   (seconds, a number >= 0);
 * anything else becomes the item's metadata (a ``metadata`` object's fields too), except the
   fields ledger computes itself from the reply and the log (``parsed``, ``correct``,
@@ -243,6 +244,9 @@ def _model(where: str, value: Any) -> str:
 def _usage(where: str, value: Any) -> Usage | None:
     if value is None:
         return None
+    if isinstance(value, dict) and not any(k in value for k in _TOKENS):  # the Responses API's names
+        value = {"prompt_tokens": value.get("input_tokens", 0), "completion_tokens": value.get("output_tokens", 0),
+                 "total_tokens": value.get("total_tokens", 0)}
     counts = [value.get(k, 0) if isinstance(value, dict) else None for k in _TOKENS]
     if not isinstance(value, dict) or not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 1 << 62
                                               for c in counts):

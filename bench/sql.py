@@ -34,6 +34,7 @@ TOPICS = ("geography", "arithmetic", "history", "science")
 
 
 def build(run_dir: str, items: int) -> None:
+    from llm_ledger.ledger.index import RunIndex
     from llm_ledger.ledger.events import Parsed, Response, RunStarted, SessionEnded, SessionStarted, Started, Usage
     from llm_ledger.ledger.writer import LogWriter
     from llm_ledger.projections.projector import ROWS, rebuild
@@ -61,7 +62,9 @@ def build(run_dir: str, items: int) -> None:
         writer.append_many(batch)
     writer.append(SessionEnded(reason="completed"))
     writer.close()
-    rebuild(RunPaths(run_dir), (ROWS,))
+    paths = RunPaths(run_dir)
+    RunIndex.open_for_log(paths.index, paths.log).close()  # as a run leaves it: status reads the index
+    rebuild(paths, (ROWS,))
 
 
 def phase(name: str, runs_dir: str) -> dict:

@@ -237,3 +237,16 @@ def test_a_batch_output_with_failures_and_unknown_ids(tmp_path):
     with pytest.raises(InputError, match=r"out.jsonl:1: custom_id 'zz' is not an id of --dataset"):
         import_file(str(path), "openai-batch-output", str(tmp_path / "runs"), "c", dataset=str(data))
     assert not (tmp_path / "runs" / "c").exists()
+
+
+def test_the_viewer_shows_an_imported_run_beside_the_live_one(world):
+    from starlette.testclient import TestClient
+
+    from llm_ledger.viewer.app import create_app
+
+    client = TestClient(create_app(str(world / "runs")))
+    listed = {r["run_id"]: r for r in client.get("/api/runs").json()["runs"]}
+    assert listed["from-batch"]["status"] == "completed" and listed["from-batch"]["done"] == N
+    data = client.get("/api/items?run=live&run=from-batch&size=100").json()
+    assert data["items"] == N and data["disagreements"] == 0 and data["notes"] == []
+    assert "topic" in data["fields"]

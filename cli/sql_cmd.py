@@ -74,9 +74,10 @@ def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
                   markup=False)
     pending = ""  # lines of a query not run yet
     while True:
-        if interactive:
-            err.print("   ...> " if pending else "ledger> ", end="", markup=False)
-        line = sys.stdin.readline()
+        line = _read_line("   ...> " if pending else "ledger> ") if interactive else sys.stdin.readline()
+        if line is None:  # Ctrl-C: the lines typed so far are dropped, as in psql
+            pending = ""
+            continue
         if not line:
             break
         word = line.strip()
@@ -96,6 +97,22 @@ def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
             pending = ""
     if pending.strip():
         _one(catalog, pending, form, output)
+
+
+def _read_line(prompt: str) -> str | None:
+    """A line typed at a terminal, with line editing and history (readline, where there is
+    one); "" at Ctrl-D, None at Ctrl-C."""
+    try:
+        import readline  # noqa: F401  (input() edits lines once it is loaded)
+    except ImportError:
+        pass
+    try:
+        return input(prompt) + "\n"
+    except EOFError:
+        return ""
+    except KeyboardInterrupt:
+        err.print("", markup=False)
+        return None
 
 
 def _one(catalog: Catalog, text: str, form: str, output: str | None) -> None:

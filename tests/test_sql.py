@@ -250,3 +250,40 @@ def test_a_damaged_run_is_left_out_with_a_note(world, tmp_path):
         assert len(catalog.notes) == 1 and catalog.notes[0].startswith("events: run broken left out: ")
         status = {r["run_id"]: r["status"] for r in catalog.query("SELECT run_id, status FROM runs").to_pylist()}
     assert status["a"] == "completed" and status["broken"].startswith("damaged: ")
+
+
+def test_the_prompt_at_a_terminal(world):
+    """At a real terminal (a pty): the banner, `ledger> ` and `...> ` prompts, an error that
+    leaves the prompt going, Ctrl-D to leave with exit 0."""
+    import select
+
+    master, slave = os.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "sql", "--runs-dir", str(world / "runs")],
+                            stdin=slave, stdout=slave, stderr=slave, env={**os.environ, "TERM": "xterm"},
+                            preexec_fn=os.setsid)
+    os.close(slave)
+    seen = bytearray()
+
+    def until(token: bytes) -> None:
+        deadline = time.monotonic() + 30
+        while token not in seen:
+            assert time.monotonic() < deadline, bytes(seen)
+            if select.select([master], [], [], 0.1)[0]:
+                seen.extend(os.read(master, 65536))
+
+    try:
+        until(b"ledger> ")
+        os.write(master, b"SELECT count(*) AS n FROM rows WHERE\n")
+        until(b"...> ")
+        os.write(master, b"run_id = 'a';\n")
+        until(b"(1 row)")
+        os.write(master, b"SELEC 1;\n")
+        until(b"error: SQL: Parser Error")
+        os.write(master, b"\x04")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = bytes(seen).decode().replace("\r", "")
+    assert "views runs, rows, events" in text and f"\n{N}\n(1 row)" in text

@@ -21,6 +21,7 @@ __all__ = [
     "EventBase",
     "ItemEvent",
     "Usage",
+    "Imported",
     "RunStarted",
     "SessionStarted",
     "Started",
@@ -60,6 +61,14 @@ class Usage(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     total_tokens: int = 0
 
 
+class Imported(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where an imported event came from (``ledger import``): the file and its line (1-based;
+    a CSV's header is line 1). None on the events of a run ``ledger run`` made."""
+
+    file: str
+    line: int
+
+
 class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
     run_id: str
     config: dict[str, Any] = {}
@@ -72,6 +81,7 @@ class RunStarted(EventBase, frozen=True, kw_only=True, tag="run_started"):
     # whose dataset still has this size and sha256 trusts the count and skips validating it.
     dataset_items: int = 0
     dataset_size: int = 0
+    source: str = ""  # "imported": written by `ledger import` from ``dataset`` (nothing to send, nothing to resume)
 
 
 class SessionStarted(EventBase, frozen=True, kw_only=True, tag="session_started"):
@@ -92,6 +102,7 @@ class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
     # its other fields (``topic`` ...), which become columns. 0 and {} in older logs.
     line: int = 0
     metadata: dict[str, Any] = {}
+    imported: Imported | None = None
 
 
 class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
@@ -106,6 +117,7 @@ class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
     latency: float = 0.0
     endpoint: str = ""
     final: bool = True  # False for a turn that is not the item's last
+    imported: Imported | None = None  # a reply read from a file by `ledger import`, not received
 
 
 class Response(ResponseView, frozen=True, kw_only=True, tag="response"):
@@ -131,6 +143,7 @@ class Failed(ItemEvent, frozen=True, kw_only=True, tag="failed"):
     expected: Any = None  # for an item failed before any request (--max-context): it still scores
     line: int = 0  # with ``metadata``, as ``Started``'s, for such an item
     metadata: dict[str, Any] = {}
+    imported: Imported | None = None
 
 
 class SessionEnded(EventBase, frozen=True, kw_only=True, tag="session_ended"):

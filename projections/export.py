@@ -65,7 +65,7 @@ from .projector import checkpointed_state, refresh
 from .runs import first_event
 from .summary import summarize
 
-__all__ = ["FORMATS", "SCHEMA", "export", "row_batches"]
+__all__ = ["FORMATS", "SCHEMA", "export", "row_batches", "rows_table"]
 
 _CHUNK = 8 << 20  # bytes of responses.jsonl per record batch (~23,000 of bench/replay.py's lines)
 _BLOCK = 2 << 20  # pyarrow's JSON block: a chunk is parsed by several threads, a block each
@@ -435,6 +435,13 @@ def row_batches(runs: Sequence[RunPaths]) -> tuple[pa.Schema, Iterator[pa.Record
             surveys.append(_Survey(paths, _unique(paths)))
     columns = Columns.of(surveys)
     return columns.schema, _batches(surveys, columns)
+
+
+def rows_table(runs: Sequence[RunPaths]) -> pa.Table:
+    """The rows of ``runs`` as one Arrow table (``ledger sql``'s ``rows``): the batches every
+    export format writes, held in memory instead."""
+    schema, batches = row_batches(runs)
+    return pa.Table.from_batches(list(batches), schema=schema)
 
 
 @contextmanager

@@ -290,7 +290,8 @@ def _response(state: RunState, event: Response, _: Any) -> None:
         _new_reply(state, key, event.text)
     row.latency += event.latency
     totals = state.totals
-    totals.latencies.append(event.latency)
+    if event.imported is None or event.latency:  # an imported reply with no time (a Batch output) has none, not 0 s
+        totals.latencies.append(event.latency)
     usage = event.usage
     if usage is not None:
         before_usage = row.usage

@@ -171,6 +171,8 @@ def prepare_resume(paths: RunPaths, skip_failed: bool = False, overrides: dict[s
     """Check a resume. ``overrides``: HOW_FIELDS settings for this session only (recorded in its
     ``session_started``); the run's other settings are fixed by ``run_started``."""
     started = _run_started(paths)
+    if started.source == "imported":
+        raise InputError(f"run {paths.run_id} was imported from {started.dataset} (`ledger import`): it has nothing to send or resume")
     config = RunConfig.from_dict(started.config)
     check_kinds(config.runner, config.transport, config.base_url)  # a later version's runner: said, not a KeyError
     changed = _overrides(config, overrides or {}, paths.run_id)

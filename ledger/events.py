@@ -21,6 +21,8 @@ __all__ = [
     "EventBase",
     "ItemEvent",
     "Usage",
+    "CachedFrom",
+    "CACHE_ENDPOINT",
     "RunStarted",
     "SessionStarted",
     "Started",
@@ -92,6 +94,18 @@ class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
     metadata: dict[str, Any] = {}
 
 
+CACHE_ENDPOINT = "cache"  # the ``endpoint`` of a cache hit's ``started``: the request was not sent
+
+
+class CachedFrom(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a reply served from the cross-run cache was paid for: the ``response`` event
+    ``seq`` of run ``run``, received at ``ts`` (runners/cache.py)."""
+
+    run: str
+    seq: int
+    ts: float = 0.0
+
+
 class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
     """A ``response`` read without its ``raw`` body (``decode_many_view``): all that the
     projections use, decoded in about two thirds of the time (msgspec skips the body
@@ -104,6 +118,7 @@ class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
     latency: float = 0.0
     endpoint: str = ""
     final: bool = True  # False for a turn that is not the item's last
+    cached_from: CachedFrom | None = None  # a reply copied from the cache: nothing was sent
 
 
 class Response(ResponseView, frozen=True, kw_only=True, tag="response"):

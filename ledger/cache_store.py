@@ -10,7 +10,7 @@ Layout (one LMDB environment, three named databases)::
 
     entries  key: 32 bytes, value: MessagePack array (``Entry``)
              run, seq, offset, end, ts, item_id, sample, turn, copied, origin_run, origin_seq,
-             request_offset, model, keyed_sample, messages (16-byte digest), params
+             request_offset, model, keyed_sample, messages (16-byte digest), params, endpoint
     runs     key: run id (UTF-8), value: ``Mark``: [applied_end, low_water, last_seq, config, identity]
     meta     b"format": FORMAT
 
@@ -58,7 +58,7 @@ from .reader import iter_frames
 
 __all__ = ["CacheStore", "Entry", "Keyer", "RunWalk", "STORE_NAME", "store_path"]
 
-FORMAT = b"1"
+FORMAT = b"2"  # 2: entries carry their endpoint identity
 STORE_NAME = "cache.lmdb"
 _INITIAL_MAP = 1 << 30  # sparse: reserves address space, not disk
 _LOCK_BYTES = 64 << 10
@@ -82,6 +82,7 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
     keyed_sample: int = -1  # -1: deterministic, the key holds no sample
     messages: bytes = b""
     params: dict[str, Any] = {}
+    endpoint: str = ""  # the endpoint identity the key was made with (explain compares it)
 
     def provenance(self) -> CachedFrom:
         if self.copied:
@@ -172,7 +173,7 @@ class RunWalk:
         key, model, keyed, messages, params = self.keyer.entry(self.identity, body, event.sample)
         return key, Entry(self.run_id, event.seq, frame.offset, frame.end, ts, event.item_id, event.sample, event.turn,
                           origin is not None, origin.run if origin else "", origin.seq if origin else 0,
-                          request_offset, model, keyed, messages, params)
+                          request_offset, model, keyed, messages, params, self.identity)
 
 
 class CacheStore:

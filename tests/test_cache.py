@@ -5,10 +5,10 @@ the point here), each run counting the requests its simulator received (its requ
 
     a  1,000 items, temperature 0.7, the built-in simulator over HTTP   -> sends 1,000
     b  the same again                                                  -> sends 0
-    c  the same with one sampling parameter changed (max_tokens)       -> sends 1,000
-    d  another model                                                   -> sends 1,000
+    c  the same with one sampling parameter changed (max_tokens)       -> sends all (200 of 200)
+    d  another model                                                   -> sends all (200 of 200)
     e  --samples 3 at temperature 0.7 (sample 0 is a's)                -> sends 2,000
-    f  --no-cache                                                      -> sends 1,000
+    f  --no-cache                                                      -> sends all (200 of 200)
 
 and the asserts read their logs and outputs. The key's rules have their own cases below.
 """
@@ -32,6 +32,7 @@ from llm_ledger.runners.prepare import prepare
 from llm_ledger.runners.session import run_prepared
 
 N = 1000
+SOME = 200  # the runs that must send everything: all of their first 200 items make the point
 PARSER = "regex:answer is (.+)$"
 TIMING = ("latency", "finished_at", "seq", "cached_from")  # what may differ between a paid and a cached row
 
@@ -60,10 +61,10 @@ def figure(tmp_path_factory):
     live = (out["a"]["dir"] / "responses.jsonl").read_bytes()
     out["b"] = run_in_process(runs, dataset, "b", transport="http", temperature=0.7)
     out["b_live"] = ((out["b"]["dir"] / "responses.jsonl").read_bytes(), (out["b"]["dir"] / "summary.json").read_bytes())
-    out["c"] = run_in_process(runs, dataset, "c", temperature=0.7, max_tokens=64)
-    out["d"] = run_in_process(runs, dataset, "d", temperature=0.7, model="sim-2")
+    out["c"] = run_in_process(runs, dataset, "c", temperature=0.7, max_tokens=64, limit=SOME)
+    out["d"] = run_in_process(runs, dataset, "d", temperature=0.7, model="sim-2", limit=SOME)
     out["e"] = run_in_process(runs, dataset, "e", temperature=0.7, samples=3)
-    out["f"] = run_in_process(runs, dataset, "f", temperature=0.7, cache=False)
+    out["f"] = run_in_process(runs, dataset, "f", temperature=0.7, cache=False, limit=SOME)
     out.update(runs=runs, dataset=dataset, root=root, a_live=live)
     return out
 
@@ -110,20 +111,24 @@ def test_the_summary_counts_cached_replies_apart(figure):
 
 
 def test_a_rebuild_reads_the_same_as_the_live_run(figure):
-    for run_id, live in (("b", figure["b_live"]), ("a", (figure["a_live"], None))):
-        r = run_cli("replay", run_id, "--rebuild", "--runs-dir", str(figure["runs"]))
-        assert r.returncode == 0, r.stderr
-        assert (figure["runs"] / run_id / "responses.jsonl").read_bytes() == live[0]
-        if live[1] is not None:
-            assert (figure["runs"] / run_id / "summary.json").read_bytes() == live[1]
+    from llm_ledger.ledger.layout import RunPaths
+    from llm_ledger.projections.replay import replay
+
+    r = run_cli("replay", "b", "--rebuild", "--runs-dir", str(figure["runs"]))
+    assert r.returncode == 0, r.stderr
+    assert "50 of" not in r.stdout and f"{N:,} of {N:,}" in r.stdout  # the table's cached row
+    assert ((figure["runs"] / "b" / "responses.jsonl").read_bytes(),
+            (figure["runs"] / "b" / "summary.json").read_bytes()) == figure["b_live"]
+    replay(RunPaths(str(figure["runs"] / "a")), full=True)
+    assert (figure["runs"] / "a" / "responses.jsonl").read_bytes() == figure["a_live"]
 
 
 def test_one_changed_sampling_parameter_sends_all(figure):
-    assert (figure["c"]["sent"], figure["c"]["cached"]) == (N, 0)
+    assert (figure["c"]["sent"], figure["c"]["cached"]) == (SOME, 0)
 
 
 def test_another_model_sends_all(figure):
-    assert (figure["d"]["sent"], figure["d"]["cached"]) == (N, 0)
+    assert (figure["d"]["sent"], figure["d"]["cached"]) == (SOME, 0)
 
 
 def test_three_samples_after_one_pay_for_the_two_new_ones(figure):
@@ -135,23 +140,23 @@ def test_three_samples_after_one_pay_for_the_two_new_ones(figure):
 
 
 def test_no_cache_sends_everything(figure):
-    assert (figure["f"]["sent"], figure["f"]["cached"]) == (N, 0)
+    assert (figure["f"]["sent"], figure["f"]["cached"]) == (SOME, 0)
 
 
 def test_stats_and_explain(figure):
+    from llm_ledger.runners.cache_explain import explain, stats
+
     runs = str(figure["runs"])
-    stats = run_cli("cache", "stats", "--json", "--runs-dir", runs)
-    assert stats.returncode == 0, stats.stderr
-    s = json.loads(stats.stdout)
-    # a, c, d: 1,000 keys each; e: 2,000 new ones (its sample 0 is a's key); f: a's keys again (newer originals)
-    assert s["entries"] == 5 * N and s["copies"] == 0 and s["per_sample"] == 5 * N
-    hit = json.loads(run_cli("cache", "explain", "b", "q7", "--json", "--runs-dir", runs).stdout)
+    s = stats(runs)
+    # a: 1,000 keys; c, d: 200 each; e: 2,000 new ones (its sample 0 is a's key); f: 200 of a's keys again
+    assert s["entries"] == 3 * N + 2 * SOME and s["copies"] == 0 and s["per_sample"] == s["entries"]
+    hit = explain(runs, "b", "q7")
     assert hit["this_run"]["reply"] == "cached" and hit["this_run"]["from_run"] == "a"
     assert hit["parts"]["params"] == {"temperature": 0.7} and hit["parts"]["sample"] == 0
     miss = run_cli("cache", "explain", "c", "q7", "--runs-dir", runs)
     assert miss.returncode == 0, miss.stderr
     assert "lookup    miss" in miss.stdout and "differs body.max_tokens: here 64, cached \"(absent)\"" in miss.stdout
-    model = json.loads(run_cli("cache", "explain", "d", "q7", "--json", "--runs-dir", runs).stdout)
+    model = explain(runs, "d", "q7")
     assert [d["part"] for d in model["nearest"]["differs"]] == ["model"]
     assert model["nearest"]["item_id"] == "q7"
     bad = run_cli("cache", "explain", "b", "nope", "--runs-dir", runs)
@@ -162,20 +167,23 @@ def test_a_deleted_store_is_rebuilt_from_the_logs_with_the_same_entries(figure):
     runs = figure["runs"]
     before = json.loads(run_cli("cache", "stats", "--json", "--runs-dir", str(runs)).stdout)
     shutil.rmtree(runs / "cache.lmdb")
-    after = json.loads(run_cli("cache", "stats", "--json", "--runs-dir", str(runs)).stdout)
+    from llm_ledger.runners.cache_explain import stats
+
+    after = stats(str(runs))
     same = ("entries", "originals", "copies", "per_sample", "oldest", "newest")
     assert {k: after[k] for k in same} == {k: before[k] for k in same}
 
 
 def test_clear_older_than_and_bad_ages(figure, tmp_path):
+    from llm_ledger.runners.cache_explain import clear, stats
+
     runs = tmp_path / "runs"
     shutil.copytree(figure["runs"] / "a", runs / "a")
-    r = run_cli("cache", "clear", "--older-than", "30d", "--json", "--runs-dir", str(runs))
-    assert r.returncode == 0 and json.loads(r.stdout)["removed"] == 0 and json.loads(r.stdout)["remaining"] == N
+    assert clear(str(runs), 30 * 86400)["removed"] == 0 and stats(str(runs))["entries"] == N
     r = run_cli("cache", "clear", "--runs-dir", str(runs))
     assert r.returncode == 0 and f"forgot {N:,}" in r.stdout
     shutil.rmtree(runs / "cache.lmdb")  # a rebuild forgets them too
-    assert json.loads(run_cli("cache", "stats", "--json", "--runs-dir", str(runs)).stdout)["entries"] == 0
+    assert stats(str(runs))["entries"] == 0
     bad = run_cli("cache", "clear", "--older-than", "soon", "--runs-dir", str(runs))
     assert bad.returncode == 2 and "--older-than" in bad.stderr and bad.stderr.count("\n") == 1
     bad = run_cli("run", str(figure["dataset"]), "--cache-max-age", "0d", "--runs-dir", str(runs))

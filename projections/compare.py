@@ -58,6 +58,7 @@ class Answer(msgspec.Struct):
     expected: Any = None
     correct: bool | None = None
     error: str | None = None
+    cached_from: Any = None  # {run, seq, ts}: the reply was copied from the cross-run cache
 
 
 class AnswerText(Answer):
@@ -215,6 +216,7 @@ class Comparison:
         return {"item_id": key[0], "sample": key[1], "expected": first.expected,
                 "answers": {r: a[key].parsed for r, a in zip(self.run_ids, self.answers)},
                 "correct": {r: a[key].correct for r, a in zip(self.run_ids, self.answers)},
+                "cached": {r: a[key].cached_from for r, a in zip(self.run_ids, self.answers)},
                 "agree": self.same(key)}
 
     def to_json(self, only_diff: bool = False) -> dict[str, Any]:
@@ -267,7 +269,7 @@ def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key]) -> 
     right = sum(scored)
     return {"run_id": paths.run_id, "model": _model(paths), "finished": len(answers), "left_out": len(answers) - len(shared),
             "scored": len(scored), "correct": right, "accuracy": right / len(scored) if scored else None,
-            "ci95": wilson(right, len(scored))}
+            "ci95": wilson(right, len(scored)), "cached": sum(answers[k].cached_from is not None for k in shared)}
 
 
 def _model(paths: RunPaths) -> str:
@@ -296,15 +298,16 @@ def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], 
 def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int:
     """The per-item table (every shared key, or only those that differ) as CSV; row count."""
     items = comparison.differences() if only_diff else comparison.items()
+    cached = any(r["cached"] for r in comparison.runs)  # a column per run saying which answers came from the cache
     header = ["item_id", "sample", "expected"]
     for run in comparison.run_ids:
-        header += [f"{run}.parsed", f"{run}.correct"]
+        header += [f"{run}.parsed", f"{run}.correct"] + ([f"{run}.cached"] if cached else [])
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with fs.open_file(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow([*header, "agree"])
-            writer.writerows(_csv_row(item, comparison.run_ids) for item in items)
+            writer.writerows(_csv_row(item, comparison.run_ids, cached) for item in items)
         fs.replace(tmp, path)
     except OSError as exc:
         if os.path.exists(tmp):
@@ -313,9 +316,12 @@ def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int
     return len(items)
 
 
-def _csv_row(item: dict[str, Any], run_ids: Iterable[str]) -> list[Any]:
+def _csv_row(item: dict[str, Any], run_ids: Iterable[str], cached: bool = False) -> list[Any]:
     row = [item["item_id"], item["sample"], as_text(item["expected"])]
     for run in run_ids:
         correct = item["correct"][run]
         row += [as_text(item["answers"][run]), "" if correct is None else str(correct).lower()]
+        if cached:
+            source = item["cached"][run]
+            row.append(f"{source['run']}#{source['seq']}" if source else "")
     return [*row, str(item["agree"]).lower()]

@@ -283,7 +283,8 @@ def _row_json(row: Row) -> dict[str, Any]:
 
 
 def _answer_json(a: Any) -> dict[str, Any]:
-    return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error}
+    return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error,
+            "cached_from": a.cached_from}  # {run, seq, ts}: copied from the cross-run cache (the page marks it)
 
 
 def _groups(values: list[tuple[str, int]]) -> bool:

@@ -315,7 +315,8 @@ function answerCells(a, run) {
     : el("span", { class: "answer " + (a.correct === true ? "ok" : a.correct === false ? "bad" : ""), text: a.parsed });
   const response = a.error && a.response === null ? el("span", { class: "err-text", text: a.error })
     : el("div", { class: "clamp", text: a.response ?? "" });
-  return [el("td", { class: "narrow run-start" }, correctMark(a.correct)), el("td", { class: "mono" }, answer),
+  const cached = a.cached_from ? el("span", { class: "muted small cached", title: `copied from the cache: run ${a.cached_from.run}, event ${a.cached_from.seq} (nothing sent)`, text: " ↺ cached" }) : null;
+  return [el("td", { class: "narrow run-start" }, correctMark(a.correct)), el("td", { class: "mono" }, answer, ...(cached ? [cached] : [])),
     el("td", { class: "response-col" }, response)];
 }
 

@@ -298,16 +298,15 @@ def _pair(name_a: str, name_b: str, a: dict[Key, Answer], b: dict[Key, Answer], 
 def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int:
     """The per-item table (every shared key, or only those that differ) as CSV; row count."""
     items = comparison.differences() if only_diff else comparison.items()
-    cached = any(r["cached"] for r in comparison.runs)  # a column per run saying which answers came from the cache
     header = ["item_id", "sample", "expected"]
     for run in comparison.run_ids:
-        header += [f"{run}.parsed", f"{run}.correct"] + ([f"{run}.cached"] if cached else [])
+        header += [f"{run}.parsed", f"{run}.correct"]
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with fs.open_file(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow([*header, "agree"])
-            writer.writerows(_csv_row(item, comparison.run_ids, cached) for item in items)
+            writer.writerows(_csv_row(item, comparison.run_ids) for item in items)
         fs.replace(tmp, path)
     except OSError as exc:
         if os.path.exists(tmp):
@@ -316,12 +315,9 @@ def write_csv(comparison: Comparison, path: str, only_diff: bool = False) -> int
     return len(items)
 
 
-def _csv_row(item: dict[str, Any], run_ids: Iterable[str], cached: bool = False) -> list[Any]:
+def _csv_row(item: dict[str, Any], run_ids: Iterable[str]) -> list[Any]:
     row = [item["item_id"], item["sample"], as_text(item["expected"])]
     for run in run_ids:
         correct = item["correct"][run]
         row += [as_text(item["answers"][run]), "" if correct is None else str(correct).lower()]
-        if cached:
-            source = item["cached"][run]
-            row.append(f"{source['run']}#{source['seq']}" if source else "")
     return [*row, str(item["agree"]).lower()]

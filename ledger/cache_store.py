@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import lmdb
@@ -51,7 +51,7 @@ import msgspec
 
 from . import fs
 from .errors import LedgerError
-from .events import CachedFrom, Failed, ResponseView, RunStarted, SessionStarted, Started, decode_many
+from .events import CachedFrom, Failed, ResponseView, RunStarted, SessionStarted, Started
 from .framing import HEADER_SIZE, Frame
 from .fsio import preallocate, write_atomic
 from .reader import iter_frames
@@ -63,6 +63,7 @@ STORE_NAME = "cache.lmdb"
 _INITIAL_MAP = 1 << 30  # sparse: reserves address space, not disk
 _LOCK_BYTES = 64 << 10
 _BATCH = 256  # frames per write transaction while catching up
+_FRAMES_KEPT = 8  # decoded frames a hit may reuse (a frame is one commit group: tens of replies)
 
 
 class Entry(msgspec.Struct, array_like=True, gc=False):
@@ -189,6 +190,7 @@ class CacheStore:
         self._meta = env.open_db(b"meta")
         self.cleared = _read_cleared(runs_dir)
         self.broken: Exception | None = None  # a failed update: the store is left alone from then on
+        self._frames: dict[tuple[str, int, int], dict[int, Any]] = {}  # recently read frames, decoded
 
     # -- opening -------------------------------------------------------------------------
 
@@ -353,20 +355,35 @@ class CacheStore:
         info, stat = self._env.info(), self._env.stat()
         return (info["last_pgno"] + 1) * stat["psize"]
 
-    def read_event(self, entry: Entry, decode: Callable[[bytes | memoryview], list[Any]] = decode_many) -> Any | None:
+    def read_event(self, entry: Entry) -> Any | None:
         """The ``response`` event an entry names, read from its run's log; None if it is not
-        there as recorded (a deleted run, a replaced log): then the entry is a miss."""
+        there as recorded (a deleted run, a replaced log): then the entry is a miss. The last
+        few frames read are kept decoded: a rerun's hits come in the order they were logged,
+        many from one frame."""
+        frame = self._frame(entry)
+        event = frame.get(entry.seq) if frame is not None else None
+        if event is None or not isinstance(event, ResponseView):
+            return None
+        same = (event.item_id, event.sample, event.turn) == (entry.item_id, entry.sample, entry.turn)
+        return event if same else None
+
+    def _frame(self, entry: Entry) -> dict[int, Any] | None:
+        where = (entry.run, entry.offset, entry.end)
+        frame = self._frames.get(where)
+        if frame is not None:
+            return frame
         log = os.path.join(self.runs_dir, entry.run, "events.log")
         try:
-            for frame in iter_frames(log, entry.offset, entry.end, decode=decode):
-                for event in frame.events:
-                    if event.seq == entry.seq:
-                        same = (event.item_id, event.sample, event.turn) == (entry.item_id, entry.sample, entry.turn)
-                        return event if same and isinstance(event, ResponseView) else None
-                return None
+            found = next(iter_frames(log, entry.offset, entry.end), None)
         except (LedgerError, OSError, msgspec.DecodeError):
             return None
-        return None
+        if found is None or found.offset != entry.offset:
+            return None
+        frame = {event.seq: event for event in found.events}
+        if len(self._frames) >= _FRAMES_KEPT:
+            self._frames.pop(next(iter(self._frames)))
+        self._frames[where] = frame
+        return frame
 
     def read_request(self, entry: Entry) -> dict[str, Any] | None:
         """The request (``started``) an entry's reply answered, for ``explain``."""

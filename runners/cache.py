@@ -63,11 +63,7 @@ class _Keyer:
     def identity(self, config: dict[str, Any]) -> str:
         return cache_key.identity(config)
 
-    def entry(self, identity: str, body: dict[str, Any], sample: int) -> tuple[bytes, str, int, bytes, dict[str, Any]]:
-        parts = cache_key.key_parts(identity, body, sample)
-        keyed = -1 if parts.sample is None else parts.sample
-        return (cache_key.make_key(identity, body, sample), parts.model, keyed,
-                cache_key.messages_digest(parts.messages), parts.params)
+    entry = staticmethod(cache_key.describe)
 
 
 KEYER = _Keyer()

@@ -32,12 +32,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
-__all__ = ["KeyParts", "KEY_VERSION", "SIMULATOR_IDENTITY", "deterministic", "identity", "key_parts", "make_key",
+__all__ = ["KeyParts", "KEY_VERSION", "SIMULATOR_IDENTITY", "deterministic", "describe", "identity", "key_parts", "make_key",
            "params_of", "messages_digest"]
 
 KEY_VERSION = 1  # part of every key: a change to what is hashed makes every earlier key a miss, never a wrong hit
 SIMULATOR_IDENTITY = "builtin-simulator"
 _canonical = msgspec.json.Encoder(order="sorted").encode
+_sha256 = hashlib.sha256
 _SIM_TRANSPORTS = ("simulator",)  # in-process transports that are the built-in simulator
 
 
@@ -72,10 +73,8 @@ def _plain_url(url: str) -> str:
 def deterministic(body: dict[str, Any]) -> bool:
     """Whether every sample of this body is the same reply (see the module docstring)."""
     temperature = body.get("temperature")
-    if temperature is None or isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        return False
-    n = body.get("n")
-    return temperature == 0 and (n is None or n == 1)
+    return (temperature.__class__ is int or temperature.__class__ is float) and temperature == 0 \
+        and body.get("n", 1) in (None, 1)
 
 
 def _normal(value: Any) -> Any:
@@ -94,13 +93,26 @@ def key_parts(endpoint: str, body: dict[str, Any], sample: int) -> KeyParts:
 
 
 def make_key(endpoint: str, body: dict[str, Any], sample: int) -> bytes:
-    """The 32-byte key of one request (``body`` as sent, ``sample`` its sample index)."""
-    normal = {k: _normal(v) for k, v in body.items()} if any(v.__class__ is float for v in body.values()) else body
+    """The 32-byte key of one request (``body`` as sent, ``sample`` its sample index): the
+    lookup every request pays for, so one pass over the body's top level, one encode, one hash."""
+    normal = body
+    for value in body.values():
+        if value.__class__ is float:
+            normal = {k: _normal(v) for k, v in body.items()}
+            break
     document = {"v": KEY_VERSION, "endpoint": endpoint, "body": normal,
                 "sample": None if deterministic(body) else sample}
-    return hashlib.sha256(_canonical(document)).digest()
+    return _sha256(_canonical(document)).digest()
+
+
+def describe(endpoint: str, body: dict[str, Any], sample: int) -> tuple[bytes, str, int, bytes, dict[str, Any]]:
+    """(key, model, sample in the key or -1, messages digest, params): a store entry's parts,
+    made once per logged reply when the store is rebuilt."""
+    keyed = -1 if deterministic(body) else sample
+    return (make_key(endpoint, body, sample), str(body.get("model", "")), keyed,
+            _sha256(_canonical(body.get("messages"))).digest()[:16], params_of(body))
 
 
 def messages_digest(messages: Any) -> bytes:
     """16 bytes naming the messages (``explain``: same messages or not, without storing them)."""
-    return hashlib.sha256(_canonical(messages)).digest()[:16]
+    return _sha256(_canonical(messages)).digest()[:16]

@@ -1,4 +1,5 @@
-"""The cross-run cache store (``<runs_dir>/cache.lmdb``): derived from every run's log.
+"""The cross-run cache store (``<runs_dir>/cache.lmdb`` and LMDB's ``cache.lmdb-lock``): derived
+from every run's log.
 
 It maps a request's key (``runners/cache_key.py``: SHA-256 of the canonical request) to where
 its durable reply sits: the run, the ``seq`` of the ``response`` event and the byte range of
@@ -30,7 +31,7 @@ entries removed and is walked again from the start.
 
 Several processes (runs in parallel, an experiment's arms) share the store: each keeps its
 own run's entries current from its writer's commit listener, and on open catches up every
-other run from its log (under ``cache.lmdb.lock``, an flock, so that two processes never
+other run from its log (under ``cache.lock``, an flock, so that two processes never
 rebuild at once). A write conflict is impossible (LMDB serialises write transactions); a
 process whose store was rebuilt under it writes to the old files until its run ends -- those
 replies are found by the next catch-up. Durability is not needed: ``sync=False``; ``writemap``
@@ -59,7 +60,8 @@ from .reader import iter_frames
 __all__ = ["CacheStore", "Entry", "Keyer", "RunWalk", "STORE_NAME", "store_path"]
 
 FORMAT = b"2"  # 2: entries carry their endpoint identity
-STORE_NAME = "cache.lmdb"
+STORE_NAME = "cache.lmdb"  # one file (LMDB without a subdirectory: nothing that looks like a run), + "-lock"
+LOCK_NAME = "cache.lock"  # flock'd while the store is opened, checked, rebuilt and caught up
 _INITIAL_MAP = 1 << 30  # sparse: reserves address space, not disk
 _LOCK_BYTES = 64 << 10
 _BATCH = 256  # frames per write transaction while catching up
@@ -200,7 +202,7 @@ class CacheStore:
         entries up to its log's end. Raises lmdb.Error or OSError when the store cannot be
         made at all (the caller runs without a cache and says so)."""
         fs.makedirs(runs_dir, exist_ok=True)
-        with _Exclusive(os.path.join(runs_dir, STORE_NAME + ".lock")):
+        with _Exclusive(os.path.join(runs_dir, LOCK_NAME)):
             store = cls._open_or_rebuild(runs_dir, keyer)
             if catch_up:
                 try:
@@ -225,7 +227,11 @@ class CacheStore:
     @classmethod
     def _rebuilt(cls, runs_dir: str, keyer: Keyer) -> "CacheStore":
         path = store_path(runs_dir)
-        fs.rmtree(path, ignore_errors=True)
+        for name in (path, path + "-lock"):
+            try:
+                fs.unlink(name)
+            except FileNotFoundError:
+                pass
         store = cls(runs_dir, _env(path), keyer)
         with store._env.begin(write=True) as txn:
             txn.put(b"format", FORMAT, db=store._meta)
@@ -351,10 +357,6 @@ class CacheStore:
         with self._begin() as txn:
             return txn.stat(self._entries)["entries"]
 
-    def size_bytes(self) -> int:
-        info, stat = self._env.info(), self._env.stat()
-        return (info["last_pgno"] + 1) * stat["psize"]
-
     def read_event(self, entry: Entry) -> Any | None:
         """The ``response`` event an entry names, read from its run's log; None if it is not
         there as recorded (a deleted run, a replaced log): then the entry is a miss. The last
@@ -443,7 +445,7 @@ def _run_ids(runs_dir: str) -> list[str]:
         names = sorted(fs.listdir(runs_dir))
     except OSError:
         return []
-    return [n for n in names if n != STORE_NAME and os.path.isfile(os.path.join(runs_dir, n, "events.log"))]
+    return [n for n in names if os.path.isfile(os.path.join(runs_dir, n, "events.log"))]
 
 
 def _read_cleared(runs_dir: str) -> float:
@@ -455,21 +457,20 @@ def _read_cleared(runs_dir: str) -> float:
 
 
 def _env(path: str) -> lmdb.Environment:
-    fs.makedirs(path, exist_ok=True)
     try:
-        preallocate(os.path.join(path, "lock.mdb"), _LOCK_BYTES)
+        preallocate(path + "-lock", _LOCK_BYTES)
     except OSError as exc:
         raise lmdb.Error(f"{path}: {exc.strerror or exc}") from exc
-    env = lmdb.open(path, map_size=_INITIAL_MAP, max_dbs=4, sync=False, metasync=False, writemap=False)
+    env = lmdb.open(path, subdir=False, map_size=_INITIAL_MAP, max_dbs=4, sync=False, metasync=False, writemap=False)
     try:
         last_page, page_size = env.info()["last_pgno"], env.stat()["psize"]
-        size = os.path.getsize(os.path.join(path, "data.mdb"))
+        size = os.path.getsize(path)
     except (lmdb.Error, OSError) as exc:
         env.close()
         raise lmdb.Error(f"{path}: {exc}") from exc
     if size and (last_page + 1) * page_size > size:  # a cut file: reading it would SIGBUS
         env.close()
-        raise lmdb.CorruptedError(f"{path}: data.mdb holds {size} bytes, its pages reach {(last_page + 1) * page_size}")
+        raise lmdb.CorruptedError(f"{path}: the file holds {size} bytes, its pages reach {(last_page + 1) * page_size}")
     return env
 
 

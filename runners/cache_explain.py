@@ -33,9 +33,15 @@ def when(ts: float) -> str:
     return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if ts else "-"
 
 
+def _runs_dir(runs_dir: str) -> str:
+    if not os.path.isdir(runs_dir):
+        raise InputError(f"{runs_dir}: no runs directory here (see --runs-dir)")
+    return runs_dir
+
+
 def stats(runs_dir: str) -> dict[str, Any]:
     """What the store holds, caught up with every log first."""
-    store = CacheStore.open(runs_dir, KEYER)
+    store = CacheStore.open(_runs_dir(runs_dir), KEYER)
     try:
         entries = originals = per_sample = 0
         oldest, newest = float("inf"), 0.0
@@ -49,14 +55,14 @@ def stats(runs_dir: str) -> dict[str, Any]:
         return {"store": store_path(runs_dir), "entries": entries, "originals": originals, "copies": entries - originals,
                 "per_sample": per_sample, "deterministic": entries - per_sample, "runs_with_entries": len(runs),
                 "runs_walked": store.runs(), "oldest": oldest if entries else None, "newest": newest if entries else None,
-                "size_bytes": store.size_bytes(), "cleared_before": store.cleared or None}
+                "size_bytes": os.path.getsize(store_path(runs_dir)), "cleared_before": store.cleared or None}
     finally:
         store.close()
 
 
 def clear(runs_dir: str, older_than: float | None) -> dict[str, Any]:
     """Forget the replies received more than ``older_than`` seconds ago (all without it)."""
-    store = CacheStore.open(runs_dir, KEYER)
+    store = CacheStore.open(_runs_dir(runs_dir), KEYER)
     try:
         before = time.time() - (older_than or 0.0)
         removed = store.clear(before)

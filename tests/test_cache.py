@@ -166,7 +166,7 @@ def test_stats_and_explain(figure):
 def test_a_deleted_store_is_rebuilt_from_the_logs_with_the_same_entries(figure):
     runs = figure["runs"]
     before = json.loads(run_cli("cache", "stats", "--json", "--runs-dir", str(runs)).stdout)
-    shutil.rmtree(runs / "cache.lmdb")
+    (runs / "cache.lmdb").unlink()
     from llm_ledger.runners.cache_explain import stats
 
     after = stats(str(runs))
@@ -182,13 +182,15 @@ def test_clear_older_than_and_bad_ages(figure, tmp_path):
     assert clear(str(runs), 30 * 86400)["removed"] == 0 and stats(str(runs))["entries"] == N
     r = run_cli("cache", "clear", "--runs-dir", str(runs))
     assert r.returncode == 0 and f"forgot {N:,}" in r.stdout
-    shutil.rmtree(runs / "cache.lmdb")  # a rebuild forgets them too
+    (runs / "cache.lmdb").unlink()  # a rebuild forgets them too
     assert stats(str(runs))["entries"] == 0
     bad = run_cli("cache", "clear", "--older-than", "soon", "--runs-dir", str(runs))
     assert bad.returncode == 2 and "--older-than" in bad.stderr and bad.stderr.count("\n") == 1
     bad = run_cli("run", str(figure["dataset"]), "--cache-max-age", "0d", "--runs-dir", str(runs))
     assert bad.returncode == 2 and "--cache-max-age" in bad.stderr
-    assert sorted(p.name for p in runs.iterdir()) == ["a", "cache.cleared", "cache.lmdb", "cache.lmdb.lock"]
+    assert sorted(p.name for p in runs.iterdir()) == ["a", "cache.cleared", "cache.lmdb", "cache.lmdb-lock", "cache.lock"]
+    bad = run_cli("cache", "stats", "--runs-dir", str(tmp_path / "typo"))
+    assert bad.returncode == 2 and "no runs directory" in bad.stderr and not (tmp_path / "typo").exists()
 
 
 # -- the key ---------------------------------------------------------------------------

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
@@ -179,8 +180,14 @@ class RunWalk:
                           request_offset, model, keyed, messages, params, self.identity)
 
 
+# LMDB must not be opened twice in one process (closing one handle drops the other's locks):
+# sessions of one process (an experiment's arms run in threads) share one environment.
+_SHARED: dict[str, "CacheStore"] = {}
+_SHARED_LOCK = threading.Lock()
+
+
 class CacheStore:
-    """One process's handle on the store of a runs directory."""
+    """One process's handle on the store of a runs directory (shared by its sessions)."""
 
     def __init__(self, runs_dir: str, env: lmdb.Environment, keyer: Keyer) -> None:
         self.runs_dir = runs_dir
@@ -193,6 +200,8 @@ class CacheStore:
         self.cleared = _read_cleared(runs_dir)
         self.broken: Exception | None = None  # a failed update: the store is left alone from then on
         self._frames: dict[tuple[str, int, int], dict[int, Any]] = {}  # recently read frames, decoded
+        self._users = 0  # handles given out by ``open`` in this process (one environment per process)
+        self._real = ""
 
     # -- opening -------------------------------------------------------------------------
 
@@ -202,15 +211,23 @@ class CacheStore:
         entries up to its log's end. Raises lmdb.Error or OSError when the store cannot be
         made at all (the caller runs without a cache and says so)."""
         fs.makedirs(runs_dir, exist_ok=True)
-        with _Exclusive(os.path.join(runs_dir, LOCK_NAME)):
-            store = cls._open_or_rebuild(runs_dir, keyer)
-            if catch_up:
-                try:
-                    store.catch_up_all()
-                except lmdb.Error:  # damage the open checks could not see: once more, from nothing
-                    store.close()
-                    store = cls._rebuilt(runs_dir, keyer)
-                    store.catch_up_all()
+        real = os.path.realpath(store_path(runs_dir))
+        with _SHARED_LOCK, _Exclusive(os.path.join(runs_dir, LOCK_NAME)):
+            store = _SHARED.get(real)
+            if store is None:
+                store = cls._open_or_rebuild(runs_dir, keyer)
+                if catch_up:
+                    try:
+                        store.catch_up_all()
+                    except lmdb.Error:  # damage the open checks could not see: once more, from nothing
+                        store._env.close()
+                        store = cls._rebuilt(runs_dir, keyer)
+                        store.catch_up_all()
+                store._real = real
+                _SHARED[real] = store
+            elif catch_up:
+                store.catch_up_all()
+            store._users += 1
             return store
 
     @classmethod
@@ -221,7 +238,7 @@ class CacheStore:
             return cls._rebuilt(runs_dir, keyer)
         if store._sound():
             return store
-        store.close()
+        store._env.close()
         return cls._rebuilt(runs_dir, keyer)
 
     @classmethod
@@ -254,6 +271,13 @@ class CacheStore:
         return True
 
     def close(self) -> None:
+        """Let go of this handle; the environment closes with its last user in the process."""
+        with _SHARED_LOCK:
+            self._users -= 1
+            if self._users > 0:
+                return
+            if _SHARED.get(self._real) is self:
+                del _SHARED[self._real]
         self._env.close()
 
     # -- catching up ---------------------------------------------------------------------

@@ -234,13 +234,13 @@ def test_max_age_makes_old_replies_misses(figure):
     from llm_ledger.runners.cache import open_cache
 
     config = RunConfig(simulator={}, temperature=0.7, parser=PARSER, transport="simulator").to_dict()
-    cache = open_cache(str(figure["runs"]), "probe", config, True, 60.0)
+    cache = open_cache(str(figure["runs"]), "probe", config, True, 3600.0)
     try:
         body = msgspec.json.decode(b'{"model":"sim-1","messages":[{"role":"user","content":"What is 3? answer: A3"}],'
                                    b'"temperature":0.7}')
         hit = cache.lookup(body, 0)
         assert hit is not None and hit.response.text == "The answer is A3"
-        assert cache.lookup(body, 0, now=hit.provenance.ts + 61) is None
+        assert cache.lookup(body, 0, now=hit.provenance.ts + 3601) is None
         assert cache.lookup(body, 7) is None
     finally:
         cache.close()

@@ -4,7 +4,8 @@
   canonical JSON, the SHA-256 and one LMDB read in a store of ``--items`` entries: what every
   request that is then sent pays on top of the transport;
 * ``lookup_hit_us``: CPU per request of a hit -- the same, plus reading the reply's frame from
-  its run's log (it replaces the transport altogether);
+  its run's log and decoding the reply (it replaces the transport altogether): hits in the
+  order they were logged (a rerun), and ``..._scattered_us`` each from another frame;
 * ``transport_us``: CPU per request of the HTTP transport (runners/http_transport.py)
   sending the same kind of request to the built-in simulator (its own process) in a bare
   loop at ``--concurrency``, measured in the same run;
@@ -114,18 +115,21 @@ def main() -> None:
         entries = store.count()
         cache = Cache(store, KEYER.identity({"base_url": "", "simulator": {}}), store.walk_for("probe"))
         n = min(args.requests, args.items)
-        bodies_hit = [body(i) for i in range(0, args.items, max(1, args.items // n))][:n]
+        scattered = [body(i) for i in range(0, args.items, max(1, args.items // n))][:n]  # each in another frame
+        in_order = [body(args.items // 2 + i) for i in range(n)]  # a rerun: hits in the order they were logged
         bodies_miss = [body(args.items + i) for i in range(n)]
         miss = cpu_us(lambda: [cache.lookup(b, 0) for b in bodies_miss], n)
-        hits = []
-        hit = cpu_us(lambda: hits.extend(cache.lookup(b, 0) for b in bodies_hit), n)
+        hits: list = []
+        hit = cpu_us(lambda: hits.extend(cache.lookup(b, 0) for b in in_order), n)
+        hit_scattered = cpu_us(lambda: hits.extend(cache.lookup(b, 0) for b in scattered), n)
         assert all(h is not None for h in hits) and cache.misses == n, (cache.hits, cache.misses)
         transport = cpu_us(lambda: asyncio.run(transport_loop(f"http://127.0.0.1:{port}/v1", n, args.concurrency)), n)
         store.close()
         print(json.dumps({
             "items": args.items, "requests": n, "concurrency": args.concurrency, "store_entries": entries,
             "store_bytes": os.path.getsize(store_path(runs)),
-            "lookup_miss_us": round(miss, 2), "lookup_hit_us": round(hit, 2), "transport_us": round(transport, 2),
+            "lookup_miss_us": round(miss, 2), "lookup_hit_us": round(hit, 2), "lookup_hit_scattered_us": round(hit_scattered, 2),
+            "transport_us": round(transport, 2),
             "miss_vs_transport": round(miss / transport, 4), "hit_vs_transport": round(hit / transport, 4),
             "target_miss_lt_5pct": miss / transport < 0.05,
             "rebuild_s": round(rebuild, 2), "rebuild_responses_per_s": round(args.items / rebuild),

@@ -53,7 +53,7 @@ import msgspec
 
 from . import fs
 from .errors import LedgerError
-from .events import CachedFrom, Failed, ResponseView, RunStarted, SessionStarted, Started
+from .events import CachedFrom, Failed, ResponseView, RunStarted, SessionStarted, Started, decode
 from .framing import HEADER_SIZE, Frame
 from .fsio import preallocate, write_atomic
 from .reader import iter_frames
@@ -199,7 +199,7 @@ class CacheStore:
         self._meta = env.open_db(b"meta")
         self.cleared = _read_cleared(runs_dir)
         self.broken: Exception | None = None  # a failed update: the store is left alone from then on
-        self._frames: dict[tuple[str, int, int], dict[int, Any]] = {}  # recently read frames, decoded
+        self._frames: dict[tuple[str, int, int], Frame] = {}  # recently read frames (events undecoded)
         self._users = 0  # handles given out by ``open`` in this process (one environment per process)
         self._real = ""
 
@@ -249,6 +249,8 @@ class CacheStore:
                 fs.unlink(name)
             except FileNotFoundError:
                 pass
+            except IsADirectoryError:  # something else in its place: derived state, made anew
+                fs.rmtree(name)
         store = cls(runs_dir, _env(path), keyer)
         with store._env.begin(write=True) as txn:
             txn.put(b"format", FORMAT, db=store._meta)
@@ -384,32 +386,39 @@ class CacheStore:
     def read_event(self, entry: Entry) -> Any | None:
         """The ``response`` event an entry names, read from its run's log; None if it is not
         there as recorded (a deleted run, a replaced log): then the entry is a miss. The last
-        few frames read are kept decoded: a rerun's hits come in the order they were logged,
-        many from one frame."""
+        few frames read are kept: a rerun's hits come in the order they were logged, many
+        from one frame."""
         frame = self._frame(entry)
-        event = frame.get(entry.seq) if frame is not None else None
-        if event is None or not isinstance(event, ResponseView):
+        index = entry.seq - frame.first_seq if frame is not None else -1
+        if not 0 <= index < len(frame.events):  # type: ignore[union-attr]
+            return None
+        try:
+            event = decode(frame.events[index].raw)  # type: ignore[union-attr]
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return None
+        if not isinstance(event, ResponseView) or event.seq != entry.seq:
             return None
         same = (event.item_id, event.sample, event.turn) == (entry.item_id, entry.sample, entry.turn)
         return event if same else None
 
-    def _frame(self, entry: Entry) -> dict[int, Any] | None:
+    def _frame(self, entry: Entry) -> Frame | None:
+        """The frame holding an entry's reply, its events left undecoded (``msgspec.Raw``):
+        a hit decodes its own event only, not the whole commit group's."""
         where = (entry.run, entry.offset, entry.end)
         frame = self._frames.get(where)
         if frame is not None:
             return frame
         log = os.path.join(self.runs_dir, entry.run, "events.log")
         try:
-            found = next(iter_frames(log, entry.offset, entry.end), None)
+            found = next(iter_frames(log, entry.offset, entry.end, decode=_raw_events), None)
         except (LedgerError, OSError, msgspec.DecodeError):
             return None
         if found is None or found.offset != entry.offset:
             return None
-        frame = {event.seq: event for event in found.events}
         if len(self._frames) >= _FRAMES_KEPT:
             self._frames.pop(next(iter(self._frames)))
-        self._frames[where] = frame
-        return frame
+        self._frames[where] = found
+        return found
 
     def read_request(self, entry: Entry) -> dict[str, Any] | None:
         """The request (``started``) an entry's reply answered, for ``explain``."""
@@ -445,6 +454,38 @@ class CacheStore:
         except lmdb.MapResizedError:
             self._env.set_mapsize(0)  # adopt the size another process grew it to
             return self._env.begin()
+
+
+class _Seq(msgspec.Struct):
+    seq: int = 0
+
+
+_seq_of = msgspec.msgpack.Decoder(_Seq).decode
+_raw_list = msgspec.msgpack.Decoder(list[msgspec.Raw]).decode
+
+
+class _Peek:
+    """An undecoded event whose ``seq`` is read on demand (all that framing's check asks)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: msgspec.Raw) -> None:
+        self.raw = raw
+
+    @property
+    def seq(self) -> int:
+        return _seq_of(self.raw).seq
+
+
+class _RawEvents(list):  # type: ignore[type-arg]
+    """A frame's events left as MessagePack bytes; indexing gives a ``_Peek``."""
+
+    def __getitem__(self, index: Any) -> Any:
+        return _Peek(list.__getitem__(self, index))
+
+
+def _raw_events(data: bytes | memoryview) -> list[Any]:
+    return _RawEvents(_raw_list(data))
 
 
 def _decode_view(data: bytes | memoryview) -> list[Any]:

@@ -49,7 +49,7 @@ def explain(
     run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
     item: Annotated[str, typer.Argument(help="Item id (the dataset's id field).")],
     sample: Annotated[int, typer.Option(help="Which sample of the item: 0 to N-1.", metavar="N")] = 0,
-    turn: Annotated[Optional[int], typer.Option(help="Which turn of a multi-turn item (default: its last request).")] = None,
+    turn: Annotated[Optional[int], typer.Option(metavar="N", help="Which turn of a multi-turn item (default: its last request).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
@@ -76,7 +76,9 @@ def _explain_lines(e: dict[str, Any]) -> list[str]:
     if how["reply"] == "cached":
         lines.append(f"this run  reply copied from the cache: run {how['from_run']} seq {how['from_seq']} ({how['received']})")
     elif how["reply"] == "sent":
-        off = " (the run had --no-cache)" if not e["run_cache"] else ""
+        off = " (the run had --no-cache)" if e["run_cache"] is False else \
+            " (a sampled request: the run looked up only deterministic ones; --cache looks up every request)" \
+            if e["run_cache"] is None and not e["deterministic"] else ""
         lines.append(f"this run  sent{off}: reply seq {how['seq']} ({how['received']})")
     else:
         lines.append("this run  no reply yet")

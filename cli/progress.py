@@ -82,7 +82,7 @@ class RunDisplay:
                  *([Text(self._limit(p.limit))] if p.limit else []),
                  Text(f"tokens {num.count(p.prompt_tokens + p.completion_tokens)}")]
         if p.cached:  # served from the cross-run cache: counted in done, sent nowhere, cost 0
-            parts.insert(0, Text(f"cached {num.count(p.cached)}", style="cyan"))
+            parts.append(Text(f"cached {num.count(p.cached)}", style="cyan"))
         if self.price[0] is not None or self.price[1] is not None:
             cost = (p.prompt_tokens * (self.price[0] or 0) + p.completion_tokens * (self.price[1] or 0)) / 1e6
             finished = p.done + p.failed

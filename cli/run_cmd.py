@@ -59,7 +59,7 @@ def run(
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the GET /models check.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset (without --limit it has no effect).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
-    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Serve a request whose reply some run under --runs-dir already holds (same endpoint, model, whole body; per sample when sampling) from that log instead of sending it (default on). --no-cache sends everything: fresh draws.")] = True,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. Default: only deterministic requests (temperature 0); --cache: every request, a sampled one per sample index; --no-cache: none.")] = None,
     cache_max_age: Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")] = None,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",

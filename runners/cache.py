@@ -17,11 +17,15 @@ A hit is events, like every step of a run: a ``started`` whose ``endpoint`` is `
 ``cached_from: {run, seq, ts}`` and latency 0; then the ``parsed`` of this run's parser.
 A kill -9 between them leaves the item in flight; resume looks it up again: nothing is sent.
 
-``--cache`` (the default) looks every request up, keyed per sample when sampling is not
-deterministic (cache_key.py): a rerun of the same job costs nothing, and ``--samples 3``
-after ``--samples 1`` pays for the two new samples only. ``--no-cache`` sends everything
-(fresh draws); its replies still become entries for later runs. ``--cache-max-age 30d``
-serves only replies received within that age.
+By default only deterministic requests are looked up (temperature 0, ``n`` 1: cache_key.py):
+the reply a rerun would buy is the one already logged, so reusing it changes nothing but the
+bill. A sampled request (temperature above 0, or absent: the endpoint's default, 1.0 at
+OpenAI) is a draw; a rerun usually wants new draws (variance, pass@k across runs), and
+reusing old ones unasked would quietly make two runs one. ``--cache`` looks every request
+up, a sampled one per sample index: a rerun costs nothing, and ``--samples 3`` after
+``--samples 1`` pays for the two new samples only. ``--no-cache`` sends everything; its
+replies still become entries for later runs. ``--cache-max-age 30d`` serves only replies
+received within that age.
 
 The store (ledger/cache_store.py) is opened by the session: every run's log caught up, then
 kept current by a commit listener on this run's writer. A store that cannot be opened (a
@@ -82,7 +86,7 @@ class Cache:
     store: CacheStore
     identity: str
     walk: RunWalk
-    enabled: bool = True
+    mode: bool | None = None  # RunConfig.cache: None deterministic requests only, True every request, False none
     max_age: float | None = None
     hits: int = 0
     misses: int = 0
@@ -93,8 +97,11 @@ class Cache:
 
     def lookup(self, body: dict[str, Any], sample: int, now: float | None = None) -> Hit | None:
         """The durable reply to this request, if some run's log holds one (and it is young
-        enough); None otherwise, and always when the cache is off."""
-        if not self.enabled or self.store.broken is not None:
+        enough); None otherwise, and always when the cache is off (for a sampled request, by
+        default)."""
+        if self.mode is False or self.store.broken is not None:
+            return None
+        if self.mode is None and not cache_key.deterministic(body):
             return None
         entry = self.store.get(self.key(body, sample))
         if entry is None or (self.max_age is not None and entry.ts < (now or time.time()) - self.max_age):
@@ -133,10 +140,15 @@ class Cache:
         self.store.close()
 
 
-def open_cache(runs_dir: str, run_id: str, config: dict[str, Any], enabled: bool, max_age: float | None) -> Cache:
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not False
+
+
+def open_cache(runs_dir: str, run_id: str, config: dict[str, Any], mode: bool | None, max_age: float | None) -> Cache:
     """Open the store of ``runs_dir`` caught up with every log (this run's included)."""
     store = CacheStore.open(runs_dir, KEYER)
     walk = store.walk_for(run_id)
     if not walk.identity:
         walk.config, walk.identity = dict(config), KEYER.identity(config)
-    return Cache(store, KEYER.identity(config), walk, enabled, max_age)
+    return Cache(store, KEYER.identity(config), walk, mode, max_age)

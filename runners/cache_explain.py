@@ -115,7 +115,7 @@ def explain(runs_dir: str, run: str, item_id: str, sample: int = 0, turn: int | 
         "parts": {"endpoint": parts.endpoint, "model": parts.model, "params": parts.params,
                   "sample": parts.sample, "messages": len(parts.messages or []),
                   "messages_sha256": cache_key.messages_digest(parts.messages).hex()},
-        "deterministic": parts.sample is None, "run_cache": request.config.get("cache", True),
+        "deterministic": parts.sample is None, "run_cache": request.config.get("cache"),
         "run_cache_max_age": request.config.get("cache_max_age"),
         "this_run": _how(request.reply),
     }

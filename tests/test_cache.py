@@ -3,12 +3,17 @@
 One module fixture runs, in one runs directory, in-process (``run_prepared``: the CLI is not
 the point here), each run counting the requests its simulator received (its request log):
 
-    a  1,000 items, temperature 0.7, the built-in simulator over HTTP   -> sends 1,000
+    a  1,000 items, temperature 0.7, --cache, the simulator over HTTP  -> sends 1,000
     b  the same again                                                  -> sends 0
     c  the same with one sampling parameter changed (max_tokens)       -> sends all (200 of 200)
     d  another model                                                   -> sends all (200 of 200)
     e  --samples 3 at temperature 0.7 (sample 0 is a's)                -> sends 2,000
     f  --no-cache                                                      -> sends all (200 of 200)
+    g  as a, without --cache: a sampled request is not looked up       -> sends all (100 of 100)
+    h  temperature 0, without --cache                                  -> sends all (100 of 100)
+    i  the same again: deterministic requests are looked up by default -> sends 0
+
+(a to e say ``--cache``: at temperature 0.7 only it looks requests up.)
 
 and the asserts read their logs and outputs. The key's rules have their own cases below.
 """
@@ -33,6 +38,7 @@ from llm_ledger.runners.session import run_prepared
 
 N = 1000
 SOME = 200  # the runs that must send everything: all of their first 200 items make the point
+FEW = 100  # the runs of the default
 PARSER = "regex:answer is (.+)$"
 TIMING = ("latency", "finished_at", "seq", "cached_from")  # what may differ between a paid and a cached row
 
@@ -57,14 +63,17 @@ def run_in_process(runs: Path, dataset: Path, run_id: str, transport: str = "sim
 def figure(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     runs, dataset = root / "runs", _dataset(root / "items.jsonl", N)
-    out = {"a": run_in_process(runs, dataset, "a", transport="http", temperature=0.7)}
+    out = {"a": run_in_process(runs, dataset, "a", transport="http", temperature=0.7, cache=True)}
     live = (out["a"]["dir"] / "responses.jsonl").read_bytes()
-    out["b"] = run_in_process(runs, dataset, "b", transport="http", temperature=0.7)
+    out["b"] = run_in_process(runs, dataset, "b", transport="http", temperature=0.7, cache=True)
     out["b_live"] = ((out["b"]["dir"] / "responses.jsonl").read_bytes(), (out["b"]["dir"] / "summary.json").read_bytes())
-    out["c"] = run_in_process(runs, dataset, "c", temperature=0.7, max_tokens=64, limit=SOME)
-    out["d"] = run_in_process(runs, dataset, "d", temperature=0.7, model="sim-2", limit=SOME)
-    out["e"] = run_in_process(runs, dataset, "e", temperature=0.7, samples=3)
+    out["c"] = run_in_process(runs, dataset, "c", temperature=0.7, max_tokens=64, limit=SOME, cache=True)
+    out["d"] = run_in_process(runs, dataset, "d", temperature=0.7, model="sim-2", limit=SOME, cache=True)
+    out["e"] = run_in_process(runs, dataset, "e", temperature=0.7, samples=3, cache=True)
     out["f"] = run_in_process(runs, dataset, "f", temperature=0.7, cache=False, limit=SOME)
+    out["g"] = run_in_process(runs, dataset, "g", temperature=0.7, limit=FEW)
+    out["h"] = run_in_process(runs, dataset, "h", temperature=0.0, limit=FEW)
+    out["i"] = run_in_process(runs, dataset, "i", temperature=0.0, limit=FEW, samples=2)
     out.update(runs=runs, dataset=dataset, root=root, a_live=live)
     return out
 
@@ -143,13 +152,21 @@ def test_no_cache_sends_everything(figure):
     assert (figure["f"]["sent"], figure["f"]["cached"]) == (SOME, 0)
 
 
+def test_by_default_only_deterministic_requests_are_looked_up(figure):
+    assert (figure["g"]["sent"], figure["g"]["cached"]) == (FEW, 0)  # temperature 0.7: a sampled request
+    assert (figure["h"]["sent"], figure["h"]["cached"]) == (FEW, 0)  # temperature 0: nothing held yet
+    assert (figure["i"]["sent"], figure["i"]["cached"]) == (0, 2 * FEW)  # ... now held: every sample is that one request
+
+
 def test_stats_and_explain(figure):
     from llm_ledger.runners.cache_explain import explain, stats
 
     runs = str(figure["runs"])
     s = stats(runs)
-    # a: 1,000 keys; c, d: 200 each; e: 2,000 new ones (its sample 0 is a's key); f: 200 of a's keys again
-    assert s["entries"] == 3 * N + 2 * SOME and s["copies"] == 0 and s["per_sample"] == s["entries"]
+    # a: 1,000 keys; c, d: 200 each; e: 2,000 new ones (its sample 0 is a's key); f, g: a's keys again;
+    # h: 100 deterministic keys (i: copies of h's, which keep the keys)
+    assert s["entries"] == 3 * N + 2 * SOME + FEW and s["copies"] == 0 and s["deterministic"] == FEW
+    assert s["per_sample"] == 3 * N + 2 * SOME
     hit = explain(runs, "b", "q7")
     assert hit["this_run"]["reply"] == "cached" and hit["this_run"]["from_run"] == "a"
     assert hit["parts"]["params"] == {"temperature": 0.7} and hit["parts"]["sample"] == 0

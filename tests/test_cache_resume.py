@@ -56,11 +56,11 @@ def crashed(tmp_path_factory):
     runs = root / "runs"
     evens = _write(root / "evens.jsonl", _records(range(0, N, 2)))
     items = _write(root / "items.jsonl", _records(range(N)))
-    warm = run_in_process(runs, evens, "warm")
+    warm = run_in_process(runs, evens, "warm")  # no --cache: its replies are entries all the same
     log = root / "requests-crash.jsonl"
     sim = json.dumps({"request_log": str(log), "latency": 0.01})
     cmd = [sys.executable, "-m", "llm_ledger.cli", "run", str(items), "--runs-dir", str(runs), "--run-id", "crash",
-           "--concurrency", "8", "--parser", PARSER, "--sim", sim]
+           "--concurrency", "8", "--parser", PARSER, "--sim", sim, "--cache"]
     with open(root / "crash.out", "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root)
         deadline = time.monotonic() + 60
@@ -102,9 +102,9 @@ def test_resume_sends_nothing_twice_and_never_a_cached_request(crashed):
 
 def test_a_deleted_store_is_rebuilt_and_serves_the_same_hits(crashed):
     runs, items = crashed["runs"], crashed["items"]
-    first = run_in_process(runs, items, "again1")
+    first = run_in_process(runs, items, "again1", cache=True)
     (runs / "cache.lmdb").unlink()
-    second = run_in_process(runs, items, "again2")
+    second = run_in_process(runs, items, "again2", cache=True)
     assert (first["sent"], first["cached"]) == (second["sent"], second["cached"]) == (0, N)
     provenance = []
     for run_id in ("again1", "again2"):

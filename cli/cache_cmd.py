@@ -53,8 +53,7 @@ def explain(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """The cache key of an item's request, its parts, and -- on a miss -- the nearest cached
-    request with every part of the body that differs."""
+    """The cache key of an item's request and its parts; on a miss, the nearest cached request and every part that differs."""
     from llm_ledger.runners.cache_explain import explain as explained
 
     with handled():
@@ -108,8 +107,7 @@ def clear(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Forget cached replies (all, or those older than AGE). The logs keep them: runs are
-    untouched; later runs send those requests again."""
+    """Forget cached replies (all, or those older than AGE); the runs keep them, later runs send those requests again."""
     from llm_ledger.projections import numbers as num
     from llm_ledger.runners.cache import parse_age
     from llm_ledger.runners.cache_explain import clear as cleared, when

@@ -85,6 +85,10 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
                       num.count(p["only_b_correct"]), num.p_value(p["p_value"]), "[bold]yes[/bold]" if p["significant"] else "no",
                       *((num.p_value(p["reviewed"]["p_value"]),) if reviewed else ()))
     out.print(pairs)
+    cached = [f"{r['run_id']} {num.count(r['cached'])} of {num.count(len(result.shared))}"
+              for r in result.runs if r["cached"]]
+    if cached:
+        out.print("answers copied from the cross-run cache (nothing sent): " + ", ".join(cached), markup=False)
 
 
 def _print_reviewed(result: Comparison) -> None:
@@ -130,7 +134,7 @@ def _print_diff(result: Comparison) -> None:
     _print_coverage(result)
     table = Table("item", "sample", "expected", *(escape(r) for r in result.run_ids))
     for d in diffs:
-        cells = [_answer(d["answers"][r], d["correct"][r]) for r in result.run_ids]
+        cells = [_answer(d["answers"][r], d["correct"][r]) + (" (cached)" if d["cached"][r] else "") for r in result.run_ids]
         table.add_row(escape(d["item_id"]), str(d["sample"]), escape(str(as_text(d["expected"]))), *cells)
     out.print(table)
     out.print(f"{num.count(len(diffs))} of {num.plural(len(result.shared), 'shared item')} differ")

@@ -81,11 +81,14 @@ class RunDisplay:
                  Text(f"in flight {num.count(p.in_flight)}"),
                  *([Text(self._limit(p.limit))] if p.limit else []),
                  Text(f"tokens {num.count(p.prompt_tokens + p.completion_tokens)}")]
+        if p.cached:  # served from the cross-run cache: counted in done, sent nowhere, cost 0
+            parts.append(Text(f"cached {num.count(p.cached)}", style="cyan"))
         if self.price[0] is not None or self.price[1] is not None:
             cost = (p.prompt_tokens * (self.price[0] or 0) + p.completion_tokens * (self.price[1] or 0)) / 1e6
             finished = p.done + p.failed
             projected = f", projected {num.usd(cost / finished * p.total)}" if finished else ""
-            parts.append(Text(f"cost {num.usd(cost)}{projected}"))
+            saved = (p.cached_prompt_tokens * (self.price[0] or 0) + p.cached_completion_tokens * (self.price[1] or 0)) / 1e6
+            parts.append(Text(f"cost {num.usd(cost)}{projected}" + (f", saved {num.usd(saved)}" if p.cached else "")))
         return parts
 
     def _limit(self, limit: int) -> str:
@@ -200,6 +203,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         ("latency p50 / p90 / p99", " / ".join(num.ms(latency.get(q)) for q in ("p50", "p90", "p99"))),
         ("tokens prompt / completion", f"{num.count(tokens.get('prompt', 0))} / {num.count(tokens.get('completion', 0))}"),
         ("cost", num.usd(summary.get("cost_usd"))),
+        ("cached", _cached(summary.get("cache"))),
         ("attempts / retries", f"{num.count(summary.get('attempts'))} / {num.count(summary.get('retries'))}"),
         ("throughput", num.per_second(summary.get("throughput_per_s"), "items")),
         ("wall time", num.duration(summary.get("wall_time_s"))),
@@ -207,6 +211,15 @@ def summary_table(summary: dict[str, Any]) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _cached(cache: dict[str, Any] | None) -> str:
+    """``812 of 1,000, $4.21 saved``: replies copied from the cross-run cache, not paid."""
+    if not cache:
+        return num.MISSING
+    saved = cache.get("saved_usd")
+    text = f"{num.count(cache.get('cached', 0))} of {num.count(cache.get('of', 0))}"
+    return f"{text}, {num.usd(saved)} saved" if saved is not None and cache.get("cached") else text
 
 
 def _accuracy(summary: dict[str, Any]) -> str:

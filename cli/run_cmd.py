@@ -59,10 +59,13 @@ def run(
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the GET /models check.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset (without --limit it has no effect).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
+    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. Default: only deterministic requests (temperature 0); --cache: every request, a sampled one per sample index; --no-cache: none.")] = None,
+    cache_max_age: Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")] = None,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of a dataset (PATH) against a model; stop at any moment, resume later."""
+    from llm_ledger.runners.cache import parse_age
     from llm_ledger.runners.config import SIMULATOR_MODEL, RunConfig
     from llm_ledger.runners.dataset import interpret_escapes
     from llm_ledger.runners.plan import plan_only
@@ -78,6 +81,7 @@ def run(
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
             system=system, template=interpret_escapes(template) if template else template, parser=parser,
             price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url),
+            cache=cache, cache_max_age=parse_age(cache_max_age) if cache_max_age is not None else None,
             **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None},
         )
         if model and not base_url and getattr(TRANSPORTS.get(config.transport), "remote", True):
@@ -242,6 +246,7 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     internal = progress.internal if progress else []
     more = (progress.errors.get("internal", 0) if progress else 0) - len(internal)
     lines = internal + ([f"... and {more} more internal errors (each a `failed` event: see `ledger log`)"] if more > 0 else [])
+    lines += [f"note: {note}" for note in getattr(session, "notes", [])]
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
     items = f"{plural(pending, 'item')} pending"

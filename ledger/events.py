@@ -22,6 +22,8 @@ __all__ = [
     "ItemEvent",
     "Usage",
     "Imported",
+    "CachedFrom",
+    "CACHE_ENDPOINT",
     "RunStarted",
     "SessionStarted",
     "Started",
@@ -105,6 +107,18 @@ class Started(ItemEvent, frozen=True, kw_only=True, tag="started"):
     imported: Imported | None = None
 
 
+CACHE_ENDPOINT = "cache"  # the ``endpoint`` of a cache hit's ``started``: the request was not sent
+
+
+class CachedFrom(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Where a reply served from the cross-run cache was paid for: the ``response`` event
+    ``seq`` of run ``run``, received at ``ts`` (runners/cache.py)."""
+
+    run: str
+    seq: int
+    ts: float = 0.0
+
+
 class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
     """A ``response`` read without its ``raw`` body (``decode_many_view``): all that the
     projections use, decoded in about two thirds of the time (msgspec skips the body
@@ -118,6 +132,7 @@ class ResponseView(ItemEvent, frozen=True, kw_only=True, tag="response"):
     endpoint: str = ""
     final: bool = True  # False for a turn that is not the item's last
     imported: Imported | None = None  # a reply read from a file by `ledger import`, not received
+    cached_from: CachedFrom | None = None  # a reply copied from the cache: nothing was sent
 
 
 class Response(ResponseView, frozen=True, kw_only=True, tag="response"):

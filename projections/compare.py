@@ -67,6 +67,7 @@ class Answer(msgspec.Struct):
     # a person's verdict where the run's own review is in effect, else ``correct`` (a line
     # written before reviews has none: UNSET, read as ``correct``)
     correct_reviewed: bool | None | msgspec.UnsetType = msgspec.UNSET
+    cached_from: Any = None  # {run, seq, ts}: the reply was copied from the cross-run cache
 
 
 class AnswerText(Answer):
@@ -228,6 +229,7 @@ class Comparison:
                 "answers": {r: a[key].parsed for r, a in zip(self.run_ids, self.answers)},
                 "correct": {r: a[key].correct for r, a in zip(self.run_ids, self.answers)},
                 "correct_reviewed": {r: reviewed(a[key], v, key) for r, a, v in zip(self.run_ids, self.answers, self._verdicts())},
+                "cached": {r: a[key].cached_from for r, a in zip(self.run_ids, self.answers)},
                 "agree": self.same(key)}
         found = {r: msgspec.to_builtins(v[key]) for r, v in zip(self.run_ids, self._verdicts()) if key in v}
         if found:
@@ -301,7 +303,7 @@ def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key], fou
             "scored_reviewed": len(judged), "correct_reviewed": sum(judged),
             "accuracy_reviewed": sum(judged) / len(judged) if judged else None, "ci95_reviewed": wilson(sum(judged), len(judged)),
             "reviewed": sum(v.applied for v in verdicts), "carried": sum(v.applied and v.carried for v in verdicts),
-            "stale_reviews": sum(v.stale for v in verdicts)}
+            "stale_reviews": sum(v.stale for v in verdicts), "cached": sum(answers[k].cached_from is not None for k in shared)}
 
 
 def _model(paths: RunPaths) -> str:

@@ -19,6 +19,9 @@ field of the dataset records (``topic`` ...; by name; a field named like a fixed
     attempts int64, error string, finished_at timestamp[us, UTC], seq int64,
     conversation list<struct<role string, content string>>
 
+and, when some row's reply was copied from the cross-run cache, ``cached_from_run string,
+cached_from_seq int64`` (the run and event where it was paid for; null for a reply sent).
+
 ``prompt``, ``parsed`` and ``expected`` hold JSON values of any type; they are exported as text
 (a string as itself, anything else as its compact JSON, keys sorted) so that a column has one
 type. A metadata column keeps its values' type when they share one (bool, int64, float64 for
@@ -79,6 +82,8 @@ SCHEMA = pa.schema([
     ("total_tokens", pa.int64()), ("latency", pa.float64()), ("attempts", pa.int64()), ("error", pa.string()),
     ("finished_at", pa.timestamp("us", tz="UTC")), ("seq", pa.int64()), ("conversation", _CONVERSATION),
 ])
+# With a reply copied from the cross-run cache in some run: where it was paid for (null: sent by this run).
+CACHE_COLUMNS = [pa.field("cached_from_run", pa.string()), pa.field("cached_from_seq", pa.int64())]
 _GAP = 64 << 10  # bytes between two wanted lines that are read through rather than sought over
 
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
@@ -113,10 +118,11 @@ class _Described(_Place, gc=False):
 
 
 class _Extra(msgspec.Struct, gc=False):
-    """The values that become the metadata columns and the conversation column."""
+    """The values that become the metadata columns, the conversation column and the cache's."""
 
     metadata: dict[str, Any] = {}
     conversation: Any = None
+    cached_from: Any = None
 
 
 class _Text(msgspec.Struct, gc=False):
@@ -152,6 +158,7 @@ class _Survey:
         self.rows = 0
         self.kinds: dict[str, set[str]] = {}  # metadata field -> kinds of its values
         self.conversations = False  # some line has a conversation (a multi-turn item)
+        self.cached = False  # some line's reply was copied from the cross-run cache
         self.starts: array[int] | None = None
         self.ends: array[int] | None = None
         self._scan(unique)
@@ -179,6 +186,7 @@ class _Survey:
             if described:
                 self._kinds(places)  # type: ignore[arg-type]
             self.conversations = self.conversations or b'"conversation":' in data
+            self.cached = self.cached or b'"cached_from":' in data
         every = pa.array(range(len(lines)), pa.int64())
         first = _first_seen(lines, samples, ids, lambda: self._ids(len(lines)))
         table = pa.table({"line": _int64(lines), "first": _int64(first), "sample": _int64(samples), "n": every})
@@ -422,8 +430,9 @@ class Columns(msgspec.Struct, frozen=True):
                 texts.add(column)
         at = SCHEMA.get_field_index("sample") + 1
         fixed = list(SCHEMA)
-        schema = pa.schema([*fixed[:at], *fields, *fixed[at:]])
-        return cls(schema, metadata, frozenset(texts), bool(kinds) or any(s.conversations for s in surveys))
+        cached = any(s.cached for s in surveys)  # two more columns, last, only when some reply came from the cache
+        schema = pa.schema([*fixed[:at], *fields, *fixed[at:], *(CACHE_COLUMNS if cached else [])])
+        return cls(schema, metadata, frozenset(texts), bool(kinds) or cached or any(s.conversations for s in surveys))
 
 
 def row_batches(runs: Sequence[RunPaths]) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
@@ -483,6 +492,10 @@ def _extras(chunk: bytes | memoryview, columns: Columns) -> dict[str, pa.Array]:
             values = [_text(v) for v in values]
         out[column] = pa.array(values, columns.schema.field(column).type)
     out["conversation"] = pa.array([_conversation(r.conversation) for r in rows], _CONVERSATION)
+    if "cached_from_run" in columns.schema.names:
+        sources = [r.cached_from if isinstance(r.cached_from, dict) else {} for r in rows]
+        out["cached_from_run"] = pa.array([c.get("run") for c in sources], pa.string())
+        out["cached_from_seq"] = pa.array([c.get("seq") for c in sources], pa.int64())
     return out
 
 

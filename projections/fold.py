@@ -33,7 +33,8 @@ from typing import Any
 
 import msgspec
 
-from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, Reviewed, RunStarted, SessionEnded, SessionStarted, Started, Usage
+from llm_ledger.ledger.events import (CACHE_ENDPOINT, CachedFrom, Event, Failed, Parsed, Response, ResponseView, Reviewed, RunStarted,
+                                      SessionEnded, SessionStarted, Started, Usage)
 from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, REPLIED, RETRYABLE, STARTED, STEP, State, unopened
 
 from .reviews import ReviewRow, reply_sha256, verdict_value
@@ -64,6 +65,7 @@ class OpenRow(msgspec.Struct, gc=False):
     line: int = 0  # the item's line in the dataset (0: a log older than the field)
     metadata: dict[str, Any] = {}  # the dataset record's other fields
     messages: Any = None  # a later turn's request messages (multi-turn only: the conversation)
+    cached_from: CachedFrom | None = None  # the latest reply came from the cross-run cache
 
 
 class Row(msgspec.Struct, gc=False, omit_defaults=True):
@@ -90,6 +92,7 @@ class Row(msgspec.Struct, gc=False, omit_defaults=True):
     line: int = 0
     metadata: dict[str, Any] = {}
     conversation: list[Any] | None = None
+    cached_from: CachedFrom | None = None  # {run, seq, ts} of the reply this row's was copied from
 
 
 class Labels(msgspec.Struct, kw_only=True):
@@ -121,6 +124,11 @@ class Totals(msgspec.Struct, kw_only=True):
     correct_reviewed: int = 0
     reviewed: int = 0
     overturned: int = 0
+    replies: int = 0  # response events (each turn's)
+    cached: int = 0  # of them, copied from the cross-run cache: not sent, not paid
+    cache_requests: int = 0  # started events of cache hits (not attempts: nothing was sent)
+    cached_prompt_tokens: int = 0  # the cached replies' usage: what they would have cost
+    cached_completion_tokens: int = 0
 
 
 class RunState(msgspec.Struct, kw_only=True):
@@ -137,7 +145,7 @@ class RunState(msgspec.Struct, kw_only=True):
     reparse_sessions: int = 0
     wall: float = 0.0  # sending time of the sessions ended so far (see wall_time)
     session_ts: float = 0.0  # ts of the current session's session_started; 0: none open
-    session_attempts: int = 0  # totals.attempts at that moment (did the session send?)
+    session_attempts: int = 0  # requests worked (sent or cached) at that moment (did the session work?)
     open: dict[Key, OpenRow] = {}
     failed: dict[Key, OpenRow] = {}  # finally failed, kept for a resume to continue
     totals: Totals = msgspec.field(default_factory=Totals)
@@ -200,9 +208,14 @@ def wall_time(state: RunState, end: float | None = None) -> float:
     one, its last frame; for the open session, the last event so far). A re-parse or a
     resume with nothing left sends nothing and adds nothing; the time between sessions is
     not counted. From event timestamps only, so live and rebuilt summaries agree."""
-    if state.session_ts and state.totals.attempts > state.session_attempts:
+    if state.session_ts and _activity(state.totals) > state.session_attempts:
         return state.wall + max(0.0, (state.last_ts if end is None else end) - state.session_ts)
     return state.wall
+
+
+def _activity(totals: Totals) -> int:
+    """Requests a session worked: sent, or answered from the cache (both take time)."""
+    return totals.attempts + totals.cache_requests
 
 
 def _end_session(state: RunState, end: float) -> None:
@@ -214,7 +227,7 @@ def _session_started(state: RunState, event: SessionStarted, _: Any) -> None:
     # A session killed without session_ended ends at the last frame before this one (another
     # process wrote it: sessions never share a frame, so ``last_ts`` is that frame's).
     _end_session(state, state.last_ts)
-    state.session_ts, state.session_attempts = event.ts, state.totals.attempts
+    state.session_ts, state.session_attempts = event.ts, _activity(state.totals)
     state.status = "running"
     state.reparse_sessions += event.reason == "reparse"
     return None
@@ -273,7 +286,10 @@ def _started(state: RunState, event: Started, _: Any) -> None:
     if event.line:
         row.line, row.metadata = event.line, event.metadata
     row.attempts += 1
-    state.totals.attempts += 1
+    if event.endpoint == CACHE_ENDPOINT:
+        state.totals.cache_requests += 1
+    else:
+        state.totals.attempts += 1
     return None
 
 
@@ -288,11 +304,15 @@ def _response(state: RunState, event: Response, _: Any) -> None:
     row.response = event.text
     if state.review_replies and event.final and key in state.review_replies:
         _new_reply(state, key, event.text)
-    row.latency += event.latency
     totals = state.totals
+    totals.replies += 1
+    usage = event.usage
+    row.cached_from = event.cached_from
+    if event.cached_from is not None:
+        return _cached(totals, row, usage)
+    row.latency += event.latency
     if event.imported is None or event.latency:  # an imported reply with no time (a Batch output) has none, not 0 s
         totals.latencies.append(event.latency)
-    usage = event.usage
     if usage is not None:
         before_usage = row.usage
         row.usage = usage if before_usage is None else Usage(
@@ -301,6 +321,20 @@ def _response(state: RunState, event: Response, _: Any) -> None:
             total_tokens=before_usage.total_tokens + usage.total_tokens)
         totals.prompt_tokens += usage.prompt_tokens
         totals.completion_tokens += usage.completion_tokens
+    return None
+
+
+def _cached(totals: Totals, row: OpenRow, usage: Usage | None) -> None:
+    """A reply copied from the cache: the row shows it as it was (its usage), the run's
+    totals count it as cached -- no latency, no tokens paid (they are its saving)."""
+    totals.cached += 1
+    if usage is not None:
+        row.usage = usage if row.usage is None else Usage(
+            prompt_tokens=row.usage.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=row.usage.completion_tokens + usage.completion_tokens,
+            total_tokens=row.usage.total_tokens + usage.total_tokens)
+        totals.cached_prompt_tokens += usage.prompt_tokens
+        totals.cached_completion_tokens += usage.completion_tokens
     return None
 
 
@@ -453,7 +487,7 @@ def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, ev
         conversation = [*conversation, {"role": "assistant", "content": row.response}]
     return Row(row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct,
                reviewed if replied else correct, row.usage, round(row.latency, 6), row.attempts, error, event.ts,
-               event.seq, row.line, row.metadata, conversation)
+               event.seq, row.line, row.metadata, conversation, row.cached_from)
 
 
 _HANDLERS: dict[type, Callable[[RunState, Any, Any], Row | None]] = {

@@ -12,6 +12,9 @@ Both accuracies: ``accuracy`` is the machine's (``correct``), ``accuracy_reviewe
 person's verdict where one is in effect (``correct_reviewed``, reviews.py), with its own
 interval; ``reviews`` says how many verdicts were applied, how many overturned the machine,
 and how many of the latest reviews are stale (given for a reply the item no longer has).
+
+Replies copied from the cross-run cache (``cache``) cost nothing: their tokens and the cost
+they saved are counted apart, and ``attempts`` counts only requests sent.
 """
 
 from __future__ import annotations
@@ -78,6 +81,7 @@ def summarize(state: RunState) -> dict[str, Any]:
         "latency_s": {q: _round(percentile(latencies, n)) for q, n in (("p50", 50), ("p90", 90), ("p99", 99))},
         "tokens": {"prompt": t.prompt_tokens, "completion": t.completion_tokens, "total": t.prompt_tokens + t.completion_tokens},
         "cost_usd": _cost(state.config, t.prompt_tokens, t.completion_tokens),
+        "cache": _cache(state.config, t),
         "attempts": t.attempts,
         "retries": t.retries,
         "samples": _per_sample(t.per_item, state.samples),
@@ -100,6 +104,15 @@ def _cost(config: dict[str, Any], prompt: int, completion: int) -> float | None:
     if price_in is None and price_out is None:
         return None
     return round((prompt * (price_in or 0) + completion * (price_out or 0)) / 1e6, 6)
+
+
+def _cache(config: dict[str, Any], t: Any) -> dict[str, Any]:
+    """Replies copied from the cross-run cache: how many of the run's replies, their tokens
+    (not in ``tokens``: not paid) and what they would have cost at the run's prices."""
+    tokens = {"prompt": t.cached_prompt_tokens, "completion": t.cached_completion_tokens,
+              "total": t.cached_prompt_tokens + t.cached_completion_tokens}
+    return {"cached": t.cached, "of": t.replies, "tokens": tokens,
+            "saved_usd": _cost(config, t.cached_prompt_tokens, t.cached_completion_tokens)}
 
 
 def _per_sample(per_item: dict[str, list[list[Any]]], samples: int) -> dict[str, Any] | None:

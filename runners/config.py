@@ -25,7 +25,8 @@ MAX_CONCURRENCY = 10_000
 # Settings that change only *how* the work is sent, never *what* is sent: a resume may change
 # them (recorded in that session's ``session_started.overrides``); every other setting is the
 # run's identity and fixed by ``run_started``.
-HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport")
+HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport",
+              "cache", "cache_max_age")
 _NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
 
 
@@ -55,6 +56,8 @@ class RunConfig(msgspec.Struct, kw_only=True):
     seed: int | None = None  # with limit: a reproducible random subset instead of the first N
     runner: str = "per-request"  # how the plan is worked: a name in registry.RUNNERS
     transport: str = "http"  # how a request reaches the model: a name in registry.TRANSPORTS
+    cache: bool | None = None  # the cross-run cache (runners/cache.py): None deterministic requests only, True all, False none
+    cache_max_age: float | None = None  # seconds: only cached replies younger than this are served
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])
@@ -127,6 +130,7 @@ def check_config(config: RunConfig) -> None:
     _finite(config.temperature, "--temperature")
     _finite(config.price_in, "--price-in")
     _finite(config.price_out, "--price-out")
+    _finite(config.cache_max_age, "--cache-max-age", positive=True)
     for name in config.__struct_fields__:
         value = getattr(config, name)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:

@@ -78,6 +78,7 @@ class Engine:
     limits: RateLimits
     progress: Progress = field(default_factory=Progress)
     names: dict[str, str] = field(default_factory=dict)  # endpoint url -> name recorded in events
+    cache: Any = None  # runners.cache.Cache: each request is looked up before it is sent
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
     error: LedgerError | None = None  # a log that cannot be written stops the run
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
@@ -165,7 +166,9 @@ class Engine:
                 body = {"model": self.config.model, "messages": messages, **self.config.params(), **item.params}
                 if self._too_long(work, turn, body):
                     return
-                reply = await self._attempts(work, body, cursor)
+                reply = await self._from_cache(work, body, cursor) if self.cache is not None else None
+                if reply is None:
+                    reply = await self._attempts(work, body, cursor)
                 if reply is None:
                     return
                 messages = messages + [{"role": "assistant", "content": reply.text}]
@@ -221,6 +224,34 @@ class Engine:
         )])
         self.progress.failed += 1
         return True
+
+    async def _from_cache(self, work: Work, body: dict[str, Any], cursor: _Cursor) -> Reply | None:
+        """A durable reply to this very request from some run's log (runners/cache.py): its
+        events are recorded (awaited until durable, like a paid reply) and nothing is sent.
+        None: a miss, send it."""
+        hit = self.cache.lookup(body, work.sample)
+        if hit is None:
+            return None
+        item, turn = work.item, cursor.turn
+        final = turn == len(item.turns) - 1
+        cursor.attempt += 1
+        events = self.cache.hit_events(hit, item_id=item.id, sample=work.sample, turn=turn, attempt=cursor.attempt,
+                                       body=body, final=final, expected=item.expected, line=item.line,
+                                       metadata=item.metadata)
+        result = self.parser(hit.response.text) if final else None
+        parsed = [self._parsed(work, turn, result)] if result is not None else []
+        try:
+            await self.writer.append_many_async(events + parsed)
+        except UnencodableEventError:
+            again = self._parsed(work, turn, loggable_result(result)) if result is not None else None
+            await self.writer.append_many_async([events[0], *reply_events(events[1], again)])
+        usage, progress = hit.response.usage, self.progress
+        progress.cached += 1
+        if usage is not None:
+            progress.cached_prompt_tokens += usage.prompt_tokens
+            progress.cached_completion_tokens += usage.completion_tokens
+        cursor.answered = final
+        return Reply(hit.response.text, hit.response.finish_reason, None, {}, 0.0)
 
     async def _backoff(self, seconds: float) -> None:
         """A retry's wait, cut short by a stop (the retry then sees `stopping` and gives up)."""

@@ -55,6 +55,9 @@ class Progress:
     first_reply: tuple[dict[str, Any], str] | None = None
     errors: dict[str, int] = field(default_factory=dict)
     internal: list[str] = field(default_factory=list)  # the first internal errors, one line each, for the user
+    cached: int = 0  # replies served from the cross-run cache (nothing sent; counted in done too)
+    cached_prompt_tokens: int = 0  # their usage: what they would have cost (not in the tokens above)
+    cached_completion_tokens: int = 0
 
 
 
@@ -68,6 +71,7 @@ class RunContext(NamedTuple):
     secrets: tuple[str, ...]  # redacted from every message and reply
     transport: TransportFactory  # the run's transport (registry.TRANSPORTS[config.transport])
     remote: bool  # the transport sends to URLs (else: in-process, one endpoint without one)
+    cache: Any = None  # runners.cache.Cache: look a request up before sending it (None: no cache)
 
 
 class Runner(Protocol):

@@ -73,6 +73,8 @@ class Session:
             self.index = RunIndex.open_for_log(self.paths.index, self.paths.log)
             self._opened_end = self.writer.end  # what the plan must be made from
             self.projector = _open_projector(self.paths)
+            self.notes: list[str] = []  # what the user should know at the end (a cache that could not open)
+            self.cache = self._open_cache()
         except BaseException:
             if getattr(self, "index", None) is not None:
                 self.index.close()
@@ -84,6 +86,8 @@ class Session:
         self.index_error: Exception | None = None
         self.writer.add_listener(self._apply_to_index)
         self.writer.add_listener(self._frames.put)
+        if self.cache is not None:
+            self.writer.add_listener(self.cache.listener)
         self.projector_cpu = 0.0  # the projector thread's CPU time, once it has ended (bench/run.py)
         self._projecting = threading.Thread(target=self._project, name="ledger-projector", daemon=True)
         self._projecting.start()
@@ -91,6 +95,20 @@ class Session:
         self.found = Found()
         self.projection_error: Exception | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _open_cache(self) -> Any:
+        """The cross-run cache (runners/cache.py), its store caught up with every run's log.
+        A store that cannot be opened costs the cache, never the run: said at the end."""
+        from llm_ledger.runners.cache import open_cache
+
+        config = self.prepared.config
+        try:
+            return open_cache(os.path.dirname(os.path.abspath(self.paths.dir)), self.paths.run_id, config.to_dict(),
+                              config.cache, config.cache_max_age)
+        except Exception as exc:  # lmdb.Error, OSError, a log another process damaged ...
+            self.notes.append(f"the cross-run cache is unavailable this session ({type(exc).__name__}: {exc}); "
+                              "every request was sent")
+            return None
 
     def _make_run_dir(self) -> bool:
         """Create the run's directory durably; True if this session created it."""
@@ -235,7 +253,8 @@ class Session:
         transport = TRANSPORTS[config.transport]
         self.runner = RUNNERS[config.runner](RunContext(config, self.writer, prepared.parser, prepared.api_key,
                                                         secrets_of(prepared.api_key, config), transport.make,
-                                                        transport.remote))
+                                                        transport.remote,
+                                                        self.cache if self.cache is not None and self.cache.enabled else None))
         progress = self.runner.progress
         progress.total = self.found.to_send if prepared.resume else planned_items(
             prepared.dataset.items, config.limit) * config.samples
@@ -281,6 +300,8 @@ class Session:
                 error = error or ProjectionError(f"projections stopped: {_described(exc, self.paths)}; "
                                                  f"the log is complete: fix the cause, then `ledger resume`")
             self.index.close()
+            if self.cache is not None:
+                self.cache.close()
         if died_before:
             raise self.writer.dead  # type: ignore[misc]  # the same error the producers got
         if self.projection_error is not None:

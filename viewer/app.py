@@ -304,7 +304,8 @@ def _row_json(row: Row) -> dict[str, Any]:
 def _answer_json(a: Any, verdict: Verdict | None) -> dict[str, Any]:
     return {"parsed": as_text(a.parsed), "correct": a.correct, "response": _cut(a.response, CELL_LIMIT), "error": a.error,
             "correct_reviewed": reviewed(a, {} if verdict is None else {(a.item_id, a.sample): verdict}, (a.item_id, a.sample)),
-            "review": None if verdict is None else msgspec.to_builtins(verdict)}
+            "review": None if verdict is None else msgspec.to_builtins(verdict),
+            "cached_from": a.cached_from}  # {run, seq, ts}: copied from the cross-run cache (the page marks it)
 
 
 def _groups(values: list[tuple[str, int]]) -> bool:

@@ -359,8 +359,9 @@ function answerCells(a, run, row) {
   const response = a.error && a.response === null ? el("span", { class: "err-text", text: a.error })
     : el("div", { class: "clamp", text: a.response ?? "" });
   const judge = state.reviewMode && a.response !== null ? reviewButtons(run.run_id, row) : null;
+  const cached = a.cached_from ? el("span", { class: "muted small cached", title: `copied from the cache: run ${a.cached_from.run}, event ${a.cached_from.seq} (nothing sent)`, text: " ↺ cached" }) : null;
   return [el("td", { class: "narrow run-start", "data-run": run.run_id }, correctMark(a.correct), reviewMark(a), judge),
-    el("td", { class: "mono" }, answer), el("td", { class: "response-col" }, response)];
+    el("td", { class: "mono" }, answer, ...(cached ? [cached] : [])), el("td", { class: "response-col" }, response)];
 }
 
 // -- keyboard: j / k move, Enter opens, Esc closes, / searches -----------------------------

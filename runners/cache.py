@@ -1,0 +1,154 @@
+"""The cross-run cache, as a runner uses it: never pay twice for a reply some run's log holds.
+
+A runner asks before it sends. The small API (the per-request engine uses it; a Batch API
+runner calls the same two functions before it puts a request into a batch)::
+
+    cache = context.cache                        # None: no cache for this session
+    hit = cache.lookup(body, sample)             # Hit | None; sends nothing, reads one frame
+    if hit is not None:
+        events = cache.hit_events(hit, item=..., sample=..., turn=..., attempt=..., body=body,
+                                  final=..., expected=..., line=..., metadata=...)
+        # + the runner's own ``parsed`` of hit.response.text, appended together, awaited
+        # until durable like any reply
+
+A hit is events, like every step of a run: a ``started`` whose ``endpoint`` is ``cache``
+(the request that was *not* sent, so that the row has its prompt and expected answer) and a
+``response`` that copies the original's text, finish reason, usage and raw body with
+``cached_from: {run, seq, ts}`` and latency 0; then the ``parsed`` of this run's parser.
+A kill -9 between them leaves the item in flight; resume looks it up again: nothing is sent.
+
+By default only deterministic requests are looked up (temperature 0, ``n`` 1: cache_key.py):
+the reply a rerun would buy is the one already logged, so reusing it changes nothing but the
+bill. A sampled request (temperature above 0, or absent: the endpoint's default, 1.0 at
+OpenAI) is a draw; a rerun usually wants new draws (variance, pass@k across runs), and
+reusing old ones unasked would quietly make two runs one. ``--cache`` looks every request
+up, a sampled one per sample index: a rerun costs nothing, and ``--samples 3`` after
+``--samples 1`` pays for the two new samples only. ``--no-cache`` sends everything; its
+replies still become entries for later runs. ``--cache-max-age 30d`` serves only replies
+received within that age.
+
+The store (ledger/cache_store.py) is opened by the session: every run's log caught up, then
+kept current by a commit listener on this run's writer. A store that cannot be opened (a
+read-only runs directory, a full disk) costs the cache, never the run: the session says so
+and sends everything.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+from llm_ledger.ledger.cache_store import CacheStore, Entry, RunWalk
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.events import CACHE_ENDPOINT, CachedFrom, Event, Response, Started
+from llm_ledger.ledger.framing import Frame
+
+from . import cache_key
+
+__all__ = ["Cache", "Hit", "KEYER", "CACHE_ENDPOINT", "parse_age", "open_cache"]
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+
+
+def parse_age(text: str, option: str = "--cache-max-age") -> float:
+    """``30d`` -> seconds. Units: s, m, h, d, w. Anything else is bad input (exit 2)."""
+    found = _AGE.match(text or "")
+    if not found or float(found.group(1)) <= 0:
+        raise InputError(f"{option} {text!r}: expected a positive age like 45s, 90m, 12h, 30d or 2w")
+    return float(found.group(1)) * _UNITS[found.group(2)]
+
+
+class _Keyer:
+    """cache_key.py, as the store's ``Keyer``."""
+
+    def identity(self, config: dict[str, Any]) -> str:
+        return cache_key.identity(config)
+
+    entry = staticmethod(cache_key.describe)
+
+
+KEYER = _Keyer()
+
+
+class Hit(NamedTuple):
+    response: Any  # the original ``response`` event (raw body included)
+    provenance: CachedFrom
+    entry: Entry
+
+
+@dataclass
+class Cache:
+    """One session's cache: lookups (when enabled) and the listener keeping the store current."""
+
+    store: CacheStore
+    identity: str
+    walk: RunWalk
+    mode: bool | None = None  # RunConfig.cache: None deterministic requests only, True every request, False none
+    max_age: float | None = None
+    hits: int = 0
+    misses: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def key(self, body: dict[str, Any], sample: int) -> bytes:
+        return cache_key.make_key(self.identity, body, sample)
+
+    def lookup(self, body: dict[str, Any], sample: int, now: float | None = None) -> Hit | None:
+        """The durable reply to this request, if some run's log holds one (and it is young
+        enough); None otherwise, and always when the cache is off (for a sampled request, by
+        default)."""
+        if self.mode is False or self.store.broken is not None:
+            return None
+        if self.mode is None and not cache_key.deterministic(body):
+            return None
+        entry = self.store.get(self.key(body, sample))
+        if entry is None or (self.max_age is not None and entry.ts < (now or time.time()) - self.max_age):
+            self.misses += 1
+            return None
+        event = self.store.read_event(entry)
+        if event is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return Hit(event, entry.provenance(), entry)
+
+    def hit_events(self, hit: Hit, *, item_id: str, sample: int, turn: int, attempt: int, body: dict[str, Any],
+                   final: bool, expected: Any = None, line: int = 0, metadata: dict[str, Any] | None = None) -> list[Event]:
+        """The ``started`` and ``response`` that record a hit (the runner adds its ``parsed``)."""
+        source = hit.response
+        key = {"item_id": item_id, "sample": sample, "turn": turn, "attempt": attempt}
+        return [
+            Started(**key, request=body, endpoint=CACHE_ENDPOINT, expected=expected, line=line, metadata=metadata or {}),
+            Response(**key, text=source.text, finish_reason=source.finish_reason, usage=source.usage, latency=0.0,
+                     raw=getattr(source, "raw", None), endpoint=source.endpoint, final=final, cached_from=hit.provenance),
+        ]
+
+    def listener(self, frames: list[Frame]) -> None:
+        """The writer's commit listener: this run's durable replies become entries at once
+        (a later item with the same request, in this run or another, is a hit). A failure
+        stops the store's updates for this session, never the run."""
+        if self.store.broken is not None:
+            return
+        try:
+            self.store.apply(self.walk, frames)
+        except Exception as exc:  # derived state: the next session catches up from the logs
+            self.store.broken = exc
+
+    def close(self) -> None:
+        self.store.close()
+
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode is not False
+
+
+def open_cache(runs_dir: str, run_id: str, config: dict[str, Any], mode: bool | None, max_age: float | None) -> Cache:
+    """Open the store of ``runs_dir`` caught up with every log (this run's included)."""
+    store = CacheStore.open(runs_dir, KEYER)
+    walk = store.walk_for(run_id)
+    if not walk.identity:
+        walk.config, walk.identity = dict(config), KEYER.identity(config)
+    return Cache(store, KEYER.identity(config), walk, mode, max_age)

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 from llm_ledger.ledger.errors import InputError
 
+from .batch import BatchRunner
 from .http_transport import HttpTransport
 from .openai_transport import OpenAITransport
 from .per_request import PerRequestRunner
@@ -34,6 +35,7 @@ class TransportKind(NamedTuple):
 
 RUNNERS: dict[str, RunnerFactory] = {
     "per-request": PerRequestRunner,
+    "batch": BatchRunner,  # the provider's Batch API (--batch)
 }
 
 TRANSPORTS: dict[str, TransportKind] = {

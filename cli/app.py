@@ -34,6 +34,7 @@ def _root(
 
 def _register() -> None:
     from . import compare_cmd, export_cmd, log_cmd, replay_cmd, run_cmd, show_cmd, simulate_cmd, status_cmd, verify_cmd, view_cmd  # noqa: F401  (each adds its command)
+    from . import cancel_cmd  # noqa: F401  (ledger cancel: a --batch run's open batches)
 
 
 def main() -> None:

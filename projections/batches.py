@@ -117,6 +117,7 @@ def _done(chunk: Chunk, e: BatchDone) -> None:
 
 def _cancel(chunk: Chunk, e: BatchCancelRequested) -> None:
     chunk.cancel_requested = True
+    chunk.batch_id = chunk.batch_id or e.batch_id  # a batch found by its metadata: it exists
     if e.status and chunk.status != "done":
         chunk.status = e.status
 

@@ -70,7 +70,7 @@ __all__ = ["BatchRunner"]
 
 T = TypeVar("T")
 GROUP = 256  # result lines made durable together
-POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.05, 1.5, 30.0  # seconds between polls: quick at first, then every 30 s
+POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.02, 1.5, 30.0  # seconds between polls: quick at first, then every 30 s
 POLL_MAX_LOCAL = 0.5  # ... against the built-in simulator, whose "24 h" last seconds
 STARTED_SLICE = 512  # started events per submission (a log frame holds 4 MiB)
 
@@ -149,7 +149,10 @@ class BatchRunner:
         for chunk in state.chunks.values():
             if chunk.status != "done":
                 ids = chunk.custom_ids
-                jobs.append(_Job(chunk, [pending.pop(i) for i in ids if i in pending], lookup=chunk.status in OPEN))
+                # its requests' ``started`` are in the log already: the attempt they carry is theirs
+                mine = [pending.pop(i) for i in ids if i in pending]
+                mine = [r._replace(attempt=max(1, r.work.attempts)) for r in mine]
+                jobs.append(_Job(chunk, mine, lookup=chunk.status in OPEN))
         await self._reconcile(jobs)
         fresh = list(pending.values())
         rounds = max((c.round for c in state.chunks.values()), default=-1) + 1

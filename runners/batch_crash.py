@@ -1,6 +1,8 @@
 """Kill points for the crash tests: ``LEDGER_BATCH_CRASH=STEP:N`` makes the process kill
 itself (SIGKILL, as ``kill -9``: no cleanup, no flush) the N-th time the batch runner reaches
-STEP. Unset (always, outside the tests) it costs one dictionary lookup per call.
+STEP (``*``: any step); the step it dies at is written first to the file named by
+``LEDGER_BATCH_CRASH_NOTE``, if set. Unset (always, outside the tests) it costs one
+dictionary lookup per call.
 
 Steps, in a chunk's order: ``planned`` (its batch_planned is durable, nothing uploaded),
 ``uploaded`` (the file is at the provider, its event not written), ``file_event`` (between
@@ -15,6 +17,8 @@ from __future__ import annotations
 import os
 import signal
 
+from llm_ledger.ledger import fs
+
 __all__ = ["crash_point", "ENV"]
 
 ENV = "LEDGER_BATCH_CRASH"
@@ -26,8 +30,12 @@ def crash_point(step: str) -> None:
     if not wanted:
         return
     name, _, nth = wanted.partition(":")
-    if name != step:
+    if name not in (step, "*"):
         return
-    _seen[step] = _seen.get(step, 0) + 1
-    if _seen[step] >= int(nth or 1):
+    _seen[name] = _seen.get(name, 0) + 1
+    if _seen[name] >= int(nth or 1):
+        note = os.environ.get(ENV + "_NOTE")
+        if note:
+            with fs.open_file(note, "w") as f:
+                f.write(step)
         os.kill(os.getpid(), signal.SIGKILL)

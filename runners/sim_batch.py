@@ -185,9 +185,9 @@ class BatchSim:
 
     async def records(self, request: Request) -> Response:
         return JSONResponse({"batches": [{"id": b.id, "metadata": b.metadata, "sha256": b.sha256, "status": b.status,
-                                          "requests": len(b.requests), "billed": b.billed}
+                                          "input_file_id": b.input_file_id, "requests": len(b.requests), "billed": b.billed}
                                          for b in self.batches.values()],
-                             "files": sorted(self.files)})
+                             "files": [{"id": f.id, "filename": f.filename, "purpose": f.purpose} for f in self.files.values()]})
 
     # -- time --------------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ def cancel(
         paths = find_run(runs_dir, run)
         lines = cancel_run(paths)
         for line in lines:
-            out.print(f"chunk {line.chunk}: batch {line.batch_id}: {line.status}", markup=False)
+            out.print(f"chunk {line.chunk}: {line.batch_id}: {line.status}", markup=False)
         asked = sum(not line.status.startswith("not ") for line in lines)
         out.print(f"{asked} of {len(lines)} open batches asked to cancel; recorded in the log"
                   + (f"; `ledger resume {paths.run_id}` records what they completed" if asked else ""), markup=False)

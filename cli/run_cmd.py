@@ -277,7 +277,13 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
     items = f"{plural(pending, 'item')} pending"
-    if code == 75:
+    if stop_reason.startswith("batch window") and prepared.config.embedded:
+        lines.append(f"--batch-window passed: {items}; the built-in simulator's batches end with this session: "
+                     "`ledger resume` sends them again")
+    elif stop_reason.startswith("batch window"):
+        lines.append(f"--batch-window passed: {items}, in batches left running at the provider; "
+                     "`ledger resume` collects them (`ledger cancel` cancels them)")
+    elif code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:
         lines.append(f"interrupted; {items}")

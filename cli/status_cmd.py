@@ -38,7 +38,8 @@ def status(
         info = run_status(paths)
         batches = read_batches(paths)
         if as_json:
-            out.print(json.dumps({**msgspec.to_builtins(info), "batches": batches}), soft_wrap=True)
+            extra = {"batches": batches} if batches else {}  # a --batch run's chunks (batches.json), beside RunStatus
+            out.print(json.dumps({**msgspec.to_builtins(info), **extra}), soft_wrap=True)
             return
         summary = read_summary(paths) if info.summary_current else {}
         for key, value in _status_lines(info, summary):

@@ -69,7 +69,8 @@ from .simulator import SimConfig, Simulator
 __all__ = ["BatchRunner"]
 
 T = TypeVar("T")
-GROUP = 256  # result lines made durable together
+GROUP = 256  # result lines per submission to the writer
+DURABLE_EVERY = 4096  # result lines between waits for durability (one fdatasync per wait, not per group)
 POLL_FIRST, POLL_GROWTH, POLL_MAX = 0.02, 1.5, 30.0  # seconds between polls: quick at first, then every 30 s
 POLL_MAX_LOCAL = 0.5  # ... against the built-in simulator, whose "24 h" last seconds
 STARTED_SLICE = 512  # started events per submission (a log frame holds 4 MiB)
@@ -100,6 +101,9 @@ class BatchRunner:
         self._first: dict[str, int] = {}  # custom_id -> its first attempt in this session (the retry budget)
         self._next_chunk = 1
         self._open = 0  # requests in batches not yet done
+        # seconds of our own work per phase (bench/batch.py): planning (requests, the cut, the
+        # started + batch_planned events durable), upload, and ingestion (download, decode, record)
+        self.timings = {"plan": 0.0, "upload": 0.0, "ingest": 0.0}
 
     # -- the Runner protocol ---------------------------------------------------------------
 
@@ -159,7 +163,12 @@ class BatchRunner:
         while (jobs or fresh) and not self.progress.stopping:
             jobs += await self._plan(fresh, rounds)
             self._round = asyncio.ensure_future(asyncio.gather(*(self._job(j) for j in jobs), return_exceptions=True))
-            outcomes = await self._round
+            try:
+                outcomes = await self._round
+            except asyncio.CancelledError:
+                if self.progress.stopping:  # abort (a second Ctrl-C): the batches stay at the provider
+                    return
+                raise
             fresh, jobs, rounds = [], [], rounds + 1
             for outcome in outcomes:
                 if isinstance(outcome, BaseException):
@@ -184,11 +193,13 @@ class BatchRunner:
         """Cut the round's requests into chunks and record each: its ``started`` events, then
         ``batch_planned``, durable before its file goes anywhere."""
         jobs = []
+        began = time.perf_counter()
         selected = [r for r in for_batch(requests) if not await self._too_long(r)]
         for piece in cut(selected, self.config.batch_max_requests, self.config.batch_max_bytes):
             if self.progress.stopping:
                 break
             jobs.append(await self._planned(piece, round_))
+        self.timings["plan"] += time.perf_counter() - began
         return jobs
 
     async def _planned(self, piece: Cut, round_: int) -> _Job:
@@ -301,10 +312,13 @@ class BatchRunner:
         if data is None:
             return await self._abandon(job, "abandoned", "its file could not be rebuilt as planned")
         if not chunk.file_id:
+            began = time.perf_counter()
             try:
                 file_id = await self._retrying(lambda: self.client.upload(f"ledger-{self.run_id}-{chunk.chunk}.jsonl", data))
             except EndpointError as exc:
                 return await self._rejected(job, exc)
+            finally:
+                self.timings["upload"] += time.perf_counter() - began
             crash_point("uploaded")
             await self.writer.append_many_async([BatchFileUploaded(chunk=chunk.chunk, file_id=file_id)])
             chunk.file_id, chunk.status = file_id, "uploaded"
@@ -384,6 +398,7 @@ class BatchRunner:
         latency = max(0.0, time.time() - _sent_at(chunk))
         later: list[Request] = []
         counts = [0, 0]
+        began = time.perf_counter()
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 data = await self._retrying(lambda: self.client.content(file_id))
@@ -394,6 +409,7 @@ class BatchRunner:
         await self.writer.append_many_async([BatchDone(
             chunk=chunk.chunk, batch_id=batch.id, status=batch.status, completed=counts[0], failed=counts[1],
             unresolved=len(unresolved))])
+        self.timings["ingest"] += time.perf_counter() - began
         self._open -= len(chunk.custom_ids)
         self.progress.in_flight = max(0, self._open)
         crash_point("done")
@@ -401,8 +417,11 @@ class BatchRunner:
 
     async def _record(self, data: bytes, waiting: dict[str, Request], latency: float, later: list[Request],
                       counts: list[int]) -> None:
+        """The file's results into the log: groups handed to the writer without waiting for each
+        (its group commit makes one fdatasync of many), made durable every ``DURABLE_EVERY`` lines."""
         group: list[tuple[Request, list[Event]]] = []
-        for line in lines_of(data):
+        queued: list[Awaitable[None]] = []
+        for n, line in enumerate(lines_of(data), 1):
             request = waiting.pop(line.custom_id, None)
             if request is None:
                 continue  # recorded before a crash, or not ours
@@ -412,11 +431,16 @@ class BatchRunner:
             group.append((request, outcome.events))
             self._count(request, outcome, later, counts)
             if len(group) >= GROUP:
-                await self._append_group(group)
+                queued.append(asyncio.ensure_future(self._append_group(group)))
                 group = []
+            if n % DURABLE_EVERY == 0 and queued:
+                await asyncio.gather(*queued)
+                queued = []
                 crash_point("results")
         if group:
-            await self._append_group(group)
+            queued.append(asyncio.ensure_future(self._append_group(group)))
+        if queued:
+            await asyncio.gather(*queued)
             crash_point("results")
 
     def _count(self, request: Request, outcome: Any, later: list[Request], counts: list[int]) -> None:

@@ -311,9 +311,12 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
     out.print(f"output {prepared.paths.dir}", markup=False)
     if prepared.resume:
         f = session.found
+        flight = (f"{f.in_flight:,} in flight (their batches are looked up and collected; sent again only if a batch "
+                  "ended without them)") if config.runner == "batch" else (
+                  f"{f.in_flight:,} in flight at the crash (sent again, ~{f.in_flight_tokens:,} prompt tokens)")
         out.print(f"resume: {f.done:,} done, {f.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "
-                  f"{f.never_started:,} never started, {f.in_flight:,} in flight at the crash "
-                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send:,} to send", markup=False)
+                  f"{f.never_started:,} never started, {flight}; {f.to_send:,} to "
+                  f"{'finish' if config.runner == 'batch' else 'send'}", markup=False)
 
 
 def dataset_extent(items: int, limit: int | None, seed: int | None, samples: int) -> str:

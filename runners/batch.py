@@ -113,6 +113,8 @@ class BatchRunner:
         window = loop.call_later(self.config.batch_window, self._window) if self.config.batch_window else None
         try:
             await self._run(works)
+        except EndpointError as exc:  # the provider refused a read we cannot go on without (a key revoked ...)
+            self.stop(f"error: {exc.message}")
         finally:
             if window is not None:
                 window.cancel()
@@ -375,6 +377,8 @@ class BatchRunner:
             except EndpointError as exc:
                 if exc.status == 404:
                     return _lost(chunk)
+                if not exc.retryable:
+                    raise
                 await self._sleep(delay)
                 delay = min(delay * POLL_GROWTH, self._poll_max)
                 continue

@@ -250,3 +250,33 @@ def test_batch_window_durations_and_bad_input_in_one_line(tmp_path, dataset):
     result = run_cli("run", dataset, "--batch", "--batch-window", "soon", "--runs-dir", str(tmp_path / "runs"))
     assert result.returncode == 2 and "--batch-window 'soon'" in result.stderr and result.stderr.count("\n") == 1
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_ctrl_c_stops_waiting_the_batch_keeps_running_and_resume_collects_it(tmp_path, dataset):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = _sim(batch_seconds=1.5, batch_window=3600)
+    runs = tmp_path / "runs"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", dataset, "--batch", "--run-id", "c",
+                                 "--model", "sim-1", "--base-url", sim.base_url, "--runs-dir", str(runs)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _records(sim, "c") and time.monotonic() < deadline:  # its batch exists at the provider
+            time.sleep(0.05)
+        time.sleep(0.2)  # ... and its batch_submitted is durable
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "interrupted; 6 items pending" in err and "ledger resume c" in err
+        assert _records(sim, "c")[0]["status"] in ("validating", "in_progress")  # still running there
+        paths = RunPaths(str(runs / "c"))
+        session, reason = run_prepared(prepare_resume(paths))
+        books = _records(sim, "c")
+    finally:
+        sim.stop()
+    assert reason == "completed" and len(books) == 1 and len(books[0]["billed"]) == 6
+    assert len(_rows(paths)) == 6

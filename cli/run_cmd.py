@@ -61,6 +61,8 @@ def run(
     batch: Annotated[bool, typer.Option("--batch", help="Send through the provider's Batch API (/v1/files + /v1/batches): half the price, results within 24 h; `ledger resume` picks up the batches.")] = False,
     batch_window: Annotated[Optional[str], typer.Option("--batch-window", metavar="DURATION", help="With --batch: stop waiting after this long (e.g. 30m, 24h); the batches keep running and `ledger resume` collects them.")] = None,
     batch_discount: Annotated[Optional[float], typer.Option("--batch-discount", metavar="SHARE", help="With --batch: the share taken off the per-request price (default 0.5: half price).")] = None,
+    batch_max_requests: Annotated[Optional[int], typer.Option("--batch-max-requests", metavar="N", help="With --batch: requests per batch file, at most (default and OpenAI's limit: 50,000).")] = None,
+    batch_max_bytes: Annotated[Optional[int], typer.Option("--batch-max-bytes", metavar="BYTES", help="With --batch: bytes per batch file, at most (default and OpenAI's limit: 200,000,000).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
@@ -73,7 +75,8 @@ def run(
     from llm_ledger.runners.registry import TRANSPORTS
 
     with handled():
-        batching = _batch_settings(batch, runner, batch_window, batch_discount)
+        batching = _batch_settings(batch, runner, batch_window, batch_discount,
+                                   {"batch_max_requests": batch_max_requests, "batch_max_bytes": batch_max_bytes})
         config = RunConfig(
             model=model or ("" if base_url else SIMULATOR_MODEL), base_url=(base_url or [""])[0],
             base_urls=list(base_url or []), api_key_env=api_key_env,
@@ -100,8 +103,10 @@ _FIELDS = {"base_url": ("base_url", "base_urls"), "sim": ("simulator",), "sim_ac
            "batch": ("runner",)}
 
 
-def _batch_settings(batch: bool, runner: str | None, window: str | None, discount: float | None) -> dict:
-    """--batch is ``runner = "batch"``; its window and discount, checked (RunConfig fields)."""
+def _batch_settings(batch: bool, runner: str | None, window: str | None, discount: float | None,
+                    limits: dict[str, int | None]) -> dict:
+    """--batch is ``runner = "batch"``; its window, discount and file limits (RunConfig fields,
+    checked with the others by ``check_config``)."""
     from llm_ledger.ledger.errors import InputError
     from llm_ledger.runners.batch_window import parse_window
 
@@ -110,8 +115,10 @@ def _batch_settings(batch: bool, runner: str | None, window: str | None, discoun
         if runner not in (None, "batch"):
             raise InputError(f"--batch runs the batch runner: it cannot go with --runner {runner}")
         settings["runner"] = "batch"
-    if (window is not None or discount is not None) and not (batch or runner == "batch"):
-        raise InputError("--batch-window and --batch-discount go with --batch")
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if (window is not None or discount is not None or limits) and not (batch or runner == "batch"):
+        raise InputError("--batch-window, --batch-discount and --batch-max-* go with --batch")
+    settings.update(limits)
     if window is not None:
         settings["batch_window"] = parse_window(window)
     if discount is not None:

@@ -101,6 +101,7 @@ class BatchRunner:
         self._first: dict[str, int] = {}  # custom_id -> its first attempt in this session (the retry budget)
         self._next_chunk = 1
         self._open = 0  # requests in batches not yet done
+        self._uploads = self._uploaded = 0  # upload calls and files recorded: more calls, a retried one may have left a file
         # seconds of our own work per phase (bench/batch.py): planning (requests, the cut, the
         # started + batch_planned events durable), upload, and ingestion (download, decode, record)
         self.timings = {"plan": 0.0, "upload": 0.0, "ingest": 0.0}
@@ -177,6 +178,8 @@ class BatchRunner:
                     self._failed_round(outcome)
                 else:
                     fresh += outcome
+        if self._uploads > self._uploaded and not self.progress.stop_reason.startswith("error"):
+            await self._sweep([])
 
     def _failed_round(self, exc: BaseException) -> None:
         if isinstance(exc, LogError):
@@ -316,13 +319,14 @@ class BatchRunner:
         if not chunk.file_id:
             began = time.perf_counter()
             try:
-                file_id = await self._retrying(lambda: self.client.upload(f"ledger-{self.run_id}-{chunk.chunk}.jsonl", data))
+                file_id = await self._retrying(lambda: self._upload(f"ledger-{self.run_id}-{chunk.chunk}.jsonl", data))
             except EndpointError as exc:
                 return await self._rejected(job, exc)
             finally:
                 self.timings["upload"] += time.perf_counter() - began
             crash_point("uploaded")
             await self.writer.append_many_async([BatchFileUploaded(chunk=chunk.chunk, file_id=file_id)])
+            self._uploaded += 1
             chunk.file_id, chunk.status = file_id, "uploaded"
             crash_point("file_event")
         return await self._create(job)
@@ -354,6 +358,11 @@ class BatchRunner:
             crash_point("submitted")
             return None
         return None
+
+    async def _upload(self, name: str, data: bytes) -> str:
+        """One upload; a retried one may have left a file behind (its reply lost): swept at the end."""
+        self._uploads += 1
+        return await self.client.upload(name, data)
 
     def _rebuilt(self, job: _Job) -> bytes | None:
         """A chunk planned by an earlier session: its file from the same works, if they give

@@ -33,8 +33,8 @@ new chunk of the next round (up to --retries times); of a batch cancelled by `le
 a final ``failed`` (a resume retries failed items, like any). A multi-turn item's next turn
 goes into the next round: a 5-turn conversation takes 5 rounds of batches.
 
-Ctrl-C and ``--batch-window`` stop waiting: the batches keep running at the provider and
-``ledger resume`` picks them up. The built-in simulator (no --base-url) lives in this process:
+Ctrl-C and ``--batch-window`` (its clock starts when the session first waits for a batch) stop
+waiting: the batches keep running at the provider and ``ledger resume`` picks them up. The built-in simulator (no --base-url) lives in this process:
 its batches end with the session, and a resume finds them gone ("lost") and sends them again.
 """
 
@@ -98,6 +98,7 @@ class BatchRunner:
         self._poll_max = POLL_MAX_LOCAL if self._simulator else POLL_MAX
         self._stopped: asyncio.Event | None = None
         self._round: asyncio.Future[Any] | None = None
+        self._window_timer: asyncio.TimerHandle | None = None
         self._first: dict[str, int] = {}  # custom_id -> its first attempt in this session (the retry budget)
         self._next_chunk = 1
         self._open = 0  # requests in batches not yet done
@@ -110,15 +111,13 @@ class BatchRunner:
 
     async def run(self, works: Iterator[Work | None]) -> None:
         self._stopped = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        window = loop.call_later(self.config.batch_window, self._window) if self.config.batch_window else None
         try:
             await self._run(works)
         except EndpointError as exc:  # the provider refused a read we cannot go on without (a key revoked ...)
             self.stop(f"error: {exc.message}")
         finally:
-            if window is not None:
-                window.cancel()
+            if self._window_timer is not None:
+                self._window_timer.cancel()
             await self.client.close()
             if self._simulator is not None:
                 self._simulator.stop()
@@ -135,6 +134,12 @@ class BatchRunner:
         self.stop()
         if self._round is not None:
             self._round.cancel()
+
+    def _arm_window(self) -> None:
+        """--batch-window bounds the waiting: its clock starts when the first batch is waited
+        for (the upload of a big file before it is work, not waiting)."""
+        if self.config.batch_window and self._window_timer is None:
+            self._window_timer = asyncio.get_running_loop().call_later(self.config.batch_window, self._window)
 
     def _window(self) -> None:
         self.stop(f"batch window: --batch-window {self.config.batch_window:g} s passed; "
@@ -380,6 +385,7 @@ class BatchRunner:
         """Poll until the batch ends (None: the run stopped waiting). ``batch_status`` is
         recorded when the state changes, with the counts."""
         chunk, delay = job.chunk, POLL_FIRST
+        self._arm_window()
         while not self.progress.stopping:
             try:
                 batch = await self.client.retrieve(chunk.batch_id)

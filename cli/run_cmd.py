@@ -58,6 +58,11 @@ def run(
     max_context: Annotated[Optional[int], typer.Option("--max-context", help="Tokens; longer conversations fail without a request.")] = None,
     no_preflight: Annotated[bool, typer.Option("--no-preflight", help="Skip the GET /models check.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset (without --limit it has no effect).")] = None,
+    batch: Annotated[bool, typer.Option("--batch", help="Send through the provider's Batch API (/v1/files + /v1/batches): half the price, results within 24 h; `ledger resume` picks up the batches.")] = False,
+    batch_window: Annotated[Optional[str], typer.Option("--batch-window", metavar="DURATION", help="With --batch: stop waiting after this long (e.g. 30m, 24h); the batches keep running and `ledger resume` collects them.")] = None,
+    batch_discount: Annotated[Optional[float], typer.Option("--batch-discount", metavar="SHARE", help="With --batch: the share taken off the per-request price (default 0.5: half price).")] = None,
+    batch_max_requests: Annotated[Optional[int], typer.Option("--batch-max-requests", metavar="N", help="With --batch: requests per batch file, at most (default and OpenAI's limit: 50,000).")] = None,
+    batch_max_bytes: Annotated[Optional[int], typer.Option("--batch-max-bytes", metavar="BYTES", help="With --batch: bytes per batch file, at most (default and OpenAI's limit: 200,000,000).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
     cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. Default: only deterministic requests (temperature 0); --cache: every request, a sampled one per sample index; --no-cache: none.")] = None,
     cache_max_age: Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")] = None,
@@ -73,6 +78,8 @@ def run(
     from llm_ledger.runners.registry import TRANSPORTS
 
     with handled():
+        batching = _batch_settings(batch, runner, batch_window, batch_discount,
+                                   {"batch_max_requests": batch_max_requests, "batch_max_bytes": batch_max_bytes})
         config = RunConfig(
             model=model or ("" if base_url else SIMULATOR_MODEL), base_url=(base_url or [""])[0],
             base_urls=list(base_url or []), api_key_env=api_key_env,
@@ -82,7 +89,7 @@ def run(
             system=system, template=interpret_escapes(template) if template else template, parser=parser,
             price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url),
             cache=cache, cache_max_age=parse_age(cache_max_age) if cache_max_age is not None else None,
-            **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None},
+            **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None}, **batching,
         )
         if model and not base_url and getattr(TRANSPORTS.get(config.transport), "remote", True):
             config.base_url = "https://api.openai.com/v1"
@@ -90,13 +97,37 @@ def run(
         for note in prepared.notes:
             err.print(f"note: {note}", markup=False, highlight=False)
         if dry_run:
-            out.print(_plan_table(plan_only(prepared)))
+            out.print(_plan_table(plan_only(prepared), config.batch_discount if config.runner == "batch" else None))
             return
         raise typer.Exit(_execute(prepared, show_first))
 
 
 # option name -> the RunConfig fields it sets, where they differ
-_FIELDS = {"base_url": ("base_url", "base_urls"), "sim": ("simulator",), "sim_accuracy": ("simulator",), "no_preflight": ("preflight",)}
+_FIELDS = {"base_url": ("base_url", "base_urls"), "sim": ("simulator",), "sim_accuracy": ("simulator",), "no_preflight": ("preflight",),
+           "batch": ("runner",)}
+
+
+def _batch_settings(batch: bool, runner: str | None, window: str | None, discount: float | None,
+                    limits: dict[str, int | None]) -> dict:
+    """--batch is ``runner = "batch"``; its window, discount and file limits (RunConfig fields,
+    checked with the others by ``check_config``)."""
+    from llm_ledger.ledger.errors import InputError
+    from llm_ledger.runners.batch_window import parse_window
+
+    settings: dict = {}
+    if batch:
+        if runner not in (None, "batch"):
+            raise InputError(f"--batch runs the batch runner: it cannot go with --runner {runner}")
+        settings["runner"] = "batch"
+    limits = {k: v for k, v in limits.items() if v is not None}
+    if (window is not None or discount is not None or limits) and not (batch or runner == "batch"):
+        raise InputError("--batch-window, --batch-discount and --batch-max-* go with --batch")
+    settings.update(limits)
+    if window is not None:
+        settings["batch_window"] = parse_window(window)
+    if discount is not None:
+        settings["batch_discount"] = discount
+    return settings
 
 
 def _typed(ctx: typer.Context) -> set[str]:
@@ -106,7 +137,7 @@ def _typed(ctx: typer.Context) -> set[str]:
             for f in _FIELDS.get(name, (name,))}
 
 
-def _plan_table(report: dict) -> "Table":
+def _plan_table(report: dict, batch_discount: float | None = None) -> "Table":
     from rich.table import Table
 
     table = Table(title="dry run: nothing sent", show_header=False)
@@ -124,6 +155,9 @@ def _plan_table(report: dict) -> "Table":
         ("completion cost (at most)", _usd(price[1]) if price[1] is not None else
          "- (no --price-out)" if bound is not None else "- (no bound)"),
     ]
+    if batch_discount is not None:  # the prices above are the batch's already (prepare.py)
+        rows.append(("price", f"Batch API: {100 * (1 - batch_discount):g}% of the per-request price "
+                              f"(--batch-discount {batch_discount:g})"))
     for name, value in rows:
         table.add_row(name, value)
     return table
@@ -146,6 +180,7 @@ def resume(
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Environment variable holding the key, for this session.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Deadline in seconds for each request (connect to last byte), for this session.")] = None,
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down, for this session.")] = None,
+    batch_window: Annotated[Optional[str], typer.Option("--batch-window", metavar="DURATION", help="A --batch run: stop waiting after this long, for this session (e.g. 30m).")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent.
@@ -159,6 +194,10 @@ def resume(
     if base_url:
         overrides.update(base_url=base_url[0], base_urls=list(base_url))
     with handled():
+        if batch_window is not None:
+            from llm_ledger.runners.batch_window import parse_window
+
+            overrides["batch_window"] = parse_window(batch_window)
         prepared = prepare_resume(find_run(runs_dir, run), skip_failed, {k: v for k, v in overrides.items() if v is not None})
         raise typer.Exit(_execute(prepared, False))
 
@@ -250,7 +289,13 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
     items = f"{plural(pending, 'item')} pending"
-    if code == 75:
+    if stop_reason.startswith("batch window") and prepared.config.embedded:
+        lines.append(f"--batch-window passed: {items}; the built-in simulator's batches end with this session: "
+                     "`ledger resume` sends them again")
+    elif stop_reason.startswith("batch window"):
+        lines.append(f"--batch-window passed: {items}, in batches left running at the provider; "
+                     "`ledger resume` collects them (`ledger cancel` cancels them)")
+    elif code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:
         lines.append(f"interrupted; {items}")
@@ -278,9 +323,12 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
     out.print(f"output {prepared.paths.dir}", markup=False)
     if prepared.resume:
         f = session.found
+        flight = (f"{f.in_flight:,} in flight (their batches are looked up and collected; sent again only if a batch "
+                  "ended without them)") if config.runner == "batch" else (
+                  f"{f.in_flight:,} in flight at the crash (sent again, ~{f.in_flight_tokens:,} prompt tokens)")
         out.print(f"resume: {f.done:,} done, {f.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "
-                  f"{f.never_started:,} never started, {f.in_flight:,} in flight at the crash "
-                  f"(sent again, ~{f.in_flight_tokens:,} prompt tokens); {f.to_send:,} to send", markup=False)
+                  f"{f.never_started:,} never started, {flight}; {f.to_send:,} to "
+                  f"{'finish' if config.runner == 'batch' else 'send'}", markup=False)
 
 
 def dataset_extent(items: int, limit: int | None, seed: int | None, samples: int) -> str:

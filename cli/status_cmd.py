@@ -30,20 +30,59 @@ def status(
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Progress of a run, running or stopped: its status, counts and accuracy; instant even on a large run."""
+    from llm_ledger.projections.batches import read_batches
     from llm_ledger.projections.runs import read_summary, run_status
 
     with handled():
         paths = find_run(runs_dir, run)
         info = run_status(paths)
+        batches = read_batches(paths)
         if as_json:
-            out.print(json.dumps(msgspec.to_builtins(info)), soft_wrap=True)
+            extra = {"batches": batches} if batches else {}  # a --batch run's chunks (batches.json), beside RunStatus
+            out.print(json.dumps({**msgspec.to_builtins(info), **extra}), soft_wrap=True)
             return
         summary = read_summary(paths) if info.summary_current else {}
         for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
+        for line in batch_lines(batches):
+            out.print(line, markup=False)
         unfinished = info.counts.pending + info.counts.in_flight
         if info.status in RESUMABLE or (info.status != "running" and unfinished):
             out.print(resume_line(paths), markup=False)
+
+
+SHOWN_BATCHES = 20  # the open ones first, then the latest done
+
+
+def batch_lines(batches: list[dict], now: float | None = None) -> list[str]:
+    """One line per Batch API chunk (batches.json): id, state, counts, age, time to expiry."""
+    import time
+
+    if not batches:
+        return []
+    now = time.time() if now is None else now
+    open_ = [b for b in batches if b["status"] != "done"]
+    shown = (open_ + [b for b in reversed(batches) if b["status"] == "done"])[:SHOWN_BATCHES]
+    lines = [f"{'batches':>10}: {count(len(batches))} ({count(len(open_))} open)"]
+    for b in shown:
+        state = b["status"] if b["status"] != "done" else f"{b['final_status']}, recorded"
+        since = b["created_at"] or b["submitted_at"] or b["planned_at"]
+        left = b["expires_at"] - now if b["status"] != "done" and b["expires_at"] else None
+        expiry = "" if left is None else f", expires in {_duration(left)}" if left > 0 else ", past its expiry"
+        lines.append(f"  chunk {b['chunk']}: {b['batch_id'] or '(not submitted)'} {state}: {count(b['completed'])} done, "
+                     f"{count(b['failed'])} failed of {count(b['total'])}, age {_duration(now - since)}{expiry}")
+    if len(batches) > len(shown):
+        lines.append(f"  ... and {count(len(batches) - len(shown))} more in batches.json")
+    return lines
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 # Stopped with work left: Ctrl-C, an outage (exit 75), a crash or kill, an error.

@@ -37,6 +37,13 @@ __all__ = [
     "Resumed",
     "Reviewed",
     "VERDICTS",
+    "BatchPlanned",
+    "BatchFileUploaded",
+    "BatchSubmitted",
+    "BatchStatus",
+    "BatchDone",
+    "BatchFileDeleted",
+    "BatchCancelRequested",
     "encode",
     "decode",
     "encode_many",
@@ -190,6 +197,64 @@ class Reviewed(ItemEvent, frozen=True, kw_only=True, tag="reviewed"):
     verdict: str = "correct"  # one of VERDICTS
     note: str = ""
     who: str = ""  # the OS user name of the reviewer
+# -- the provider's Batch API (runners/batch.py; issue 16) ---------------------------------
+# One chunk is one input file and one batch. Its events come in this order, each durable
+# before the next step: planned (with its requests' ``started``, one commit group) ->
+# file_uploaded -> submitted -> status (on each change) -> the requests' ``response`` /
+# ``parsed`` / ``failed`` -> done. None moves an item's state: the item events do.
+
+
+class BatchPlanned(EventBase, frozen=True, kw_only=True, tag="batch_planned"):
+    chunk: str  # the run's chunk id ("1", "2", ...): the metadata key its batch is found by
+    custom_ids: list[str] = []  # one per request, ``ID/SAMPLE/TURN`` as the x-ledger-key header
+    sha256: str = ""  # of the input file's bytes
+    bytes: int = 0
+    model: str = ""
+    round: int = 0  # the round of batches (a multi-turn item's turn n is in round >= n)
+
+
+class BatchFileUploaded(EventBase, frozen=True, kw_only=True, tag="batch_file_uploaded"):
+    chunk: str
+    file_id: str
+
+
+class BatchSubmitted(EventBase, frozen=True, kw_only=True, tag="batch_submitted"):
+    chunk: str
+    batch_id: str
+    file_id: str = ""
+    created_at: float = 0.0  # the provider's clock (Unix seconds)
+    expires_at: float = 0.0  # when the provider gives up on it (created + the 24 h window)
+    reconciled: bool = False  # found with batches.list after a crash or an error, not created now
+
+
+class BatchStatus(EventBase, frozen=True, kw_only=True, tag="batch_status"):
+    chunk: str
+    batch_id: str
+    status: str  # validating, failed, in_progress, finalizing, completed, expired, cancelling, cancelled
+    completed: int = 0
+    failed: int = 0
+    total: int = 0
+
+
+class BatchDone(EventBase, frozen=True, kw_only=True, tag="batch_done"):
+    chunk: str
+    batch_id: str = ""
+    status: str = ""  # the batch's final state; "lost": the provider does not know it
+    completed: int = 0  # requests recorded with a response
+    failed: int = 0  # ... with a failure from the error file or the output
+    unresolved: int = 0  # without a result: sent again in a new chunk (or failed, if cancelled)
+
+
+class BatchFileDeleted(EventBase, frozen=True, kw_only=True, tag="batch_file_deleted"):
+    chunk: str = ""
+    file_id: str
+    reason: str = ""
+
+
+class BatchCancelRequested(EventBase, frozen=True, kw_only=True, tag="batch_cancel_requested"):
+    chunk: str
+    batch_id: str
+    status: str = ""  # the batch's state the provider answered
 
 
 Event = (
@@ -203,6 +268,13 @@ Event = (
     | Paused
     | Resumed
     | Reviewed
+    | BatchPlanned
+    | BatchFileUploaded
+    | BatchSubmitted
+    | BatchStatus
+    | BatchDone
+    | BatchFileDeleted
+    | BatchCancelRequested
 )
 
 # What projections decode: every event as it is, but a response without its raw body.
@@ -217,6 +289,13 @@ EventView = (
     | Paused
     | Resumed
     | Reviewed
+    | BatchPlanned
+    | BatchFileUploaded
+    | BatchSubmitted
+    | BatchStatus
+    | BatchDone
+    | BatchFileDeleted
+    | BatchCancelRequested
 )
 
 _encoder = msgspec.msgpack.Encoder()

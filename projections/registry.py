@@ -11,6 +11,7 @@ import os
 
 from llm_ledger.ledger.layout import RunPaths
 
+from .batches import Batches
 from .conversation_files import Conversations
 from .failures import Failures
 from .projection import Projection
@@ -22,6 +23,7 @@ PROJECTIONS: tuple[type[Projection], ...] = (
     Rows,  # responses.jsonl, summary.json
     Conversations,  # conversations/
     Failures,  # failures.jsonl
+    Batches,  # batches.json (the Batch API runner's chunks)
 )
 NAMES: tuple[str, ...] = tuple(p.name for p in PROJECTIONS)
 

@@ -26,7 +26,7 @@ MAX_CONCURRENCY = 10_000
 # them (recorded in that session's ``session_started.overrides``); every other setting is the
 # run's identity and fixed by ``run_started``.
 HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport",
-              "cache", "cache_max_age")
+              "cache", "cache_max_age", "batch_window")
 _NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
 
 
@@ -58,6 +58,13 @@ class RunConfig(msgspec.Struct, kw_only=True):
     transport: str = "http"  # how a request reaches the model: a name in registry.TRANSPORTS
     cache: bool | None = None  # the cross-run cache (runners/cache.py): None deterministic requests only, True all, False none
     cache_max_age: float | None = None  # seconds: only cached replies younger than this are served
+    # The Batch API runner (``runner = "batch"``, runners/batch.py). ``batch_discount``: the share
+    # of the per-request price the provider takes off (0.5: OpenAI's); price_in/price_out hold
+    # the batch price already (prepare.py applies it once, when the run starts).
+    batch_discount: float = 0.5
+    batch_window: float | None = None  # seconds the run waits for its batches (None: until they end)
+    batch_max_requests: int = 50_000  # per input file (OpenAI's limit)
+    batch_max_bytes: int = 200_000_000  # per input file (OpenAI's 200 MB)
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])
@@ -131,6 +138,10 @@ def check_config(config: RunConfig) -> None:
     _finite(config.price_in, "--price-in")
     _finite(config.price_out, "--price-out")
     _finite(config.cache_max_age, "--cache-max-age", positive=True)
+    _finite(config.batch_window, "--batch-window", positive=True)
+    if not (math.isfinite(config.batch_discount) and 0 <= config.batch_discount < 1):
+        raise InputError(f"--batch-discount {config.batch_discount}: must be a share in [0, 1), e.g. 0.5 (half price)")
+    _at_least(config, 1, "batch_max_requests", "batch_max_bytes")
     for name in config.__struct_fields__:
         value = getattr(config, name)
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:

@@ -229,11 +229,18 @@ def _overrides(config: RunConfig, overrides: dict[str, Any], run_id: str) -> dic
 
 
 def _resolve_prices(config: RunConfig) -> None:
-    """Fix the price in force now into the config, so summaries never depend on the table."""
+    """Fix the price in force now into the config, so summaries never depend on the table.
+    A Batch API run (runner ``batch``) stores the batch price: the per-request price (the
+    table's, or --price-in/--price-out) less ``batch_discount`` (0.5: half), applied here once,
+    so the dry run's estimate, the progress line and the summary all show what is paid."""
     if config.price_in is None and config.price_out is None:
         known = lookup(config.model)
         if known is not None:
             config.price_in, config.price_out = known
+    if config.runner == "batch":
+        share = 1.0 - config.batch_discount
+        config.price_in = None if config.price_in is None else round(config.price_in * share, 9)
+        config.price_out = None if config.price_out is None else round(config.price_out * share, 9)
 
 
 def _check_numbers(config: RunConfig) -> None:

@@ -20,7 +20,7 @@ from llm_ledger.ledger.errors import InputError
 from .http_transport import HttpTransport
 from .openai_transport import OpenAITransport
 from .per_request import PerRequestRunner
-from .runner import RunnerFactory
+from .runner import RunContext, Runner, RunnerFactory
 from .sim_transport import SimTransport
 from .transport import TransportFactory
 
@@ -32,8 +32,16 @@ class TransportKind(NamedTuple):
     remote: bool  # sends to URLs: --base-url, or without one the built-in HTTP simulator
 
 
+def _batch(context: RunContext) -> Runner:
+    """The Batch API runner, imported when a run uses it (a per-request run never loads it)."""
+    from .batch import BatchRunner
+
+    return BatchRunner(context)
+
+
 RUNNERS: dict[str, RunnerFactory] = {
     "per-request": PerRequestRunner,
+    "batch": _batch,  # the provider's Batch API (--batch): batch.py
 }
 
 TRANSPORTS: dict[str, TransportKind] = {

@@ -42,6 +42,8 @@ from starlette.routing import Route
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 
+from .sim_batch import BatchSim
+
 __all__ = ["SimConfig", "Simulator", "Answer", "RESET", "new_state", "answer", "build_app", "reply_text", "wrong_answer", "ledger_key"]
 
 _json = msgspec.json.Encoder()
@@ -67,6 +69,14 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     down: bool = False  # every request gets a 503 (an outage)
     capacity_rps: float = 0.0  # > 0: a real rate limit (token bucket, 0.1 s burst); over it, 429
     accuracy: float = 1.0  # share of "answer: X" prompts answered X; the others get another answer
+    # The Batch API (sim_batch.py): the "24 h" window and a batch's run, in seconds; faults for
+    # the first N batches created.
+    batch_window: float = 10.0
+    batch_seconds: float = 0.0
+    batch_fail_validation: int = 0
+    batch_expire: int = 0
+    batch_error_lines: int = 0
+    batch_create_500: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.accuracy <= 1.0:  # NaN fails too
@@ -196,6 +206,7 @@ def build_app(config: SimConfig) -> tuple[Starlette, _State]:
     routes = [
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        *BatchSim(config).routes(),  # /v1/files, /v1/batches
     ]
     return Starlette(routes=routes), state
 

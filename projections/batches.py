@@ -1,0 +1,221 @@
+"""The batches projection: ``batches.json``, every Batch API chunk of the run and where it is.
+
+One object per chunk, in the order they were planned: ``chunk``, ``round``, ``requests``,
+``sha256``, ``file_id``, ``batch_id``, ``status`` (``planned`` and ``uploaded`` before the
+provider holds it, then the provider's state; ``done`` when its results are recorded, with
+``final_status`` the batch's last state), the provider's ``completed`` / ``failed`` / ``total``
+counts, ``planned_at``, ``submitted_at``, ``created_at`` and ``expires_at`` (Unix seconds;
+the two last from the provider), ``done_at``, ``unresolved`` (requests without a result) and
+``cancel_requested``. ``ledger status`` shows it; the batch runner folds the same ``apply``
+over the log to reconcile on resume (runners/batch.py), so the file and the runner cannot
+disagree about a chunk. The fold keeps the custom_ids of open chunks only (the runner's
+need); the file does not list them.
+
+Rewritten atomically when it changed, like ``failures.jsonl``; its checkpoint part is the
+fold's state, from which the file is a pure function.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
+
+import msgspec
+
+from llm_ledger.ledger import fs
+from llm_ledger.ledger.events import (BatchCancelRequested, BatchDone, BatchFileDeleted, BatchFileUploaded, BatchPlanned,
+                                      BatchStatus, BatchSubmitted, Event, Parsed)
+from llm_ledger.ledger.framing import Frame
+from llm_ledger.ledger.fsio import write_atomic
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.recovery import LogEnd
+
+from .fold import Key
+from .projection import Output, Part, Where
+
+__all__ = ["BATCHES", "FILE_NAME", "Chunk", "BatchesState", "Batches", "apply", "encode", "read_batches", "OPEN"]
+
+BATCHES = "batches"
+FILE_NAME = "batches.json"
+OPEN = ("planned", "uploaded")  # states before the provider holds the chunk for sure
+
+
+class Chunk(msgspec.Struct, kw_only=True):
+    chunk: str
+    round: int = 0
+    requests: int = 0
+    sha256: str = ""
+    model: str = ""
+    file_id: str = ""
+    batch_id: str = ""
+    status: str = "planned"
+    final_status: str = ""
+    completed: int = 0
+    failed: int = 0
+    total: int = 0
+    planned_at: float = 0.0
+    submitted_at: float = 0.0
+    created_at: float = 0.0
+    expires_at: float = 0.0
+    done_at: float = 0.0
+    unresolved: int = 0
+    cancel_requested: bool = False
+    custom_ids: list[str] = []  # until done (the runner's; not written to the file)
+
+
+class BatchesState(msgspec.Struct, kw_only=True):
+    chunks: dict[str, Chunk] = {}
+
+
+# -- the fold (no I/O) -------------------------------------------------------------------
+
+
+def apply(state: BatchesState, event: Event) -> bool:
+    """Fold one event in; True when the file's content changed."""
+    cls = event.__class__
+    if cls is BatchPlanned:
+        e: Any = event
+        state.chunks[e.chunk] = Chunk(chunk=e.chunk, round=e.round, requests=len(e.custom_ids), sha256=e.sha256,
+                                      model=e.model, planned_at=e.ts, custom_ids=list(e.custom_ids), total=len(e.custom_ids))
+        return True
+    handler = _HANDLERS.get(cls)
+    if handler is None:
+        return False
+    chunk = state.chunks.get(event.chunk)  # type: ignore[attr-defined]
+    if chunk is None:
+        return False
+    handler(chunk, event)
+    return True
+
+
+def _uploaded(chunk: Chunk, e: BatchFileUploaded) -> None:
+    chunk.file_id = e.file_id
+    if chunk.status == "planned":
+        chunk.status = "uploaded"
+
+
+def _submitted(chunk: Chunk, e: BatchSubmitted) -> None:
+    chunk.batch_id, chunk.file_id = e.batch_id, e.file_id or chunk.file_id
+    chunk.status = "validating" if chunk.status in OPEN else chunk.status
+    chunk.submitted_at, chunk.created_at, chunk.expires_at = e.ts, e.created_at, e.expires_at
+
+
+def _status(chunk: Chunk, e: BatchStatus) -> None:
+    if chunk.status != "done":
+        chunk.status = e.status
+    chunk.completed, chunk.failed, chunk.total = e.completed, e.failed, e.total or chunk.total
+
+
+def _done(chunk: Chunk, e: BatchDone) -> None:
+    chunk.status, chunk.final_status, chunk.done_at = "done", e.status, e.ts
+    chunk.batch_id = chunk.batch_id or e.batch_id
+    chunk.unresolved = e.unresolved
+    chunk.custom_ids = []
+
+
+def _cancel(chunk: Chunk, e: BatchCancelRequested) -> None:
+    chunk.cancel_requested = True
+    chunk.batch_id = chunk.batch_id or e.batch_id  # a batch found by its metadata: it exists
+    if e.status and chunk.status != "done":
+        chunk.status = e.status
+
+
+def _deleted(chunk: Chunk, e: BatchFileDeleted) -> None:
+    pass  # the chunk's row does not change: the deleted file is one that no batch of it uses
+
+
+_HANDLERS: dict[type, Any] = {BatchFileUploaded: _uploaded, BatchSubmitted: _submitted, BatchStatus: _status,
+                              BatchDone: _done, BatchCancelRequested: _cancel, BatchFileDeleted: _deleted}
+
+
+def fold(events: Any) -> BatchesState:
+    """The state from a stream of events (the batch runner's and `ledger cancel`'s read of the log)."""
+    state = BatchesState()
+    for event in events:
+        apply(state, event)
+    return state
+
+
+_encoder = msgspec.json.Encoder(order="deterministic")
+_FIELDS = [f for f in Chunk.__struct_fields__ if f != "custom_ids"]
+
+
+def encode(state: BatchesState) -> bytes:
+    rows = [{f: getattr(c, f) for f in _FIELDS} for c in state.chunks.values()]
+    return _encoder.encode(rows) + b"\n"  # "[]" for a run without batches: every run has the file
+
+
+def read_batches(paths: RunPaths) -> list[dict[str, Any]]:
+    """The rows of a run's ``batches.json`` ([] when the run has no batches)."""
+    path = os.path.join(paths.dir, FILE_NAME)
+    try:
+        with fs.open_file(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    return json.loads(data) if data.strip() else []
+
+
+# -- the projection ----------------------------------------------------------------------
+
+
+class BatchesPart(Part, kw_only=True):
+    state: BatchesState = msgspec.field(default_factory=BatchesState)
+
+
+class Batches:
+    name: ClassVar[str] = BATCHES
+    version: ClassVar[int] = 1
+    part_type: ClassVar[type[Part]] = BatchesPart
+    slow: ClassVar[bool] = False
+
+    def __init__(self, paths: RunPaths, where: Where, writers: int) -> None:
+        self.path = os.path.join(paths.dir, FILE_NAME)
+        self.where = where
+        self.part: BatchesPart = BatchesPart()
+        self._written: bytes | None = None
+        self._changed = False
+
+    def outputs(self) -> Sequence[Output]:
+        return (Output(self.path),)
+
+    def check(self, end: LogEnd, clean: bool) -> bool:
+        data = encode(self.part.state)
+        try:
+            with fs.open_file(self.path, "rb") as f:
+                intact = f.read() == data
+        except OSError:
+            intact = False
+        if not intact:
+            write_atomic(self.path, data)
+        self._written = data
+        return True
+
+    def open(self) -> None:
+        pass  # nothing held open: the file is rewritten whole
+
+    def apply(self, frames: Sequence[Frame], overrides: Mapping[Key, Parsed]) -> None:
+        part = self.part
+        state, changed = part.state, False
+        for frame in frames:
+            if frame.first_seq + len(frame.events) - 1 > part.seq:  # else applied already
+                seq = part.seq
+                for event in frame.events:
+                    if event.seq > seq:
+                        changed |= apply(state, event)
+                part.seq = frame.events[-1].seq
+            part.offset = max(part.offset, frame.end)
+        self._changed |= changed
+
+    def write(self) -> None:
+        if self._written is not None and not self._changed:
+            return
+        data = encode(self.part.state)
+        if data != self._written:
+            write_atomic(self.where(self.path), data)
+        self._written, self._changed = data, False
+
+    def close(self) -> None:
+        self._written = None

@@ -1,0 +1,282 @@
+"""The Batch API runner against the simulator's Batch API: each fault, reconciliation after a
+500 on create, partial results, multi-turn rounds, the window, cancel, status and the price.
+
+Runs are in-process (prepare + run_prepared) against a simulator thread started per test
+(its faults count the batches of its life); the CLI is a subprocess where it is the point.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import urllib.request
+
+import pytest
+
+from llm_ledger.ledger.events import (BatchCancelRequested, BatchDone, BatchFileUploaded, BatchPlanned, BatchStatus,
+                                      BatchSubmitted, Failed, Response)
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.runners.batch_chunks import Request, cut
+from llm_ledger.runners.batch_window import parse_window
+from llm_ledger.runners.config import RunConfig
+from llm_ledger.runners.prepare import prepare, prepare_resume
+from llm_ledger.runners.runner import Work
+from llm_ledger.runners.session import run_prepared
+from llm_ledger.runners.simulator import SimConfig, Simulator
+
+from conftest import run_cli
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"id": f"q{i}", "prompt": f"Question {i}? answer: {'ABCD'[i % 4]}", "expected": "ABCD"[i % 4]} for i in range(6)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _sim(**config) -> Simulator:
+    return Simulator(SimConfig(**config)).start()
+
+
+def _run(tmp_path, url: str, dataset: str, run_id: str = "r", **config):
+    settings = {"model": "sim-1", "base_url": url, "base_urls": [url], "runner": "batch", "parser": "choice",
+                "batch_max_requests": 4, **config}
+    session, reason = run_prepared(prepare(dataset, RunConfig(**settings), str(tmp_path / "runs"), run_id))
+    return RunPaths(str(tmp_path / "runs" / run_id)), reason
+
+
+def _events(paths: RunPaths) -> list:
+    return list(iter_events(paths.log))
+
+
+def _records(sim: Simulator, run_id: str = "r") -> list[dict]:
+    with urllib.request.urlopen(sim.base_url + "/_sim/batch_records") as reply:
+        return [b for b in json.loads(reply.read())["batches"] if b["metadata"].get("ledger_run") == run_id]
+
+
+def _rows(paths: RunPaths) -> dict:
+    with open(os.path.join(paths.dir, "responses.jsonl")) as f:
+        return {row["item_id"]: row for row in map(json.loads, f)}
+
+
+def test_a_batch_run_records_each_step_in_order_and_answers_every_item(tmp_path, dataset):
+    sim = _sim()
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset)
+        books = _records(sim)
+    finally:
+        sim.stop()
+    assert reason == "completed"
+    events = _events(paths)
+    kinds = [type(e).__name__ for e in events if type(e).__name__.startswith("Batch") and getattr(e, "chunk", "") == "1"]
+    assert kinds == ["BatchPlanned", "BatchFileUploaded", "BatchSubmitted", "BatchStatus", "BatchDone"]
+    first = next(i for i, e in enumerate(events) if isinstance(e, BatchPlanned))
+    assert all(type(e).__name__ == "Started" for e in events[2:first])  # the requests, then the chunk naming them
+    rows = _rows(paths)
+    assert len(rows) == 6 and all(r["correct"] for r in rows.values())
+    assert sorted(len(b["billed"]) for b in books) == [2, 4]  # chunks within --batch-max-requests 4
+    planned = {e.chunk: e.sha256 for e in events if isinstance(e, BatchPlanned)}
+    assert {b["metadata"]["ledger_chunk"]: b["metadata"]["ledger_sha256"] for b in books} == planned
+
+
+def test_a_failed_validation_sends_the_requests_again_in_a_new_chunk(tmp_path, dataset):
+    sim = _sim(batch_fail_validation=1)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10)
+    finally:
+        sim.stop()
+    events = _events(paths)
+    done = [e for e in events if isinstance(e, BatchDone)]
+    assert [(d.status, d.unresolved) for d in done] == [("failed", 6), ("completed", 0)]
+    retried = [e for e in events if isinstance(e, Failed)]
+    assert len(retried) == 6 and {(f.error_type, f.final, f.retryable) for f in retried} == {("batch_failed", False, True)}
+    assert "validation failed" in retried[0].message
+    assert reason == "completed" and len(_rows(paths)) == 6
+    assert {r["attempts"] for r in _rows(paths).values()} == {2}
+
+
+def test_an_expired_batch_keeps_what_completed_and_resends_only_the_rest(tmp_path, dataset):
+    sim = _sim(batch_expire=1, batch_window=0.3)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10)
+        books = _records(sim)
+    finally:
+        sim.stop()
+    events = _events(paths)
+    expired_done = next(i for i, e in enumerate(events) if isinstance(e, BatchDone))
+    assert events[expired_done].status == "expired" and events[expired_done].completed == 3
+    first_replies = [e for e in events[:expired_done] if isinstance(e, Response)]
+    failed = [e for e in events[:expired_done] if isinstance(e, Failed)]
+    assert len(first_replies) == 3 and len(failed) == 3
+    assert max(events.index(e) for e in first_replies) < min(events.index(e) for e in failed)  # results first
+    second = [e for e in events if isinstance(e, BatchPlanned)][1]
+    assert sorted(second.custom_ids) == sorted(f"{f.item_id}/0/0" for f in failed)
+    billed = [c for b in books for c in b["billed"]]
+    assert len(billed) == len(set(billed)) == 6  # every request paid once
+    assert reason == "completed" and len(_rows(paths)) == 6
+
+
+def test_lines_in_the_error_file_are_failures_retried_in_the_next_round(tmp_path, dataset):
+    sim = _sim(batch_error_lines=1)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10)
+    finally:
+        sim.stop()
+    events = _events(paths)
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert [(f.error_type, f.status, f.final) for f in failed] == [("server_error", 500, False)] * 2  # every third of 6
+    done = [e for e in events if isinstance(e, BatchDone)]
+    assert [(d.completed, d.failed, d.unresolved) for d in done] == [(4, 2, 0), (2, 0, 0)]
+    assert reason == "completed" and len(_rows(paths)) == 6
+
+
+def test_a_500_on_create_after_the_batch_was_made_is_reconciled_not_created_again(tmp_path, dataset):
+    sim = _sim(batch_create_500=1)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10)
+        books = _records(sim)
+    finally:
+        sim.stop()
+    assert len(books) == 1 and len(books[0]["billed"]) == 6  # one batch, though its create answered 500
+    submitted = [e for e in _events(paths) if isinstance(e, BatchSubmitted)]
+    assert len(submitted) == 1 and submitted[0].reconciled and submitted[0].batch_id == books[0]["id"]
+    assert reason == "completed" and len(_rows(paths)) == 6
+
+
+def test_a_multi_turn_item_takes_one_round_per_turn(tmp_path):
+    path = tmp_path / "mt.jsonl"
+    path.write_text(json.dumps({"id": "c", "turns": ["one", "two", "three answer: B"], "expected": "B"}) + "\n"
+                    + json.dumps({"id": "s", "prompt": "single answer: A", "expected": "A"}) + "\n")
+    sim = _sim()
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, str(path))
+    finally:
+        sim.stop()
+    planned = [e for e in _events(paths) if isinstance(e, BatchPlanned)]
+    assert [(p.round, p.custom_ids) for p in planned] == [(0, ["c/0/0", "s/0/0"]), (1, ["c/0/1"]), (2, ["c/0/2"])]
+    rows = _rows(paths)
+    assert rows["c"]["correct"] and rows["s"]["correct"] and reason == "completed"
+    assert [m["role"] for m in rows["c"]["conversation"]] == ["user", "assistant"] * 3
+
+
+def test_the_window_stops_waiting_resume_collects_the_same_batch_and_status_shows_it(tmp_path, dataset):
+    sim = _sim(batch_seconds=1.0, batch_window=3600)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10, batch_window=0.2)
+        assert reason == "interrupted"
+        status = run_cli("status", "r", "--runs-dir", str(tmp_path / "runs"))
+        assert status.returncode == 0, status.stderr
+        line = next(x for x in status.stdout.splitlines() if x.startswith("  chunk 1: batch_"))
+        assert re.search(r"(validating|in_progress): \d+ done, 0 failed of 6, age \d+s, expires in 59m\d\ds$", line), line
+        assert "batches: 1 (1 open)" in status.stdout
+        with open(os.path.join(paths.dir, "batches.json")) as f:  # what `status --json` adds as "batches"
+            rows = json.load(f)
+        assert rows[0]["status"] in ("validating", "in_progress") and rows[0]["total"] == 6 and rows[0]["expires_at"]
+        session, reason = run_prepared(prepare_resume(paths))
+        books = _records(sim)
+    finally:
+        sim.stop()
+    assert reason == "completed" and len(books) == 1  # polled again, never sent again
+    submitted = [e for e in _events(paths) if isinstance(e, BatchSubmitted)]
+    assert len(submitted) == 1 and len(_rows(paths)) == 6
+
+
+def test_cancel_asks_the_provider_records_it_and_resume_fails_what_was_not_done(tmp_path, dataset):
+    sim = _sim(batch_seconds=600, batch_window=3600)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10, batch_window=0.1)
+        cancelled = run_cli("cancel", "r", "--runs-dir", str(tmp_path / "runs"))
+        assert cancelled.returncode == 0, cancelled.stderr
+        assert re.search(r"chunk 1: batch_\w+: cancelling", cancelled.stdout)
+        assert "1 of 1 open batches asked to cancel" in cancelled.stdout
+        asked = [e for e in _events(paths) if isinstance(e, BatchCancelRequested)]
+        assert len(asked) == 1 and asked[0].status == "cancelling"
+        session, reason = run_prepared(prepare_resume(paths))
+        books = _records(sim)
+    finally:
+        sim.stop()
+    assert books[0]["status"] == "cancelled" and len(books) == 1
+    events = _events(paths)
+    failed = [e for e in events if isinstance(e, Failed)]
+    assert len(failed) == 6 and {(f.error_type, f.final) for f in failed} == {("batch_cancelled", True)}
+    assert [e.status for e in events if isinstance(e, BatchDone)] == ["cancelled"]
+    assert reason == "completed"
+
+
+def test_cancel_refuses_a_per_request_run_in_one_line(tmp_path, dataset):
+    run_prepared(prepare(dataset, RunConfig(), str(tmp_path / "runs"), "p"))
+    result = run_cli("cancel", "p", "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "does not use the Batch API" in result.stderr
+
+
+def test_the_batch_price_is_half_in_the_dry_run_and_the_summary(tmp_path, dataset):
+    dry = run_cli("run", dataset, "--batch", "--dry-run", "--model", "gpt-4o", "--base-url", "http://127.0.0.1:9/v1",
+                  "--max-tokens", "100", "--runs-dir", str(tmp_path / "runs"))
+    assert dry.returncode == 0, dry.stderr
+    cost = float(re.search(r"completion cost \(at most\)\s*│\s*\$([\d.]+)", dry.stdout).group(1))
+    assert cost == pytest.approx(6 * 100 * 10.00 / 2 / 1e6)  # gpt-4o: $10 per million completion tokens, halved
+    assert "Batch API: 50% of the per-request price" in dry.stdout
+    sim = _sim()
+    try:
+        paths, _ = _run(tmp_path, sim.base_url, dataset, price_in=2.0, price_out=8.0, batch_discount=0.5)
+    finally:
+        sim.stop()
+    with open(paths.summary) as f:
+        summary = json.load(f)
+    tokens = summary["tokens"]
+    assert summary["cost_usd"] == pytest.approx((tokens["prompt"] * 1.0 + tokens["completion"] * 4.0) / 1e6)
+
+
+def test_chunks_hold_one_model_and_stay_within_the_limits():
+    from llm_ledger.runners.dataset import Item
+
+    def request(n: int, model: str) -> Request:
+        item = Item(id=f"i{n}", turns=[[{"role": "user", "content": "x" * 50}]], expected=None, params={}, line=n, metadata={})
+        return Request(f"i{n}/0/0", Work(item, 0), 0, {"model": model, "messages": item.turns[0]}, 1)
+
+    requests = [request(n, "a" if n % 3 else "b") for n in range(10)]
+    pieces = list(cut(requests, max_requests=3, max_bytes=10_000))
+    assert all(len({r.body["model"] for r in p.requests}) == 1 and len(p.requests) <= 3 for p in pieces)
+    assert sorted(r.custom_id for p in pieces for r in p.requests) == sorted(r.custom_id for r in requests)
+    small = list(cut(requests, max_requests=50_000, max_bytes=300))
+    assert all(len(p.data) <= 300 for p in small) and len(small) > 2
+
+
+def test_batch_window_durations_and_bad_input_in_one_line(tmp_path, dataset):
+    assert [parse_window(t) for t in ("90", "90s", "30m", "24h", "1h30m", "2d")] == [90, 90, 1800, 86400, 5400, 172800]
+    result = run_cli("run", dataset, "--batch", "--batch-window", "soon", "--runs-dir", str(tmp_path / "runs"))
+    assert result.returncode == 2 and "--batch-window 'soon'" in result.stderr and result.stderr.count("\n") == 1
+    assert not os.path.exists(tmp_path / "runs")
+
+
+def test_ctrl_c_stops_waiting_the_batch_keeps_running_and_resume_collects_it(tmp_path, dataset):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sim = _sim(batch_seconds=1.5, batch_window=3600)
+    runs = tmp_path / "runs"
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", dataset, "--batch", "--run-id", "c",
+                                 "--model", "sim-1", "--base-url", sim.base_url, "--runs-dir", str(runs)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 60
+        while not _records(sim, "c") and time.monotonic() < deadline:  # its batch exists at the provider
+            time.sleep(0.05)
+        time.sleep(0.2)  # ... and its batch_submitted is durable
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "interrupted; 6 items pending" in err and "ledger resume c" in err
+        assert _records(sim, "c")[0]["status"] in ("validating", "in_progress")  # still running there
+        paths = RunPaths(str(runs / "c"))
+        session, reason = run_prepared(prepare_resume(paths))
+        books = _records(sim, "c")
+    finally:
+        sim.stop()
+    assert reason == "completed" and len(books) == 1 and len(books[0]["billed"]) == 6
+    assert len(_rows(paths)) == 6

@@ -25,7 +25,8 @@ MAX_CONCURRENCY = 10_000
 # Settings that change only *how* the work is sent, never *what* is sent: a resume may change
 # them (recorded in that session's ``session_started.overrides``); every other setting is the
 # run's identity and fixed by ``run_started``.
-HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport")
+HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport",
+              "experiment")
 _NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
 
 
@@ -55,6 +56,10 @@ class RunConfig(msgspec.Struct, kw_only=True):
     seed: int | None = None  # with limit: a reproducible random subset instead of the first N
     runner: str = "per-request"  # how the plan is worked: a name in registry.RUNNERS
     transport: str = "http"  # how a request reaches the model: a name in registry.TRANSPORTS
+    # An experiment's arm (runners/experiment.py): {"name", "arm", "provider", "limits": the
+    # provider's {concurrency, rpm, tpm}, shared with the experiment's other arms}; {} otherwise.
+    # A *how* setting: the run's id already fixes the experiment and the arm.
+    experiment: dict[str, Any] = {}
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])

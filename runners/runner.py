@@ -25,6 +25,7 @@ from llm_ledger.ledger.writer import LogWriter
 
 from .config import RunConfig
 from .dataset import Item
+from .limits import SharedLimits
 from .parsers import Parser
 from .transport import TransportFactory
 
@@ -68,6 +69,7 @@ class RunContext(NamedTuple):
     secrets: tuple[str, ...]  # redacted from every message and reply
     transport: TransportFactory  # the run's transport (registry.TRANSPORTS[config.transport])
     remote: bool  # the transport sends to URLs (else: in-process, one endpoint without one)
+    shared: SharedLimits | None = None  # a provider's limits shared with other runs (an experiment)
 
 
 class Runner(Protocol):

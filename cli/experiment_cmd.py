@@ -1,0 +1,261 @@
+"""`ledger run eval.toml` and `ledger resume EXPERIMENT`: an experiment's arms, run together.
+
+Called by run_cmd.py (an argument ending in ``.toml`` is an experiment file) and by its
+``resume`` (a name that is no run but an experiment's). The library does the work
+(runners/experiment.py); this module prints the plan, the header, the live display (one
+line per arm), the comparison table and the one line that says how to continue.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+
+from llm_ledger.ledger.errors import InputError, LedgerError
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.projections.numbers import plural
+
+from .common import err, error_line, handled, out, resume_line
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from llm_ledger.runners.experiment import ArmResult, ArmRun
+
+__all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_table"]
+
+# `ledger run FILE.toml` takes these besides the file; every other setting is the file's
+ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir", "show_first"}
+
+
+def typed_options(ctx: typer.Context) -> list[str]:
+    given = ("COMMANDLINE", "ENVIRONMENT", "PROMPT")
+    return sorted(name for name in ctx.params
+                  if getattr(ctx.get_parameter_source(name), "name", "") in given and name not in ALLOWED)
+
+
+def run_experiment(ctx: typer.Context, path: str, runs_dir: str, *, dry_run: bool, skip_failed: bool) -> int:
+    from llm_ledger.runners.experiment import prepare_experiment
+    from llm_ledger.runners.experiment_config import load_experiment
+
+    with handled():
+        extra = typed_options(ctx)
+        if extra:
+            shown = ", ".join("--" + name.replace("_", "-") for name in extra)
+            raise InputError(f"{path}: an experiment's settings are in its file; {shown} cannot be given with it "
+                             f"(put them in the file, at the top for every arm or in an arm)")
+        spec = load_experiment(path)
+        arms = prepare_experiment(spec, runs_dir, dry_run=dry_run, skip_failed=skip_failed)
+        _notes(arms)
+        if dry_run:
+            out.print(_plan_table(spec.name, arms))
+            return 0
+    return _execute(spec.name, runs_dir, arms, [a.name for a in spec.arms])
+
+
+def resume_experiment(name: str, runs_dir: str, skip_failed: bool, overrides: dict[str, Any]) -> int:
+    from llm_ledger.projections.experiments import experiment_arms
+    from llm_ledger.runners.experiment import prepare_experiment_resume
+
+    with handled():
+        arms = prepare_experiment_resume(runs_dir, name, skip_failed, overrides)
+    return _execute(name, runs_dir, arms, [a.arm for a in experiment_arms(runs_dir, name)])
+
+
+def is_experiment(runs_dir: str, name: str) -> bool:
+    """A name that is no run but names an experiment's arms."""
+    from llm_ledger.projections.experiments import experiment_arms
+
+    if os.path.isfile(os.path.join(runs_dir, name, "events.log")) or os.path.isfile(os.path.join(name, "events.log")):
+        return False
+    return bool(experiment_arms(runs_dir, name))
+
+
+def _notes(arms: list["ArmRun"]) -> None:
+    for arm in arms:
+        for note in arm.prepared.notes if arm.prepared else []:
+            err.print(f"note: arm {arm.name}: {note}", markup=False, highlight=False)
+
+
+def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
+    """--dry-run: per arm, the requests, tokens and cost the plan implies; then the total."""
+    from rich.table import Column, Table
+
+    from llm_ledger.projections.numbers import count, usd
+    from llm_ledger.runners.plan import plan_only
+
+    def right(title: str) -> Column:
+        return Column(title, justify="right", no_wrap=True)
+
+    table = Table(Column("arm", no_wrap=True), Column("model"), right("items x samples"), right("requests"),
+                  right("prompt tokens (est.)"), right("completion (max)"), right("cost (est. + max)"),
+                  title=f"experiment {escape(name)}: dry run, nothing sent", box=None, padding=(0, 1),
+                  header_style="bold")
+    totals = {"requests": 0, "prompt": 0, "completion": 0, "cost": 0.0}
+    unbounded = unpriced = False
+    for arm in arms:
+        report = plan_only(arm.prepared)  # type: ignore[arg-type]
+        bound = report["completion_tokens_max"]
+        prompt_cost, completion_cost = report["prompt_cost_usd_estimate"], report["completion_cost_usd_max"]
+        cost = None if prompt_cost is None or completion_cost is None else prompt_cost + completion_cost
+        unbounded |= bound is None
+        unpriced |= cost is None
+        totals["requests"] += report["requests"]
+        totals["prompt"] += report["prompt_tokens_estimate"]
+        totals["completion"] += bound or 0
+        totals["cost"] += cost or 0.0
+        table.add_row(escape(arm.name), escape(report["model"]), f"{count(report['items'])} x {count(report['samples'])}",
+                      count(report["requests"]), f"~{count(report['prompt_tokens_estimate'])}",
+                      count(bound) if bound is not None else "no bound", usd(cost) if cost is not None else _why(report))
+    table.add_row("total", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
+                  "no bound" if unbounded else count(totals["completion"]),
+                  "- (an arm has no price or bound)" if unpriced else usd(totals["cost"]), style="bold")
+    return table
+
+
+def _why(report: dict[str, Any]) -> str:
+    if report["completion_tokens_max"] is None:
+        return "- (no max_tokens)"
+    return "- (no price)"
+
+
+def _execute(name: str, runs_dir: str, arms: list["ArmRun"], order: list[str]) -> int:
+    from llm_ledger.runners.experiment import run_arms
+
+    from .experiment_progress import ExperimentDisplay
+    from .interrupts import install_interrupts
+    from .progress import make_live, start_live, stop_live
+
+    where = RunPaths(os.path.join(runs_dir, name))  # for the resume line: `ledger resume NAME`
+    todo = [a for a in arms if a.prepared is not None]
+    display = ExperimentDisplay([(a.name, (a.prepared.config.price_in, a.prepared.config.price_out),  # type: ignore[union-attr]
+                                  a.prepared.config.concurrency) for a in todo])  # type: ignore[union-attr]
+    live = make_live(display)
+    opened: list[bool] = []
+
+    def planned(sessions: list[Any]) -> None:
+        opened.append(True)
+        _print_header(name, runs_dir, arms, sessions)
+        start_live(live)
+
+    results: list[ArmResult] = []
+    try:
+        with handled():
+            if todo:
+                results = run_arms(arms, on_planned=planned, on_tick=display.tick, on_running=install_interrupts)
+            else:
+                _print_header(name, runs_dir, arms, [])
+    except KeyboardInterrupt:
+        stop_live(live)
+        err.print("interrupted", markup=False, highlight=False)
+        if opened:
+            err.print(resume_line(where), markup=False, highlight=False)
+        return 130
+    except Exception as exc:  # a bug: one line, not a traceback, with the way back
+        if isinstance(exc, typer.Exit):
+            raise
+        stop_live(live)
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())[:500]
+        err.print(f"error: internal error: {text}" + (f"; {resume_line(where)}" if opened else ""), markup=False,
+                  highlight=False)
+        return 1
+    finally:
+        stop_live(live)
+    return _finish(name, runs_dir, where, results, order)
+
+
+def _print_header(name: str, runs_dir: str, arms: list["ArmRun"], sessions: list[Any]) -> None:
+    from .run_cmd import dataset_extent
+
+    states = {s: sum(a.state == s for a in arms) for s in ("new", "continued", "complete")}
+    out.print(f"experiment {name}: {plural(len(arms), 'arm')} ({states['new']} new, {states['continued']} continued, "
+              f"{states['complete']} complete: nothing to send)", markup=False)
+    by_run = {s.paths.run_id: s for s in sessions}
+    for arm in arms:
+        if arm.prepared is None:
+            out.print(f"  {arm.name}: run {arm.run_id}, complete", markup=False)
+            continue
+        config, info = arm.prepared.config, arm.prepared.dataset
+        endpoint = "built-in simulator" if config.embedded else config.base_url
+        line = (f"  {arm.name}: run {arm.run_id}, model {config.model} @ {endpoint} ({arm.provider}), "
+                f"{dataset_extent(info.items, config.limit, config.seed, config.samples)}")
+        session = by_run.get(arm.run_id)
+        if arm.prepared.resume and session is not None:
+            f = session.found
+            line += f"; resume: {f.done:,} done, {f.failed:,} failed, {f.to_send:,} to send"
+        out.print(line, markup=False)
+    out.print(f"output {os.path.abspath(runs_dir)}/{name}.<arm>", markup=False)
+
+
+def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"], order: list[str]) -> int:
+    import json
+
+    from llm_ledger.ledger import fs
+
+    from .exit_codes import exit_code
+
+    codes = []
+    lines = []
+    for result in results:
+        session, arm = result.session, result.arm
+        progress = session.runner.progress if session.runner else None
+        if result.error is not None:
+            text, code = error_line(result.error) if isinstance(result.error, (LedgerError, OSError)) else (
+                " ".join(f"internal error: {type(result.error).__name__}: {result.error}".split())[:500], 1)
+            lines.append(f"arm {arm.name}: error: {text}")
+            codes.append(code if code != 2 else 1)
+            continue
+        try:
+            with fs.open_file(arm.paths.summary, "rb") as f:
+                summary = json.loads(f.read())
+        except (OSError, ValueError):
+            summary = {}
+        code = exit_code(result.reason, progress.stop_reason if progress else "", session.projection_error is not None,
+                         summary)
+        codes.append(code)
+        lines += [f"arm {arm.name}: {line}" for line in (progress.internal if progress else [])]
+        pending = (summary.get("counts") or {}).get("pending") or 0
+        failed = (summary.get("counts") or {}).get("failed") or 0
+        if code == 75:
+            lines.append(f"arm {arm.name}: every endpoint stayed down past give_up_after; {plural(pending, 'item')} pending")
+        elif pending:
+            lines.append(f"arm {arm.name}: {plural(pending, 'item')} pending")
+        elif failed:
+            lines.append(f"arm {arm.name}: {plural(failed, 'item')} failed (`ledger resume {name}` tries them again)")
+    print_arm_table(runs_dir, name, order)
+    code = _worst(codes)
+    if code == 130:
+        lines.append("interrupted")
+    for line in lines:
+        err.print(line, markup=False, highlight=False)
+    if code in (75, 130) or any("pending" in line for line in lines):
+        err.print(resume_line(where), markup=False, highlight=False)
+    return code
+
+
+def _worst(codes: list[int]) -> int:
+    """One exit code for the arms: an error or failures first (1), then an interrupt, then an
+    outage; 0 only when every arm is."""
+    for code in (1, 130, 75):
+        if code in codes:
+            return code
+    return max(codes, default=0)
+
+
+def print_arm_table(runs_dir: str, name: str, order: list[str] | None = None) -> dict[str, Any]:
+    from llm_ledger.projections.experiments import arm_table, require_arms
+
+    from .experiment_progress import arm_table_view
+
+    arms = require_arms(runs_dir, name)
+    if order:
+        rank = {arm: i for i, arm in enumerate(order)}
+        arms = sorted(arms, key=lambda a: rank.get(a.arm, len(rank)))
+    table = arm_table(arms)
+    out.print(arm_table_view(table, out.width))
+    if table["coverage"] and not table["coverage"]["complete"]:
+        out.print(f"p vs best on shared items only: {table['coverage']['message']}", markup=False)
+    return table

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
     from llm_ledger.runners.experiment import ArmResult, ArmRun
 
-__all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_table"]
+__all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_table", "compare_experiment"]
 
 # `ledger run FILE.toml` takes these besides the file; every other setting is the file's
 ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir", "show_first"}
@@ -259,3 +259,32 @@ def print_arm_table(runs_dir: str, name: str, order: list[str] | None = None) ->
     if table["coverage"] and not table["coverage"]["complete"]:
         out.print(f"p vs best on shared items only: {table['coverage']['message']}", markup=False)
     return table
+
+
+def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bool, only_diff: bool,
+                       output: str | None) -> None:
+    """`ledger compare --experiment NAME`: the arms' table; ``--json`` adds the pairwise
+    comparison of compare.py, ``--only-diff`` / ``-o`` work on the arms as on named runs."""
+    import json
+
+    from llm_ledger.projections.compare import compare_runs, write_csv
+    from llm_ledger.projections.experiments import arm_table, require_arms
+    from llm_ledger.projections.outputs import check_output_path
+
+    if runs:
+        raise InputError("name runs or --experiment, not both")
+    arms = require_arms(runs_dir, name)
+    result = compare_runs([a.paths for a in arms]) if len(arms) > 1 else None
+    written = write_csv(result, check_output_path(output), only_diff) if output and result else None
+    if as_json:
+        data = {**arm_table(arms), "comparison": result.to_json(only_diff) if result else None}
+        out.print(json.dumps(data, ensure_ascii=False), soft_wrap=True, markup=False)
+        return
+    if only_diff and result is not None:
+        from .compare_cmd import _print_diff
+
+        _print_diff(result)
+    else:
+        print_arm_table(runs_dir, name)
+    if written is not None:
+        out.print(f"wrote {written} rows to {escape(output or '')}")

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from llm_ledger.projections import numbers as num
 
-from .progress import GAP, RunDisplay, _bar_line
+from .progress import GAP, RunDisplay, _bar_line, _fitting, _parts
 
 if TYPE_CHECKING:
     from llm_ledger.runners.runner import Progress
@@ -52,8 +52,8 @@ class ExperimentDisplay:
                 line = label + _bar_line(display, room - len(extra), figures) + Text(extra)
             elif room >= 10:
                 line = label + _bar_line(display, room, figures)
-            else:
-                line = label + Text(figures.strip())
+            else:  # narrow: as many figures as fit, in order
+                line = label + _fitting(_parts(figures), max(0, width - len(label)))
             out.append(line)
             for alert in display.alerts():
                 alerts.setdefault(alert.plain, alert)

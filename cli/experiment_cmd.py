@@ -60,9 +60,16 @@ def resume_experiment(name: str, runs_dir: str, skip_failed: bool, overrides: di
     from llm_ledger.projections.experiments import experiment_arms
     from llm_ledger.runners.experiment import prepare_experiment_resume
 
+    from llm_ledger.runners.experiment import unstarted_arms
+
     with handled():
         arms = prepare_experiment_resume(runs_dir, name, skip_failed, overrides)
-    return _execute(name, runs_dir, arms, [a.arm for a in experiment_arms(runs_dir, name)])
+        path, missing = unstarted_arms(runs_dir, name)
+    code = _execute(name, runs_dir, arms, [a.arm for a in experiment_arms(runs_dir, name)])
+    if missing:
+        err.print(f"note: {plural(len(missing), 'arm')} of {path} never started ({', '.join(missing)}): "
+                  f"`ledger run {path}` starts {'it' if len(missing) == 1 else 'them'}", markup=False, highlight=False)
+    return code
 
 
 def is_experiment(runs_dir: str, name: str) -> bool:
@@ -71,7 +78,10 @@ def is_experiment(runs_dir: str, name: str) -> bool:
 
     if os.path.isfile(os.path.join(runs_dir, name, "events.log")) or os.path.isfile(os.path.join(name, "events.log")):
         return False
-    return bool(experiment_arms(runs_dir, name))
+    try:
+        return bool(experiment_arms(runs_dir, name))
+    except OSError:  # an unreadable runs directory: the run lookup says so, on one line
+        return False
 
 
 def _notes(arms: list["ArmRun"]) -> None:

@@ -43,7 +43,7 @@ from .prepare import Prepared, prepare, prepare_resume
 from .runner import Progress, Runner
 
 __all__ = ["ArmRun", "ArmResult", "ArmGroup", "prepare_experiment", "prepare_experiment_resume", "run_arms",
-           "changed"]
+           "changed", "unstarted_arms"]
 
 
 @dataclass
@@ -177,6 +177,32 @@ def prepare_experiment_resume(runs_dir: str, name: str, skip_failed: bool = Fals
         limits = dict(prepared.config.experiment.get("limits") or {})
         arms.append(ArmRun(ref.arm, ref.run_id, ref.provider, ref.paths, prepared, "continued", limits))
     return arms
+
+
+def unstarted_arms(runs_dir: str, name: str) -> tuple[str, list[str]]:
+    """The experiment's file (as its arms recorded it) and its arms that have no run yet: a
+    resume continues runs; an arm never started (added to the file since, or a kill between
+    opening two arms) is started by `ledger run FILE`. ("", []) when the file is gone."""
+    from .experiment_config import load_experiment
+
+    refs = experiment_arms(runs_dir, name)
+    files = {str(RunConfig.from_dict(_config(ref.paths)).experiment.get("file") or "") for ref in refs}
+    path = next((f for f in sorted(files) if f and os.path.isfile(f)), "")
+    if not path:
+        return "", []
+    try:
+        spec = load_experiment(path)
+    except InputError:  # the file was edited into something else since: the runs are the truth
+        return path, []
+    have = {ref.arm for ref in refs}
+    return path, [a.name for a in spec.arms if spec.name == name and a.name not in have]
+
+
+def _config(paths: RunPaths) -> dict[str, Any]:
+    from llm_ledger.projections.runs import first_event
+
+    started = first_event(paths)
+    return started.config if started else {}
 
 
 class ArmGroup:

@@ -418,7 +418,7 @@ class _Reader:
             price_out=get("price_out"), give_up_after=p.give_up_after, max_context=max_context,
             preflight=p.preflight, seed=get("seed"),
             simulator={**p.simulator, **({"accuracy": accuracy} if accuracy is not None else {})} if simulated else {},
-            experiment={"name": top.name, "arm": name, "provider": pname,
+            experiment={"name": top.name, "arm": name, "provider": pname, "file": os.path.abspath(self.path),
                         "limits": {"concurrency": p.concurrency, "rpm": p.rpm, "tpm": p.tpm}},
         )
         if p.transport is not UNSET:

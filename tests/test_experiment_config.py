@@ -115,7 +115,7 @@ samples = 1
     assert arms["org-model-7b.cot"].model == "org/model:7b" and arms["org-model-7b.cot"].template == "Think. {prompt}"
     assert arms["sim-1.plain"].samples == 2 and arms["solo"].samples == 1  # arm over the top of the file
     assert arms["sim-1.cot"].temperature == 0.2 and arms["solo"].temperature is None
-    assert arms["solo"].experiment == {"name": "grid", "arm": "solo", "provider": "local",
+    assert arms["solo"].experiment == {"name": "grid", "arm": "solo", "provider": "local", "file": str(path),
                                        "limits": {"concurrency": 6, "rpm": 600, "tpm": None}}
     assert spec.dataset == str(folder / "ds.jsonl")  # relative to the file, not the cwd
 

@@ -93,6 +93,13 @@ class Settings(_Strict, kw_only=True, forbid_unknown_fields=True):
     price_in: float | UnsetType = UNSET
     price_out: float | UnsetType = UNSET
     sim_accuracy: float | UnsetType = UNSET  # the built-in simulator only (a provider without base_url)
+    simulator: dict[str, Any] | UnsetType = UNSET  # the built-in simulator's settings, over the provider's
+    system_prompt: str | UnsetType = UNSET  # another name of ``system``
+    # An arm may name its own endpoint: over its provider's (sharing the provider's limits),
+    # or without a provider (then its limits are its own).
+    base_url: str | UnsetType = UNSET
+    base_urls: list[str] | UnsetType = UNSET
+    api_key_env: str | UnsetType = UNSET
 
 
 class Provider(_Strict, kw_only=True, forbid_unknown_fields=True):
@@ -105,6 +112,7 @@ class Provider(_Strict, kw_only=True, forbid_unknown_fields=True):
     timeout: float | UnsetType = UNSET
     give_up_after: float | None = None
     context: dict[str, int] = {}  # model -> context limit, in tokens
+    context_limits: dict[str, int] = {}  # another name of ``context``
     simulator: dict[str, Any] = {}  # the built-in simulator's settings (no base_url)
     transport: str | UnsetType = UNSET
     preflight: bool = True
@@ -324,7 +332,7 @@ class _Reader:
         if p.concurrency > MAX_CONCURRENCY:
             raise self.fail((*where, "concurrency"), f"providers.{name}.concurrency {p.concurrency:,}: at most "
                                                      f"{MAX_CONCURRENCY:,}")
-        for model, limit in p.context.items():
+        for model, limit in {**p.context, **p.context_limits}.items():
             if limit < 1:
                 raise self.fail((*where, "context"), f"providers.{name}.context: {model} = {limit}: must be at least 1")
         if p.base_url is UNSET and p.base_urls:
@@ -367,6 +375,10 @@ class _Reader:
             raise self.fail(line_of("name"), f"arm name {name!r}: use letters, digits, '.', '_' or '-' (at most 63)")
         label = f"arm {name!r}"
         pname = get("provider")
+        own_url = get("base_url")
+        if pname is None and own_url is not None:  # an endpoint of its own: limits of its own
+            pname = f"{name}:own"
+            providers = {**providers, pname: Provider(base_url=own_url, concurrency=get("concurrency", 32))}
         if pname is None:
             if len(providers) != 1:
                 raise self.fail(where, f"{label}: no provider (declared: {', '.join(sorted(providers))})")
@@ -375,6 +387,15 @@ class _Reader:
             declared = ", ".join(sorted(providers)) or "none"
             raise self.fail(line_of("provider"), f"{label}: unknown provider {pname!r} (declared: {declared})")
         p = providers[pname]
+        if own_url is not None or get("base_urls") is not None or get("api_key_env") is not None:
+            p = msgspec.structs.replace(p, base_url=own_url if own_url is not None else p.base_url,
+                                        base_urls=get("base_urls", p.base_urls), api_key_env=get("api_key_env", p.api_key_env))
+            if p.base_url is UNSET and p.base_urls:
+                raise self.fail(line_of("base_urls"), f"{label}: base_urls without base_url")
+        system, system_prompt = get("system"), get("system_prompt")
+        if system is not None and system_prompt is not None:
+            raise self.fail(line_of("system_prompt"), f"{label}: system and system_prompt are the same setting: give one")
+        system = system if system is not None else system_prompt
         model = get("model")
         simulated = p.base_url is UNSET
         if model is None:
@@ -394,12 +415,15 @@ class _Reader:
             raise self.fail(line_of("concurrency"), f"{label}: concurrency {concurrency} is over provider {pname}'s "
                                                     f"{p.concurrency} (the provider's is shared by its arms)")
         accuracy = get("sim_accuracy")
+        if get("simulator") is not None and not simulated:
+            raise self.fail(line_of("simulator"), f"{label}: simulator settings are for the built-in simulator "
+                                                  f"(provider {pname} has a base_url)")
         if accuracy is not None and not simulated:
             raise self.fail(line_of("sim_accuracy"), f"{label}: sim_accuracy is for the built-in simulator "
                                                      f"(provider {pname} has a base_url)")
         if accuracy is not None and accuracy > 1:
             raise self.fail(line_of("sim_accuracy"), f"{label}: sim_accuracy {accuracy}: a share in [0, 1]")
-        context = p.context.get(model)
+        context = {**p.context, **p.context_limits}.get(model)
         max_context = get("max_context", context)
         if context is not None and max_context > context:
             raise self.fail(line_of("max_context"), f"{label}: max_context {max_context} is over model {model}'s "
@@ -413,11 +437,12 @@ class _Reader:
             model=model, base_url=urls[0] if urls else "", base_urls=urls if len(urls) > 1 else [],
             api_key_env=p.api_key_env, samples=get("samples", 1), limit=get("limit"), concurrency=concurrency,
             rpm=get("rpm"), tpm=get("tpm"), timeout=get("timeout", p.timeout if p.timeout is not UNSET else 60.0),
-            retries=get("retries", 5), temperature=get("temperature"), max_tokens=max_tokens, system=get("system"),
+            retries=get("retries", 5), temperature=get("temperature"), max_tokens=max_tokens, system=system,
             template=get("template"), parser=get("parser", "text"), price_in=get("price_in"),
             price_out=get("price_out"), give_up_after=p.give_up_after, max_context=max_context,
             preflight=p.preflight, seed=get("seed"),
-            simulator={**p.simulator, **({"accuracy": accuracy} if accuracy is not None else {})} if simulated else {},
+            simulator={**p.simulator, **get("simulator", {}), **({"accuracy": accuracy} if accuracy is not None else {})}
+            if simulated else {},
             experiment={"name": top.name, "arm": name, "provider": pname, "file": os.path.abspath(self.path),
                         "limits": {"concurrency": p.concurrency, "rpm": p.rpm, "tpm": p.tpm}},
         )

@@ -151,3 +151,34 @@ def test_cli_bad_key_exit_2_one_line_nothing_written_and_dry_run_plan(folder):
     assert rows["total"][1] == "12"  # requests: 6 items x 2 arms
     assert not any((folder / "runs" / f"codewords.{arm}" / "events.log").exists() for arm in ("plain", "cot"))
     assert json.loads((folder / "runs" / "codewords.cot" / "plan.jsonl").read_text().splitlines()[0])["body"]["max_tokens"] == 10
+
+
+def test_an_arm_may_name_its_own_endpoint_key_variable_and_system_prompt(folder):
+    path = folder / "eval.toml"
+    path.write_text("""name = "mixed"
+dataset = "ds.jsonl"
+[providers.shared]
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "SHARED_KEY"
+concurrency = 5
+context_limits = { "m" = 2048 }
+[[arms]]
+name = "over"
+provider = "shared"
+model = "m"
+base_url = "http://127.0.0.1:10/v1"
+api_key_env = "OTHER_KEY"
+system_prompt = "Be brief."
+[[arms]]
+name = "alone"
+model = "m"
+base_url = "http://127.0.0.1:11/v1"
+concurrency = 2
+""")
+    arms = {a.name: a for a in load_experiment(str(path)).arms}
+    over, alone = arms["over"].config, arms["alone"].config
+    assert (over.base_url, over.api_key_env, over.system, over.max_context) == \
+        ("http://127.0.0.1:10/v1", "OTHER_KEY", "Be brief.", 2048)
+    assert over.experiment["provider"] == "shared" and over.experiment["limits"]["concurrency"] == 5
+    assert (alone.base_url, alone.concurrency, alone.experiment["limits"]["concurrency"]) == ("http://127.0.0.1:11/v1", 2, 2)
+    assert arms["alone"].provider != "shared"  # its limits are its own

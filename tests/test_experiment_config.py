@@ -135,9 +135,8 @@ def test_cli_bad_key_exit_2_one_line_nothing_written_and_dry_run_plan(folder):
     (folder / "bad.toml").write_text(GOOD.replace("concurrency = 4", "concurrency = 4\nburst = 9"))
     bad = run_cli("run", "bad.toml", cwd=folder)
     assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == ["error: bad.toml:7: providers.local: unknown key 'burst' "
-                                               "(known: base_url, base_urls, api_key_env, concurrency, rpm, tpm, "
-                                               "timeout, give_up_after, context, simulator, transport, preflight)"]
+    lines = bad.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: bad.toml:7: providers.local: unknown key 'burst' (known: ")
     assert not (folder / "runs").exists()
 
     (folder / "eval.toml").write_text(GOOD.replace('parser =', 'max_tokens = 10\nprice_in = 1.0\nprice_out = 2.0\nparser ='))

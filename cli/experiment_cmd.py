@@ -158,10 +158,10 @@ def _execute(name: str, runs_dir: str, arms: list["ArmRun"], order: list[str]) -
                 results = run_arms(arms, on_planned=planned, on_tick=display.tick, on_running=install_interrupts)
             else:
                 _print_header(name, runs_dir, arms, [])
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside the runners' handlers: while opening or closing the arms
         stop_live(live)
         err.print("interrupted", markup=False, highlight=False)
-        if opened:
+        if opened or _any_started(runs_dir, name):
             err.print(resume_line(where), markup=False, highlight=False)
         return 130
     except Exception as exc:  # a bug: one line, not a traceback, with the way back
@@ -175,6 +175,15 @@ def _execute(name: str, runs_dir: str, arms: list["ArmRun"], order: list[str]) -
     finally:
         stop_live(live)
     return _finish(name, runs_dir, where, results, order)
+
+
+def _any_started(runs_dir: str, name: str) -> bool:
+    from llm_ledger.projections.experiments import experiment_arms
+
+    try:
+        return bool(experiment_arms(runs_dir, name))
+    except (LedgerError, OSError):
+        return False
 
 
 def _print_header(name: str, runs_dir: str, arms: list["ArmRun"], sessions: list[Any]) -> None:

@@ -288,3 +288,36 @@ model = "qwen"
     assert "template: null (run) vs 'Be brief. {prompt}' (file)" in line
     assert "temperature: null (run) vs 0.5 (file)" in line
     assert (run_dir / "events.log").stat().st_size == size and _settled(sims) == after
+
+
+def test_ctrl_c_stops_every_arm_and_says_how_to_resume(lab):
+    """SIGINT (Ctrl-C) during an experiment: every arm stops as one run does (its log ends
+    with session_ended interrupted), exit 130, and the one way back is named."""
+    from llm_ledger.ledger.events import SessionEnded
+
+    root, _ = lab
+    (root / "intr.toml").write_text("""name = "intr"
+dataset = "ds.jsonl"
+[providers.sim]
+concurrency = 2
+simulator = { latency = 0.2 }
+[[arms]]
+name = "x"
+[[arms]]
+name = "y"
+sim_accuracy = 0.5
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", "intr.toml"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    responses = [root / "runs" / f"intr.{arm}" / "responses.jsonl" for arm in "xy"]
+    while not any(path.exists() and path.stat().st_size for path in responses):  # replies are coming in
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "resume with: ledger resume intr"
+    for arm in "xy":
+        events = list(iter_events(str(root / "runs" / f"intr.{arm}" / "events.log")))
+        assert isinstance(events[-1], SessionEnded) and events[-1].reason == "interrupted"

@@ -56,9 +56,10 @@ class RunConfig(msgspec.Struct, kw_only=True):
     seed: int | None = None  # with limit: a reproducible random subset instead of the first N
     runner: str = "per-request"  # how the plan is worked: a name in registry.RUNNERS
     transport: str = "http"  # how a request reaches the model: a name in registry.TRANSPORTS
-    # An experiment's arm (runners/experiment.py): {"name", "arm", "provider", "limits": the
-    # provider's {concurrency, rpm, tpm}, shared with the experiment's other arms}; {} otherwise.
-    # A *how* setting: the run's id already fixes the experiment and the arm.
+    # An experiment's arm (runners/experiment.py): {"name", "arm", "provider", "file" (the TOML
+    # file's absolute path), "limits": the provider's {concurrency, rpm, tpm}, shared with the
+    # experiment's other arms}; {} otherwise. A *how* setting: the run's id already fixes the
+    # experiment and the arm; the limits and the file's place may change.
     experiment: dict[str, Any] = {}
 
     def endpoints(self) -> list[str]:

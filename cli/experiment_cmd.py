@@ -218,6 +218,7 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
 
     codes = []
     lines = []
+    unfinished = False  # an arm with items pending: the resume line is said
     for result in results:
         session, arm = result.session, result.arm
         progress = session.runner.progress if session.runner else None
@@ -237,6 +238,7 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
         codes.append(code)
         lines += [f"arm {arm.name}: {line}" for line in (progress.internal if progress else [])]
         pending = (summary.get("counts") or {}).get("pending") or 0
+        unfinished |= bool(pending)
         failed = (summary.get("counts") or {}).get("failed") or 0
         if code == 75:
             lines.append(f"arm {arm.name}: every endpoint stayed down past give_up_after; {plural(pending, 'item')} pending")
@@ -250,7 +252,7 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
         lines.append("interrupted")
     for line in lines:
         err.print(line, markup=False, highlight=False)
-    if code in (75, 130) or any("pending" in line for line in lines):
+    if code in (75, 130) or unfinished or any(r.error is not None for r in results):
         err.print(resume_line(where), markup=False, highlight=False)
     return code
 

@@ -181,3 +181,31 @@ concurrency = 2
     assert over.experiment["provider"] == "shared" and over.experiment["limits"]["concurrency"] == 5
     assert (alone.base_url, alone.concurrency, alone.experiment["limits"]["concurrency"]) == ("http://127.0.0.1:11/v1", 2, 2)
     assert arms["alone"].provider != "shared"  # its limits are its own
+
+
+def test_shared_limits_hold_across_the_runs_given_them():
+    """Two runs' own limits over one provider's: at most the provider's concurrency at once,
+    whatever each run would allow itself (runners/limits.py, given through RunContext.shared)."""
+    import asyncio
+
+    from llm_ledger.runners.limits import RateLimits, SharedLimits
+
+    async def main() -> tuple[int, int]:
+        shared = SharedLimits(3, None, None)
+        arms = [RateLimits(None, None, shared), RateLimits(None, None, shared)]
+        now = most = 0
+
+        async def request(limits: RateLimits) -> None:
+            nonlocal now, most
+            held = await limits.acquire(10)
+            now += 1
+            most = max(most, now)
+            await asyncio.sleep(0)
+            now -= 1
+            if held:
+                limits.release()
+
+        await asyncio.gather(*(request(arms[i % 2]) for i in range(40)))
+        return most, shared.most_sending
+
+    assert asyncio.run(main()) == (3, 3)

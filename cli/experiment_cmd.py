@@ -92,18 +92,14 @@ def _notes(arms: list["ArmRun"]) -> None:
 
 def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
     """--dry-run: per arm, the requests, tokens and cost the plan implies; then the total."""
-    from rich.table import Column, Table
-
     from llm_ledger.projections.numbers import count, usd
     from llm_ledger.runners.plan import plan_only
 
-    def right(title: str) -> Column:
-        return Column(title, justify="right", no_wrap=True)
+    from .experiment_progress import fitted_table
 
-    table = Table(Column("arm", no_wrap=True), Column("model"), right("items x samples"), right("requests"),
-                  right("prompt tokens (est.)"), right("completion (max)"), right("cost (est. + max)"),
-                  title=f"experiment {escape(name)}: dry run, nothing sent", box=None, padding=(0, 1),
-                  header_style="bold")
+    header = ("arm", "model", "items x samples", "requests", "prompt tokens (est.)", "completion (max)",
+              "cost (est. + max)")
+    rows = []
     totals = {"requests": 0, "prompt": 0, "completion": 0, "cost": 0.0}
     unbounded = unpriced = False
     for arm in arms:
@@ -117,13 +113,14 @@ def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
         totals["prompt"] += report["prompt_tokens_estimate"]
         totals["completion"] += bound or 0
         totals["cost"] += cost or 0.0
-        table.add_row(escape(arm.name), escape(report["model"]), f"{count(report['items'])} x {count(report['samples'])}",
-                      count(report["requests"]), f"~{count(report['prompt_tokens_estimate'])}",
-                      count(bound) if bound is not None else "no bound", usd(cost) if cost is not None else _why(report))
-    table.add_row("total", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
-                  "no bound" if unbounded else count(totals["completion"]),
-                  "- (an arm has no price or bound)" if unpriced else usd(totals["cost"]), style="bold")
-    return table
+        rows.append((arm.name, report["model"], f"{count(report['items'])} x {count(report['samples'])}",
+                     count(report["requests"]), f"~{count(report['prompt_tokens_estimate'])}",
+                     count(bound) if bound is not None else "no bound", usd(cost) if cost is not None else _why(report)))
+    rows.append(("total", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
+                 "no bound" if unbounded else count(totals["completion"]),
+                 "- (see the arms)" if unpriced else usd(totals["cost"])))
+    return fitted_table(f"experiment {escape(name)}: dry run, nothing sent", header, rows, out.width,
+                        ("model", "items x samples", "completion (max)"), 2, bold_last=True)
 
 
 def _why(report: dict[str, Any]) -> str:

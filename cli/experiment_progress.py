@@ -21,7 +21,7 @@ from .progress import GAP, RunDisplay, _bar_line, _fitting, _parts
 if TYPE_CHECKING:
     from llm_ledger.runners.runner import Progress
 
-__all__ = ["ExperimentDisplay", "arm_table_view"]
+__all__ = ["ExperimentDisplay", "arm_table_view", "fitted_table"]
 
 
 class ExperimentDisplay:
@@ -82,16 +82,25 @@ def arm_table_view(table: dict[str, Any], width: int = 200) -> Table:
                      num.MISSING if not ci else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
                      num.percent(row["parse_rate"]), num.usd(row["cost_usd"]), num.ms(row["latency_p50_s"]),
                      f"{num.count(row['prompt_tokens'])}/{num.count(row['completion_tokens'])}", p))
+    return fitted_table(f"experiment {escape(str(table.get('experiment')))}", header, rows, width, _DROPPED_FIRST, 2)
+
+
+def fitted_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], width: int,
+                 dropped_first: tuple[str, ...], left: int, bold_last: bool = False) -> Table:
+    """A table whose cells are never cut: each column as wide as its widest cell; when the
+    terminal is narrower than all of them, the columns of ``dropped_first`` are left out, in
+    that order. The first ``left`` columns are text, the others figures (right-aligned)."""
+    from rich.markup import escape
+
     widths = [max(len(c) for c in (name, *(r[i] for r in rows))) for i, name in enumerate(header)]
     keep = list(range(len(header)))
-    for name in _DROPPED_FIRST:
+    for name in dropped_first:
         if sum(widths[i] + 1 for i in keep) - 1 <= width:
             break
         keep.remove(header.index(name))
-    view = Table(title=f"experiment {escape(str(table.get('experiment')))}", box=None, padding=(0, 1),
-                 pad_edge=False, header_style="bold")
+    view = Table(title=title, box=None, padding=(0, 1), pad_edge=False, header_style="bold")
     for i in keep:
-        view.add_column(header[i], justify="left" if i < 2 else "right", no_wrap=True, min_width=widths[i])
-    for cells in rows:
-        view.add_row(*(escape(cells[i]) for i in keep))
+        view.add_column(header[i], justify="left" if i < left else "right", no_wrap=True, min_width=widths[i])
+    for n, cells in enumerate(rows):
+        view.add_row(*(escape(cells[i]) for i in keep), style="bold" if bold_last and n == len(rows) - 1 else None)
     return view

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from llm_ledger.runners.experiment import ArmResult, ArmRun
 
-__all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_table", "compare_experiment"]
+__all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_table", "compare_experiment",
+           "experiment_status"]
 
 # `ledger run FILE.toml` takes these besides the file; every other setting is the file's
 ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir", "show_first"}
@@ -306,3 +307,31 @@ def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bo
         print_arm_table(runs_dir, name)
     if written is not None:
         out.print(f"wrote {written} rows to {escape(output or '')}")
+
+
+def experiment_status(name: str, runs_dir: str, as_json: bool) -> None:
+    """`ledger status EXPERIMENT`: each arm's status (``--json``: a list of what `status
+    --json` says of each arm's run, plus its arm name), and the resume line when one is left."""
+    import json
+
+    import msgspec
+
+    from llm_ledger.projections.experiments import require_arms
+    from llm_ledger.projections.numbers import count, percent
+    from llm_ledger.projections.runs import run_status
+
+    from .status_cmd import RESUMABLE
+
+    arms = require_arms(runs_dir, name)
+    infos = [(arm, run_status(arm.paths)) for arm in arms]
+    if as_json:
+        data = [{"arm": arm.arm, **msgspec.to_builtins(info)} for arm, info in infos]
+        out.print(json.dumps(data), soft_wrap=True, markup=False)
+        return
+    width = max(len(arm.arm) for arm in arms)
+    for arm, info in infos:
+        out.print(f"{arm.arm:>{width}}: {info.status_text}, {count(info.done)} of {count(info.planned)} done, "
+                  f"accuracy {percent(info.accuracy)} (run {info.run_id})", markup=False)
+    if any(info.status in RESUMABLE or (info.status != "running" and info.pending + info.in_flight)
+           for _, info in infos):
+        out.print(resume_line(RunPaths(os.path.join(runs_dir, name))), markup=False)

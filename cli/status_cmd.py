@@ -26,13 +26,19 @@ if TYPE_CHECKING:
 
 @app.command("status")
 def status(
-    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    run: Annotated[str, typer.Argument(help="Run id (or run directory), or an experiment's name (a line per arm).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Progress of a run, running or stopped: its status, counts and accuracy; instant even on a large run."""
     from llm_ledger.projections.runs import read_summary, run_status
 
+    from .experiment_cmd import experiment_status, is_experiment
+
+    if is_experiment(runs_dir, run):  # an experiment's name: a line per arm
+        with handled():
+            experiment_status(run, runs_dir, as_json)
+        return
     with handled():
         paths = find_run(runs_dir, run)
         info = run_status(paths)

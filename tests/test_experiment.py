@@ -184,6 +184,10 @@ def test_ls_compare_and_view_know_the_experiment(clean):
     assert ls.returncode == 0, ls.stderr
     assert sorted(line.split("\t")[0] for line in ls.stdout.splitlines()[1:]) == \
         ["clean.llama", "clean.llama-cot", "clean.qwen"]
+    status = run_cli("status", "clean", "--json", cwd=root)
+    assert status.returncode == 0, status.stderr
+    assert {(a["arm"], a["run_id"], a["status"], a["done"]) for a in json.loads(status.stdout)} == \
+        {(arm, f"clean.{arm}", "completed", ITEMS) for arm in ("llama", "llama-cot", "qwen")}
     from llm_ledger.projections.runs import list_runs
     from llm_ledger.viewer.app import RunsDir, expand_experiments
 

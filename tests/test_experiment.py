@@ -76,10 +76,8 @@ model = "qwen"
 ARMS_ON = {"a": ["llama", "llama-cot"], "b": ["qwen"]}
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
-    """Two simulators (in this process: their counters are read directly) and a folder."""
-    root = tmp_path_factory.mktemp("experiment")
+def start_lab(root: Path) -> dict[str, Simulator]:
+    """Two simulators (in this process: their counters are read directly) answering differently."""
     write_jsonl(root / "ds.jsonl", records(ITEMS))
     sims = {
         "a": Simulator(SimConfig(model="llama", accuracy=0.9, latency=0.02, seed=1, request_log=str(root / "a.jsonl"))),
@@ -87,6 +85,13 @@ def lab(tmp_path_factory):
     }
     for sim in sims.values():
         sim.start()
+    return sims
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    sims = start_lab(root)
     yield root, sims
     for sim in sims.values():
         sim.stop()
@@ -248,80 +253,3 @@ def test_kill9_mid_experiment_then_resume_sends_only_what_was_not_durable(lab, c
     assert [{k: r[k] for k in keep} for r in killed["rows"]] == [{k: r[k] for k in keep} for r in never["rows"]]
     # the provider's limit held through all of it: never more than 3 requests at once at simulator a
     assert sims["a"].state.max_in_flight <= 3
-
-
-def test_adding_an_arm_runs_only_it_and_a_changed_arm_is_refused_with_a_diff(lab):
-    root, sims = lab
-    one = """
-[[arms]]
-name = "llama"
-provider = "a"
-model = "llama"
-"""
-    extra = """
-[[arms]]
-name = "qwen"
-provider = "b"
-model = "qwen"
-"""
-    path = root / "grow.toml"
-    path.write_text(experiment_toml("grow", sims, one, top="limit = 10"))
-    first = run_cli("run", "grow.toml", cwd=root, env=ENV)
-    assert first.returncode == 0, first.stderr
-    before = _settled(sims)
-    path.write_text(experiment_toml("grow", sims, one + extra, top="limit = 10"))
-    second = run_cli("run", "grow.toml", cwd=root, env=ENV)
-    assert second.returncode == 0, second.stderr
-    after = _settled(sims)
-    assert (after["a"] - before["a"], after["b"] - before["b"]) == (0, 10)  # only the new arm sent
-    assert "1 new" in second.stdout and "1 complete" in second.stdout
-    assert all(arm in second.stdout for arm in ("llama", "qwen"))  # the table has both arms
-
-    run_dir = root / "runs" / "grow.llama"
-    size = (run_dir / "events.log").stat().st_size
-    changed = one.replace('model = "llama"', 'model = "llama"\ntemplate = "Be brief. {prompt}"\ntemperature = 0.5')
-    path.write_text(experiment_toml("grow", sims, changed + extra, top="limit = 10"))
-    from llm_ledger.ledger.errors import InputError
-    from llm_ledger.runners.experiment import prepare_experiment
-    from llm_ledger.runners.experiment_config import load_experiment
-
-    with pytest.raises(InputError) as refused:  # what `ledger run grow.toml` says on one line, exit 2
-        prepare_experiment(load_experiment(str(path)), str(root / "runs"))
-    line = str(refused.value)
-    assert "\n" not in line and f"{path}:" in line and "arm 'llama' (run grow.llama)" in line
-    assert "template: null (run) vs 'Be brief. {prompt}' (file)" in line
-    assert "temperature: null (run) vs 0.5 (file)" in line
-    assert (run_dir / "events.log").stat().st_size == size and _settled(sims) == after
-
-
-def test_ctrl_c_stops_every_arm_and_says_how_to_resume(lab):
-    """SIGINT (Ctrl-C) during an experiment: every arm stops as one run does (its log ends
-    with session_ended interrupted), exit 130, and the one way back is named."""
-    from llm_ledger.ledger.events import SessionEnded
-
-    root, _ = lab
-    (root / "intr.toml").write_text("""name = "intr"
-dataset = "ds.jsonl"
-[providers.sim]
-concurrency = 2
-simulator = { latency = 0.2 }
-[[arms]]
-name = "x"
-[[arms]]
-name = "y"
-sim_accuracy = 0.5
-""")
-    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", "intr.toml"], cwd=root,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    responses = [root / "runs" / f"intr.{arm}" / "responses.jsonl" for arm in "xy"]
-    while not any(path.exists() and path.stat().st_size for path in responses):  # replies are coming in
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
-    assert stderr.strip().splitlines()[-1] == "resume with: ledger resume intr"
-    for arm in "xy":
-        events = list(iter_events(str(root / "runs" / f"intr.{arm}" / "events.log")))
-        assert isinstance(events[-1], SessionEnded) and events[-1].reason == "interrupted"

@@ -22,10 +22,11 @@ if TYPE_CHECKING:
 
 @app.command("compare")
 def compare(
-    runs: Annotated[list[str], typer.Argument(help="Two or more runs (ids or run directories).", metavar="RUN_A RUN_B ...")],
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Two or more runs (ids or run directories).", metavar="RUN_A RUN_B ...")] = None,
     only_diff: Annotated[bool, typer.Option("--only-diff", help="List the items whose parsed answers differ.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the per-item table to this CSV file.")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="Compare the arms of this experiment (`ledger run eval.toml`): accuracy, cost, latency, tokens, parse rate, McNemar p against the best arm.")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Accuracy with 95% intervals, agreement and McNemar's exact test, paired over shared items."""
@@ -33,8 +34,14 @@ def compare(
     from llm_ledger.projections.outputs import check_output_path
     from llm_ledger.projections.runs import read_summary, run_status
 
+    if experiment is not None:
+        from .experiment_cmd import compare_experiment
+
+        with handled():
+            compare_experiment(experiment, runs or [], runs_dir, as_json=as_json, only_diff=only_diff, output=output)
+        return
     with handled():
-        paths = [find_run(runs_dir, run) for run in runs]
+        paths = [find_run(runs_dir, run) for run in runs or []]
         result = compare_runs(paths)
         written = write_csv(result, check_output_path(output), only_diff) if output else None
         if as_json:

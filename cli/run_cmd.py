@@ -69,7 +69,13 @@ def run(
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
-    """Run every item of a dataset (PATH) against a model; stop at any moment, resume later."""
+    """Run every item of a dataset (PATH) against a model; stop at any moment, resume later.
+
+    A PATH ending in .toml is an experiment: one run per arm, run together (see README)."""
+    if dataset.endswith(".toml"):
+        from .experiment_cmd import run_experiment
+
+        raise typer.Exit(run_experiment(ctx, dataset, runs_dir, dry_run=dry_run, skip_failed=skip_failed))
     from llm_ledger.runners.cache import parse_age
     from llm_ledger.runners.config import SIMULATOR_MODEL, RunConfig
     from llm_ledger.runners.dataset import interpret_escapes
@@ -171,7 +177,7 @@ def _usd(value: float) -> str:
 
 @app.command("resume")
 def resume(
-    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    run: Annotated[str, typer.Argument(help="Run id (or run directory), or an experiment's name (every arm).")],
     skip_failed: Annotated[bool, typer.Option("--skip-failed", help="Do not retry finally failed items.")] = False,
     concurrency: Annotated[Optional[int], typer.Option(help="Requests in flight at most, for this session.")] = None,
     rpm: Annotated[Optional[int], typer.Option(help="Requests per minute, for this session.")] = None,
@@ -193,6 +199,10 @@ def resume(
                  "give_up_after": give_up_after}
     if base_url:
         overrides.update(base_url=base_url[0], base_urls=list(base_url))
+    from .experiment_cmd import is_experiment, resume_experiment
+
+    if is_experiment(runs_dir, run):  # `ledger resume EXPERIMENT`: every arm with work left
+        raise typer.Exit(resume_experiment(run, runs_dir, skip_failed, {k: v for k, v in overrides.items() if v is not None}))
     with handled():
         if batch_window is not None:
             from llm_ledger.runners.batch_window import parse_window

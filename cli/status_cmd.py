@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import msgspec
 import typer
 
+from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.projections.numbers import count, ms, percent, usd
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 @app.command("status")
 def status(
-    run: Annotated[str, typer.Argument(help="Run id (or run directory).")],
+    run: Annotated[str, typer.Argument(help="Run id (or run directory), or an experiment's name (a line per arm).")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object (for scripts).")] = False,
     runs_dir: RunsDir = "runs",
 ) -> None:
@@ -33,6 +34,12 @@ def status(
     from llm_ledger.projections.batches import read_batches
     from llm_ledger.projections.runs import read_summary, run_status
 
+    from .experiment_cmd import experiment_status, is_experiment
+
+    if is_experiment(runs_dir, run):  # an experiment's name: a line per arm
+        with handled():
+            experiment_status(run, runs_dir, as_json)
+        return
     with handled():
         paths = find_run(runs_dir, run)
         info = run_status(paths)
@@ -109,6 +116,7 @@ def _status_lines(info: RunStatus, summary: dict) -> list[tuple[str, str]]:
 def ls(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON array, newest run first: each run as "
                                                           "`status --json` has it, plus model, dataset and start time.")] = False,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="Only the arms of this experiment (`ledger run eval.toml`).")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """List the runs, newest first: status, model, dataset, counts, accuracy, start time.
@@ -119,6 +127,10 @@ def ls(
 
     with handled():
         runs = newest_first(list_runs(runs_dir))
+        if experiment is not None:
+            runs = [r for r in runs if r.experiment == experiment]
+            if not runs:
+                raise InputError(f"no experiment {experiment!r} under {runs_dir} (no run {experiment}.<arm> records it)")
         if as_json:
             sys.stdout.write(json.dumps(msgspec.to_builtins(runs)) + "\n")
             return

@@ -13,7 +13,8 @@ from .common import RunsDir, err, handled, out
 
 @app.command("view")
 def view(
-    runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to show side by side (default: a list of every run).", metavar="RUN")] = None,
+    runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to show side by side (default: a list of every run); an experiment's name stands for its arms.", metavar="RUN")] = None,
+    experiment: Annotated[Optional[str], typer.Option("--experiment", help="Open this experiment, its arms side by side.")] = None,
     port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback lets others read your runs.")] = "127.0.0.1",
     review: Annotated[bool, typer.Option("--review", help="Review mode: mark answers correct or incorrect (appends `reviewed` events).")] = False,
@@ -26,5 +27,5 @@ def view(
     from llm_ledger.viewer import serve  # starlette and uvicorn load only for this command
 
     with handled():
-        serve(runs_dir, runs or [], host=host, port=port, review=review,
+        serve(runs_dir, [*(runs or []), *([experiment] if experiment else [])], host=host, port=port, review=review,
               on_ready=lambda url: out.print(f"ledger view: {url}  ({'review mode; ' if review else ''}Ctrl-C to stop)", markup=False))

@@ -96,6 +96,7 @@ class RunRow(RunStatus, frozen=True, kw_only=True):
     model: str
     dataset: str
     started: str  # UTC, "YYYY-MM-DD HH:MM:SS"; "" when the log has no run_started
+    experiment: str = ""  # the experiment the run is an arm of (runners/experiment.py), "" for none
 
 
 def read_summary(paths: RunPaths) -> dict[str, Any]:
@@ -278,7 +279,13 @@ def describe(paths: RunPaths) -> RunRow:
     when = datetime.datetime.fromtimestamp(started.ts, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S") if started else ""
     model = str(started.config.get("model", "")) if started else ""
     return RunRow(**msgspec.structs.asdict(info), model=model or str(read_summary(paths).get("model") or ""),
-                  dataset=started.dataset if started else "", started=when)
+                  dataset=started.dataset if started else "", started=when,
+                  experiment=str(_experiment(started.config).get("name", "")) if started else "")
+
+
+def _experiment(config: dict[str, Any]) -> dict[str, Any]:
+    value = config.get("experiment")
+    return value if isinstance(value, dict) else {}
 
 
 def files_version(paths: RunPaths) -> tuple:

@@ -26,7 +26,7 @@ MAX_CONCURRENCY = 10_000
 # them (recorded in that session's ``session_started.overrides``); every other setting is the
 # run's identity and fixed by ``run_started``.
 HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport",
-              "cache", "cache_max_age", "batch_window")
+              "cache", "cache_max_age", "batch_window", "experiment")
 _NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
 
 
@@ -65,6 +65,11 @@ class RunConfig(msgspec.Struct, kw_only=True):
     batch_window: float | None = None  # seconds the run waits for its batches (None: until they end)
     batch_max_requests: int = 50_000  # per input file (OpenAI's limit)
     batch_max_bytes: int = 200_000_000  # per input file (OpenAI's 200 MB)
+    # An experiment's arm (runners/experiment.py): {"name", "arm", "provider", "file" (the TOML
+    # file's absolute path), "limits": the provider's {concurrency, rpm, tpm}, shared with the
+    # experiment's other arms}; {} otherwise. A *how* setting: the run's id already fixes the
+    # experiment and the arm; the limits and the file's place may change.
+    experiment: dict[str, Any] = {}
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])

@@ -283,9 +283,10 @@ class Engine:
         endpoint = await self.pool.acquire()
         reply, error = None, None
         task = asyncio.current_task()
+        slot = False  # a slot of the provider's limits shared by an experiment's runs (limits.py)
         try:
-            tokens = estimate_tokens(body["messages"], body.get("max_tokens")) if self.limits.tpm is not None else 0
-            await self.limits.acquire(tokens)
+            tokens = estimate_tokens(body["messages"], body.get("max_tokens")) if self.limits.counts_tokens else 0
+            slot = await self.limits.acquire(tokens)
             name = cursor.endpoint = self.names.get(endpoint.url, endpoint.url)
             item, turn = work.item, cursor.turn
             key = {"item_id": item.id, "sample": work.sample, "turn": turn, "attempt": cursor.attempt}
@@ -317,6 +318,8 @@ class Engine:
             cursor.answered = turn == len(item.turns) - 1
             return reply
         finally:
+            if slot:
+                self.limits.release()
             self._sending.discard(task)
             await self.pool.release(endpoint, reply, error)
             self.progress.limit = self.pool.limit

@@ -20,7 +20,7 @@ import time
 
 from aiolimiter import AsyncLimiter
 
-__all__ = ["RateLimits", "AdaptiveLimit", "estimate_tokens"]
+__all__ = ["RateLimits", "SharedLimits", "AdaptiveLimit", "estimate_tokens"]
 
 
 def estimate_tokens(messages: list[dict], max_tokens: int | None = None) -> int:
@@ -29,16 +29,31 @@ def estimate_tokens(messages: list[dict], max_tokens: int | None = None) -> int:
 
 
 class RateLimits:
-    def __init__(self, rpm: int | None, tpm: int | None) -> None:
+    """A run's own limits, and (``shared``) its provider's, which the runs of an experiment
+    that use the same provider hold in common (one event loop: runners/experiment.py)."""
+
+    def __init__(self, rpm: int | None, tpm: int | None, shared: "SharedLimits | None" = None) -> None:
         self.rpm = AsyncLimiter(1, 60.0 / rpm) if rpm else None
         self.tpm = AsyncLimiter(tpm / 6.0, 10.0) if tpm else None
+        self.shared = shared
         self._corrections: set[asyncio.Task[None]] = set()
 
-    async def acquire(self, tokens: int) -> None:
+    @property
+    def counts_tokens(self) -> bool:
+        """Whether a request's tokens must be estimated (a token limit here or shared)."""
+        return self.tpm is not None or (self.shared is not None and self.shared.counts_tokens)
+
+    async def acquire(self, tokens: int) -> bool:
+        """Wait for the rate limits; True when a shared slot is now held (``release`` it)."""
         if self.tpm is not None:
             await self.tpm.acquire(min(max(1, tokens), self.tpm.max_rate))
         if self.rpm is not None:
             await self.rpm.acquire()
+        return await self.shared.acquire(tokens) if self.shared is not None else False
+
+    def release(self) -> None:
+        if self.shared is not None:
+            self.shared.release()
 
     def correct(self, estimated: int, actual: int) -> None:
         """Take what the estimate missed from the token bucket, without blocking the caller."""
@@ -46,6 +61,35 @@ class RateLimits:
             task = asyncio.create_task(self.tpm.acquire(min(actual - estimated, self.tpm.max_rate)))
             self._corrections.add(task)
             task.add_done_callback(self._corrections.discard)
+        if self.shared is not None:
+            self.shared.correct(estimated, actual)
+
+
+class SharedLimits(RateLimits):
+    """A provider's limits over every run of an experiment that uses it: its request and
+    token rates, and at most ``concurrency`` requests sent at once by all of them together
+    (a slot is taken after the rate limits, just before ``started``, and released when the
+    request ends). Lives on one event loop."""
+
+    def __init__(self, concurrency: int | None, rpm: int | None, tpm: int | None) -> None:
+        super().__init__(rpm, tpm)
+        self.concurrency = concurrency
+        self.slots = asyncio.Semaphore(concurrency) if concurrency else None
+        self.sending = 0  # requests out now, over every run sharing these limits
+        self.most_sending = 0
+
+    async def acquire(self, tokens: int) -> bool:
+        await super().acquire(tokens)
+        if self.slots is not None:
+            await self.slots.acquire()
+        self.sending += 1
+        self.most_sending = max(self.most_sending, self.sending)
+        return True
+
+    def release(self) -> None:
+        self.sending -= 1
+        if self.slots is not None:
+            self.slots.release()
 
 
 class AdaptiveLimit:

@@ -42,7 +42,7 @@ class PerRequestRunner:
                               AdaptiveLimit(config.concurrency)) for url in urls]
         self.pool = Pool(endpoints, config.give_up_after)
         self.engine = Engine(config, context.writer, self.pool, context.parser, context.secrets,
-                             RateLimits(config.rpm, config.tpm), names=names, cache=context.cache)
+                             RateLimits(config.rpm, config.tpm, context.shared), names=names, cache=context.cache)
         for endpoint in endpoints:
             endpoint.breaker = Breaker(Pool.watch(endpoint.url, self.engine.breaker_changed))
 

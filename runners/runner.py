@@ -25,6 +25,7 @@ from llm_ledger.ledger.writer import LogWriter
 
 from .config import RunConfig
 from .dataset import Item
+from .limits import SharedLimits
 from .parsers import Parser
 from .transport import TransportFactory
 
@@ -72,6 +73,7 @@ class RunContext(NamedTuple):
     transport: TransportFactory  # the run's transport (registry.TRANSPORTS[config.transport])
     remote: bool  # the transport sends to URLs (else: in-process, one endpoint without one)
     cache: Any = None  # runners.cache.Cache: look a request up before sending it (None: no cache)
+    shared: SharedLimits | None = None  # a provider's limits shared with other runs (an experiment)
 
 
 class Runner(Protocol):

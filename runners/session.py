@@ -34,6 +34,7 @@ from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.projector import Projector
 
 from .engine import SHOWN_INTERNAL
+from .limits import SharedLimits
 from .plan import Found, planned_items, resume_found, resume_works
 from .prepare import Prepared, secrets_of
 from .registry import RUNNERS, TRANSPORTS
@@ -247,14 +248,17 @@ class Session:
             self._loop = None
 
     async def _execute(self, works: Any, on_tick: Callable[[Progress], None] | None,
-                       on_running: Callable[[Runner], Callable[[], None]] | None) -> str:
+                       on_running: Callable[[Runner], Callable[[], None]] | None, shared: SharedLimits | None = None) -> str:
+        """``execute`` on a running loop; an experiment runs its arms' sessions together on
+        one loop, each given its provider's ``shared`` limits (runners/experiment.py)."""
         prepared, config = self.prepared, self.prepared.config
         self._loop = asyncio.get_running_loop()
         transport = TRANSPORTS[config.transport]
         self.runner = RUNNERS[config.runner](RunContext(config, self.writer, prepared.parser, prepared.api_key,
                                                         secrets_of(prepared.api_key, config), transport.make,
                                                         transport.remote,
-                                                        self.cache if self.cache is not None and self.cache.enabled else None))
+                                                        self.cache if self.cache is not None and self.cache.enabled else None,
+                                                        shared))
         progress = self.runner.progress
         progress.total = self.found.to_send if prepared.resume else planned_items(
             prepared.dataset.items, config.limit) * config.samples
@@ -273,6 +277,8 @@ class Session:
         if progress.stop_reason.startswith("endpoint down"):
             return "interrupted"  # an outage: resumable like an interrupt (exit 75 says why)
         return "interrupted" if progress.stopping else "completed"
+
+    execute_async = _execute
 
     def close(self, reason: str) -> None:
         """End the session: make everything durable, finish projections, release the lock.

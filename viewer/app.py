@@ -72,7 +72,7 @@ from llm_ledger.projections.show import item_story
 from .metadata import DatasetMetadata, ViewAnswer
 from .table import Query, Row, Table
 
-__all__ = ["create_app", "serve", "STATIC", "PAGE_SIZE"]
+__all__ = ["create_app", "serve", "expand_experiments", "STATIC", "PAGE_SIZE"]
 
 PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
@@ -450,6 +450,18 @@ def page_url(host: str, port: int, runs: list[str]) -> str:
     return f"http://{shown}:{port}/{query}"
 
 
+def expand_experiments(runs_dir: str, runs: list[str], known: set[str]) -> list[str]:
+    """A name that is no run but an experiment (`ledger run eval.toml`) stands for its arms,
+    shown side by side."""
+    from llm_ledger.projections.experiments import experiment_arms
+
+    out: list[str] = []
+    for run in runs:
+        arms = [] if run in known else experiment_arms(runs_dir, run)
+        out += [a.run_id for a in arms] if arms else [run]
+    return out
+
+
 def serve(runs_dir: str, runs: list[str], *, host: str = "127.0.0.1", port: int = 8765, on_ready=print,
           review: bool = False) -> None:
     """Listen on ``host:port`` (0: any free port), call ``on_ready(url)``, serve until Ctrl-C."""
@@ -460,6 +472,7 @@ def serve(runs_dir: str, runs: list[str], *, host: str = "127.0.0.1", port: int 
     if not os.path.isdir(runs_dir):
         raise InputError(f"no runs directory {runs_dir!r} (use --runs-dir)")
     known = RunsDir(runs_dir).names()
+    runs = expand_experiments(runs_dir, runs, known)
     for run in runs:
         if run not in known:
             raise InputError(f"no run {run!r} under {runs_dir} (name runs by id, as `ledger ls` shows them)")

@@ -1,0 +1,103 @@
+"""Experiments through the CLI, part two (a file of its own so that `--dist loadfile` runs it
+beside part one): adding an arm to the file runs only that arm, a changed arm is refused with
+a diff, and Ctrl-C stops every arm."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import run_cli
+from llm_ledger.ledger.reader import iter_events
+from test_experiment import ENV, _settled, experiment_toml, start_lab
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment-more")
+    sims = start_lab(root)
+    yield root, sims
+    for sim in sims.values():
+        sim.stop()
+
+
+def test_adding_an_arm_runs_only_it_and_a_changed_arm_is_refused_with_a_diff(lab):
+    root, sims = lab
+    one = """
+[[arms]]
+name = "llama"
+provider = "a"
+model = "llama"
+"""
+    extra = """
+[[arms]]
+name = "qwen"
+provider = "b"
+model = "qwen"
+"""
+    path = root / "grow.toml"
+    path.write_text(experiment_toml("grow", sims, one, top="limit = 10"))
+    from llm_ledger.runners.experiment import prepare_experiment, run_arms
+    from llm_ledger.runners.experiment_config import load_experiment
+
+    first = run_arms(prepare_experiment(load_experiment(str(path)), str(root / "runs")))  # in-process: not the point
+    assert [(r.arm.name, r.reason) for r in first] == [("llama", "completed")]
+    before = _settled(sims)
+    path.write_text(experiment_toml("grow", sims, one + extra, top="limit = 10"))
+    second = run_cli("run", "grow.toml", cwd=root, env=ENV)
+    assert second.returncode == 0, second.stderr
+    after = _settled(sims)
+    assert (after["a"] - before["a"], after["b"] - before["b"]) == (0, 10)  # only the new arm sent
+    assert "1 new" in second.stdout and "1 complete" in second.stdout
+    assert all(arm in second.stdout for arm in ("llama", "qwen"))  # the table has both arms
+
+    run_dir = root / "runs" / "grow.llama"
+    size = (run_dir / "events.log").stat().st_size
+    changed = one.replace('model = "llama"', 'model = "llama"\ntemplate = "Be brief. {prompt}"\ntemperature = 0.5')
+    path.write_text(experiment_toml("grow", sims, changed + extra, top="limit = 10"))
+    from llm_ledger.ledger.errors import InputError
+
+    with pytest.raises(InputError) as refused:  # what `ledger run grow.toml` says on one line, exit 2
+        prepare_experiment(load_experiment(str(path)), str(root / "runs"))
+    line = str(refused.value)
+    assert "\n" not in line and f"{path}:" in line and "arm 'llama' (run grow.llama)" in line
+    assert "template: null (run) vs 'Be brief. {prompt}' (file)" in line
+    assert "temperature: null (run) vs 0.5 (file)" in line
+    assert (run_dir / "events.log").stat().st_size == size and _settled(sims) == after
+
+
+def test_ctrl_c_stops_every_arm_and_says_how_to_resume(lab):
+    """SIGINT (Ctrl-C) during an experiment: every arm stops as one run does (its log ends
+    with session_ended interrupted), exit 130, and the one way back is named."""
+    from llm_ledger.ledger.events import SessionEnded
+
+    root, _ = lab
+    (root / "intr.toml").write_text("""name = "intr"
+dataset = "ds.jsonl"
+[providers.sim]
+concurrency = 2
+simulator = { latency = 0.2 }
+[[arms]]
+name = "x"
+[[arms]]
+name = "y"
+sim_accuracy = 0.5
+""")
+    proc = subprocess.Popen([sys.executable, "-m", "llm_ledger.cli", "run", "intr.toml"], cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    responses = [root / "runs" / f"intr.{arm}" / "responses.jsonl" for arm in "xy"]
+    while not any(path.exists() and path.stat().st_size for path in responses):  # replies are coming in
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "resume with: ledger resume intr"
+    for arm in "xy":
+        events = list(iter_events(str(root / "runs" / f"intr.{arm}" / "events.log")))
+        assert isinstance(events[-1], SessionEnded) and events[-1].reason == "interrupted"

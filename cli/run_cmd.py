@@ -60,6 +60,8 @@ def run(
     seed: Annotated[Optional[int], typer.Option(help="With --limit: a reproducible random subset (without --limit it has no effect).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
+    shards: Annotated[int, typer.Option(help="Split the plan into N shards, each its own process and log, merged at the end (--concurrency, --rpm, --tpm are split between them).")] = 1,
+    workers: Annotated[str, typer.Option(help="Where shards run: local (processes on this machine) or ray[:ADDRESS] (Ray tasks; needs `pip install 'llm-ledger[ray]'` and a runs directory every node sees).")] = "local",
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of a dataset (PATH) against a model; stop at any moment, resume later."""
@@ -77,7 +79,7 @@ def run(
             preflight=not no_preflight, seed=seed,
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
             system=system, template=interpret_escapes(template) if template else template, parser=parser,
-            price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url),
+            price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url), shards=shards, workers=workers,
             **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None},
         )
         if model and not base_url and getattr(TRANSPORTS.get(config.transport), "remote", True):
@@ -142,6 +144,7 @@ def resume(
     api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="Environment variable holding the key, for this session.")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Deadline in seconds for each request (connect to last byte), for this session.")] = None,
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down, for this session.")] = None,
+    workers: Annotated[Optional[str], typer.Option(help="A sharded run: where its shards run now, local or ray[:ADDRESS].")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent.
@@ -151,7 +154,7 @@ def resume(
     from llm_ledger.runners.prepare import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
-                 "give_up_after": give_up_after}
+                 "give_up_after": give_up_after, "workers": workers}
     if base_url:
         overrides.update(base_url=base_url[0], base_urls=list(base_url))
     with handled():
@@ -178,6 +181,10 @@ def _sim(text: str | None, accuracy: float | None = None, base_url: list[str] | 
 
 
 def _execute(prepared: "Prepared", show_first: bool) -> int:
+    if prepared.config.shards > 1:
+        from .merge_cmd import execute_sharded
+
+        return execute_sharded(prepared)
     from llm_ledger.runners.session import run_prepared
 
     from .exit_codes import exit_code

@@ -84,6 +84,9 @@ def top_started(paths: RunPaths) -> RunStarted:
     started = _first(paths.log)
     if started is None:
         raise InputError(f"{paths.log}: the log does not begin with run_started")
+    info = shard_info(started.config)
+    if "index" in info:
+        raise InputError(f"{paths.dir} is shard {info['index']} of run {info.get('run')}: merge run {info.get('run')}")
     if int(started.config.get("shards", 1) or 1) <= 1:
         raise InputError(f"run {paths.run_id} is not sharded (it was not started with --shards): nothing to merge")
     return started

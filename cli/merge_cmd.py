@@ -49,8 +49,33 @@ def execute_sharded(prepared: Prepared) -> int:
     from llm_ledger.runners.shards import run_sharded
 
     with handled():
-        result = run_sharded(prepared, on_started=lambda specs: _header(prepared, specs))
+        result = run_sharded(prepared, on_started=lambda specs: _header(prepared, specs),
+                             on_tick=_ticker(prepared) if err.is_terminal else None)
+    if err.is_terminal:
+        err.print("\r\x1b[K", end="", markup=False, highlight=False)
     return _report(prepared, result)
+
+
+def _ticker(prepared: Prepared):
+    """A line on the terminal, once a second: the shards' live states, summed."""
+    import time
+
+    from llm_ledger.projections.runs import run_status
+
+    last = [0.0]
+
+    def tick() -> None:
+        if time.monotonic() - last[0] < 1.0:
+            return
+        last[0] = time.monotonic()
+        try:
+            info = run_status(prepared.paths)
+        except Exception:  # a shard's files between two states: the next tick says it
+            return
+        err.print(f"\r\x1b[K{info.done:,} / {info.planned:,} done, {info.failed:,} failed, {info.in_flight:,} in flight",
+                  end="", markup=False, highlight=False)
+
+    return tick
 
 
 def _header(prepared: Prepared, specs: list[ShardSpec]) -> None:

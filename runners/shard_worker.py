@@ -62,6 +62,8 @@ def work_shard(spec: ShardSpec) -> ShardOutcome:
     try:
         prepared = _prepare(spec)
         session, reason = run_prepared(prepared, on_running=_interrupts)
+    except KeyboardInterrupt:  # a Ctrl-C before the run's own handlers (opening, or closing the log)
+        return ShardOutcome(index=spec.index, reason="interrupted", error="interrupted", code=130)
     except LedgerError as exc:
         return ShardOutcome(index=spec.index, reason="error", error=str(exc), code=exc.exit_code)
     except OSError as exc:

@@ -148,7 +148,11 @@ def _run_local(specs: list[ShardSpec], on_tick: Callable[[], None] | None) -> li
     results: list[tuple[bytes, bytes]] = [(b"", b"")] * len(specs)
 
     def talk(n: int) -> None:
-        results[n] = procs[n].communicate(msgspec.json.encode(specs[n]))
+        try:
+            results[n] = procs[n].communicate(msgspec.json.encode(specs[n]))
+        except BaseException as exc:  # said in the shard's outcome, once the process has ended
+            results[n] = (b"", f"{type(exc).__name__}: {exc}".encode())
+            procs[n].wait()
 
     threads = [threading.Thread(target=talk, args=(n,), daemon=True) for n in range(len(specs))]
     for t in threads:

@@ -20,7 +20,9 @@ import pytest
 
 from conftest import run_cli
 from llm_ledger.ledger.events import Response
+from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
+from llm_ledger.projections.runs import RunStatus, run_status
 from test_run_e2e import REGEX_PARSER, qa_records, read_jsonl, requests_of, sim_json, write_jsonl
 
 ITEMS, SAMPLES = 40, 2
@@ -42,9 +44,10 @@ def _durable(run_dir: Path) -> set[str]:
     return keys
 
 
-def _kill_shard_mid_run(cmd: list[str], run_dir: Path, req_log: Path, out: Path) -> subprocess.CompletedProcess:
+def _kill_shard_mid_run(cmd: list[str], run_dir: Path, req_log: Path, out: Path) -> tuple[subprocess.CompletedProcess, RunStatus]:
     """Start a sharded run; once shard 1 runs and the simulator has seen some requests,
-    SIGKILL shard 1's process (its pid is in its lock note). The coordinator goes on."""
+    read its live status, then SIGKILL shard 1's process (its pid is in its lock note).
+    The coordinator goes on."""
     note = run_dir / "shards" / "1" / "events.log.lock"
     with open(out, "wb") as sink:
         proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT)
@@ -52,9 +55,10 @@ def _kill_shard_mid_run(cmd: list[str], run_dir: Path, req_log: Path, out: Path)
         while not (note.exists() and len(requests_of(req_log)) >= 16):
             assert proc.poll() is None and time.monotonic() < deadline, "the run never got going"
             time.sleep(0.005)
+        live = run_status(RunPaths(str(run_dir)))
         os.kill(int(note.read_text().strip()), signal.SIGKILL)
         proc.wait(60)
-    return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), "")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out.read_text(), ""), live
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +72,13 @@ def runs(tmp_path_factory):
     req_log = tmp / "requests.jsonl"
     cmd = [sys.executable, "-m", "llm_ledger.cli", "run", *common, "--run-id", "killed", "--shards", "2",
            "--concurrency", "2", "--sim", sim_json(req_log, latency=0.03)]
-    killed = _kill_shard_mid_run(cmd, tmp / "runs" / "killed", req_log, tmp / "killed.out")
+    killed, live = _kill_shard_mid_run(cmd, tmp / "runs" / "killed", req_log, tmp / "killed.out")
     durable, offset = _durable(tmp / "runs" / "killed"), req_log.stat().st_size
-    status_after_kill = json.loads(run_cli("status", "killed", "--json", "--runs-dir", str(tmp / "runs")).stdout)
+    status_after_kill = run_status(RunPaths(str(tmp / "runs" / "killed")))
     resumed = run_cli("resume", "killed", "--runs-dir", str(tmp / "runs"), cwd=tmp)
     return {"tmp": tmp, "runs": tmp / "runs", "plain": plain, "sharded": sharded, "killed": killed, "resumed": resumed,
-            "durable": durable, "offset": offset, "req_log": req_log, "status_after_kill": status_after_kill}
+            "durable": durable, "offset": offset, "req_log": req_log, "status_after_kill": status_after_kill,
+            "live": live}
 
 
 def test_sharded_run_writes_one_log_per_shard_and_merges_at_its_end(runs):
@@ -103,9 +108,9 @@ def test_merged_rows_and_statistics_equal_an_unsharded_run(runs):
 
 def test_status_export_and_compare_read_the_sharded_run_as_one(runs):
     where = ("--runs-dir", str(runs["runs"]))
-    status = json.loads(run_cli("status", "sharded", "--json", *where).stdout)
-    assert (status["status"], status["planned"], status["done"], status["source"]) == ("completed", 80, 80, "shards")
-    assert status["summary_current"] and status["accuracy"] == json.loads(
+    status = run_status(RunPaths(str(runs["runs"] / "sharded")))
+    assert (status.status, status.planned, status.done, status.source) == ("completed", 80, 80, "shards")
+    assert status.summary_current and status.accuracy == json.loads(
         (runs["runs"] / "plain" / "summary.json").read_text())["accuracy"]
     out = runs["tmp"] / "sharded.csv"
     export = run_cli("export", "sharded", "csv", "-o", str(out), *where)
@@ -116,14 +121,21 @@ def test_status_export_and_compare_read_the_sharded_run_as_one(runs):
     assert "only A right" in compare.stdout
 
 
+def test_status_of_a_live_sharded_run_sums_its_shards(runs):
+    live = runs["live"]
+    assert (live.status, live.source, live.planned) == ("running", "shards", ITEMS * SAMPLES)
+    assert live.done + live.in_flight + live.failed > 0
+    assert live.done + live.failed + live.in_flight + live.pending == ITEMS * SAMPLES
+
+
 def test_killed_shard_leaves_the_run_resumable_and_says_so(runs):
     r = runs["killed"]
     assert r.returncode == 1, r.stdout
     assert "shard 1: its process was killed (SIGKILL)" in r.stdout
     assert "resume with: ledger resume killed" in r.stdout
     status = runs["status_after_kill"]
-    assert status["status"] == "interrupted" and status["done"] < ITEMS * SAMPLES
-    assert status["done"] == len(runs["durable"])
+    assert status.status == "interrupted" and status.done < ITEMS * SAMPLES
+    assert status.done == len(runs["durable"])
 
 
 def test_resume_after_kill_loses_nothing_and_resends_nothing_durable(runs):

@@ -30,7 +30,6 @@ def merge(
     Refuses (exit 2, nothing changed) a missing shard, a shard of another config or dataset,
     and an item present in two shards. Every figure is recomputed on the pooled rows."""
     from llm_ledger.projections.merge import merge as merge_run
-    from llm_ledger.projections.summary import summarize  # noqa: F401  (the summary's figures)
 
     from .progress import summary_table
 

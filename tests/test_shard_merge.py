@@ -19,6 +19,8 @@ from llm_ledger.ledger.shard_keys import shard_of
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.merge import merge
 from llm_ledger.projections.merge_log import write_log
+from llm_ledger.runners.config import RunConfig
+from llm_ledger.runners.prepare import prepare
 from test_run_e2e import REGEX_PARSER, qa_records, write_jsonl
 
 
@@ -122,8 +124,11 @@ def test_workers_ray_without_ray_is_one_line_exit_2_nothing_written(tmp_path):
     assert not (tmp_path / "runs" / "x").exists()
 
 
-def test_limits_below_the_number_of_shards_are_refused(tmp_path):
-    dataset = write_jsonl(tmp_path / "qa.jsonl", qa_records(3))
-    r = run_cli("run", str(dataset), "--shards", "4", "--rpm", "3", cwd=tmp_path)
-    assert r.returncode == 2 and "--rpm 3 with --shards 4" in r.stderr
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+def test_limits_below_the_number_of_shards_are_refused_before_anything_is_written(tmp_path):
+    dataset = str(write_jsonl(tmp_path / "qa.jsonl", qa_records(3)))
+    for option, config in (("--rpm 3", RunConfig(shards=4, rpm=3)), ("--concurrency 2", RunConfig(shards=3, concurrency=2))):
+        with pytest.raises(InputError, match=f"{option} with --shards"):
+            prepare(dataset, config, str(tmp_path / "runs"))
+    with pytest.raises(InputError, match="--workers 'slurm'"):
+        prepare(dataset, RunConfig(shards=2, workers="slurm"), str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()

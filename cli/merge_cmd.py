@@ -27,8 +27,7 @@ def merge(
 ) -> None:
     """Merge a sharded run's shards into one run (a sharded `run`/`resume` does it at its end).
 
-    Refuses (exit 2, nothing changed) a missing shard, a shard of another config or dataset,
-    and an item present in two shards. Every figure is recomputed on the pooled rows."""
+    Refuses (exit 2, nothing changed) a missing shard, a shard of another config or dataset, and an item present in two shards. Every figure is recomputed on the pooled rows."""
     from llm_ledger.projections.merge import merge as merge_run
 
     from .progress import summary_table

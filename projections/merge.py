@@ -51,7 +51,7 @@ from .projector import rebuild
 from .summary import summarize
 
 __all__ = ["Shard", "MergeReport", "merge", "merge_locked", "check_shards", "top_started", "is_sharded",
-           "merged_manifest"]
+           "merged_manifest", "merged_events", "live_merged_events"]
 
 _RANK = {"completed": 0, "interrupted": 1, "error": 2}
 _REASON = {rank: reason for reason, rank in _RANK.items()}
@@ -99,9 +99,14 @@ def _first(log: str) -> RunStarted | None:
     return event if isinstance(event, RunStarted) else None
 
 
-def check_shards(paths: RunPaths, top: RunStarted) -> list[Shard]:
-    """Every shard of the run, each proven to belong to it; the first wrong one refused."""
+def check_shards(paths: RunPaths, top: RunStarted, *, live: bool = False) -> list[Shard]:
+    """Every shard of the run, each proven to belong to it; the first wrong one refused.
+    ``live``: for a reader of a run that may be running -- shards not started yet are left
+    out, running ones read as far as they are durable."""
     of, ident = int(top.config["shards"]), shard_info(top.config)
+    if live:
+        present = [k for k in range(of) if _first(paths.shard(k).log) is not None]
+        return [_check_shard(paths, top, k, of, ident, live=True) for k in present]
     shards = [_check_shard(paths, top, k, of, ident) for k in range(of)]
     extra = sorted(set(fs.listdir(paths.shards)) - {str(k) for k in range(of)} - {os.path.basename(paths.merged)})
     extra = [name for name in extra if ".tmp." not in name]
@@ -111,7 +116,7 @@ def check_shards(paths: RunPaths, top: RunStarted) -> list[Shard]:
     return shards
 
 
-def _check_shard(paths: RunPaths, top: RunStarted, k: int, of: int, ident: dict[str, Any]) -> Shard:
+def _check_shard(paths: RunPaths, top: RunStarted, k: int, of: int, ident: dict[str, Any], live: bool = False) -> Shard:
     shard = paths.shard(k)
     started = _first(shard.log)
     if started is None:
@@ -128,7 +133,7 @@ def _check_shard(paths: RunPaths, top: RunStarted, k: int, of: int, ident: dict[
     if started.dataset_sha256 != top.dataset_sha256:
         raise InputError(f"{shard.log}: shard {k} ran another dataset than run {top.run_id} (sha256 "
                          f"{started.dataset_sha256[:12]} vs {top.dataset_sha256[:12]}); nothing was merged")
-    if is_locked(shard.lock):
+    if not live and is_locked(shard.lock):
         pid = holder_pid(shard.lock)
         raise InputError(f"shard {k} of run {top.run_id} is running{f' (pid {pid})' if pid else ''}: merge it once "
                          "it has stopped")
@@ -144,9 +149,10 @@ def _differences(run: dict[str, Any], shard: dict[str, Any], ignored: list[str])
 # -- the merged stream -------------------------------------------------------------------
 
 
-def _tagged(shard: Shard) -> Iterator[tuple[float, int, int, Event]]:
+def _tagged(shard: Shard, live: bool = False) -> Iterator[tuple[float, int, int, Event]]:
     """(ts, shard, position, event) of one shard, in its log's order, with the end of a
-    session killed without ``session_ended`` (at its last event, ``interrupted``)."""
+    session killed without ``session_ended`` (at its last event, ``interrupted``; ``live``:
+    the last session may be running, and is left open)."""
     k, n, last_ts, open_session = shard.index, 0, 0.0, False
     for event in iter_events(shard.paths.log):
         if isinstance(event, SessionStarted):
@@ -159,18 +165,27 @@ def _tagged(shard: Shard) -> Iterator[tuple[float, int, int, Event]]:
         yield event.ts, k, n, event
         n += 1
         last_ts = event.ts
-    if open_session:
+    if open_session and not live:
         yield last_ts, k, n, SessionEnded(reason="interrupted", ts=last_ts)
 
 
-def merged_events(top: RunStarted, shards: list[Shard]) -> Iterator[Event]:
+def live_merged_events(paths: RunPaths) -> Iterator[Event]:
+    """The union of the shards as they are now, numbered as a merge numbers it: what a
+    reader of a running sharded run (the event table) reads."""
+    top = top_started(paths)
+    events = merged_events(top, check_shards(paths, top, live=True), live=True)
+    for seq, event in enumerate(events, 1):
+        yield msgspec.structs.replace(event, seq=seq)
+
+
+def merged_events(top: RunStarted, shards: list[Shard], live: bool = False) -> Iterator[Event]:
     """The top's run_started, then every shard's events by timestamp, sessions as their
     union; raises InputError at an (item, sample) in a shard that does not own it."""
     yield top
-    of = len(shards)
+    of = int(top.config["shards"])
     open_shards: set[int] = set()
     worst = 0
-    for _ts, k, _n, event in heapq.merge(*(_tagged(s) for s in shards)):
+    for _ts, k, _n, event in heapq.merge(*(_tagged(s, live) for s in shards)):
         if isinstance(event, _ITEM_EVENTS):
             if shard_of(event.item_id, event.sample, of) != k:
                 raise _misplaced(shards, event.item_id, event.sample, k)
@@ -192,9 +207,9 @@ def merged_events(top: RunStarted, shards: list[Shard]) -> Iterator[Event]:
 
 
 def _misplaced(shards: list[Shard], item_id: str, sample: int, k: int) -> InputError:
-    home = shard_of(item_id, sample, len(shards))
+    home = shard_of(item_id, sample, int(shards[0].started.config["shard"]["of"]))
     there = any(isinstance(e, _ITEM_EVENTS) and e.item_id == item_id and e.sample == sample
-                for e in iter_events(shards[home].paths.log))
+                for s in shards if s.index == home for e in iter_events(s.paths.log))
     where = f"in two shards ({min(home, k)} and {max(home, k)})" if there else f"in shard {k}, which does not own it (shard {home} does)"
     return InputError(f"item {item_id!r} sample {sample} is {where}: the shards overlap; nothing was merged")
 

@@ -22,6 +22,7 @@ from conftest import run_cli
 from llm_ledger.ledger.events import Response
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
+from llm_ledger.projections.merge import live_merged_events
 from llm_ledger.projections.runs import RunStatus, run_status
 from test_run_e2e import REGEX_PARSER, qa_records, read_jsonl, requests_of, sim_json, write_jsonl
 
@@ -156,3 +157,17 @@ def test_resumed_merge_equals_the_unsharded_run(runs):
         assert {k: v for k, v in killed[key].items() if k != "attempts"} == {k: v for k, v in row.items() if k != "attempts"}
     summary = json.loads((runs["runs"] / "killed" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["counts"]["done"] == ITEMS * SAMPLES
+
+
+def test_event_table_is_the_k_way_merge_of_the_shard_logs_by_timestamp(runs):
+    run_dir = runs["runs"] / "sharded"
+    merged = list(iter_events(str(run_dir / "events.log")))
+    assert list(live_merged_events(RunPaths(str(run_dir)))) == merged  # read from the shards = the merged log
+    assert [e.seq for e in merged] == list(range(1, len(merged) + 1))
+    items = [e for e in merged if hasattr(e, "item_id")]
+    assert [e.ts for e in items] == sorted(e.ts for e in items)
+    per_shard = sum(sum(1 for e in iter_events(str(run_dir / "shards" / str(k) / "events.log")) if hasattr(e, "item_id"))
+                    for k in range(3))
+    assert len(items) == per_shard  # every item event of every shard, once
+    kinds = Counter(type(e).__name__ for e in merged)
+    assert kinds["RunStarted"] == 1 and kinds["SessionStarted"] == kinds["SessionEnded"] == 1  # the shards' union

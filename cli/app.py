@@ -33,7 +33,7 @@ def _root(
 
 
 def _register() -> None:
-    from . import cache_cmd, compare_cmd, export_cmd, log_cmd, replay_cmd, run_cmd, show_cmd, simulate_cmd, status_cmd, verify_cmd, view_cmd  # noqa: F401  (each adds its command)
+    from . import cache_cmd, compare_cmd, export_cmd, log_cmd, merge_cmd, replay_cmd, run_cmd, show_cmd, simulate_cmd, status_cmd, verify_cmd, view_cmd  # noqa: F401  (each adds its command)
     from . import cancel_cmd, import_cmd, review_cmd, sql_cmd  # noqa: F401
 
 

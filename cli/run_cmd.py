@@ -67,6 +67,8 @@ def run(
     cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. Default: only deterministic requests (temperature 0); --cache: every request, a sampled one per sample index; --no-cache: none.")] = None,
     cache_max_age: Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")] = None,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
+    shards: Annotated[int, typer.Option(help="Split the plan into N shards, each its own process and log, merged at the end (--concurrency, --rpm, --tpm are split between them).")] = 1,
+    workers: Annotated[str, typer.Option(help="Where shards run: local (processes on this machine) or ray[:ADDRESS] (Ray tasks; needs `pip install 'llm-ledger[ray]'` and a runs directory every node sees).")] = "local",
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of a dataset (PATH) against a model; stop at any moment, resume later.
@@ -93,7 +95,7 @@ def run(
             preflight=not no_preflight, seed=seed,
             concurrency=concurrency, timeout=timeout, retries=retries, temperature=temperature, max_tokens=max_tokens,
             system=system, template=interpret_escapes(template) if template else template, parser=parser,
-            price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url),
+            price_in=price_in, price_out=price_out, simulator=_sim(sim, sim_accuracy, base_url), shards=shards, workers=workers,
             cache=cache, cache_max_age=parse_age(cache_max_age) if cache_max_age is not None else None,
             **{k: v for k, v in (("runner", runner), ("transport", transport)) if v is not None}, **batching,
         )
@@ -187,6 +189,7 @@ def resume(
     timeout: Annotated[Optional[float], typer.Option(help="Deadline in seconds for each request (connect to last byte), for this session.")] = None,
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down, for this session.")] = None,
     batch_window: Annotated[Optional[str], typer.Option("--batch-window", metavar="DURATION", help="A --batch run: stop waiting after this long, for this session (e.g. 30m).")] = None,
+    workers: Annotated[Optional[str], typer.Option(help="A sharded run: where its shards run now, local or ray[:ADDRESS].")] = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent.
@@ -196,7 +199,7 @@ def resume(
     from llm_ledger.runners.prepare import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
-                 "give_up_after": give_up_after}
+                 "give_up_after": give_up_after, "workers": workers}
     if base_url:
         overrides.update(base_url=base_url[0], base_urls=list(base_url))
     from .experiment_cmd import is_experiment, resume_experiment
@@ -231,6 +234,10 @@ def _sim(text: str | None, accuracy: float | None = None, base_url: list[str] | 
 
 
 def _execute(prepared: "Prepared", show_first: bool) -> int:
+    if prepared.config.shards > 1:
+        from .merge_cmd import execute_sharded
+
+        return execute_sharded(prepared)
     from llm_ledger.runners.session import run_prepared
 
     from .exit_codes import exit_code

@@ -68,6 +68,7 @@ from .framing import FRAME_HEAD_SIZE, HEADER_SIZE, Frame
 from .fsio import os_error, preallocate
 from .lifecycle import DONE, FAILED, IN_FLIGHT, PENDING, STATE_NAMES, transition
 from .reader import iter_frames, log_end
+from .shard_keys import planned_keys
 
 __all__ = ["RunIndex", "ItemState", "PENDING", "IN_FLIGHT", "DONE", "FAILED", "STATE_NAMES", "item_key", "next_state"]
 
@@ -514,7 +515,7 @@ def _apply_frames(txn, items, meta, frames: Sequence[Frame], log_fd: int) -> Non
 def _apply_event(txn, items, meta, cache, counts, offset: int, event: Event) -> None:
     match event:
         case RunStarted(items=n, config=config):
-            txn.put(b"planned", str(n * int(config.get("samples", 1) or 1)).encode(), db=meta)
+            txn.put(b"planned", str(planned_keys(n, config)).encode(), db=meta)
             txn.put(b"status", b"running", db=meta)
         case SessionStarted():
             txn.put(b"status", b"running", db=meta)

@@ -7,6 +7,8 @@
     <runs_dir>/<run_id>/responses.jsonl   projections (see the projections package)
     <runs_dir>/<run_id>/conversations/
     <runs_dir>/<run_id>/summary.json
+    <runs_dir>/<run_id>/shards/<k>/       a sharded run's shard k: a whole run directory of its own
+    <runs_dir>/<run_id>/shards/merged.json what the top level's merged log was made from
 """
 
 from __future__ import annotations
@@ -57,6 +59,17 @@ class RunPaths:
     @property
     def checkpoint(self) -> str:
         return os.path.join(self.dir, "projections.ckpt")
+
+    @property
+    def shards(self) -> str:
+        return os.path.join(self.dir, "shards")
+
+    def shard(self, index: int) -> "RunPaths":
+        return RunPaths(os.path.join(self.shards, str(index)))
+
+    @property
+    def merged(self) -> str:
+        return os.path.join(self.shards, "merged.json")
 
 
 def validate_run_id(run_id: str) -> str:

@@ -6,6 +6,7 @@ Columns: run_id (always: a table of several runs reads like one of a run), seq, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -25,11 +26,21 @@ SCHEMA = pa.schema([
 ])
 
 
+def _events(paths: RunPaths) -> Iterator[Any]:
+    """A run's events in log order; a sharded run's, the k-way merge of its shards' logs by
+    timestamp as they are now (merge.py), so that a running one is read whole too."""
+    if os.path.isdir(paths.shards):
+        from .merge import live_merged_events
+
+        return live_merged_events(paths)
+    return iter_events(paths.log)
+
+
 def event_batches(runs: Sequence[RunPaths]) -> Iterator[pa.RecordBatch]:
     out_schema = SCHEMA
     for paths in runs:
         cols: dict[str, list[Any]] = {name: [] for name in out_schema.names}
-        for event in iter_events(paths.log):
+        for event in _events(paths):
             cols["run_id"].append(paths.run_id)
             data = _json.encode(event)
             cols["seq"].append(event.seq)

@@ -36,6 +36,7 @@ import msgspec
 from llm_ledger.ledger.events import (CACHE_ENDPOINT, CachedFrom, Event, Failed, Parsed, Response, ResponseView, Reviewed, RunStarted,
                                       SessionEnded, SessionStarted, Started, Usage)
 from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, REPLIED, RETRYABLE, STARTED, STEP, State, unopened
+from llm_ledger.ledger.shard_keys import planned_keys
 
 from .reviews import ReviewRow, reply_sha256, verdict_value
 from .scoring import score
@@ -198,7 +199,7 @@ def _run_started(state: RunState, event: RunStarted, _: Any) -> None:
     state.run_id, state.config, state.dataset = event.run_id, event.config, event.dataset
     state.model = str(event.config.get("model", ""))
     state.samples = int(event.config.get("samples", 1) or 1)
-    state.planned = event.items * state.samples
+    state.planned = planned_keys(event.items, event.config)
     return None
 
 

@@ -51,6 +51,7 @@ from llm_ledger.ledger.lifecycle import DONE, FAILED, IN_FLIGHT, PENDING, STATE_
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import is_locked
 from llm_ledger.ledger.reader import iter_events, iter_frames, log_end
+from llm_ledger.ledger.shard_keys import planned_keys
 
 __all__ = ["Counts", "RunStatus", "RunRow", "run_status", "describe", "files_version", "list_runs", "read_summary",
            "first_event", "decide", "status_text"]
@@ -170,7 +171,7 @@ class _Counts:
                     if after is not None:
                         self.by_state[after] += 1
             elif isinstance(event, RunStarted):
-                self.planned = event.items * int(event.config.get("samples", 1) or 1)
+                self.planned = planned_keys(event.items, event.config)
                 self.session = "running"
             elif isinstance(event, SessionStarted):
                 self.session = "running"
@@ -241,6 +242,10 @@ def _counts(paths: RunPaths, live: bool) -> _Counts:
 
 def run_status(paths: RunPaths) -> RunStatus:
     """A run's status, counts and (when ``summary.json`` is current) accuracy."""
+    if os.path.isdir(paths.shards):  # a sharded run: its shards, summed (merge_status.py)
+        from .merge_status import sharded_status
+
+        return sharded_status(paths)
     live = is_locked(paths.lock)
     found = _counts(paths, live)
     counts = found.counts()
@@ -292,13 +297,18 @@ def files_version(paths: RunPaths) -> tuple:
     """What ``describe`` reads, by size and mtime, and whether a writer holds the lock: while
     this is unchanged, so is the answer (the viewer asks every few seconds)."""
     stamps = []
-    for path in (paths.log, os.path.join(paths.index, "data.mdb"), paths.summary):
+    shard_logs = [os.path.join(paths.shards, k, "events.log") for k in _listed(paths.shards)]
+    for path in (paths.log, os.path.join(paths.index, "data.mdb"), paths.summary, *shard_logs):
         try:
             st = fs.stat(path)
             stamps.append((st.st_ino, st.st_size, st.st_mtime_ns))
         except OSError:
             stamps.append(None)
-    return (*stamps, is_locked(paths.lock))
+    return (*stamps, is_locked(paths.lock), *(is_locked(log + ".lock") for log in shard_logs))
+
+
+def _listed(directory: str) -> list[str]:
+    return sorted(fs.listdir(directory)) if os.path.isdir(directory) else []
 
 
 def _damaged(paths: RunPaths, exc: LedgerError) -> RunStatus:

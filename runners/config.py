@@ -26,8 +26,8 @@ MAX_CONCURRENCY = 10_000
 # them (recorded in that session's ``session_started.overrides``); every other setting is the
 # run's identity and fixed by ``run_started``.
 HOW_FIELDS = ("concurrency", "rpm", "tpm", "base_url", "base_urls", "timeout", "give_up_after", "api_key_env", "transport",
-              "cache", "cache_max_age", "batch_window", "experiment")
-_NOT_COMPARED = ("preflight",)  # a check before the first session, not a setting of the run
+              "cache", "cache_max_age", "batch_window", "experiment", "workers")
+_NOT_COMPARED = ("preflight", "shard")  # a check before the first session, not a setting of the run
 
 
 class RunConfig(msgspec.Struct, kw_only=True):
@@ -70,6 +70,9 @@ class RunConfig(msgspec.Struct, kw_only=True):
     # experiment's other arms}; {} otherwise. A *how* setting: the run's id already fixes the
     # experiment and the arm; the limits and the file's place may change.
     experiment: dict[str, Any] = {}
+    shards: int = 1  # --shards N: the plan split over N shard logs (runners/shards.py)
+    workers: str = "local"  # where shards run: local (processes) or ray[:ADDRESS]
+    shard: dict[str, Any] = {}  # in a shard's own log: which shard of which run (ledger/shard_keys.py)
 
     def endpoints(self) -> list[str]:
         return list(self.base_urls) or ([self.base_url] if self.base_url else [])
@@ -131,7 +134,11 @@ def check_config(config: RunConfig) -> None:
     from .simulator import SimConfig
 
     check_kinds(config.runner, config.transport, config.base_url)
-    _at_least(config, 1, "samples", "concurrency")
+    _at_least(config, 1, "samples", "concurrency", "shards")
+    if config.shards > 1:
+        from .shard_plan import check_sharding
+
+        check_sharding(config)
     _at_least(config, 0, "retries")
     if config.concurrency > MAX_CONCURRENCY:
         raise InputError(f"--concurrency {config.concurrency:,}: at most {MAX_CONCURRENCY:,} (each request in flight "

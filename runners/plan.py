@@ -30,6 +30,7 @@ import msgspec
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.lifecycle import DONE, FAILED, IN_FLIGHT
+from llm_ledger.ledger.shard_keys import planned_keys, shard_of
 from llm_ledger.projections.conversations import Conversation
 from llm_ledger.projections.fold import key_of
 
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
 
     from .prepare import Prepared
 
-__all__ = ["Found", "resume_found", "resume_works", "planned_items", "plan_only", "dry_run"]
+__all__ = ["Found", "resume_found", "resume_works", "planned_items", "planned_records", "plan_only", "dry_run"]
 
 
 @dataclass
@@ -82,7 +83,7 @@ def resume_found(prepared: Prepared, records: Iterable[tuple[str, int, ItemState
         else:
             found.in_flight += state.state == IN_FLIGHT
             unfinished[item_id] = unfinished.get(item_id, 0) + 1
-    planned = planned_items(prepared.dataset.items, config.limit) * config.samples
+    planned = planned_keys(planned_items(prepared.dataset.items, config.limit), {"shard": config.shard, "samples": config.samples})
     found.never_started = max(0, planned - held)
     found.to_send = planned - found.done - (found.failed if prepared.skip_failed else 0)
     found.in_flight_tokens = _unfinished_tokens(prepared, unfinished)
@@ -138,6 +139,9 @@ def _planned(prepared: Prepared) -> Iterator[tuple[str, int, dict[str, Any]]]:
         yield keyed
 
 
+planned_records = _planned  # for runners/shard_plan.py: keys per shard
+
+
 def _batch_works(prepared: Prepared, batch: list[tuple[str, int, dict[str, Any]]], states: States | None,
                  conversation: Callable[[str], Conversation | None], fields: set[str]) -> Iterator[Work]:
     """The works of a batch of items, their states read at once (they cannot change before
@@ -147,9 +151,12 @@ def _batch_works(prepared: Prepared, batch: list[tuple[str, int, dict[str, Any]]
     config = prepared.config
     samples, path, template = config.samples, prepared.dataset.path, config.template
     found = states([(item_id, s) for item_id, _, _ in batch for s in range(samples)]) if states else None
-    for i, (_item_id, line, record) in enumerate(batch):
+    of, mine = config.shard.get("of", 1), config.shard.get("index", 0)  # a shard sends only its own keys
+    for i, (item_id, line, record) in enumerate(batch):
         item: Item | None = None
         for sample in range(samples):
+            if of > 1 and shard_of(item_id, sample, of) != mine:
+                continue
             state = found[i * samples + sample] if found else None
             if state is not None and (state.state == DONE or (state.state == FAILED and prepared.skip_failed)):
                 continue

@@ -30,6 +30,7 @@ from llm_ledger.ledger.fsio import fsync_dir, os_error
 from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.shard_keys import planned_keys
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.projector import Projector
 
@@ -260,8 +261,8 @@ class Session:
                                                         self.cache if self.cache is not None and self.cache.enabled else None,
                                                         shared))
         progress = self.runner.progress
-        progress.total = self.found.to_send if prepared.resume else planned_items(
-            prepared.dataset.items, config.limit) * config.samples
+        progress.total = self.found.to_send if prepared.resume else planned_keys(
+            planned_items(prepared.dataset.items, config.limit), {"shard": config.shard, "samples": config.samples})
         undo = on_running(self.runner) if on_running else None
         ticker = asyncio.create_task(_tick(progress, on_tick)) if on_tick else None
         try:

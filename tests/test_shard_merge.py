@@ -1,0 +1,134 @@
+"""`ledger merge`: it refuses shards that do not make one run (a missing shard, another
+config or dataset, an (item, sample) in two shards) with one line and exit 2, changing
+nothing; and `--workers ray` without Ray is one line, exit 2, nothing written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from conftest import run_cli
+from llm_ledger.ledger.errors import InputError
+from llm_ledger.ledger.events import Response, RunStarted
+from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.reader import iter_events
+from llm_ledger.ledger.shard_keys import shard_of
+from llm_ledger.ledger.writer import LogWriter
+from llm_ledger.projections.merge import merge
+from llm_ledger.projections.merge_log import write_log
+from llm_ledger.runners.config import RunConfig
+from llm_ledger.runners.prepare import prepare
+from test_run_e2e import REGEX_PARSER, qa_records, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory) -> Path:
+    """A finished 2-shard run (and its dataset) to copy and spoil."""
+    tmp = tmp_path_factory.mktemp("merge")
+    dataset = write_jsonl(tmp / "qa.jsonl", qa_records(24))
+    r = run_cli("run", str(dataset), "--parser", REGEX_PARSER, "--shards", "2", "--run-id", "r",
+                "--runs-dir", str(tmp / "runs"), cwd=tmp)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return tmp / "runs" / "r"
+
+
+def _copy(sharded: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "runs" / "r"
+    shutil.copytree(sharded, target)
+    return target
+
+
+def _rewrite_run_started(log: Path, **changes) -> None:
+    events = list(iter_events(str(log)))
+    first = events[0]
+    assert isinstance(first, RunStarted)
+    write_log(str(log), [msgspec.structs.replace(first, **changes), *events[1:]])
+
+
+def _refused(run: Path) -> str:
+    before = (run / "summary.json").read_bytes(), (run / "events.log").read_bytes()
+    with pytest.raises(InputError) as caught:
+        merge(RunPaths(str(run)))
+    assert caught.value.exit_code == 2
+    assert ((run / "summary.json").read_bytes(), (run / "events.log").read_bytes()) == before  # nothing changed
+    return str(caught.value)
+
+
+def test_merge_again_gives_the_same_rows(sharded, tmp_path):
+    run = _copy(sharded, tmp_path)
+    rows = (run / "responses.jsonl").read_bytes()
+    r = run_cli("merge", "r", "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 0, r.stderr
+    assert "merged 2 shards of run r" in r.stdout
+    assert (run / "responses.jsonl").read_bytes() == rows
+
+
+def test_missing_shard_is_refused_in_one_line_exit_2(sharded, tmp_path):
+    run = _copy(sharded, tmp_path)
+    shutil.rmtree(run / "shards" / "1")
+    before = (run / "responses.jsonl").read_bytes()
+    r = run_cli("merge", "r", "--runs-dir", str(tmp_path / "runs"))
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert "shard 1 of 2 is missing" in r.stderr
+    assert (run / "responses.jsonl").read_bytes() == before
+
+
+def test_shard_of_another_config_is_refused(sharded, tmp_path):
+    run = _copy(sharded, tmp_path)
+    log = run / "shards" / "1" / "events.log"
+    config = next(iter_events(str(log))).config
+    _rewrite_run_started(log, config={**config, "temperature": 0.5})
+    message = _refused(run)
+    assert "shard 1 has another config than run r" in message and "temperature" in message
+
+
+def test_shard_of_another_dataset_is_refused(sharded, tmp_path):
+    run = _copy(sharded, tmp_path)
+    _rewrite_run_started(run / "shards" / "0" / "events.log", dataset_sha256="0" * 64)
+    assert "shard 0 ran another dataset" in _refused(run)
+
+
+def test_item_in_two_shards_is_refused(sharded, tmp_path):
+    run = _copy(sharded, tmp_path)
+    reply = next(e for e in iter_events(str(run / "shards" / "0" / "events.log")) if isinstance(e, Response))
+    assert shard_of(reply.item_id, reply.sample, 2) == 0
+    with LogWriter.open(str(run / "shards" / "1" / "events.log")) as writer:
+        writer.append(msgspec.structs.replace(reply, seq=0, ts=0.0))
+    message = _refused(run)
+    assert f"item {reply.item_id!r} sample 0 is in two shards (0 and 1)" in message
+
+
+def test_unsharded_run_or_a_shard_itself_has_nothing_to_merge(sharded, tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    write_log(str(one / "events.log"), [RunStarted(run_id="one", config={"samples": 1}, ts=1.0)])
+    with pytest.raises(InputError, match="run one is not sharded"):
+        merge(RunPaths(str(one)))
+    with pytest.raises(InputError, match="is shard 1 of run r: merge run r"):
+        merge(RunPaths(str(_copy(sharded, tmp_path) / "shards" / "1")))
+
+
+def test_workers_ray_without_ray_is_one_line_exit_2_nothing_written(tmp_path):
+    fake = tmp_path / "noray" / "ray"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('No module named ray')\n")
+    dataset = write_jsonl(tmp_path / "qa.jsonl", qa_records(3))
+    r = run_cli("run", str(dataset), "--shards", "2", "--workers", "ray", "--run-id", "x", cwd=tmp_path,
+                env={"PYTHONPATH": str(tmp_path / "noray")})
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: --workers ray needs Ray, an optional extra: pip install 'llm-ledger[ray]'"]
+    assert not (tmp_path / "runs" / "x").exists()
+
+
+def test_limits_below_the_number_of_shards_are_refused_before_anything_is_written(tmp_path):
+    dataset = str(write_jsonl(tmp_path / "qa.jsonl", qa_records(3)))
+    for option, config in (("--rpm 3", RunConfig(shards=4, rpm=3)), ("--concurrency 2", RunConfig(shards=3, concurrency=2))):
+        with pytest.raises(InputError, match=f"{option} with --shards"):
+            prepare(dataset, config, str(tmp_path / "runs"))
+    with pytest.raises(InputError, match="--workers 'slurm'"):
+        prepare(dataset, RunConfig(shards=2, workers="slurm"), str(tmp_path / "runs"))
+    assert not (tmp_path / "runs").exists()

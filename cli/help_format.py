@@ -16,7 +16,8 @@ from typing import Any
 
 __all__ = ["ORDER", "METAVARS", "conventional"]
 
-ORDER = ("run", "resume", "cancel", "status", "ls", "show", "review", "compare", "view", "export", "replay", "log", "verify", "cache", "simulate")
+ORDER = ("run", "resume", "cancel", "status", "ls", "show", "review", "compare", "view", "sql", "export", "import", "merge", "replay", "log",
+         "verify", "cache", "simulate")
 
 METAVARS = {
     "dataset": "PATH", "runs_dir": "PATH", "output": "PATH", "request_log": "PATH",

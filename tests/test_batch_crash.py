@@ -21,7 +21,7 @@ import pytest
 
 from llm_ledger.runners.simulator import SimConfig
 
-KILLS = 32  # sessions killed by SIGKILL, over as many seeds as it takes
+KILLS = 30  # sessions killed by SIGKILL, over as many seeds as it takes
 STEPS = ("planned", "uploaded", "file_event", "created", "submitted", "polled", "downloaded", "results", "done")
 
 FORKER = r'''

@@ -142,8 +142,11 @@ def _interrupts(runner: Runner) -> Callable[[], None]:
 def main() -> None:
     spec = msgspec.json.decode(sys.stdin.buffer.read(), type=ShardSpec)
     outcome = work_shard(spec)
-    sys.stdout.buffer.write(msgspec.json.encode(outcome) + b"\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.buffer.write(msgspec.json.encode(outcome) + b"\n")
+        sys.stdout.flush()
+    except OSError:  # the coordinator is gone (killed): the shard's log says it all
+        pass
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from llm_ledger.ledger import __version__, fs
 from llm_ledger.ledger.errors import LedgerError
 from llm_ledger.ledger.events import RunStarted
 from llm_ledger.ledger.fsio import fsync_dir
-from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import RunLock
 from llm_ledger.projections.merge import MergeReport, merge_locked
 from llm_ledger.projections.merge_log import write_log

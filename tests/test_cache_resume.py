@@ -22,7 +22,7 @@ from llm_ledger.ledger.events import Response
 from llm_ledger.ledger.reader import iter_events
 from test_cache import PARSER, run_in_process
 
-N = 600
+N = 400
 
 
 def _records(ids: range) -> list[dict]:

@@ -27,7 +27,8 @@ before it. A run's log is walked in order keeping the requests not yet answered
 mark says the log up to ``applied_end`` is in, and that every request still unanswered
 there starts at or after ``low_water``: catching up walks from ``low_water`` (re-putting a
 few replies is harmless: a put is idempotent). A log shorter than its mark (repaired) has its
-entries removed and is walked again from the start.
+entries removed and is walked again from the start; a run that was deleted means a rebuild
+(its entries would be misses, and copies of its replies in other logs must be found).
 
 Several processes (runs in parallel, an experiment's arms) share the store: each keeps its
 own run's entries current from its writer's commit listener, and on open catches up every
@@ -236,7 +237,7 @@ class CacheStore:
             store = cls(runs_dir, _env(store_path(runs_dir)), keyer)
         except lmdb.Error:
             return cls._rebuilt(runs_dir, keyer)
-        if store._sound():
+        if store._sound() and not store._vanished():
             return store
         store._env.close()
         return cls._rebuilt(runs_dir, keyer)
@@ -271,6 +272,14 @@ class CacheStore:
         except (lmdb.Error, msgspec.DecodeError, ValueError):
             return False
         return True
+
+    def _vanished(self) -> bool:
+        """Whether a run the store has walked is gone (deleted by its user): its entries would
+        be misses, and copies of its replies in other runs' logs, entries only while no
+        original holds the key, are found again only by walking everything anew."""
+        present = set(_run_ids(self.runs_dir))
+        with self._begin() as txn:
+            return any(bytes(name).decode() not in present for name, _ in txn.cursor(db=self._runs))
 
     def close(self) -> None:
         """Let go of this handle; the environment closes with its last user in the process."""
@@ -331,6 +340,8 @@ class CacheStore:
                 return len(made)
             except lmdb.MapFullError:
                 self._env.set_mapsize(self._env.info()["map_size"] * 2)
+            except lmdb.MapResizedError:  # another process grew it
+                self._env.set_mapsize(0)
 
     def _put_mark(self, txn: Any, walk: RunWalk) -> None:
         mine = walk.mark()

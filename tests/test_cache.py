@@ -3,7 +3,7 @@
 One module fixture runs, in one runs directory, in-process (``run_prepared``: the CLI is not
 the point here), each run counting the requests its simulator received (its request log):
 
-    a  1,000 items, temperature 0.7, --cache, the simulator over HTTP  -> sends 1,000
+    a  1,000 items, temperature 0.7, --cache                           -> sends 1,000
     b  the same again                                                  -> sends 0
     c  the same with one sampling parameter changed (max_tokens)       -> sends all (200 of 200)
     d  another model                                                   -> sends all (200 of 200)
@@ -13,7 +13,9 @@ the point here), each run counting the requests its simulator received (its requ
     h  temperature 0, without --cache                                  -> sends all (100 of 100)
     i  the same again: deterministic requests are looked up by default -> sends 0
 
-(a to e say ``--cache``: at temperature 0.7 only it looks requests up.)
+(a to e say ``--cache``: at temperature 0.7 only it looks requests up.) The runs use the
+in-process simulator transport, whose request log counts requests like the HTTP server's;
+test_cache_resume.py's CLI runs go over HTTP to the embedded simulator.
 
 and the asserts read their logs and outputs. The key's rules have their own cases below.
 """
@@ -63,9 +65,9 @@ def run_in_process(runs: Path, dataset: Path, run_id: str, transport: str = "sim
 def figure(tmp_path_factory):
     root = tmp_path_factory.mktemp("cache")
     runs, dataset = root / "runs", _dataset(root / "items.jsonl", N)
-    out = {"a": run_in_process(runs, dataset, "a", transport="http", temperature=0.7, cache=True)}
+    out = {"a": run_in_process(runs, dataset, "a", temperature=0.7, cache=True)}
     live = (out["a"]["dir"] / "responses.jsonl").read_bytes()
-    out["b"] = run_in_process(runs, dataset, "b", transport="http", temperature=0.7, cache=True)
+    out["b"] = run_in_process(runs, dataset, "b", temperature=0.7, cache=True)
     out["b_live"] = ((out["b"]["dir"] / "responses.jsonl").read_bytes(), (out["b"]["dir"] / "summary.json").read_bytes())
     out["c"] = run_in_process(runs, dataset, "c", temperature=0.7, max_tokens=64, limit=SOME, cache=True)
     out["d"] = run_in_process(runs, dataset, "d", temperature=0.7, model="sim-2", limit=SOME, cache=True)

@@ -22,7 +22,7 @@ from llm_ledger.ledger.events import Response
 from llm_ledger.ledger.reader import iter_events
 from test_cache import PARSER, run_in_process
 
-N = 600
+N = 400
 
 
 def _records(ids: range) -> list[dict]:
@@ -127,3 +127,17 @@ def test_two_runs_in_parallel_share_the_store(crashed):
     assert run_in_process(runs, items, "p2", temperature=0.0)["sent"] == 0
     again = run_in_process(runs, items, "q2", temperature=0.0, max_tokens=5, samples=2)
     assert (again["sent"], again["cached"]) == (0, 200)  # temperature 0: every sample is the one request
+
+
+def test_a_deleted_source_run_is_served_from_the_copies_in_other_logs(crashed, tmp_path):
+    import shutil
+
+    runs = tmp_path / "runs"
+    for run_id in ("warm", "crash"):
+        shutil.copytree(crashed["runs"] / run_id, runs / run_id)
+    assert run_in_process(runs, crashed["items"], "before", cache=True)["sent"] == 0
+    shutil.rmtree(runs / "warm")  # the run that paid for the even items
+    after = run_in_process(runs, crashed["items"], "after", cache=True)
+    assert (after["sent"], after["cached"]) == (0, N)  # crash's copies of warm's replies serve them
+    rows = [json.loads(line) for line in (runs / "after" / "responses.jsonl").read_text().splitlines()]
+    assert {r["cached_from"]["run"] for r in rows if int(r["item_id"][1:]) % 2 == 0} == {"warm"}  # paid there

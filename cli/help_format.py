@@ -16,7 +16,8 @@ from typing import Any
 
 __all__ = ["ORDER", "METAVARS", "conventional"]
 
-ORDER = ("run", "resume", "status", "ls", "show", "compare", "view", "export", "replay", "log", "verify", "simulate")
+ORDER = ("run", "resume", "status", "ls", "show", "compare", "view", "export", "sql", "import", "replay", "log", "verify",
+         "simulate")
 
 METAVARS = {
     "dataset": "PATH", "runs_dir": "PATH", "output": "PATH", "request_log": "PATH",

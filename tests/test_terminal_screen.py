@@ -194,7 +194,7 @@ def test_help_lists_commands_in_the_order_of_use_with_conventional_names(seen):
     screen = seen["help"]
     assert screen.returncode == 0, screen.text
     listed = [m.group(1) for line in screen.lines if (m := re.match(r"│ (\w+) {2,}\S", line))]
-    assert listed == ["run", "resume", "status", "ls", "show", "compare", "view", "export", "replay", "log", "verify", "simulate"]
+    assert listed == ["run", "resume", "status", "ls", "show", "compare", "view", "export", "sql", "import", "replay", "log", "verify", "simulate"]
     assert re.search(r"--version\b", screen.text) and re.search(r"--help\s+-h\b", screen.text)
     run_help = seen["run help"].text
     assert "Usage: ledger run [OPTIONS] PATH" in run_help

@@ -7,19 +7,24 @@ reader reads, without the writer's lock, so a live run is seen as it is at that 
 ``runs``    one row per run, from ``runs.run_status`` (the status and counts ``ledger status``
             shows) and ``summary.json``: run_id, model, dataset, source ("" for a run made by
             ``ledger run``, "imported"), status, planned, done, failed, in_flight, pending,
-            accuracy, scored, correct, parse_success_rate, prompt_tokens, completion_tokens,
+            accuracy, accuracy_reviewed (with a person's verdicts, `ledger review`), scored, correct,
+            parse_success_rate, prompt_tokens, completion_tokens,
             cost_usd, latency_p50, wall_time_s, events (the log's last seq), parser, samples,
-            started (run_started's time), finished (the last event's time; null while running).
+            started (run_started's time), finished (the last event's time; null while running),
+            experiment and arm (the experiment the run is an arm of, `ledger run eval.toml`; null
+            for a run of its own).
             The summary's figures are null when ``summary.json`` does not vouch for the log
             (as ``ledger status`` shows no accuracy then).
 ``rows``    one row per (item, sample): ``ledger export``'s columns (``export.rows_table``:
             run_id, item_id, sample, a column per metadata field, model, prompt, response,
             parsed, expected, correct, tokens, latency, attempts, error, finished_at, seq,
-            conversation), run after run.
+            conversation), run after run, then ``experiment`` (as in ``runs``).
 ``events``  the raw event table of ``export --events`` (run_id, seq, ts, type, item_id, sample,
             turn, attempt, data: the event as JSON); built only when a query names it.
+``reviews`` every ``reviewed`` event of every run (``reviews.review_table``: run_id, item_id,
+            sample, turn, seq, target_seq, reply_sha256, verdict, note, who, ts, stale, latest).
 
-Adding a table (``reviews``) is one builder and one line in ``VIEWS``.
+Adding a table is one builder and one line in ``VIEWS``.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from llm_ledger.ledger.layout import RunPaths
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["View", "VIEWS", "runs_table", "rows_table", "events_table"]
+__all__ = ["View", "VIEWS", "runs_table", "rows_table", "events_table", "reviews_table"]
 
 
 class View(NamedTuple):
@@ -49,11 +54,11 @@ def _runs_schema() -> pa.Schema:
     return pa.schema([
         ("run_id", pa.string()), ("model", pa.string()), ("dataset", pa.string()), ("source", pa.string()),
         ("status", pa.string()), ("planned", pa.int64()), ("done", pa.int64()), ("failed", pa.int64()),
-        ("in_flight", pa.int64()), ("pending", pa.int64()), ("accuracy", pa.float64()), ("scored", pa.int64()),
+        ("in_flight", pa.int64()), ("pending", pa.int64()), ("accuracy", pa.float64()), ("accuracy_reviewed", pa.float64()), ("scored", pa.int64()),
         ("correct", pa.int64()), ("parse_success_rate", pa.float64()), ("prompt_tokens", pa.int64()),
         ("completion_tokens", pa.int64()), ("cost_usd", pa.float64()), ("latency_p50", pa.float64()),
         ("wall_time_s", pa.float64()), ("events", pa.int64()), ("parser", pa.string()), ("samples", pa.int64()),
-        ("started", when), ("finished", when),
+        ("started", when), ("finished", when), ("experiment", pa.string()), ("arm", pa.string()),
     ])
 
 
@@ -83,6 +88,7 @@ def _run_row(paths: RunPaths) -> dict[str, Any]:
         "dataset": started.dataset if started else None, "source": started.source if started else None,
         "status": info.status, "planned": info.planned, "done": info.done, "failed": info.failed,
         "in_flight": info.in_flight, "pending": info.pending, "accuracy": info.accuracy,
+        "accuracy_reviewed": summary.get("accuracy_reviewed"),
         "scored": summary.get("scored"), "correct": summary.get("correct"),
         "parse_success_rate": summary.get("parse_success_rate"), "prompt_tokens": tokens.get("prompt"),
         "completion_tokens": tokens.get("completion"), "cost_usd": summary.get("cost_usd"),
@@ -90,7 +96,15 @@ def _run_row(paths: RunPaths) -> dict[str, Any]:
         "events": info.events, "parser": config.get("parser"), "samples": config.get("samples"),
         "started": _time(started.ts) if started else None,
         "finished": _time(state.last_ts) if state is not None and info.status != "running" and state.last_ts else None,
+        **_experiment(config),
     }
+
+
+def _experiment(config: dict[str, Any]) -> dict[str, Any]:
+    """The experiment and arm a run belongs to, from its config (null for a run of its own)."""
+    value = config.get("experiment")
+    value = value if isinstance(value, dict) else {}
+    return {"experiment": value.get("name") or None, "arm": value.get("arm") or None}
 
 
 def _time(ts: float) -> datetime.datetime:
@@ -98,9 +112,27 @@ def _time(ts: float) -> datetime.datetime:
 
 
 def rows_table(runs: Sequence[RunPaths]) -> pa.Table:
-    from .export import rows_table as table
+    import pyarrow as pa
 
-    return table(runs)
+    from .export import rows_table as table
+    from .runs import first_event
+
+    rows = table(runs)
+    experiment: dict[str, str | None] = {}
+    for paths in runs:
+        try:
+            started = first_event(paths)
+        except LedgerError:
+            started = None
+        experiment[paths.run_id] = _experiment(started.config if started is not None else {})["experiment"]
+    names = [experiment.get(run) for run in rows.column("run_id").to_pylist()] if "run_id" in rows.column_names else []
+    return rows.append_column("experiment", pa.array(names, pa.string()))
+
+
+def reviews_table(runs: Sequence[RunPaths]) -> pa.Table:
+    from .reviews import review_table
+
+    return review_table(runs)
 
 
 def events_table(runs: Sequence[RunPaths]) -> pa.Table:
@@ -115,4 +147,5 @@ VIEWS: dict[str, View] = {
     "runs": View(runs_table, "one row per run: status, counts, accuracy, cost, started/finished"),
     "rows": View(rows_table, "one row per (item, sample): the export's columns, with run_id"),
     "events": View(events_table, "the raw event table: run_id, seq, ts, type, item_id, sample, turn, attempt, data"),
+    "reviews": View(reviews_table, "a person's verdicts (`ledger review`): run_id, item_id, sample, verdict, note, who, ts, stale"),
 }

@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -54,10 +55,10 @@ from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 from llm_ledger.projections.batches import OPEN, Chunk, fold
 
-from .batch_chunks import Cut, Request, content, cut, for_batch, request_of
+from .batch_chunks import Cut, Request, content, cut, request_of
 from .batch_client import META_CHUNK, META_RUN, META_SHA, Batch, BatchClient
 from .batch_crash import crash_point
-from .batch_results import lines_of, outcome_of
+from .batch_results import lines_of, outcome_of, parsed_event
 from .durable import reply_events
 from .limits import estimate_tokens
 from .per_request import EMBEDDED_NAME
@@ -204,7 +205,8 @@ class BatchRunner:
         ``batch_planned``, durable before its file goes anywhere."""
         jobs = []
         began = time.perf_counter()
-        selected = [r for r in for_batch(requests) if not await self._too_long(r)]
+        fitting = [r for r in requests if not await self._too_long(r)]
+        selected = await self._uncached(fitting)
         for piece in cut(selected, self.config.batch_max_requests, self.config.batch_max_bytes):
             if self.progress.stopping:
                 break
@@ -231,6 +233,48 @@ class BatchRunner:
         chunk = Chunk(chunk=chunk_id, round=round_, requests=len(ids), sha256=planned.sha256, planned_at=event.ts,
                       custom_ids=ids, total=len(ids))
         return _Job(chunk, list(piece.requests), data)
+
+    async def _uncached(self, requests: list[Request]) -> list[Request]:
+        """The requests no run's log answers. The others are recorded from the cross-run cache
+        (runners/cache.py) exactly as the per-request runner records a hit, and never go into
+        a batch; a conversation's next turn after a cached one is looked up in its turn, so a
+        batch gets each conversation's first turn that must be bought. Hits are handed to the
+        writer in groups and all made durable before any batch of this round is planned."""
+        cache = self.context.cache
+        if cache is None:
+            return requests
+        todo, send, group, queued = deque(requests), [], [], []
+        progress = self.progress
+        while todo:
+            r = todo.popleft()
+            hit = cache.lookup(r.body, r.work.sample)
+            if hit is None:
+                send.append(r)
+                continue
+            work, item = r.work, r.work.item
+            final = r.turn == len(item.turns) - 1
+            events = cache.hit_events(hit, item_id=item.id, sample=work.sample, turn=r.turn, attempt=r.attempt,
+                                      body=r.body, final=final, expected=item.expected, line=item.line,
+                                      metadata=item.metadata)
+            if final:
+                events.append(parsed_event(work, r.turn, self.context.parser, hit.response.text))
+                progress.done += 1
+            else:
+                history = r.body["messages"] + [{"role": "assistant", "content": hit.response.text}]
+                todo.append(request_of(self.config, Work(item, work.sample, r.turn + 1, history, r.attempt)))
+            progress.cached += 1
+            usage = hit.response.usage
+            if usage is not None:
+                progress.cached_prompt_tokens += usage.prompt_tokens
+                progress.cached_completion_tokens += usage.completion_tokens
+            group.append((r, events))
+            if len(group) >= GROUP:
+                queued.append(asyncio.ensure_future(self._append_group(group)))
+                group = []
+        if group:
+            queued.append(asyncio.ensure_future(self._append_group(group)))
+        await asyncio.gather(*queued)
+        return send
 
     def _started(self, r: Request) -> Started:
         item = r.work.item
@@ -500,9 +544,11 @@ class BatchRunner:
             for _, events in group:
                 try:
                     await self.writer.append_many_async(events)
-                except UnencodableEventError:
-                    response, parsed = events[0], events[1] if len(events) > 1 else None
-                    await self.writer.append_many_async(reply_events(response, parsed))  # type: ignore[arg-type]
+                except UnencodableEventError:  # a cache hit's come with its ``started`` first
+                    head = [e for e in events if isinstance(e, Started)]
+                    rest = [e for e in events if not isinstance(e, Started)]
+                    response, parsed = rest[0], rest[1] if len(rest) > 1 else None
+                    await self.writer.append_many_async([*head, *reply_events(response, parsed)])  # type: ignore[arg-type]
 
     async def _unresolved(self, chunk: Chunk, batch: Batch, unresolved: list[Request], later: list[Request]) -> None:
         """Requests the batch ended without answering: retried in a new chunk, or failed for

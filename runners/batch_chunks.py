@@ -1,9 +1,9 @@
 """Requests into chunks: which requests go into a batch, the input file's lines, and the cut
 into files within the provider's limits (requests and bytes per file, one model per file).
 
-``for_batch`` is the ONE place that decides which of a round's requests are sent in a batch
-(a request answered another way -- a cache, issue 17 -- is taken out there and nowhere
-else). A chunk's bytes are a pure function of its requests, in order: the same works give
+Which of a round's requests are sent is decided in one place, ``BatchRunner._plan``
+(runners/batch.py): a conversation that cannot fit fails there, and a request the cross-run
+cache answers is recorded there and never goes into a batch. A chunk's bytes are a pure function of its requests, in order: the same works give
 the same file and the same sha256 on every resume (that is how a planned chunk is rebuilt
 after a crash and checked against its ``batch_planned``).
 """
@@ -21,7 +21,7 @@ from .config import RunConfig
 from .engine import request_key
 from .runner import Work
 
-__all__ = ["Request", "Cut", "request_of", "for_batch", "line_of", "cut", "content", "IDS_BYTES"]
+__all__ = ["Request", "Cut", "request_of", "line_of", "cut", "content", "IDS_BYTES"]
 
 _json = msgspec.json.Encoder()
 IDS_BYTES = 2_000_000  # custom_ids per chunk, in bytes: its batch_planned event stays well inside a log frame
@@ -57,12 +57,6 @@ def request_of(config: RunConfig, work: Work) -> Request:
     messages = (list(work.history) if turn else system) + item.turns[turn]
     body = {"model": config.model, "messages": messages, **config.params(), **item.params}
     return Request(request_key(item.id, work.sample, turn), work, turn, body, work.attempts + 1)
-
-
-def for_batch(requests: Iterable[Request]) -> Iterator[Request]:
-    """The requests to send in a batch: today every one. The seam for a request cache (a
-    cached request is answered from it and never goes into a batch)."""
-    return iter(requests)
 
 
 def line_of(request: Request) -> bytes:

@@ -104,6 +104,8 @@ class Session:
         from llm_ledger.runners.cache import open_cache
 
         config = self.prepared.config
+        if config.shard:  # a shard's runs directory is its run's shards/ folder: no store there (README)
+            return None
         try:
             return open_cache(os.path.dirname(os.path.abspath(self.paths.dir)), self.paths.run_id, config.to_dict(),
                               config.cache, config.cache_max_age)

@@ -17,15 +17,18 @@ A hit is events, like every step of a run: a ``started`` whose ``endpoint`` is `
 ``cached_from: {run, seq, ts}`` and latency 0; then the ``parsed`` of this run's parser.
 A kill -9 between them leaves the item in flight; resume looks it up again: nothing is sent.
 
-By default only deterministic requests are looked up (temperature 0, ``n`` 1: cache_key.py):
-the reply a rerun would buy is the one already logged, so reusing it changes nothing but the
-bill. A sampled request (temperature above 0, or absent: the endpoint's default, 1.0 at
-OpenAI) is a draw; a rerun usually wants new draws (variance, pass@k across runs), and
-reusing old ones unasked would quietly make two runs one. ``--cache`` looks every request
-up, a sampled one per sample index: a rerun costs nothing, and ``--samples 3`` after
-``--samples 1`` pays for the two new samples only. ``--no-cache`` sends everything; its
-replies still become entries for later runs. ``--cache-max-age 30d`` serves only replies
-received within that age.
+Every request is looked up by default. The mission is that a reply that reached a log is
+never paid for twice, and a rerun is the commonest way to pay twice (one more item, a new
+parser, a crash in a *new* run of the same job): promptfoo caches by default for the same
+reason; Inspect AI does not, and its users pay for their reruns. A deterministic request
+(temperature 0, ``n`` 1: cache_key.py) is one key for every sample; a sampled one
+(temperature above 0, or absent: the endpoint's default, 1.0 at OpenAI) is keyed per sample
+index, so ``--samples 3`` after ``--samples 1`` pays for the two new samples only and two
+samples of one run are never one draw. What reuse costs is fresh draws: a rerun meant to
+measure sampling variance must say ``--no-cache`` (it sends everything; its replies still
+become entries for later runs). Every hit is said (the progress line, the summary, the
+``cached_from`` of its row), never silent. ``--cache-max-age 30d`` serves only replies
+received within that age; ``--cache`` is the default said explicitly.
 
 The store (ledger/cache_store.py) is opened by the session: every run's log caught up, then
 kept current by a commit listener on this run's writer. A store that cannot be opened (a
@@ -86,7 +89,7 @@ class Cache:
     store: CacheStore
     identity: str
     walk: RunWalk
-    mode: bool | None = None  # RunConfig.cache: None deterministic requests only, True every request, False none
+    mode: bool | None = None  # RunConfig.cache: None (the default) and True every request, False none
     max_age: float | None = None
     hits: int = 0
     misses: int = 0
@@ -97,11 +100,8 @@ class Cache:
 
     def lookup(self, body: dict[str, Any], sample: int, now: float | None = None) -> Hit | None:
         """The durable reply to this request, if some run's log holds one (and it is young
-        enough); None otherwise, and always when the cache is off (for a sampled request, by
-        default)."""
+        enough); None otherwise, and always when the cache is off (``--no-cache``)."""
         if self.mode is False or self.store.broken is not None:
-            return None
-        if self.mode is None and not cache_key.deterministic(body):
             return None
         entry = self.store.get(self.key(body, sample))
         if entry is None or (self.max_age is not None and entry.ts < (now or time.time()) - self.max_age):

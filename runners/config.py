@@ -56,7 +56,7 @@ class RunConfig(msgspec.Struct, kw_only=True):
     seed: int | None = None  # with limit: a reproducible random subset instead of the first N
     runner: str = "per-request"  # how the plan is worked: a name in registry.RUNNERS
     transport: str = "http"  # how a request reaches the model: a name in registry.TRANSPORTS
-    cache: bool | None = None  # the cross-run cache (runners/cache.py): None deterministic requests only, True all, False none
+    cache: bool | None = None  # the cross-run cache (runners/cache.py): None (default) and True on, False off
     cache_max_age: float | None = None  # seconds: only cached replies younger than this are served
     # The Batch API runner (``runner = "batch"``, runners/batch.py). ``batch_discount``: the share
     # of the per-request price the provider takes off (0.5: OpenAI's); price_in/price_out hold

@@ -154,8 +154,8 @@ def test_no_cache_sends_everything(figure):
     assert (figure["f"]["sent"], figure["f"]["cached"]) == (SOME, 0)
 
 
-def test_by_default_only_deterministic_requests_are_looked_up(figure):
-    assert (figure["g"]["sent"], figure["g"]["cached"]) == (FEW, 0)  # temperature 0.7: a sampled request
+def test_by_default_every_request_is_looked_up_a_sampled_one_per_sample(figure):
+    assert (figure["g"]["sent"], figure["g"]["cached"]) == (0, FEW)  # temperature 0.7: sample 0 is held (run a)
     assert (figure["h"]["sent"], figure["h"]["cached"]) == (FEW, 0)  # temperature 0: nothing held yet
     assert (figure["i"]["sent"], figure["i"]["cached"]) == (0, 2 * FEW)  # ... now held: every sample is that one request
 

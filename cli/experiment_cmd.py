@@ -52,7 +52,7 @@ def run_experiment(ctx: typer.Context, path: str, runs_dir: str, *, dry_run: boo
         arms = prepare_experiment(spec, runs_dir, dry_run=dry_run, skip_failed=skip_failed)
         _notes(arms)
         if dry_run:
-            out.print(_plan_table(spec.name, arms))
+            out.print(_plan_table(spec.name, arms, {a.name: a.config.model for a in spec.arms}))
             return 0
     return _execute(spec.name, runs_dir, arms, [a.name for a in spec.arms])
 
@@ -91,8 +91,10 @@ def _notes(arms: list["ArmRun"]) -> None:
             err.print(f"note: arm {arm.name}: {note}", markup=False, highlight=False)
 
 
-def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
-    """--dry-run: per arm, the requests, tokens and cost the plan implies; then the total."""
+def _plan_table(name: str, arms: list["ArmRun"], models: dict[str, str]) -> "Table":
+    """--dry-run: per new arm, the requests, tokens and cost the plan implies; then the total
+    (of the new arms). An arm whose run exists is not planned (a resume sends what is left
+    of it, which `ledger resume` prices): its row says so and how many items are left."""
     from llm_ledger.projections.numbers import count, usd
     from llm_ledger.runners.plan import plan_only
 
@@ -104,7 +106,12 @@ def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
     totals = {"requests": 0, "prompt": 0, "completion": 0, "cost": 0.0}
     unbounded = unpriced = False
     for arm in arms:
-        report = plan_only(arm.prepared)  # type: ignore[arg-type]
+        if arm.prepared is None:
+            what = "complete: nothing to send" if arm.state == "complete" and not arm.left else \
+                f"exists (resume sends what is left: {plural(arm.left, 'item')})"
+            rows.append((arm.name, models.get(arm.name, ""), what, "-", "-", "-", "-"))
+            continue
+        report = plan_only(arm.prepared)
         bound = report["completion_tokens_max"]
         prompt_cost, completion_cost = report["prompt_cost_usd_estimate"], report["completion_cost_usd_max"]
         cost = None if prompt_cost is None or completion_cost is None else prompt_cost + completion_cost
@@ -117,7 +124,8 @@ def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
         rows.append((arm.name, report["model"], f"{count(report['items'])} x {count(report['samples'])}",
                      count(report["requests"]), f"~{count(report['prompt_tokens_estimate'])}",
                      count(bound) if bound is not None else "no bound", usd(cost) if cost is not None else _why(report)))
-    rows.append(("total", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
+    new = sum(a.prepared is not None for a in arms)
+    rows.append(("total" if new == len(arms) else f"total ({new} new)", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
                  "no bound" if unbounded else count(totals["completion"]),
                  "- (see the arms)" if unpriced else usd(totals["cost"])))
     return fitted_table(f"experiment {escape(name)}: dry run, nothing sent", header, rows, out.width,

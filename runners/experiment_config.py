@@ -158,6 +158,28 @@ class ExperimentSpec:
         """``file:line`` of the first of ``keys`` the arm sets (else of the arm's table)."""
         return f"{self.path}:{self.lines.find(arm.where, keys)}"
 
+    def arm_error(self, arm: ArmSpec, exc: InputError) -> InputError:
+        """An arm's error from the single-run checks (runners/prepare.py speaks of CLI flags),
+        said in the file's words: the key instead of ``--flag``, at the line of the key that
+        gave the setting (the arm's, its matrix entry's, the top's or its provider's); a
+        dataset the file names, at the ``dataset =`` line."""
+        text = str(exc)
+        if text.startswith(self.dataset + ":"):
+            return InputError(f"{self.path}:{self.lines.line(('dataset',))}: dataset: {text}")
+        text = text.replace("use --no-preflight", f"set preflight = false in [providers.{arm.provider}]")
+        flags = re.findall(r"--([a-z][a-z-]*)", text)
+        keys = [{"no-preflight": "preflight", "sim": "simulator"}.get(f, f.replace("-", "_")) for f in flags]
+        text = re.sub(r"--([a-z][a-z-]*)", lambda m: {"no-preflight": "preflight = false", "sim": "simulator"}.get(
+            m[1], m[1].replace("-", "_")), text)
+        line = self.lines.find(arm.where, ("name", "models"))
+        for key in keys:
+            places = [(*arm.where, key), (key,), ("providers", arm.provider, key)]
+            found = next((self.lines.lines[p] for p in places if p in self.lines.lines), None)
+            if found is not None:
+                line = found
+                break
+        return InputError(f"{self.path}:{line}: arm {arm.name!r}: {text}")
+
 
 # -- lines of keys ----------------------------------------------------------------------
 

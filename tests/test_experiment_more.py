@@ -101,3 +101,37 @@ sim_accuracy = 0.5
     for arm in "xy":
         events = list(iter_events(str(root / "runs" / f"intr.{arm}" / "events.log")))
         assert isinstance(events[-1], SessionEnded) and events[-1].reason == "interrupted"
+    _the_same_file_again_resumes_it(root, proc_env=ENV)
+
+
+def _the_same_file_again_resumes_it(root, proc_env):
+    """After the interrupt: `ledger resume intr` reads the .env beside the recorded file;
+    running the same file again resumes both arms (the price the runs fixed from the price
+    table is no difference from a file that sets none); --dry-run after adding an arm plans
+    only the new one and says what is left of the others."""
+    import os
+
+    from llm_ledger.runners.experiment import prepare_experiment, prepare_experiment_resume
+    from llm_ledger.runners.experiment_config import load_experiment
+
+    (root / ".env").write_text("INTR_DOTENV_PROBE=from-dotenv\n")
+    os.environ.pop("INTR_DOTENV_PROBE", None)
+    try:
+        resumed = prepare_experiment_resume(str(root / "runs"), "intr")
+        assert os.environ.get("INTR_DOTENV_PROBE") == "from-dotenv"
+    finally:
+        os.environ.pop("INTR_DOTENV_PROBE", None)
+        (root / ".env").unlink()
+    assert [(a.name, a.state) for a in resumed] == [("x", "continued"), ("y", "continued")]
+    again = prepare_experiment(load_experiment(str(root / "intr.toml")), str(root / "runs"))
+    assert [(a.name, a.state, a.prepared.resume) for a in again] == [("x", "continued", True), ("y", "continued", True)]
+    assert again[0].prepared.config.price_in == 0.0  # the run's, from the price table
+    text = (root / "intr.toml").read_text()
+    (root / "intr.toml").write_text(text + '[[arms]]\nname = "z"\nlimit = 3\n')
+    dry = run_cli("run", "intr.toml", "--dry-run", cwd=root, env=proc_env)
+    assert dry.returncode == 0, dry.stderr
+    rows = {line.split()[0]: line for line in dry.stdout.splitlines() if line.split() and line.split()[0] in "xyz"}
+    assert "exists (resume sends what is left:" in rows["x"] and "exists (resume sends what is left:" in rows["y"]
+    assert "3 x 1" in rows["z"] and "total (1 new)" in dry.stdout
+    assert not (root / "runs" / "intr.z" / "events.log").exists()
+    (root / "intr.toml").write_text(text)

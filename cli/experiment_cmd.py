@@ -252,7 +252,8 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
             lines.append(f"arm {arm.name}: {plural(pending, 'item')} pending")
         elif failed:
             lines.append(f"arm {arm.name}: {plural(failed, 'item')} failed (`ledger resume {name}` tries them again)")
-    print_arm_table(runs_dir, name, order)
+    if damaged(print_arm_table(runs_dir, name, order)):  # named under the table
+        codes.append(1)
     code = _worst(codes)
     if code == 130:
         lines.append("interrupted")
@@ -285,7 +286,19 @@ def print_arm_table(runs_dir: str, name: str, order: list[str] | None = None) ->
     out.print(arm_table_view(table, out.width))
     if table["coverage"] and not table["coverage"]["complete"]:
         out.print(f"p vs best on shared items only: {table['coverage']['message']}", markup=False)
+    _say_damaged(table)
     return table
+
+
+def _say_damaged(table: dict[str, Any]) -> None:
+    for row in table["rows"]:
+        if row["error"]:
+            err.print(f"arm {row['arm']} (run {row['run_id']}): damaged: {row['error']}", markup=False, highlight=False)
+
+
+def damaged(table: dict[str, Any]) -> bool:
+    """An arm of the table could not be read: the command that showed it exits 1."""
+    return any(row["error"] for row in table["rows"])
 
 
 def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bool, only_diff: bool,
@@ -301,20 +314,25 @@ def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bo
     if runs:
         raise InputError("name runs or --experiment, not both")
     arms = require_arms(runs_dir, name)
-    result = compare_runs([a.paths for a in arms]) if len(arms) > 1 else None
+    readable = [a.paths for a in arms if a.error is None]
+    result = compare_runs(readable) if len(readable) > 1 else None
     written = write_csv(result, check_output_path(output), only_diff) if output and result else None
-    if as_json:
-        data = {**arm_table(arms), "comparison": result.to_json(only_diff) if result else None}
-        out.print(json.dumps(data, ensure_ascii=False), soft_wrap=True, markup=False)
-        return
-    if only_diff and result is not None:
-        from .compare_cmd import _print_diff
+    if as_json or (only_diff and result is not None):
+        table = arm_table(arms)
+        if as_json:
+            data = {**table, "comparison": result.to_json(only_diff) if result else None}
+            out.print(json.dumps(data, ensure_ascii=False), soft_wrap=True, markup=False)
+        else:
+            from .compare_cmd import _print_diff
 
-        _print_diff(result)
+            _print_diff(result)
+        _say_damaged(table)
     else:
-        print_arm_table(runs_dir, name)
+        table = print_arm_table(runs_dir, name)
     if written is not None:
         out.print(f"wrote {written} rows to {escape(output or '')}")
+    if damaged(table):
+        raise typer.Exit(1)
 
 
 def experiment_status(name: str, runs_dir: str, as_json: bool) -> None:
@@ -330,16 +348,25 @@ def experiment_status(name: str, runs_dir: str, as_json: bool) -> None:
 
     from .status_cmd import RESUMABLE
 
-    arms = require_arms(runs_dir, name)
+    every = require_arms(runs_dir, name)
+    arms = [arm for arm in every if arm.error is None]
+    broken = [arm for arm in every if arm.error is not None]
     infos = [(arm, run_status(arm.paths)) for arm in arms]
     if as_json:
         data = [{"arm": arm.arm, **msgspec.to_builtins(info)} for arm, info in infos]
+        data += [{"arm": arm.arm, "run_id": arm.run_id, "status": "damaged", "error": arm.error} for arm in broken]
         out.print(json.dumps(data), soft_wrap=True, markup=False)
+        if broken:
+            raise typer.Exit(1)
         return
-    width = max(len(arm.arm) for arm in arms)
+    width = max(len(arm.arm) for arm in every)
+    for arm in broken:
+        err.print(f"{arm.arm:>{width}}: damaged: {arm.error} (run {arm.run_id})", markup=False, highlight=False)
     for arm, info in infos:
         out.print(f"{arm.arm:>{width}}: {info.status_text}, {count(info.done)} of {count(info.planned)} done, "
                   f"accuracy {percent(info.accuracy)} (run {info.run_id})", markup=False)
     if any(info.status in RESUMABLE or (info.status != "running" and info.pending + info.in_flight)
            for _, info in infos):
         out.print(resume_line(RunPaths(os.path.join(runs_dir, name))), markup=False)
+    if broken:
+        raise typer.Exit(1)

@@ -74,6 +74,9 @@ def arm_table_view(table: dict[str, Any], width: int = 200) -> Table:
     header = ("arm", "model", "done", "accuracy", "95% CI", "parsed", "cost", "p50", "tokens in/out", "p vs best")
     rows = []
     for row in table["rows"]:
+        if row.get("error"):  # a damaged arm: its place in the table, and why it has no figures
+            rows.append((row["arm"], f"error: {row['error']}", *(num.MISSING,) * (len(header) - 2)))
+            continue
         ci = row["ci95"]
         best = row["arm"] == table["best"]
         p = "best" if best else num.p_value(row["p_vs_best"]) if row["p_vs_best"] is not None else num.MISSING

@@ -68,6 +68,43 @@ model = "qwen"
     assert "template: null (run) vs 'Be brief. {prompt}' (file)" in line
     assert "temperature: null (run) vs 0.5 (file)" in line
     assert (run_dir / "events.log").stat().st_size == size and _settled(sims) == after
+    _p_per_pair_and_a_damaged_arm_is_named(root, sims, path, one + extra)
+
+
+def _p_per_pair_and_a_damaged_arm_is_named(root, sims, path, arms):
+    """A third arm holding other items (a seeded subset): each arm's p against the best is
+    that pair's McNemar p, over the items those two share (not over what all three share).
+    A damaged arm's run is a row with its error, and compare / status exit 1 naming it."""
+    from llm_ledger.projections.compare import compare_runs
+    from llm_ledger.projections.experiments import arm_table, experiment_arms
+    from llm_ledger.runners.experiment import prepare_experiment, run_arms
+    from llm_ledger.runners.experiment_config import load_experiment
+
+    path.write_text(experiment_toml("grow", sims, arms + '[[arms]]\nname = "qwen-seeded"\nprovider = "b"\n'
+                                    'model = "qwen"\nlimit = 12\nseed = 5\n', top="limit = 10"))
+    third = run_arms(prepare_experiment(load_experiment(str(path)), str(root / "runs")))
+    assert [(r.arm.name, r.reason) for r in third] == [("qwen-seeded", "completed")]
+    refs = experiment_arms(str(root / "runs"), "grow")
+    table = arm_table(refs)
+    assert compare_runs([r.paths for r in refs]).coverage.shared < 10  # fewer items shared by all three
+    best = next(r for r in refs if r.arm == table["best"])
+    for row in table["rows"]:
+        if row["arm"] != table["best"]:
+            pair = compare_runs([best.paths, next(r.paths for r in refs if r.arm == row["arm"])])
+            assert row["p_vs_best"] == pair.pairs[0]["p_value"], row["arm"]
+
+    broken = root / "runs" / "grow.broken"
+    broken.mkdir()
+    (broken / "events.log").write_bytes(b"\x00garbage, not a frame of the log\n" * 4)
+    compared = run_cli("compare", "--experiment", "grow", cwd=root, env=ENV)
+    assert compared.returncode == 1, compared.stderr
+    row = next(line for line in compared.stdout.splitlines() if line.split() and line.split()[0] == "broken")
+    assert "error: " in row
+    assert compared.stderr.strip().splitlines()[-1].startswith("arm broken (run grow.broken): damaged: ")
+    status = run_cli("status", "grow", cwd=root, env=ENV)
+    assert status.returncode == 1 and "broken: damaged: " in status.stderr, status.stderr
+    (broken / "events.log").unlink()
+    broken.rmdir()
 
 
 def test_ctrl_c_stops_every_arm_and_says_how_to_resume(lab):

@@ -206,7 +206,7 @@ def unstarted_arms(runs_dir: str, name: str) -> tuple[str, list[str]]:
         spec = load_experiment(path)
     except InputError:  # the file was edited into something else since: the runs are the truth
         return path, []
-    have = {ref.arm for ref in refs}
+    have = {ref.arm for ref in experiment_arms(runs_dir, name, damaged=True)}  # a damaged one started: said apart
     return path, [a.name for a in spec.arms if spec.name == name and a.name not in have]
 
 

@@ -264,11 +264,10 @@ def run_arms(arms: list[ArmRun], *, on_planned: Callable[[list[Any]], None] | No
             works.append(session.plan())
         if on_planned is not None:
             on_planned(sessions)
-        try:
-            reasons = asyncio.run(_together(todo, sessions, works, on_tick, on_running))
-        except KeyboardInterrupt:  # outside the CLI's handlers: every arm is interrupted
-            reasons = ["interrupted"] * len(todo)
-            raise
+        reasons = asyncio.run(_together(todo, sessions, works, on_tick, on_running))
+    except KeyboardInterrupt:  # outside the CLI's handlers (opening the arms, or after): every arm is interrupted
+        reasons = ["interrupted"] * len(todo)
+        raise
     finally:
         for i, session in enumerate(sessions):
             outcome = reasons[i]

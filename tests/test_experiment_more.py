@@ -172,3 +172,25 @@ def _the_same_file_again_resumes_it(root, proc_env):
     assert "3 x 1" in rows["z"] and "total (1 new)" in dry.stdout
     assert not (root / "runs" / "intr.z" / "events.log").exists()
     (root / "intr.toml").write_text(text)
+
+
+def test_ctrl_c_while_the_arms_open_closes_them_interrupted(lab):
+    """A KeyboardInterrupt before the arms run (here: once every arm is open) closes each
+    opened session as interrupted, not as an error."""
+    from llm_ledger.ledger.events import SessionEnded
+    from llm_ledger.runners.experiment import prepare_experiment, run_arms
+    from llm_ledger.runners.experiment_config import load_experiment
+
+    root, _ = lab
+    (root / "opening.toml").write_text('name = "opening"\ndataset = "ds.jsonl"\nlimit = 2\n'
+                                       '[[arms]]\nname = "x"\n[[arms]]\nname = "y"\n')
+
+    def interrupt(sessions):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_arms(prepare_experiment(load_experiment(str(root / "opening.toml")), str(root / "runs")),
+                 on_planned=interrupt)
+    for arm in "xy":
+        events = list(iter_events(str(root / "runs" / f"opening.{arm}" / "events.log")))
+        assert isinstance(events[-1], SessionEnded) and events[-1].reason == "interrupted"

@@ -29,7 +29,9 @@ __all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_ta
            "experiment_status"]
 
 # `ledger run FILE.toml` takes these besides the file; every other setting is the file's
-ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir", "show_first"}
+ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir"}
+NOT_FOR_EXPERIMENTS = {"show_first": "prints one run's first exchange; an experiment's arms run together: "
+                                     "`ledger show <experiment>.<arm> ITEM` shows an item of an arm"}
 
 
 def typed_options(ctx: typer.Context) -> list[str]:
@@ -44,6 +46,9 @@ def run_experiment(ctx: typer.Context, path: str, runs_dir: str, *, dry_run: boo
 
     with handled():
         extra = typed_options(ctx)
+        for name in extra:
+            if name in NOT_FOR_EXPERIMENTS:
+                raise InputError(f"{path}: --{name.replace('_', '-')} {NOT_FOR_EXPERIMENTS[name]}")
         if extra:
             shown = ", ".join("--" + name.replace("_", "-") for name in extra)
             raise InputError(f"{path}: an experiment's settings are in its file; {shown} cannot be given with it "

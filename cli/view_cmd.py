@@ -25,4 +25,8 @@ def view(
     from llm_ledger.viewer import serve  # starlette and uvicorn load only for this command
 
     with handled():
+        if experiment:  # named as an experiment: said as one when there is none
+            from llm_ledger.projections.experiments import require_arms
+
+            require_arms(runs_dir, experiment)
         serve(runs_dir, [*(runs or []), *([experiment] if experiment else [])], host=host, port=port, on_ready=lambda url: out.print(f"ledger view: {url}  (Ctrl-C to stop)", markup=False))

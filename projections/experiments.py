@@ -27,7 +27,7 @@ from llm_ledger.ledger.layout import RunPaths
 
 from .runs import first_event, read_summary, run_status
 
-__all__ = ["ArmRef", "experiment_arms", "experiment_of", "arm_table", "require_arms"]
+__all__ = ["ArmRef", "experiment_arms", "experiment_of", "arm_table", "require_arms", "experiment_names"]
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,30 @@ def require_arms(runs_dir: str, name: str) -> list[ArmRef]:
     that has none is an input error, the one line every experiment command says."""
     arms = experiment_arms(runs_dir, name, damaged=True)
     if not arms:
-        raise InputError(f"no experiment {name!r} under {runs_dir} (no run {name}.<arm> records it)")
+        known = experiment_names(runs_dir)
+        listed = f"known: {', '.join(known[:10])}{', ...' if len(known) > 10 else ''}" if known else "there is none"
+        raise InputError(f"no experiment {name!r} under {runs_dir} (no run {name}.<arm> records it; {listed})")
     return arms
+
+
+def experiment_names(runs_dir: str) -> list[str]:
+    """Every experiment of the runs directory (sorted), from the runs named ``<name>.<arm>``
+    whose first event records it; for the error that names what exists (read only then)."""
+    if not os.path.isdir(runs_dir):
+        return []
+    names = set()
+    for entry in fs.listdir(runs_dir):
+        paths = RunPaths(os.path.join(runs_dir, entry))
+        if "." not in entry or not os.path.isfile(paths.log):
+            continue
+        try:
+            started = first_event(paths)
+        except (LedgerError, OSError):
+            continue
+        name = experiment_of(started.config).get("name") if started else None
+        if isinstance(name, str) and entry.startswith(name + "."):
+            names.add(name)
+    return sorted(names)
 
 
 def arm_table(arms: list[ArmRef]) -> dict[str, Any]:

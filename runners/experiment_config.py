@@ -8,7 +8,8 @@ under its ``[table]`` / ``[[array]]`` header); a key it cannot place is reported
 table's header, never without a line.
 
 The shape (every arm setting may also be given at the top, as the default of every arm, or
-in a ``[[matrix]]`` entry, as the default of the arms it expands to)::
+in a ``[[matrix]]`` entry, as the default of the arms it expands to; ``models = [...]`` and
+``templates = [...]`` at the top are one more matrix entry, of the top's settings)::
 
     name = "codewords"              # letters, digits, '_' and '-': runs are <name>.<arm>
     dataset = "ds.jsonl"            # relative to this file
@@ -133,6 +134,8 @@ class Top(Settings, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, Any] = {}
     arms: list[Any] = []
     matrix: list[Any] | dict[str, Any] = []
+    models: list[str] | UnsetType = UNSET  # at the top: one matrix entry of the top's settings
+    templates: list[str] | dict[str, str] | UnsetType = UNSET
 
 
 @dataclass
@@ -328,9 +331,13 @@ class _Reader:
         for j, value in enumerate(entries):
             where = ("matrix",) if isinstance(top.matrix, dict) else ("matrix", j)
             arms += self._expand(self.convert(value, Matrix, where), where)
+        if top.models is not UNSET:  # `models = [...]` x `templates = [...]` at the top: the file's own matrix
+            arms += self._expand(Matrix(models=top.models, templates=top.templates or []), ())
+        elif top.templates is not UNSET:
+            raise self.fail(("templates",), "templates without models: a matrix is models = [...] x templates = [...]")
         if not arms:
-            raise self.fail((), "no arms: add [[arms]] tables (name, provider, model) or a [[matrix]] "
-                                "(models x templates)")
+            raise self.fail((), "no arms: add [[arms]] tables (name, provider, model), models = [...] (x templates = "
+                                "[...]) or a [[matrix]]")
         dataset = top.dataset if os.path.isabs(top.dataset) else os.path.join(os.path.dirname(self.path), top.dataset)
         specs: list[ArmSpec] = []
         named: dict[str, tuple[Any, ...]] = {}

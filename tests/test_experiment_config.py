@@ -129,6 +129,20 @@ samples = 1
     assert spec.dataset == str(folder / "ds.jsonl")  # relative to the file, not the cwd
 
 
+def test_the_top_level_matrix_of_the_issue(folder):
+    """`models = [...]` x `templates = [...]` at the top of the file, as the issue writes it."""
+    path = folder / "eval.toml"
+    path.write_text('name = "top"\ndataset = "ds.jsonl"\nmodels = ["sim-1", "m2"]\n'
+                    'templates = ["{prompt}", "Think. {prompt}"]\nsamples = 2\n[providers.local]\n')
+    arms = {a.name: a.config for a in load_experiment(str(path)).arms}
+    assert list(arms) == ["sim-1.t1", "sim-1.t2", "m2.t1", "m2.t2"]
+    assert (arms["m2.t2"].model, arms["m2.t2"].template, arms["m2.t2"].samples) == ("m2", "Think. {prompt}", 2)
+    path.write_text('name = "top"\ndataset = "ds.jsonl"\nmodels = ["sim-1"]\n')
+    assert [a.name for a in load_experiment(str(path)).arms] == ["sim-1"]
+    message = _error(folder, 'name = "top"\ndataset = "ds.jsonl"\ntemplates = ["{prompt}"]\n')
+    assert message.endswith("eval.toml:3: templates without models: a matrix is models = [...] x templates = [...]")
+
+
 def test_dotenv_next_to_the_file_fills_unset_variables_only(folder, monkeypatch):
     monkeypatch.delenv("EXPERIMENT_DOTENV_KEY", raising=False)
     monkeypatch.setenv("EXPERIMENT_SET_KEY", "from-the-environment")

@@ -64,9 +64,7 @@ def run_experiment(ctx: typer.Context, path: str, runs_dir: str, *, dry_run: boo
 
 def resume_experiment(name: str, runs_dir: str, skip_failed: bool, overrides: dict[str, Any]) -> int:
     from llm_ledger.projections.experiments import experiment_arms
-    from llm_ledger.runners.experiment import prepare_experiment_resume
-
-    from llm_ledger.runners.experiment import unstarted_arms
+    from llm_ledger.runners.experiment import prepare_experiment_resume, unstarted_arms
 
     with handled():
         arms = prepare_experiment_resume(runs_dir, name, skip_failed, overrides)
@@ -328,9 +326,9 @@ def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bo
             data = {**table, "comparison": result.to_json(only_diff) if result else None}
             out.print(json.dumps(data, ensure_ascii=False), soft_wrap=True, markup=False)
         else:
-            from .compare_cmd import _print_diff
+            from .compare_cmd import print_diff
 
-            _print_diff(result)
+            print_diff(result)
         _say_damaged(table)
     else:
         table = print_arm_table(runs_dir, name)

@@ -25,7 +25,7 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 
-from .runs import first_event, read_summary, run_status
+from .runs import experiment_of, first_event, read_summary, run_status
 
 __all__ = ["ArmRef", "experiment_arms", "experiment_of", "arm_table", "require_arms", "experiment_names"]
 
@@ -42,12 +42,6 @@ class ArmRef:
     @property
     def run_id(self) -> str:
         return self.paths.run_id
-
-
-def experiment_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``experiment`` part of a run's config ({} for a run of its own)."""
-    value = config.get("experiment")
-    return value if isinstance(value, dict) else {}
 
 
 def experiment_arms(runs_dir: str, name: str, *, damaged: bool = False) -> list[ArmRef]:

@@ -323,10 +323,10 @@ class _Reader:
             self._check_provider(name, provider)
         if not providers:
             providers = {SIMULATOR_PROVIDER: Provider()}
-        arms: list[tuple[Settings, str, tuple[Any, ...], Settings | None]] = []
+        arms: list[tuple[Settings, str, tuple[Any, ...]]] = []
         for i, value in enumerate(top.arms):
             arm = self.convert(value, Arm, ("arms", i))
-            arms.append((arm, arm.name, ("arms", i), None))
+            arms.append((arm, arm.name, ("arms", i)))
         entries = [top.matrix] if isinstance(top.matrix, dict) else top.matrix
         for j, value in enumerate(entries):
             where = ("matrix",) if isinstance(top.matrix, dict) else ("matrix", j)
@@ -341,13 +341,13 @@ class _Reader:
         dataset = top.dataset if os.path.isabs(top.dataset) else os.path.join(os.path.dirname(self.path), top.dataset)
         specs: list[ArmSpec] = []
         named: dict[str, tuple[Any, ...]] = {}
-        for settings, name, where, entry in arms:
+        for settings, name, where in arms:
             if name in named:
                 first = self.lines.find(named[name], ("name", "models"))
                 raise self.fail((*where, "name") if (*where, "name") in self.lines.lines else where,
                                 f"arm {name!r} is named twice (first at line {first}): each arm needs its own name")
             named[name] = where
-            specs.append(self._arm(top, providers, settings, entry, name, where))
+            specs.append(self._arm(top, providers, settings, name, where))
         return ExperimentSpec(top.name, self.path, dataset, providers, specs, self.lines)
 
     def _check_provider(self, name: str, p: Provider) -> None:
@@ -370,7 +370,7 @@ class _Reader:
             raise self.fail((*where, "simulator"), f"providers.{name}: simulator settings are for the built-in "
                                                    "simulator (a provider without base_url)")
 
-    def _expand(self, m: Matrix, where: tuple[Any, ...]) -> list[tuple[Settings, str, tuple[Any, ...], Settings | None]]:
+    def _expand(self, m: Matrix, where: tuple[Any, ...]) -> list[tuple[Settings, str, tuple[Any, ...]]]:
         if not m.models:
             raise self.fail((*where, "models"), "matrix: models is empty")
         templates: list[tuple[str, str | UnsetType]]
@@ -385,11 +385,10 @@ class _Reader:
             for tname, template in templates:
                 name = re.sub(r"[^A-Za-z0-9_-]+", "-", model).strip("-") + (f".{tname}" if tname else "")
                 arm = msgspec.structs.replace(m, model=model, template=template)
-                out.append((arm, name, where, None))
+                out.append((arm, name, where))
         return out
 
-    def _arm(self, top: Top, providers: dict[str, Provider], arm: Settings, entry: Settings | None, name: str,
-             where: tuple[Any, ...]) -> ArmSpec:
+    def _arm(self, top: Top, providers: dict[str, Provider], arm: Settings, name: str, where: tuple[Any, ...]) -> ArmSpec:
         def get(key: str, default: Any = None) -> Any:
             for source in (arm, top):
                 value = getattr(source, key)

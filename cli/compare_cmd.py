@@ -47,7 +47,7 @@ def compare(
         if as_json:
             out.print(json.dumps(result.to_json(only_diff), ensure_ascii=False), soft_wrap=True, markup=False)
         elif only_diff:
-            _print_diff(result)
+            print_diff(result)
         else:
             # a whole run's cost and latency only from a summary.json that vouches for its log
             _print_stats(result, {p.run_id: read_summary(p) if run_status(p).summary_current else {} for p in paths})
@@ -132,7 +132,7 @@ def _right(*names: str) -> list["Column"]:
     return [Column(name, justify="right", no_wrap=True, min_width=len(name)) for name in names]
 
 
-def _print_diff(result: Comparison) -> None:
+def print_diff(result: Comparison) -> None:
     from rich.table import Table
 
     from llm_ledger.projections.compare import as_text

@@ -29,7 +29,9 @@ __all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_ta
            "experiment_status"]
 
 # `ledger run FILE.toml` takes these besides the file; every other setting is the file's
-ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir", "show_first"}
+ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir"}
+NOT_FOR_EXPERIMENTS = {"show_first": "prints one run's first exchange; an experiment's arms run together: "
+                                     "`ledger show <experiment>.<arm> ITEM` shows an item of an arm"}
 
 
 def typed_options(ctx: typer.Context) -> list[str]:
@@ -44,6 +46,9 @@ def run_experiment(ctx: typer.Context, path: str, runs_dir: str, *, dry_run: boo
 
     with handled():
         extra = typed_options(ctx)
+        for name in extra:
+            if name in NOT_FOR_EXPERIMENTS:
+                raise InputError(f"{path}: --{name.replace('_', '-')} {NOT_FOR_EXPERIMENTS[name]}")
         if extra:
             shown = ", ".join("--" + name.replace("_", "-") for name in extra)
             raise InputError(f"{path}: an experiment's settings are in its file; {shown} cannot be given with it "
@@ -52,16 +57,14 @@ def run_experiment(ctx: typer.Context, path: str, runs_dir: str, *, dry_run: boo
         arms = prepare_experiment(spec, runs_dir, dry_run=dry_run, skip_failed=skip_failed)
         _notes(arms)
         if dry_run:
-            out.print(_plan_table(spec.name, arms))
+            out.print(_plan_table(spec.name, arms, {a.name: a.config.model for a in spec.arms}))
             return 0
     return _execute(spec.name, runs_dir, arms, [a.name for a in spec.arms])
 
 
 def resume_experiment(name: str, runs_dir: str, skip_failed: bool, overrides: dict[str, Any]) -> int:
     from llm_ledger.projections.experiments import experiment_arms
-    from llm_ledger.runners.experiment import prepare_experiment_resume
-
-    from llm_ledger.runners.experiment import unstarted_arms
+    from llm_ledger.runners.experiment import prepare_experiment_resume, unstarted_arms
 
     with handled():
         arms = prepare_experiment_resume(runs_dir, name, skip_failed, overrides)
@@ -91,8 +94,10 @@ def _notes(arms: list["ArmRun"]) -> None:
             err.print(f"note: arm {arm.name}: {note}", markup=False, highlight=False)
 
 
-def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
-    """--dry-run: per arm, the requests, tokens and cost the plan implies; then the total."""
+def _plan_table(name: str, arms: list["ArmRun"], models: dict[str, str]) -> "Table":
+    """--dry-run: per new arm, the requests, tokens and cost the plan implies; then the total
+    (of the new arms). An arm whose run exists is not planned (a resume sends what is left
+    of it, which `ledger resume` prices): its row says so and how many items are left."""
     from llm_ledger.projections.numbers import count, usd
     from llm_ledger.runners.plan import plan_only
 
@@ -104,7 +109,12 @@ def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
     totals = {"requests": 0, "prompt": 0, "completion": 0, "cost": 0.0}
     unbounded = unpriced = False
     for arm in arms:
-        report = plan_only(arm.prepared)  # type: ignore[arg-type]
+        if arm.prepared is None:
+            what = "complete: nothing to send" if arm.state == "complete" and not arm.left else \
+                f"exists (resume sends what is left: {plural(arm.left, 'item')})"
+            rows.append((arm.name, models.get(arm.name, ""), what, "-", "-", "-", "-"))
+            continue
+        report = plan_only(arm.prepared)
         bound = report["completion_tokens_max"]
         prompt_cost, completion_cost = report["prompt_cost_usd_estimate"], report["completion_cost_usd_max"]
         cost = None if prompt_cost is None or completion_cost is None else prompt_cost + completion_cost
@@ -117,7 +127,8 @@ def _plan_table(name: str, arms: list["ArmRun"]) -> "Table":
         rows.append((arm.name, report["model"], f"{count(report['items'])} x {count(report['samples'])}",
                      count(report["requests"]), f"~{count(report['prompt_tokens_estimate'])}",
                      count(bound) if bound is not None else "no bound", usd(cost) if cost is not None else _why(report)))
-    rows.append(("total", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
+    new = sum(a.prepared is not None for a in arms)
+    rows.append(("total" if new == len(arms) else f"total ({new} new)", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
                  "no bound" if unbounded else count(totals["completion"]),
                  "- (see the arms)" if unpriced else usd(totals["cost"])))
     return fitted_table(f"experiment {escape(name)}: dry run, nothing sent", header, rows, out.width,
@@ -244,7 +255,8 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
             lines.append(f"arm {arm.name}: {plural(pending, 'item')} pending")
         elif failed:
             lines.append(f"arm {arm.name}: {plural(failed, 'item')} failed (`ledger resume {name}` tries them again)")
-    print_arm_table(runs_dir, name, order)
+    if damaged(print_arm_table(runs_dir, name, order)):  # named under the table
+        codes.append(1)
     code = _worst(codes)
     if code == 130:
         lines.append("interrupted")
@@ -277,7 +289,19 @@ def print_arm_table(runs_dir: str, name: str, order: list[str] | None = None) ->
     out.print(arm_table_view(table, out.width))
     if table["coverage"] and not table["coverage"]["complete"]:
         out.print(f"p vs best on shared items only: {table['coverage']['message']}", markup=False)
+    _say_damaged(table)
     return table
+
+
+def _say_damaged(table: dict[str, Any]) -> None:
+    for row in table["rows"]:
+        if row["error"]:
+            err.print(f"arm {row['arm']} (run {row['run_id']}): damaged: {row['error']}", markup=False, highlight=False)
+
+
+def damaged(table: dict[str, Any]) -> bool:
+    """An arm of the table could not be read: the command that showed it exits 1."""
+    return any(row["error"] for row in table["rows"])
 
 
 def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bool, only_diff: bool,
@@ -293,20 +317,25 @@ def compare_experiment(name: str, runs: list[str], runs_dir: str, *, as_json: bo
     if runs:
         raise InputError("name runs or --experiment, not both")
     arms = require_arms(runs_dir, name)
-    result = compare_runs([a.paths for a in arms]) if len(arms) > 1 else None
+    readable = [a.paths for a in arms if a.error is None]
+    result = compare_runs(readable) if len(readable) > 1 else None
     written = write_csv(result, check_output_path(output), only_diff) if output and result else None
-    if as_json:
-        data = {**arm_table(arms), "comparison": result.to_json(only_diff) if result else None}
-        out.print(json.dumps(data, ensure_ascii=False), soft_wrap=True, markup=False)
-        return
-    if only_diff and result is not None:
-        from .compare_cmd import _print_diff
+    if as_json or (only_diff and result is not None):
+        table = arm_table(arms)
+        if as_json:
+            data = {**table, "comparison": result.to_json(only_diff) if result else None}
+            out.print(json.dumps(data, ensure_ascii=False), soft_wrap=True, markup=False)
+        else:
+            from .compare_cmd import print_diff
 
-        _print_diff(result)
+            print_diff(result)
+        _say_damaged(table)
     else:
-        print_arm_table(runs_dir, name)
+        table = print_arm_table(runs_dir, name)
     if written is not None:
         out.print(f"wrote {written} rows to {escape(output or '')}")
+    if damaged(table):
+        raise typer.Exit(1)
 
 
 def experiment_status(name: str, runs_dir: str, as_json: bool) -> None:
@@ -322,16 +351,25 @@ def experiment_status(name: str, runs_dir: str, as_json: bool) -> None:
 
     from .status_cmd import RESUMABLE
 
-    arms = require_arms(runs_dir, name)
+    every = require_arms(runs_dir, name)
+    arms = [arm for arm in every if arm.error is None]
+    broken = [arm for arm in every if arm.error is not None]
     infos = [(arm, run_status(arm.paths)) for arm in arms]
     if as_json:
         data = [{"arm": arm.arm, **msgspec.to_builtins(info)} for arm, info in infos]
+        data += [{"arm": arm.arm, "run_id": arm.run_id, "status": "damaged", "error": arm.error} for arm in broken]
         out.print(json.dumps(data), soft_wrap=True, markup=False)
+        if broken:
+            raise typer.Exit(1)
         return
-    width = max(len(arm.arm) for arm in arms)
+    width = max(len(arm.arm) for arm in every)
+    for arm in broken:
+        err.print(f"{arm.arm:>{width}}: damaged: {arm.error} (run {arm.run_id})", markup=False, highlight=False)
     for arm, info in infos:
         out.print(f"{arm.arm:>{width}}: {info.status_text}, {count(info.done)} of {count(info.planned)} done, "
                   f"accuracy {percent(info.accuracy)} (run {info.run_id})", markup=False)
     if any(info.status in RESUMABLE or (info.status != "running" and info.pending + info.in_flight)
            for _, info in infos):
         out.print(resume_line(RunPaths(os.path.join(runs_dir, name))), markup=False)
+    if broken:
+        raise typer.Exit(1)

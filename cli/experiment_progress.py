@@ -8,6 +8,7 @@ once for all arms. The table is projections.experiments.arm_table, formatted by 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
@@ -16,7 +17,7 @@ from rich.text import Text
 
 from llm_ledger.projections import numbers as num
 
-from .progress import GAP, RunDisplay, _bar_line, _fitting, _parts
+from .progress import GAP, RunDisplay, bar_line, fitting, figure_parts
 
 if TYPE_CHECKING:
     from llm_ledger.runners.runner import Progress
@@ -29,7 +30,8 @@ class ExperimentDisplay:
         self.arms = {name: RunDisplay(price, concurrency) for name, price, concurrency in arms}
         self.width = max((len(name) for name in self.arms), default=0)
 
-    def tick(self, arm: str):
+    def tick(self, arm: str) -> Callable[["Progress"], None]:
+        """The progress callback of ``arm``'s runner (run_arms' ``on_tick``)."""
         display = self.arms[arm]
 
         def update(p: "Progress") -> None:
@@ -49,11 +51,11 @@ class ExperimentDisplay:
             extra = f"{GAP}failed {num.count(p.failed)}{GAP}in flight {num.count(p.in_flight)}"
             room = width - len(label) - len(figures) - 1
             if room - len(extra) >= 10:
-                line = label + _bar_line(display, room - len(extra), figures) + Text(extra)
+                line = label + bar_line(display, room - len(extra), figures) + Text(extra)
             elif room >= 10:
-                line = label + _bar_line(display, room, figures)
+                line = label + bar_line(display, room, figures)
             else:  # narrow: as many figures as fit, in order
-                line = label + _fitting(_parts(figures), max(0, width - len(label)))
+                line = label + fitting(figure_parts(figures), max(0, width - len(label)))
             out.append(line)
             for alert in display.alerts():
                 alerts.setdefault(alert.plain, alert)
@@ -74,6 +76,9 @@ def arm_table_view(table: dict[str, Any], width: int = 200) -> Table:
     header = ("arm", "model", "done", "accuracy", "95% CI", "parsed", "cost", "p50", "tokens in/out", "p vs best")
     rows = []
     for row in table["rows"]:
+        if row.get("error"):  # a damaged arm: its place in the table, and why it has no figures
+            rows.append((row["arm"], f"error: {row['error']}", *(num.MISSING,) * (len(header) - 2)))
+            continue
         ci = row["ci95"]
         best = row["arm"] == table["best"]
         p = "best" if best else num.p_value(row["p_vs_best"]) if row["p_vs_best"] is not None else num.MISSING

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
 from .common import err
 
-__all__ = ["RunDisplay", "make_live", "start_live", "stop_live", "ticker", "summary_table"]
+__all__ = ["RunDisplay", "make_live", "start_live", "stop_live", "ticker", "summary_table", "bar_line", "figure_parts",
+           "fitting"]
 
 BAR_MIN = 10  # narrower than this, a bar says nothing: the numbers alone are shown
 BAR_BESIDE_EXTRAS = 30  # extras share the first line only if the bar keeps this much
@@ -115,19 +116,19 @@ class RunDisplay:
         inline = GAP + GAP.join(t.plain for t in extras)
         room = width - len(figures) - 1
         if extras and room - len(inline) >= BAR_BESIDE_EXTRAS:
-            first = _bar_line(self, room - len(inline), figures)
+            first = bar_line(self, room - len(inline), figures)
             first.append(GAP)
             first.append(Text(GAP).join(extras))
             return [first, *self.alerts()]
-        first = _bar_line(self, room, figures) if room >= BAR_MIN else _fitting(_parts(figures), width)
-        return [first, *([_fitting(extras, width)] if extras else []), *self.alerts()]
+        first = bar_line(self, room, figures) if room >= BAR_MIN else fitting(figure_parts(figures), width)
+        return [first, *([fitting(extras, width)] if extras else []), *self.alerts()]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if self.progress is not None:  # nothing to say before the first tick (the total is not known)
             yield from self.lines(options.max_width)
 
 
-def _bar_line(display: RunDisplay, bar_width: int, figures: str) -> Text:
+def bar_line(display: RunDisplay, bar_width: int, figures: str) -> Text:
     p = display.progress
     finished, total = (p.done + p.failed, p.total) if p else (0, 0)
     filled = bar_width if total and finished >= total else bar_width * finished // total if total else 0
@@ -137,11 +138,11 @@ def _bar_line(display: RunDisplay, bar_width: int, figures: str) -> Text:
     return line
 
 
-def _parts(figures: str) -> list[Text]:
+def figure_parts(figures: str) -> list[Text]:
     return [Text(part.strip()) for part in figures.split(GAP) if part.strip()]
 
 
-def _fitting(parts: list[Text], width: int) -> Text:
+def fitting(parts: list[Text], width: int) -> Text:
     """As many of ``parts`` as fit in ``width``, in order, joined by the gap."""
     line = Text()
     for part in parts:

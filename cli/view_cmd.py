@@ -27,5 +27,9 @@ def view(
     from llm_ledger.viewer import serve  # starlette and uvicorn load only for this command
 
     with handled():
+        if experiment:  # named as an experiment: said as one when there is none
+            from llm_ledger.projections.experiments import require_arms
+
+            require_arms(runs_dir, experiment)
         serve(runs_dir, [*(runs or []), *([experiment] if experiment else [])], host=host, port=port, review=review,
               on_ready=lambda url: out.print(f"ledger view: {url}  ({'review mode; ' if review else ''}Ctrl-C to stop)", markup=False))

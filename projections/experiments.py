@@ -10,7 +10,8 @@ candidate run's first event -- only the directories named ``<experiment>.*``.
 ``ledger compare --experiment``: per arm, the figures of its own ``summary.json`` (accuracy
 and its 95% Wilson interval, cost, median latency, tokens, parse rate: the same numbers
 ``ledger status`` shows, never recomputed differently) and McNemar's exact p against the
-best arm (highest accuracy; the first in order on a tie), paired over the items both hold
+best arm (highest accuracy; the first in order on a tie), paired over the items those two hold
+(each pair its own: adding an arm never changes another arm's p)
 (projections/compare.py).
 """
 
@@ -24,9 +25,9 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 
-from .runs import first_event, read_summary, run_status
+from .runs import experiment_of, first_event, read_summary, run_status
 
-__all__ = ["ArmRef", "experiment_arms", "experiment_of", "arm_table", "known_experiments"]
+__all__ = ["ArmRef", "experiment_arms", "experiment_of", "arm_table", "require_arms", "experiment_names"]
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,23 @@ class ArmRef:
     provider: str
     paths: RunPaths
     started: float
+    error: str | None = None  # a damaged arm: its first event cannot be read (one line)
 
     @property
     def run_id(self) -> str:
         return self.paths.run_id
 
 
-def experiment_of(config: dict[str, Any]) -> dict[str, Any]:
-    """The ``experiment`` part of a run's config ({} for a run of its own)."""
-    value = config.get("experiment")
-    return value if isinstance(value, dict) else {}
+def experiment_arms(runs_dir: str, name: str, *, damaged: bool = False) -> list[ArmRef]:
+    """The runs of experiment ``name``, in the order they started (then by arm name).
 
-
-def experiment_arms(runs_dir: str, name: str) -> list[ArmRef]:
-    """The runs of experiment ``name``, in the order they started (then by arm name)."""
+    ``damaged``: also the runs ``<name>.<arm>`` whose first event cannot be read (a damaged
+    log cannot say whose arm it is; its name says it), each with its ``error``, after the
+    others -- so that ``compare`` and ``resume`` name it instead of leaving it out without a
+    word. Only beside a readable arm: a damaged run alone does not make an experiment."""
     if not os.path.isdir(runs_dir):
         return []
-    arms = []
+    arms, broken = [], []
     for entry in sorted(fs.listdir(runs_dir)):
         if not entry.startswith(name + "."):
             continue
@@ -61,23 +62,45 @@ def experiment_arms(runs_dir: str, name: str) -> list[ArmRef]:
             continue
         try:
             started = first_event(paths)
-        except LedgerError:
+        except LedgerError as exc:
+            broken.append(ArmRef(name, entry[len(name) + 1:], "", paths, 0.0, " ".join(str(exc).split())))
             continue
         exp = experiment_of(started.config) if started else {}
         if exp.get("name") == name:
             arms.append(ArmRef(name, str(exp.get("arm", "")), str(exp.get("provider", "")), paths, started.ts))
-    return sorted(arms, key=lambda a: (a.started, a.arm))
-
-
-def known_experiments(runs_dir: str) -> bool:
-    return os.path.isdir(runs_dir)
+    arms.sort(key=lambda a: (a.started, a.arm))
+    return arms + broken if damaged and arms else arms
 
 
 def require_arms(runs_dir: str, name: str) -> list[ArmRef]:
-    arms = experiment_arms(runs_dir, name)
+    """The arms of ``name``, damaged ones included (see ``experiment_arms``); an experiment
+    that has none is an input error, the one line every experiment command says."""
+    arms = experiment_arms(runs_dir, name, damaged=True)
     if not arms:
-        raise InputError(f"no experiment {name!r} under {runs_dir} (no run {name}.<arm> records it)")
+        known = experiment_names(runs_dir)
+        listed = f"known: {', '.join(known[:10])}{', ...' if len(known) > 10 else ''}" if known else "there is none"
+        raise InputError(f"no experiment {name!r} under {runs_dir} (no run {name}.<arm> records it; {listed})")
     return arms
+
+
+def experiment_names(runs_dir: str) -> list[str]:
+    """Every experiment of the runs directory (sorted), from the runs named ``<name>.<arm>``
+    whose first event records it; for the error that names what exists (read only then)."""
+    if not os.path.isdir(runs_dir):
+        return []
+    names = set()
+    for entry in fs.listdir(runs_dir):
+        paths = RunPaths(os.path.join(runs_dir, entry))
+        if "." not in entry or not os.path.isfile(paths.log):
+            continue
+        try:
+            started = first_event(paths)
+        except (LedgerError, OSError):
+            continue
+        name = experiment_of(started.config).get("name") if started else None
+        if isinstance(name, str) and entry.startswith(name + "."):
+            names.add(name)
+    return sorted(names)
 
 
 def arm_table(arms: list[ArmRef]) -> dict[str, Any]:
@@ -88,6 +111,10 @@ def arm_table(arms: list[ArmRef]) -> dict[str, Any]:
 
     rows = []
     for arm in arms:
+        if arm.error is not None:
+            rows.append({"arm": arm.arm, "run_id": arm.run_id, "provider": None, "model": None, "status": "damaged",
+                         **dict.fromkeys(_FIGURES), "p_vs_best": None, "summary_current": False, "error": arm.error})
+            continue
         status = run_status(arm.paths)
         summary = read_summary(arm.paths) if status.summary_current else {}
         tokens = summary.get("tokens") or {}
@@ -99,21 +126,24 @@ def arm_table(arms: list[ArmRef]) -> dict[str, Any]:
             "cost_usd": summary.get("cost_usd"), "latency_p50_s": (summary.get("latency_s") or {}).get("p50"),
             "prompt_tokens": tokens.get("prompt"), "completion_tokens": tokens.get("completion"),
             "parse_rate": summary.get("parse_success_rate"), "pending": counts.get("pending"),
-            "p_vs_best": None, "summary_current": status.summary_current,
+            "p_vs_best": None, "summary_current": status.summary_current, "error": None,
         })
     scored = [r for r in rows if r["accuracy"] is not None]
     best = max(scored, key=lambda r: r["accuracy"]) if scored else None  # max keeps the first of equals
     coverage = None
-    if best is not None and len(arms) > 1:
+    others = [r for r in scored if r is not best] if best is not None else []
+    for row in others:  # each arm against the best, over the items these two share
         try:
-            result = compare_runs([a.paths for a in arms])
+            pair = compare_runs([next(a.paths for a in arms if a.run_id == best["run_id"]),
+                                 next(a.paths for a in arms if a.run_id == row["run_id"])])
         except InputError:  # nothing shared (an arm with no answer yet): no paired test
-            result = None
-        if result is not None:
-            coverage = result.coverage.to_json()
-            for pair in result.pairs:
-                if best["run_id"] in (pair["a"], pair["b"]):
-                    other = pair["b"] if pair["a"] == best["run_id"] else pair["a"]
-                    next(r for r in rows if r["run_id"] == other)["p_vs_best"] = pair["p_value"]
+            continue
+        row["p_vs_best"] = pair.pairs[0]["p_value"] if pair.pairs else None
+        if not pair.coverage.complete and coverage is None:
+            coverage = pair.coverage.to_json()
     return {"experiment": arms[0].experiment if arms else None, "best": best["arm"] if best else None,
             "rows": rows, "coverage": coverage}
+
+
+_FIGURES = ("done", "failed", "planned", "scored", "accuracy", "ci95", "cost_usd", "latency_p50_s", "prompt_tokens",
+            "completion_tokens", "parse_rate", "pending")

@@ -54,7 +54,7 @@ from llm_ledger.ledger.reader import iter_events, iter_frames, log_end
 from llm_ledger.ledger.shard_keys import planned_keys
 
 __all__ = ["Counts", "RunStatus", "RunRow", "run_status", "describe", "files_version", "list_runs", "read_summary",
-           "first_event", "decide", "status_text"]
+           "first_event", "decide", "status_text", "experiment_of"]
 
 
 class Counts(NamedTuple):
@@ -285,10 +285,12 @@ def describe(paths: RunPaths) -> RunRow:
     model = str(started.config.get("model", "")) if started else ""
     return RunRow(**msgspec.structs.asdict(info), model=model or str(read_summary(paths).get("model") or ""),
                   dataset=started.dataset if started else "", started=when,
-                  experiment=str(_experiment(started.config).get("name", "")) if started else "")
+                  experiment=str(experiment_of(started.config).get("name", "")) if started else "")
 
 
-def _experiment(config: dict[str, Any]) -> dict[str, Any]:
+def experiment_of(config: dict[str, Any]) -> dict[str, Any]:
+    """The ``experiment`` part of a run's config ({} for a run of its own): an arm's name,
+    experiment and provider (runners/experiment.py)."""
     value = config.get("experiment")
     return value if isinstance(value, dict) else {}
 

@@ -11,7 +11,7 @@ the ``http`` default recorded ``openai`` and keeps it unless told otherwise.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import msgspec
@@ -98,11 +98,14 @@ class RunConfig(msgspec.Struct, kw_only=True):
         return msgspec.convert(data, cls)
 
 
-def compare(stored: RunConfig, given: RunConfig, typed: Collection[str] | None) -> tuple[list[str], dict[str, Any]]:
+def compare(stored: RunConfig, given: RunConfig, typed: Collection[str] | None, *,
+            label: Callable[[str], str] | None = None, source: str = "given") -> tuple[list[str], dict[str, Any]]:
     """What ``ledger run --run-id EXISTING`` asked compared with the run: the conflicts
     (``"model: a (run) vs b (given)"``, one per differing setting that defines the run) and
     the overrides (the differing settings of HOW_FIELDS, to be used by this session).
-    Only the settings in ``typed`` count (``None``: all of them); the rest come from the run."""
+    Only the settings in ``typed`` count (``None``: all of them); the rest come from the run.
+    ``label`` / ``source``: how a setting and its giver are named (an experiment's file
+    names its keys, not the CLI's flags)."""
     conflicts: list[str] = []
     overrides: dict[str, Any] = {}
     for name in RunConfig.__struct_fields__:
@@ -114,7 +117,7 @@ def compare(stored: RunConfig, given: RunConfig, typed: Collection[str] | None) 
         if name in HOW_FIELDS:
             overrides[name] = new
         else:
-            conflicts.append(f"{_option(name)}: {_shown(old)} (run) vs {_shown(new)} (given)")
+            conflicts.append(f"{(label or _option)(name)}: {_shown(old)} (run) vs {_shown(new)} ({source})")
     return conflicts, overrides
 
 

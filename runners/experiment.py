@@ -9,7 +9,7 @@ Preparing (``prepare_experiment``): every arm is prepared as a single run would 
 dataset, parser, template, prices, key and endpoint (runners/prepare.py) -- and its
 conversations checked against the model's context limit, before any run is opened: one
 wrong arm and nothing is written for any. An arm whose run exists is compared with it
-(``changed``: every setting that defines what is sent; *how* settings -- the provider's
+(``file_diff``: every setting that defines what is sent; *how* settings -- the provider's
 URL, key variable, limits, timeouts -- may change, recorded in the session as overrides):
 any difference is refused, naming the arm's line and each setting. An existing arm with
 nothing left is not opened at all; one with work left is resumed. So adding an arm to the
@@ -36,14 +36,14 @@ from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.projections.experiments import experiment_arms, experiment_of
 
-from .config import _NOT_COMPARED, HOW_FIELDS, RunConfig, _shown
+from .config import RunConfig, _shown, compare
 from .experiment_config import ArmSpec, ExperimentSpec
 from .limits import SharedLimits, estimate_tokens
 from .prepare import Prepared, prepare, prepare_resume
 from .runner import Progress, Runner
 
 __all__ = ["ArmRun", "ArmResult", "ArmGroup", "prepare_experiment", "prepare_experiment_resume", "run_arms",
-           "changed", "unstarted_arms"]
+           "file_diff", "unstarted_arms"]
 
 
 @dataclass
@@ -55,8 +55,9 @@ class ArmRun:
     provider: str
     paths: RunPaths
     prepared: Prepared | None
-    state: str  # new | continued | complete
+    state: str  # new | continued | complete | exists (--dry-run: not opened)
     limits: dict[str, Any] = field(default_factory=dict)  # the provider's, shared
+    left: int = 0  # items pending or in flight, for an arm not opened
 
 
 @dataclass
@@ -67,28 +68,31 @@ class ArmResult:
     error: BaseException | None = None
 
 
-def changed(stored: RunConfig, given: RunConfig) -> list[str]:
-    """What differs between an arm's run and the file, among the settings that define what
-    is sent (``key: old (run) vs new (file)``); *how* settings may differ."""
-    out = []
-    for name in RunConfig.__struct_fields__:
-        if name in HOW_FIELDS or name in _NOT_COMPARED:
-            continue
-        old, new = getattr(stored, name), getattr(given, name)
-        if name in ("price_in", "price_out") and new is None:
-            continue  # the file names no price: the run fixed the price table's when it started
-        if old != new:
-            out.append(f"{name}: {_shown(old)} (run) vs {_shown(new)} (file)")
-    return out
+def file_diff(stored: RunConfig, given: RunConfig) -> tuple[list[str], dict[str, Any]]:
+    """An existing arm's run against the file (config.compare, named by the file's keys):
+    the settings that define what is sent and differ (``key: old (run) vs new (file)``), and
+    the *how* settings that differ (this session's overrides). A price the file does not
+    set is the one the run fixed from the price table when it started: not a difference."""
+    typed = [name for name in RunConfig.__struct_fields__ if name != "simulator"
+             and not (name in ("price_in", "price_out") and getattr(given, name) is None)]
+    conflicts, overrides = compare(stored, given, typed, label=lambda name: name, source="file")
+    old, new = stored.simulator, given.simulator
+    for key in sorted(set(old) | set(new), key=str):
+        if old.get(key) != new.get(key):
+            name = "sim_accuracy" if key == "accuracy" else f"simulator.{key}"
+            conflicts.append(f"{name}: {_shown(old.get(key))} (run) vs {_shown(new.get(key))} (file)")
+    return conflicts, overrides
 
 
 def prepare_experiment(spec: ExperimentSpec, runs_dir: str, *, dry_run: bool = False,
                        skip_failed: bool = False) -> list[ArmRun]:
     """Every arm checked (see the module doc) before anything is written; raises
-    ``InputError`` naming the file's line of the first wrong arm, or every changed arm."""
+    ``InputError`` naming the file's line of the first wrong arm, or every changed arm.
+    ``dry_run``: the new arms are planned; an existing arm is not touched (another process
+    may hold it): it comes back unprepared, state ``exists`` (or ``complete``) with what is left."""
     from llm_ledger.projections.runs import first_event, run_status
 
-    refused, existing = [], {}
+    refused, existing, overrides = [], {}, {}
     for arm in spec.arms:
         paths = RunPaths(os.path.join(runs_dir, arm.run_id))
         started = first_event(paths) if os.path.isfile(paths.log) else None
@@ -97,34 +101,36 @@ def prepare_experiment(spec: ExperimentSpec, runs_dir: str, *, dry_run: bool = F
         if experiment_of(started.config).get("arm") != arm.name:
             raise InputError(f"{spec.at(arm, 'name')}: run {arm.run_id} exists and is not arm {arm.name!r} of "
                              f"experiment {spec.name!r}; rename the experiment or the arm")
-        diff = changed(RunConfig.from_dict(started.config), arm.config)
+        diff, overrides[arm.name] = file_diff(RunConfig.from_dict(started.config), arm.config)
         if os.path.realpath(started.dataset) != os.path.realpath(spec.dataset):
             diff.insert(0, f"dataset: {started.dataset} (run) vs {spec.dataset} (file)")
         if diff:
             refused.append(f"{spec.at(arm, 'name')}: arm {arm.name!r} (run {arm.run_id}): {'; '.join(diff)}")
-        existing[arm.name] = run_status(paths).status
+        existing[arm.name] = run_status(paths)
     if refused:
         raise InputError(f"{'; '.join(refused)}. An arm's settings are fixed by its run: nothing was sent; give the "
                          "changed arm a new name to run it as a new arm")
-    if dry_run and existing:
-        names = ", ".join(sorted(existing))
-        raise InputError(f"--dry-run plans new runs; the arms {names} exist: `ledger ls --experiment {spec.name}` "
-                         f"says what is left, `ledger resume {spec.name}` sends only that")
     arms = []
     fits: dict[tuple[str | None, str | None], tuple[int, str]] = {}
     for arm in spec.arms:
         paths = RunPaths(os.path.join(runs_dir, arm.run_id))
         limits = dict(arm.config.experiment.get("limits") or {})
-        if existing.get(arm.name) == "completed":
-            arms.append(ArmRun(arm.name, arm.run_id, arm.provider, paths, None, "complete", limits))
+        status = existing.get(arm.name)
+        if status is not None and (status.status == "completed" or dry_run):
+            state = "complete" if status.status == "completed" else "exists"
+            arms.append(ArmRun(arm.name, arm.run_id, arm.provider, paths, None, state, limits,
+                               left=status.pending + status.in_flight + (0 if skip_failed else status.failed)))
             continue
         try:
-            prepared = prepare(spec.dataset, arm.config, runs_dir, arm.run_id, skip_failed, typed=None, dry_run=dry_run)
+            if status is not None:
+                prepared = prepare_resume(paths, skip_failed, overrides[arm.name])
+            else:
+                prepared = prepare(spec.dataset, arm.config, runs_dir, arm.run_id, skip_failed, dry_run=dry_run)
         except InputError as exc:
-            raise InputError(f"{spec.at(arm, 'name')}: arm {arm.name!r}: {exc}") from None
-        if arm.name not in existing:
+            raise spec.arm_error(arm, exc) from None
+        if status is None:
             _check_context(spec, arm, prepared, fits)
-        state = "continued" if arm.name in existing else "new"
+        state = "continued" if status is not None else "new"
         arms.append(ArmRun(arm.name, arm.run_id, arm.provider, prepared.paths, prepared, state, limits))
     return arms
 
@@ -159,12 +165,18 @@ def _check_context(spec: ExperimentSpec, arm: ArmSpec, prepared: Prepared,
 def prepare_experiment_resume(runs_dir: str, name: str, skip_failed: bool = False,
                               overrides: dict[str, Any] | None = None) -> list[ArmRun]:
     """``ledger resume <experiment>``: each arm's run as it was recorded (its config and its
-    provider's limits); arms with nothing left are not opened."""
+    provider's limits); arms with nothing left are not opened. The ``.env`` files
+    ``ledger run FILE`` read (here and beside the recorded file) are read again: the keys
+    they hold are needed again."""
     from llm_ledger.projections.runs import run_status
+
+    from .experiment_config import read_dotenv
 
     refs = experiment_arms(runs_dir, name)
     if not refs:
         raise InputError(f"no run or experiment {name!r} under {runs_dir}")
+    files = sorted({str(experiment_of(_config(ref.paths)).get("file") or "") for ref in refs} - {""})
+    read_dotenv([".env", *(os.path.join(os.path.dirname(f), ".env") for f in files)])  # as `ledger run FILE` did
     arms = []
     for ref in refs:
         if run_status(ref.paths).status == "completed":
@@ -194,7 +206,7 @@ def unstarted_arms(runs_dir: str, name: str) -> tuple[str, list[str]]:
         spec = load_experiment(path)
     except InputError:  # the file was edited into something else since: the runs are the truth
         return path, []
-    have = {ref.arm for ref in refs}
+    have = {ref.arm for ref in experiment_arms(runs_dir, name, damaged=True)}  # a damaged one started: said apart
     return path, [a.name for a in spec.arms if spec.name == name and a.name not in have]
 
 
@@ -252,11 +264,10 @@ def run_arms(arms: list[ArmRun], *, on_planned: Callable[[list[Any]], None] | No
             works.append(session.plan())
         if on_planned is not None:
             on_planned(sessions)
-        try:
-            reasons = asyncio.run(_together(todo, sessions, works, on_tick, on_running))
-        except KeyboardInterrupt:  # outside the CLI's handlers: every arm is interrupted
-            reasons = ["interrupted"] * len(todo)
-            raise
+        reasons = asyncio.run(_together(todo, sessions, works, on_tick, on_running))
+    except KeyboardInterrupt:  # outside the CLI's handlers (opening the arms, or after): every arm is interrupted
+        reasons = ["interrupted"] * len(todo)
+        raise
     finally:
         for i, session in enumerate(sessions):
             outcome = reasons[i]

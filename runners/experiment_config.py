@@ -8,7 +8,8 @@ under its ``[table]`` / ``[[array]]`` header); a key it cannot place is reported
 table's header, never without a line.
 
 The shape (every arm setting may also be given at the top, as the default of every arm, or
-in a ``[[matrix]]`` entry, as the default of the arms it expands to)::
+in a ``[[matrix]]`` entry, as the default of the arms it expands to; ``models = [...]`` and
+``templates = [...]`` at the top are one more matrix entry, of the top's settings)::
 
     name = "codewords"              # letters, digits, '_' and '-': runs are <name>.<arm>
     dataset = "ds.jsonl"            # relative to this file
@@ -133,6 +134,8 @@ class Top(Settings, kw_only=True, forbid_unknown_fields=True):
     providers: dict[str, Any] = {}
     arms: list[Any] = []
     matrix: list[Any] | dict[str, Any] = []
+    models: list[str] | UnsetType = UNSET  # at the top: one matrix entry of the top's settings
+    templates: list[str] | dict[str, str] | UnsetType = UNSET
 
 
 @dataclass
@@ -157,6 +160,28 @@ class ExperimentSpec:
     def at(self, arm: ArmSpec, *keys: str) -> str:
         """``file:line`` of the first of ``keys`` the arm sets (else of the arm's table)."""
         return f"{self.path}:{self.lines.find(arm.where, keys)}"
+
+    def arm_error(self, arm: ArmSpec, exc: InputError) -> InputError:
+        """An arm's error from the single-run checks (runners/prepare.py speaks of CLI flags),
+        said in the file's words: the key instead of ``--flag``, at the line of the key that
+        gave the setting (the arm's, its matrix entry's, the top's or its provider's); a
+        dataset the file names, at the ``dataset =`` line."""
+        text = str(exc)
+        if text.startswith(self.dataset + ":"):
+            return InputError(f"{self.path}:{self.lines.line(('dataset',))}: dataset: {text}")
+        text = text.replace("use --no-preflight", f"set preflight = false in [providers.{arm.provider}]")
+        flags = re.findall(r"--([a-z][a-z-]*)", text)
+        keys = [{"no-preflight": "preflight", "sim": "simulator"}.get(f, f.replace("-", "_")) for f in flags]
+        text = re.sub(r"--([a-z][a-z-]*)", lambda m: {"no-preflight": "preflight = false", "sim": "simulator"}.get(
+            m[1], m[1].replace("-", "_")), text)
+        line = self.lines.find(arm.where, ("name", "models"))
+        for key in keys:
+            places = [(*arm.where, key), (key,), ("providers", arm.provider, key)]
+            found = next((self.lines.lines[p] for p in places if p in self.lines.lines), None)
+            if found is not None:
+                line = found
+                break
+        return InputError(f"{self.path}:{line}: arm {arm.name!r}: {text}")
 
 
 # -- lines of keys ----------------------------------------------------------------------
@@ -298,27 +323,31 @@ class _Reader:
             self._check_provider(name, provider)
         if not providers:
             providers = {SIMULATOR_PROVIDER: Provider()}
-        arms: list[tuple[Settings, str, tuple[Any, ...], Settings | None]] = []
+        arms: list[tuple[Settings, str, tuple[Any, ...]]] = []
         for i, value in enumerate(top.arms):
             arm = self.convert(value, Arm, ("arms", i))
-            arms.append((arm, arm.name, ("arms", i), None))
+            arms.append((arm, arm.name, ("arms", i)))
         entries = [top.matrix] if isinstance(top.matrix, dict) else top.matrix
         for j, value in enumerate(entries):
             where = ("matrix",) if isinstance(top.matrix, dict) else ("matrix", j)
             arms += self._expand(self.convert(value, Matrix, where), where)
+        if top.models is not UNSET:  # `models = [...]` x `templates = [...]` at the top: the file's own matrix
+            arms += self._expand(Matrix(models=top.models, templates=top.templates or []), ())
+        elif top.templates is not UNSET:
+            raise self.fail(("templates",), "templates without models: a matrix is models = [...] x templates = [...]")
         if not arms:
-            raise self.fail((), "no arms: add [[arms]] tables (name, provider, model) or a [[matrix]] "
-                                "(models x templates)")
+            raise self.fail((), "no arms: add [[arms]] tables (name, provider, model), models = [...] (x templates = "
+                                "[...]) or a [[matrix]]")
         dataset = top.dataset if os.path.isabs(top.dataset) else os.path.join(os.path.dirname(self.path), top.dataset)
         specs: list[ArmSpec] = []
         named: dict[str, tuple[Any, ...]] = {}
-        for settings, name, where, entry in arms:
+        for settings, name, where in arms:
             if name in named:
                 first = self.lines.find(named[name], ("name", "models"))
                 raise self.fail((*where, "name") if (*where, "name") in self.lines.lines else where,
                                 f"arm {name!r} is named twice (first at line {first}): each arm needs its own name")
             named[name] = where
-            specs.append(self._arm(top, providers, settings, entry, name, where))
+            specs.append(self._arm(top, providers, settings, name, where))
         return ExperimentSpec(top.name, self.path, dataset, providers, specs, self.lines)
 
     def _check_provider(self, name: str, p: Provider) -> None:
@@ -341,7 +370,7 @@ class _Reader:
             raise self.fail((*where, "simulator"), f"providers.{name}: simulator settings are for the built-in "
                                                    "simulator (a provider without base_url)")
 
-    def _expand(self, m: Matrix, where: tuple[Any, ...]) -> list[tuple[Settings, str, tuple[Any, ...], Settings | None]]:
+    def _expand(self, m: Matrix, where: tuple[Any, ...]) -> list[tuple[Settings, str, tuple[Any, ...]]]:
         if not m.models:
             raise self.fail((*where, "models"), "matrix: models is empty")
         templates: list[tuple[str, str | UnsetType]]
@@ -356,11 +385,10 @@ class _Reader:
             for tname, template in templates:
                 name = re.sub(r"[^A-Za-z0-9_-]+", "-", model).strip("-") + (f".{tname}" if tname else "")
                 arm = msgspec.structs.replace(m, model=model, template=template)
-                out.append((arm, name, where, None))
+                out.append((arm, name, where))
         return out
 
-    def _arm(self, top: Top, providers: dict[str, Provider], arm: Settings, entry: Settings | None, name: str,
-             where: tuple[Any, ...]) -> ArmSpec:
+    def _arm(self, top: Top, providers: dict[str, Provider], arm: Settings, name: str, where: tuple[Any, ...]) -> ArmSpec:
         def get(key: str, default: Any = None) -> Any:
             for source in (arm, top):
                 value = getattr(source, key)

@@ -246,11 +246,11 @@ class Session:
         on the event loop once the runner exists (the CLI installs its signal handlers
         there) and returns what undoes it."""
         try:
-            return asyncio.run(self._execute(works, on_tick, on_running))
+            return asyncio.run(self.execute_async(works, on_tick, on_running))
         finally:
             self._loop = None
 
-    async def _execute(self, works: Any, on_tick: Callable[[Progress], None] | None,
+    async def execute_async(self, works: Any, on_tick: Callable[[Progress], None] | None,
                        on_running: Callable[[Runner], Callable[[], None]] | None, shared: SharedLimits | None = None) -> str:
         """``execute`` on a running loop; an experiment runs its arms' sessions together on
         one loop, each given its provider's ``shared`` limits (runners/experiment.py)."""
@@ -281,7 +281,6 @@ class Session:
             return "interrupted"  # an outage: resumable like an interrupt (exit 75 says why)
         return "interrupted" if progress.stopping else "completed"
 
-    execute_async = _execute
 
     def close(self, reason: str) -> None:
         """End the session: make everything durable, finish projections, release the lock.

@@ -193,6 +193,9 @@ def test_ls_compare_and_view_know_the_experiment(clean):
     assert status.returncode == 0, status.stderr
     assert {(a["arm"], a["run_id"], a["status"], a["done"]) for a in json.loads(status.stdout)} == \
         {(arm, f"clean.{arm}", "completed", ITEMS) for arm in ("llama", "llama-cot", "qwen")}
+    nope = run_cli("view", "--experiment", "nope", cwd=root)
+    assert nope.returncode == 2 and nope.stderr.startswith("error: no experiment 'nope' under runs"), nope.stderr
+    assert "known: " in nope.stderr and "clean" in nope.stderr
     from llm_ledger.projections.runs import list_runs
     from llm_ledger.viewer.app import RunsDir, expand_experiments
 

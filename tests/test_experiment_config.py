@@ -74,6 +74,14 @@ def _line(text: str, needle: str, nth: int = 1) -> int:
     ("max_tokens over the context", ('name = "cot"', 'name = "cot"\nmax_tokens = 5000'), "max_tokens",
      "arm 'cot': max_tokens 5000 leaves no room for the prompt in model sim-1's context limit of 4096 tokens"),
     ("not TOML", ('[[arms]]\nname = "cot"', '[[arms]\nname = "cot"'), "[[arms]\n", "not valid TOML"),
+    # the single-run checks, said in the file's words at the line of the key that set it
+    ("bad parser", ('template = "Think', 'parser = "regex:("\ntemplate = "Think'), 'parser = "regex:(',
+     "arm 'cot': parser regex:(: "),
+    ("top parser", ("parser = 'regex:answer is (\\S+)'", "parser = 'regex:answer is (\\S+'"), "parser =",
+     "arm 'plain': parser regex:answer is (\\S+: "),
+    ("missing dataset", ('dataset = "ds.jsonl"', 'dataset = "nope.jsonl"'), "dataset =", "nope.jsonl: no such file"),
+    ("unreachable endpoint", ("[providers.local]", '[providers.local]\nbase_url = "http://127.0.0.1:9/v1"'),
+     "base_url", "cannot reach the endpoint"),
 ])
 def test_a_bad_file_is_one_line_naming_the_line(folder, case, edit, needle, expected):
     text = GOOD.replace(*edit)
@@ -83,6 +91,7 @@ def test_a_bad_file_is_one_line_naming_the_line(folder, case, edit, needle, expe
     line = _line(text, needle.split("\n")[0], nth)
     assert message.startswith(f"{folder / 'eval.toml'}:{line}: "), (case, message)
     assert expected in message, (case, message)
+    assert "--" not in message, (case, message)  # no CLI flag: the file's keys
 
 
 def test_a_model_over_its_context_limit_is_refused_before_anything_is_written(folder):
@@ -120,6 +129,20 @@ samples = 1
     assert spec.dataset == str(folder / "ds.jsonl")  # relative to the file, not the cwd
 
 
+def test_the_top_level_matrix_of_the_issue(folder):
+    """`models = [...]` x `templates = [...]` at the top of the file, as the issue writes it."""
+    path = folder / "eval.toml"
+    path.write_text('name = "top"\ndataset = "ds.jsonl"\nmodels = ["sim-1", "m2"]\n'
+                    'templates = ["{prompt}", "Think. {prompt}"]\nsamples = 2\n[providers.local]\n')
+    arms = {a.name: a.config for a in load_experiment(str(path)).arms}
+    assert list(arms) == ["sim-1.t1", "sim-1.t2", "m2.t1", "m2.t2"]
+    assert (arms["m2.t2"].model, arms["m2.t2"].template, arms["m2.t2"].samples) == ("m2", "Think. {prompt}", 2)
+    path.write_text('name = "top"\ndataset = "ds.jsonl"\nmodels = ["sim-1"]\n')
+    assert [a.name for a in load_experiment(str(path)).arms] == ["sim-1"]
+    message = _error(folder, 'name = "top"\ndataset = "ds.jsonl"\ntemplates = ["{prompt}"]\n')
+    assert message.endswith("eval.toml:3: templates without models: a matrix is models = [...] x templates = [...]")
+
+
 def test_dotenv_next_to_the_file_fills_unset_variables_only(folder, monkeypatch):
     monkeypatch.delenv("EXPERIMENT_DOTENV_KEY", raising=False)
     monkeypatch.setenv("EXPERIMENT_SET_KEY", "from-the-environment")
@@ -138,6 +161,10 @@ def test_cli_bad_key_exit_2_one_line_nothing_written_and_dry_run_plan(folder):
     lines = bad.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: bad.toml:7: providers.local: unknown key 'burst' (known: ")
     assert not (folder / "runs").exists()
+    (folder / "eval.toml").write_text(GOOD)
+    shown = run_cli("run", "eval.toml", "--show-first", cwd=folder)
+    assert shown.returncode == 2 and len(shown.stderr.strip().splitlines()) == 1, shown.stderr
+    assert shown.stderr.startswith("error: eval.toml: --show-first ") and not (folder / "runs").exists()
 
     (folder / "eval.toml").write_text(GOOD.replace('parser =', 'max_tokens = 10\nprice_in = 1.0\nprice_out = 2.0\nparser ='))
     plan = run_cli("run", "eval.toml", "--dry-run", cwd=folder, env={"COLUMNS": "200"})
@@ -209,3 +236,14 @@ def test_shared_limits_hold_across_the_runs_given_them():
         return most, shared.most_sending
 
     assert asyncio.run(main()) == (3, 3)
+
+
+def test_a_changed_arm_is_said_in_the_file_keys_and_an_unset_price_is_no_change():
+    from llm_ledger.runners.config import RunConfig
+    from llm_ledger.runners.experiment import file_diff
+
+    run = RunConfig(price_in=0.0, price_out=0.0, simulator={"accuracy": 0.9}, concurrency=4)
+    conflicts, overrides = file_diff(run, RunConfig(simulator={"accuracy": 0.5, "latency": 0.1}, concurrency=8))
+    assert conflicts == ["sim_accuracy: 0.9 (run) vs 0.5 (file)", "simulator.latency: null (run) vs 0.1 (file)"]
+    assert overrides == {"concurrency": 8}
+    assert file_diff(run, RunConfig(price_in=1.0, simulator={"accuracy": 0.9}))[0] == ["price_in: 0.0 (run) vs 1.0 (file)"]

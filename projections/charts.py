@@ -5,8 +5,8 @@ Three per run, each from the data that defines it:
 * **accuracy** with its 95% Wilson interval (``summary.wilson``, as ``summary.json`` and
   ``compare`` state it) over a run's answers (the last line per key of ``responses.jsonl``),
   overall and per value of a metadata field (``accuracy_by``: one group per value);
-* **latency**: a histogram of every reply's latency (the ``response`` events, as
-  ``summary.json``'s percentiles count them), in milliseconds, with p50 / p90 / p99 by the
+* **latency**: a histogram of every measured reply latency (the ``response`` events that
+  ``summary.json``'s percentiles count: ``fold.timed``), in milliseconds, with p50 / p90 / p99 by the
   same nearest-rank ``summary.percentile``;
 * **timeline**: per time bin (event ``ts``, the commit time), attempts sent (``started``),
   replies (``response``), 429s and other errors (``failed``, by HTTP status).
@@ -25,10 +25,11 @@ from typing import Any
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import LedgerError
-from llm_ledger.ledger.events import Failed, ResponseView, Started, decode_many_view
+from llm_ledger.ledger.events import CACHE_ENDPOINT, Failed, ResponseView, Started, decode_many_view
 from llm_ledger.ledger.framing import HEADER_SIZE
 from llm_ledger.ledger.reader import iter_frames
 
+from .fold import timed
 from .summary import percentile, wilson
 
 __all__ = ["accuracy", "accuracy_by", "latency_histogram", "timeline", "EventFigures", "LATENCY_BINS", "TIME_BINS"]
@@ -141,9 +142,11 @@ class EventFigures:
 
     def _apply(self, event: Any) -> None:
         if isinstance(event, Started):
-            self._count(event.ts, 0)
+            if event.endpoint != CACHE_ENDPOINT:  # a cache hit's request was not sent
+                self._count(event.ts, 0)
         elif isinstance(event, ResponseView):
-            self.latencies.append(event.latency)
+            if timed(event):
+                self.latencies.append(event.latency)
             self._count(event.ts, 1)
         elif isinstance(event, Failed):
             self.errors_by_type[event.error_type or "error"] += 1

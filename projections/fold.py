@@ -41,7 +41,7 @@ from llm_ledger.ledger.shard_keys import planned_keys
 from .reviews import ReviewRow, reply_sha256, verdict_value
 from .scoring import score
 
-__all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "encode_rows", "Key", "key_of", "prompt_of", "failure_text",
+__all__ = ["RunState", "OpenRow", "Totals", "Labels", "Row", "apply", "apply_many", "encode_rows", "Key", "key_of", "prompt_of", "failure_text", "timed",
            "label", "overridden", "wall_time", "MAX_LABELS"]
 
 _encoder = msgspec.json.Encoder(order="deterministic")
@@ -312,7 +312,7 @@ def _response(state: RunState, event: Response, _: Any) -> None:
     if event.cached_from is not None:
         return _cached(totals, row, usage)
     row.latency += event.latency
-    if event.imported is None or event.latency:  # an imported reply with no time (a Batch output) has none, not 0 s
+    if timed(event):
         totals.latencies.append(event.latency)
     if usage is not None:
         before_usage = row.usage
@@ -323,6 +323,13 @@ def _response(state: RunState, event: Response, _: Any) -> None:
         totals.prompt_tokens += usage.prompt_tokens
         totals.completion_tokens += usage.completion_tokens
     return None
+
+
+def timed(event: ResponseView) -> bool:
+    """Whether a reply's latency is a measured time, counted in the latency figures (the
+    summary's percentiles, the viewer's histogram): not a reply copied from the cache (0 s:
+    nothing was sent), nor an imported one without a time (a Batch output has none)."""
+    return event.cached_from is None and (event.imported is None or event.latency > 0)
 
 
 def _cached(totals: Totals, row: OpenRow, usage: Usage | None) -> None:

@@ -101,10 +101,11 @@ def _run_row(paths: RunPaths) -> dict[str, Any]:
 
 
 def _experiment(config: dict[str, Any]) -> dict[str, Any]:
-    """The experiment and arm a run belongs to, from its config (null for a run of its own)."""
-    value = config.get("experiment")
-    value = value if isinstance(value, dict) else {}
-    return {"experiment": value.get("name") or None, "arm": value.get("arm") or None}
+    """The experiment and arm a run belongs to (null for a run of its own)."""
+    from .runs import experiment_of
+
+    found = experiment_of(config)
+    return {"experiment": found.get("name") or None, "arm": found.get("arm") or None}
 
 
 def _time(ts: float) -> datetime.datetime:

@@ -101,6 +101,7 @@ class Settings(_Strict, kw_only=True, forbid_unknown_fields=True):
     base_url: str | UnsetType = UNSET
     base_urls: list[str] | UnsetType = UNSET
     api_key_env: str | UnsetType = UNSET
+    cache: bool | UnsetType = UNSET  # the cross-run cache (default on); false: every request sent (fresh draws)
 
 
 class Provider(_Strict, kw_only=True, forbid_unknown_fields=True):
@@ -468,7 +469,7 @@ class _Reader:
             retries=get("retries", 5), temperature=get("temperature"), max_tokens=max_tokens, system=system,
             template=get("template"), parser=get("parser", "text"), price_in=get("price_in"),
             price_out=get("price_out"), give_up_after=p.give_up_after, max_context=max_context,
-            preflight=p.preflight, seed=get("seed"),
+            preflight=p.preflight, seed=get("seed"), cache=get("cache"),
             simulator={**p.simulator, **get("simulator", {}), **({"accuracy": accuracy} if accuracy is not None else {})}
             if simulated else {},
             experiment={"name": top.name, "arm": name, "provider": pname, "file": os.path.abspath(self.path),

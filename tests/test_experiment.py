@@ -44,6 +44,7 @@ dataset = "ds.jsonl"
 parser = 'regex:answer is (\\S+)'
 price_in = {PRICE_IN}
 price_out = {PRICE_OUT}
+cache = false  # the tests count requests at the simulators: no experiment is served by another's log
 {top}
 [providers.a]
 base_url = "{sims['a'].base_url}"

@@ -43,7 +43,7 @@ def _dataset(path: Path, n: int) -> Path:
 def seen(tmp_path_factory) -> dict[str, Screen]:
     base = tmp_path_factory.mktemp("terminal")
     small, large = _dataset(base / "small.jsonl", 40), _dataset(base / "large.jsonl", 300)
-    runs = {f"w{cols}": (["run", str(small), "--run-id", f"w{cols}", *PRICED], cols, None) for cols in WIDTHS}
+    runs = {f"w{cols}": (["run", str(small), "--run-id", f"w{cols}", "--no-cache", *PRICED], cols, None) for cols in WIDTHS}
     runs["ctrl-c"] = (["run", str(large), "--run-id", "cc", "--concurrency", "2", "--sim", json.dumps({"latency": 0.05})],
                       80, b"(adaptive)")
     runs["down"] = (["run", str(small), "--run-id", "down", "--give-up-after", "0.2", "--sim", json.dumps({"down": True})], 80, None)

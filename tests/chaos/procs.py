@@ -35,10 +35,15 @@ from typing import Any
 
 __all__ = ["CliProc", "Hung", "start_cli", "run_cli", "kill_when", "lines_after", "lock_held_by", "PRELOAD"]
 
+# What the fork server imports before it forks: the libraries and the layers below the CLI.
+# Not llm_ledger.cli: its modules build objects from the environment when imported (the rich
+# consoles of cli/common.py read COLUMNS), so each child imports them itself, as a fresh
+# process would, with its own environment (tens of milliseconds).
 PRELOAD = [
-    "llm_ledger.cli.app", "llm_ledger.cli.common", "llm_ledger.cli.run_cmd", "llm_ledger.cli.status_cmd", "llm_ledger.cli.log_cmd", "llm_ledger.cli.replay_cmd",
-    "llm_ledger.cli.export_cmd", "llm_ledger.cli.verify_cmd", "llm_ledger.cli.show_cmd", "llm_ledger.runners.session", "llm_ledger.runners.simulator",
-    "llm_ledger.projections.projector", "llm_ledger.projections.export", "chaos.oshim", "chaos.warm",
+    "typer", "click", "rich.console", "rich.table", "rich.progress", "rich.live",
+    "llm_ledger.runners.session", "llm_ledger.runners.simulator", "llm_ledger.runners.prepare",
+    "llm_ledger.projections.projector", "llm_ledger.projections.export", "llm_ledger.projections.runs", "chaos.oshim",
+    "chaos.warm",
 ]
 _ctx_lock = threading.Lock()
 _ctx: Any = None

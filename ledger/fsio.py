@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 from . import fs
 from .errors import LedgerError, LogAccessError, StorageError
 
-__all__ = ["fsync_dir", "write_durable", "write_atomic", "os_error", "preallocate"]
+__all__ = ["fsync_dir", "write_durable", "write_atomic", "replace_with", "os_error", "preallocate"]
+
+T = TypeVar("T")
 
 # Refusals that are configuration (exit 2); anything else -- ENOSPC, EDQUOT, EIO -- is the
 # disk failing under us (exit 1, resumable).
@@ -58,12 +62,23 @@ def write_atomic(path: str, data: bytes, *, durable: bool = False) -> None:
     ``durable`` also syncs the file and its directory (the log layer); projections skip it,
     because they are rebuilt from the log after a crash anyway.
     """
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
+
+    def fill(fd: int) -> None:
         view = memoryview(data)
         while view:
             view = view[fs.write(fd, view) :]
+
+    replace_with(path, fill, durable=durable)
+
+
+def replace_with(path: str, fill: Callable[[int], T], *, durable: bool, tmp: str | None = None) -> T:
+    """Replace ``path`` with what ``fill(fd)`` writes into a file beside it (``tmp``, default
+    ``<path>.tmp.<pid>``), renamed over ``path`` only once complete (and, ``durable``, synced
+    with its directory); anything raised leaves ``path`` untouched and no temp file."""
+    tmp = tmp or f"{path}.tmp.{os.getpid()}"
+    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        result = fill(fd)
         if durable:
             fs.fsync(fd)
     except BaseException:
@@ -74,6 +89,7 @@ def write_atomic(path: str, data: bytes, *, durable: bool = False) -> None:
     fs.replace(tmp, path)
     if durable:
         fsync_dir(os.path.dirname(os.path.abspath(path)))
+    return result
 
 
 def write_durable(path: str, data: bytes) -> None:

@@ -18,7 +18,7 @@ import msgspec
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.events import Event, encode_many
 from llm_ledger.ledger.framing import MAX_FRAME, encode_frame, file_header
-from llm_ledger.ledger.fsio import fsync_dir
+from llm_ledger.ledger.fsio import replace_with
 
 __all__ = ["write_log", "temp_path", "remove_temps"]
 
@@ -44,19 +44,7 @@ def remove_temps(path: str) -> None:
 def write_log(path: str, events: Iterable[Event]) -> int:
     """Write ``events`` (seq renumbered from 1) as the log at ``path``, atomically and durably.
     Returns the number of events. Anything raised by ``events`` leaves ``path`` untouched."""
-    tmp = temp_path(path)
-    fd = fs.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        written = _write_frames(fd, events)
-        fs.fsync(fd)
-    except BaseException:
-        fs.close(fd)
-        fs.unlink(tmp)
-        raise
-    fs.close(fd)
-    fs.replace(tmp, path)
-    fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return written
+    return replace_with(path, lambda fd: _write_frames(fd, events), durable=True, tmp=temp_path(path))
 
 
 def _write_frames(fd: int, events: Iterable[Event]) -> int:

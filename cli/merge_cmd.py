@@ -79,19 +79,14 @@ def _ticker(prepared: Prepared):
 def _header(prepared: Prepared, specs: list[ShardSpec]) -> None:
     from llm_ledger.projections.runs import run_status
 
-    from .run_cmd import dataset_extent
+    from .run_cmd import print_run_lines
 
-    config, paths = prepared.config, prepared.paths
-    endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
-    out.print(f"run {paths.run_id}", markup=False)
-    out.print(f"model {config.model} @ {endpoint}", markup=False)
-    out.print(f"dataset {prepared.dataset.path}: {dataset_extent(prepared.dataset.items, config.limit, config.seed, config.samples)}",
-              markup=False)
-    out.print(f"output {paths.dir}", markup=False)
+    config = prepared.config
+    print_run_lines(prepared)
     running = ", ".join(str(s.index) for s in specs) or "none"
     out.print(f"shards {config.shards} ({config.workers} workers); running now: {running}", markup=False)
     if prepared.resume:
-        info = run_status(paths)
+        info = run_status(prepared.paths)
         left = info.planned - info.done - (info.failed if prepared.skip_failed else 0)
         out.print(f"resume: {info.done:,} done, {info.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "
                   f"{info.pending:,} never started, {info.in_flight:,} in flight at the crash (sent again); "

@@ -329,8 +329,9 @@ def _say_resume(prepared: "Prepared") -> None:
     err.print(resume_line(prepared.paths), markup=False, highlight=False)
 
 
-def _print_header(prepared: "Prepared", session: "Session") -> None:
-    """Once, before the display: which run, which model, which items, where the files go."""
+def print_run_lines(prepared: "Prepared") -> None:
+    """Which run, which model, which items, where the files go (a run's header, a sharded
+    run's too)."""
     config = prepared.config
     endpoint = "built-in simulator (no key needed)" if config.embedded else config.base_url
     out.print(f"run {prepared.paths.run_id}", markup=False)
@@ -338,6 +339,12 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
     out.print(f"dataset {prepared.dataset.path}: {dataset_extent(prepared.dataset.items, config.limit, config.seed, config.samples)}",
               markup=False)
     out.print(f"output {prepared.paths.dir}", markup=False)
+
+
+def _print_header(prepared: "Prepared", session: "Session") -> None:
+    """Once, before the display: which run, which model, which items, where the files go."""
+    config = prepared.config
+    print_run_lines(prepared)
     if prepared.resume:
         f = session.found
         flight = (f"{f.in_flight:,} in flight (their batches are looked up and collected; sent again only if a batch "

@@ -24,7 +24,8 @@ from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.batches import OPEN, Chunk, fold
+from llm_ledger.projections.batches import BATCHES, OPEN, Chunk, fold
+from llm_ledger.projections.projector import refresh
 
 from .batch_client import BatchClient
 from .config import RunConfig
@@ -57,6 +58,7 @@ def cancel_run(paths: RunPaths) -> list[Cancelled]:
         done = asyncio.run(_cancel(config, api_key, paths.run_id, chunks))
         writer.append_many([*(BatchCancelRequested(chunk=c.chunk, batch_id=c.batch_id, status=c.status)
                               for c in done if not c.status.startswith("not ")), SessionEnded(reason=last)])
+    refresh(paths, (BATCHES,))  # batches.json (what `ledger status` shows) says "cancelling" now, not later
     return done
 
 

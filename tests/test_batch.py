@@ -194,6 +194,8 @@ def test_cancel_asks_the_provider_records_it_and_resume_fails_what_was_not_done(
         assert "1 of 1 open batches asked to cancel" in cancelled.stdout
         asked = [e for e in _events(paths) if isinstance(e, BatchCancelRequested)]
         assert len(asked) == 1 and asked[0].status == "cancelling"
+        with open(os.path.join(paths.dir, "batches.json")) as f:  # what `ledger status` shows, current at once
+            assert [row["status"] for row in json.load(f)] == ["cancelling"]
         session, reason = run_prepared(prepare_resume(paths))
         books = _records(sim)
     finally:

@@ -274,6 +274,7 @@ def test_ctrl_c_stops_waiting_the_batch_keeps_running_and_resume_collects_it(tmp
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, out + err
         assert "interrupted; 6 items pending" in err and "ledger resume c" in err
+        assert "their batches keep running at the provider: `ledger resume` collects them" in err
         assert _records(sim, "c")[0]["status"] in ("validating", "in_progress")  # still running there
         paths = RunPaths(str(runs / "c"))
         session, reason = run_prepared(prepare_resume(paths))

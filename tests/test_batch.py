@@ -283,3 +283,32 @@ def test_ctrl_c_stops_waiting_the_batch_keeps_running_and_resume_collects_it(tmp
         sim.stop()
     assert reason == "completed" and len(books) == 1 and len(books[0]["billed"]) == 6
     assert len(_rows(paths)) == 6
+
+
+def test_the_simulator_expires_a_batch_slower_than_its_window_and_takes_batch_faults_from_the_cli():
+    import asyncio
+    import time
+
+    from llm_ledger.runners.batch_client import BatchClient
+
+    sim = _sim(batch_seconds=60, batch_window=0.2)
+
+    async def go():
+        client = BatchClient(sim.base_url, "k", (), 10)
+        try:
+            line = {"custom_id": "a/0/0", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "sim-1", "messages": [{"role": "user", "content": "hi"}]}}
+            file_id = await client.upload("x.jsonl", (json.dumps(line) + "\n").encode())
+            batch = await client.create(file_id, {})
+            time.sleep(0.3)
+            return await client.retrieve(batch.id)
+        finally:
+            await client.close()
+
+    try:
+        batch = asyncio.run(go())
+    finally:
+        sim.stop()
+    assert batch.status == "expired" and batch.completed == 0  # a real provider's 24 h pass: what ran is kept
+    bad = run_cli("simulate", "--port", "0", "--batch-expire", "-1")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "batch_expire -1" in bad.stderr

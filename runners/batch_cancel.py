@@ -54,6 +54,8 @@ def cancel_run(paths: RunPaths) -> list[Cancelled]:
         events = list(iter_events(paths.log))
         last = next((e.reason for e in reversed(events) if isinstance(e, SessionEnded)), "interrupted")
         chunks = [c for c in fold(events).chunks.values() if c.status != "done"]
+        if not chunks:  # nothing to ask the provider: the log is left as it is
+            return []
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="cancel"))
         done = asyncio.run(_cancel(config, api_key, paths.run_id, chunks))
         writer.append_many([*(BatchCancelRequested(chunk=c.chunk, batch_id=c.batch_id, status=c.status)

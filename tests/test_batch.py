@@ -206,6 +206,9 @@ def test_cancel_asks_the_provider_records_it_and_resume_fails_what_was_not_done(
     assert len(failed) == 6 and {(f.error_type, f.final) for f in failed} == {("batch_cancelled", True)}
     assert [e.status for e in events if isinstance(e, BatchDone)] == ["cancelled"]
     assert reason == "completed"
+    from llm_ledger.runners.batch_cancel import cancel_run
+
+    assert cancel_run(paths) == [] and len(_events(paths)) == len(events)  # nothing open: nothing asked, nothing written
 
 
 def test_cancel_refuses_a_per_request_run_in_one_line(tmp_path, dataset):

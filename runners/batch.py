@@ -41,6 +41,7 @@ its batches end with the session, and a resume finds them gone ("lost") and send
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -222,7 +223,7 @@ class BatchRunner:
             self.writer.submit(started[i:i + STARTED_SLICE])
         data = piece.data
         ids = [r.custom_id for r in piece.requests]
-        planned = BatchPlanned(chunk=chunk_id, custom_ids=ids, sha256=piece.sha256, bytes=len(data),
+        planned = BatchPlanned(chunk=chunk_id, custom_ids=ids, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
                                model=str(piece.requests[0].body.get("model")), round=round_)
         event = (await self.writer.append_many_async([planned]))[0]
         crash_point("planned")
@@ -329,6 +330,7 @@ class BatchRunner:
                 return await self._rejected(job, exc)
             finally:
                 self.timings["upload"] += time.perf_counter() - began
+            job.data = None  # the provider holds the file now: its bytes (~ a round's bodies) are not kept
             crash_point("uploaded")
             await self.writer.append_many_async([BatchFileUploaded(chunk=chunk.chunk, file_id=file_id)])
             self._uploaded += 1
@@ -377,8 +379,6 @@ class BatchRunner:
             return None
         requests = [by_id[i] for i in job.chunk.custom_ids]
         data = content(requests)
-        import hashlib
-
         return data if hashlib.sha256(data).hexdigest() == job.chunk.sha256 else None
 
     async def _wait(self, job: _Job) -> Batch | None:

@@ -315,3 +315,18 @@ def test_the_simulator_expires_a_batch_slower_than_its_window_and_takes_batch_fa
     assert batch.status == "expired" and batch.completed == 0  # a real provider's 24 h pass: what ran is kept
     bad = run_cli("simulate", "--port", "0", "--batch-expire", "-1")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "batch_expire -1" in bad.stderr
+
+
+def test_status_lines_of_a_refused_chunk_and_of_one_that_left_requests_without_a_result():
+    from llm_ledger.cli.status_cmd import batch_lines
+    from llm_ledger.projections.batches import encode, fold
+
+    events = [BatchPlanned(chunk="1", custom_ids=["a/0/0", "b/0/0"], ts=100.0),
+              BatchDone(chunk="1", status="rejected", failed=2, ts=101.0),
+              BatchPlanned(chunk="2", custom_ids=["c/0/0", "d/0/0"], ts=100.0),
+              BatchSubmitted(chunk="2", batch_id="batch_x", created_at=100.0, expires_at=200.0, ts=100.0),
+              BatchStatus(chunk="2", batch_id="batch_x", status="expired", completed=1, total=2, ts=150.0),
+              BatchDone(chunk="2", batch_id="batch_x", status="expired", completed=1, unresolved=1, ts=151.0)]
+    lines = batch_lines(json.loads(encode(fold(events))), now=160.0)
+    assert lines[1] == "  chunk 2: batch_x expired, recorded: 1 done, 0 failed of 2, 1 without a result, age 1m00s"
+    assert lines[2] == "  chunk 1: (not submitted) rejected, recorded: 0 done, 2 failed of 2, age 1m00s"

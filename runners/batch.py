@@ -36,6 +36,9 @@ goes into the next round: a 5-turn conversation takes 5 rounds of batches.
 Ctrl-C and ``--batch-window`` (its clock starts when the session first waits for a batch) stop
 waiting: the batches keep running at the provider and ``ledger resume`` picks them up. The built-in simulator (no --base-url) lives in this process:
 its batches end with the session, and a resume finds them gone ("lost") and sends them again.
+A batch that a real endpoint does not know (404: a resume's other --base-url or key?) stops
+the run in one line instead -- sending its requests again could pay twice -- unless
+`ledger cancel` recorded it as given up.
 """
 
 from __future__ import annotations
@@ -390,8 +393,13 @@ class BatchRunner:
             try:
                 batch = await self.client.retrieve(chunk.batch_id)
             except EndpointError as exc:
-                if exc.status == 404:
-                    return _lost(chunk)
+                if exc.status == 404 and (self._simulator is not None or chunk.cancel_requested):
+                    return _lost(chunk)  # the built-in simulator's batches end with its session; or given up by `ledger cancel`
+                if exc.status == 404:  # another endpoint or account (a resume's --base-url?): sending again could pay twice
+                    raise EndpointError("batch_not_found", f"batch {chunk.batch_id} (chunk {chunk.chunk}) is unknown to "
+                                        f"{self.endpoint}: resume with the endpoint and key it was submitted with; if it is "
+                                        f"gone for good, `ledger cancel {self.run_id}` then `ledger resume` sends its "
+                                        "requests again", status=404) from None
                 if not exc.retryable:
                     raise
                 await self._sleep(delay)

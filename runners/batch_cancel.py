@@ -87,6 +87,8 @@ async def _one(client: BatchClient, chunk: str, batch_id: str) -> Cancelled:
     try:
         batch = await client.cancel(batch_id)
     except EndpointError as exc:
+        if exc.status == 404:  # recorded: a resume then gives its requests up (failed) instead of stopping on it
+            return Cancelled(chunk, batch_id, "unknown to the provider: given up")
         return Cancelled(chunk, batch_id, f"not cancelled: {exc.message}")
     return Cancelled(chunk, batch_id, batch.status)
 

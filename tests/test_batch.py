@@ -330,3 +330,28 @@ def test_status_lines_of_a_refused_chunk_and_of_one_that_left_requests_without_a
     lines = batch_lines(json.loads(encode(fold(events))), now=160.0)
     assert lines[1] == "  chunk 2: batch_x expired, recorded: 1 done, 0 failed of 2, 1 without a result, age 1m00s"
     assert lines[2] == "  chunk 1: (not submitted) rejected, recorded: 0 done, 2 failed of 2, age 1m00s"
+
+
+def test_a_batch_unknown_to_the_endpoint_stops_the_run_and_is_never_bought_again(tmp_path, dataset):
+    first = _sim(batch_seconds=600, batch_window=3600)
+    port = int(first.base_url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        paths, reason = _run(tmp_path, first.base_url, dataset, batch_max_requests=10, batch_window=0.1)
+        assert reason == "interrupted"
+    finally:
+        first.stop()
+    again = Simulator(SimConfig(), port=port).start()  # the same URL, without the batch (another account, say)
+    try:
+        session, reason = run_prepared(prepare_resume(paths))
+        assert reason == "error" and _records(again) == []  # nothing created where the batch is unknown
+        stop = session.runner.progress.stop_reason
+        assert "is unknown to" in stop and "`ledger cancel r` then `ledger resume`" in stop and "\n" not in stop
+        from llm_ledger.runners.batch_cancel import cancel_run
+
+        assert [c.status for c in cancel_run(paths)] == ["unknown to the provider: given up"]  # the escape it names
+        session, reason = run_prepared(prepare_resume(paths))
+        assert _records(again) == []
+    finally:
+        again.stop()
+    failed = [e for e in _events(paths) if isinstance(e, Failed)]
+    assert reason == "completed" and {(f.error_type, f.final) for f in failed} == {("batch_lost", True)} and len(failed) == 6

@@ -175,7 +175,7 @@ def test_the_window_stops_waiting_resume_collects_the_same_batch_and_status_show
         with open(os.path.join(paths.dir, "batches.json")) as f:  # what `status --json` adds as "batches"
             rows = json.load(f)
         assert rows[0]["status"] in ("validating", "in_progress") and rows[0]["total"] == 6 and rows[0]["expires_at"]
-        session, reason = run_prepared(prepare_resume(paths))
+        session, reason = run_prepared(prepare_resume(paths, False, {"batch_window": 60.0}))  # this session waits it out
         books = _records(sim)
     finally:
         sim.stop()

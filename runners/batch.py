@@ -372,7 +372,12 @@ class BatchRunner:
     async def _upload(self, name: str, data: bytes) -> str:
         """One upload; a retried one may have left a file behind (its reply lost): swept at the end."""
         self._uploads += 1
-        return await self.client.upload(name, data)
+        try:
+            return await self.client.upload(name, data)
+        except EndpointError as exc:
+            if exc.error_type == "batch_unsupported" or (exc.status is not None and exc.status < 500):
+                self._uploads -= 1  # refused outright: no file was made, nothing to sweep (nor to list, on a server without files)
+            raise
 
     def _rebuilt(self, job: _Job) -> bytes | None:
         """A chunk planned by an earlier session: its file from the same works, if they give

@@ -355,3 +355,27 @@ def test_a_batch_unknown_to_the_endpoint_stops_the_run_and_is_never_bought_again
         again.stop()
     failed = [e for e in _events(paths) if isinstance(e, Failed)]
     assert reason == "completed" and {(f.error_type, f.final) for f in failed} == {("batch_lost", True)} and len(failed) == 6
+
+
+def test_an_endpoint_without_the_batch_api_fails_each_request_at_once_saying_so(tmp_path, dataset):
+    import http.server
+    import threading
+
+    class ChatOnly(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802  (read the upload, then: not here)
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_error(501)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        paths, reason = _run(tmp_path, f"http://127.0.0.1:{server.server_port}/v1", dataset, batch_max_requests=10,
+                             preflight=False)
+    finally:
+        server.shutdown()
+    failed = [e for e in _events(paths) if isinstance(e, Failed)]
+    assert reason == "completed" and len(failed) == 6 and {(f.error_type, f.final) for f in failed} == {("batch_unsupported", True)}
+    assert failed[0].message == "the endpoint does not serve the Batch API (POST /v1/files answered 501): run without --batch"

@@ -301,8 +301,11 @@ class BatchRunner:
         try:
             await self.client.delete(file_id)
         except EndpointError as exc:
-            if exc.status != 404:
-                return  # left for a later session's sweep
+            if exc.status != 404:  # said at the end of the session, not swallowed: the file costs storage there
+                if len(self.progress.internal) < 20:
+                    self.progress.internal.append(f"uploaded file {file_id} ({reason}) was not deleted: {exc.message}; "
+                                                  "delete it at the provider (a later resume's sweep may)")
+                return
         await self.writer.append_many_async([BatchFileDeleted(chunk=chunk, file_id=file_id, reason=reason)])
 
     # -- one chunk ---------------------------------------------------------------------------

@@ -196,7 +196,8 @@ class BatchRunner:
             raise exc
         if isinstance(exc, asyncio.CancelledError):
             return
-        message = redact(" ".join(f"{type(exc).__name__}: {exc}".split())[:500], self.context.secrets)
+        text = exc.message if isinstance(exc, EndpointError) else f"{type(exc).__name__}: {exc}"  # the provider's words as they are
+        message = redact(" ".join(text.split())[:500], self.context.secrets)
         self.stop(f"error: {message}")
         if not isinstance(exc, EndpointError):
             raise exc

@@ -345,7 +345,8 @@ def test_a_batch_unknown_to_the_endpoint_stops_the_run_and_is_never_bought_again
         session, reason = run_prepared(prepare_resume(paths))
         assert reason == "error" and _records(again) == []  # nothing created where the batch is unknown
         stop = session.runner.progress.stop_reason
-        assert "is unknown to" in stop and "`ledger cancel r` then `ledger resume`" in stop and "\n" not in stop
+        assert stop.startswith("error: batch batch_") and "is unknown to" in stop and "\n" not in stop
+        assert "`ledger cancel r` then `ledger resume`" in stop
         from llm_ledger.runners.batch_cancel import cancel_run
 
         assert [c.status for c in cancel_run(paths)] == ["unknown to the provider: given up"]  # the escape it names

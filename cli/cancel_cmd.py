@@ -23,6 +23,9 @@ def cancel(
     with handled():
         paths = find_run(runs_dir, run)
         lines = cancel_run(paths)
+        if not lines:
+            out.print(f"run {paths.run_id} has no open batches: nothing to cancel", markup=False)
+            return
         for line in lines:
             out.print(f"chunk {line.chunk}: {line.batch_id}: {line.status}", markup=False)
         asked = sum(not line.status.startswith("not ") for line in lines)

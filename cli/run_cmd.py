@@ -306,16 +306,13 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
     items = f"{plural(pending, 'item')} pending"
-    if stop_reason.startswith("batch window") and prepared.config.embedded:
-        lines.append(f"--batch-window passed: {items}; the built-in simulator's batches end with this session: "
-                     "`ledger resume` sends them again")
-    elif stop_reason.startswith("batch window"):
-        lines.append(f"--batch-window passed: {items}, in batches left running at the provider; "
-                     "`ledger resume` collects them (`ledger cancel` cancels them)")
+    batch = prepared.config.runner == "batch"
+    if stop_reason.startswith("batch window"):
+        lines.append(f"--batch-window passed: {items}{_batches_left(prepared)}")
     elif code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:
-        lines.append(f"interrupted; {items}")
+        lines.append(f"interrupted; {items}{_batches_left(prepared) if batch and pending else ''}")
     elif pending and stop_reason.startswith("error"):
         lines.append(f"stopped by an error ({stop_reason[len('error: '):]}); {items}")
     elif pending:
@@ -323,6 +320,15 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     if code in (75, 130) or pending:
         lines.append(resume_line(prepared.paths))
     return lines
+
+
+def _batches_left(prepared: "Prepared") -> str:
+    """Where a stopped --batch run's pending requests are: at the provider, still running
+    (resume collects them), or -- the built-in simulator lives in the session -- gone."""
+    if prepared.config.embedded:
+        return "; the built-in simulator's batches end with this session: `ledger resume` sends them again"
+    return ("; their batches keep running at the provider: `ledger resume` collects them "
+            "(`ledger cancel` cancels them)")
 
 
 def _say_resume(prepared: "Prepared") -> None:
@@ -347,7 +353,9 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
     print_run_lines(prepared)
     if prepared.resume:
         f = session.found
-        flight = (f"{f.in_flight:,} in flight (their batches are looked up and collected; sent again only if a batch "
+        flight = (f"{f.in_flight:,} in flight (the built-in simulator's batches ended with their session: "
+                  "sent again)") if config.runner == "batch" and config.embedded else (
+                  f"{f.in_flight:,} in flight (their batches are looked up and collected; sent again only if a batch "
                   "ended without them)") if config.runner == "batch" else (
                   f"{f.in_flight:,} in flight at the crash (sent again, ~{f.in_flight_tokens:,} prompt tokens)")
         out.print(f"resume: {f.done:,} done, {f.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "

@@ -30,6 +30,12 @@ def simulate(
     model: Annotated[str, typer.Option(help="Model name served.")] = "sim-1",
     seed: Annotated[int, typer.Option(help="Seed of replies and faults.")] = 0,
     request_log: Annotated[str, typer.Option("--request-log", help="Append one JSON line per request here.")] = "",
+    batch_window: Annotated[float, typer.Option("--batch-window", metavar="SECONDS", help="Batch API: the \"24 h\" completion window, scaled down to seconds; a batch not done by then expires with what it ran.")] = 10.0,
+    batch_seconds: Annotated[float, typer.Option("--batch-seconds", metavar="SECONDS", help="Batch API: seconds a batch takes to run all its requests.")] = 0.0,
+    batch_fail_validation: Annotated[int, typer.Option("--batch-fail-validation", metavar="N", help="Batch API fault: the first N batches created fail validation (nothing runs).")] = 0,
+    batch_expire: Annotated[int, typer.Option("--batch-expire", metavar="N", help="Batch API fault: the first N batches expire at the window's end with half their requests done.")] = 0,
+    batch_error_lines: Annotated[int, typer.Option("--batch-error-lines", metavar="N", help="Batch API fault: the first N batches answer every third request with a 500 in the error file.")] = 0,
+    batch_create_500: Annotated[int, typer.Option("--batch-create-500", metavar="N", help="Batch API fault: the first N POST /v1/batches create the batch, then answer 500.")] = 0,
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
     from llm_ledger.projections.outputs import check_output_path
@@ -41,7 +47,9 @@ def simulate(
         sim = _start(SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
                        retry_after=retry_after, rate_500=error_rate, rate_hang=hang_rate, rate_reset=reset_rate,
                        rate_malformed=malformed_rate, request_log=request_log,
-                       capacity_rps=capacity, accuracy=accuracy), port)
+                       capacity_rps=capacity, accuracy=accuracy, batch_window=batch_window, batch_seconds=batch_seconds,
+                       batch_fail_validation=batch_fail_validation, batch_expire=batch_expire,
+                       batch_error_lines=batch_error_lines, batch_create_500=batch_create_500), port)
     out.print(f"simulator on {sim.base_url} (model {model}); Ctrl-C to stop", highlight=False)
     try:
         while True:

@@ -77,10 +77,16 @@ def batch_lines(batches: list[dict], now: float | None = None) -> list[str]:
         left = b["expires_at"] - now if b["status"] != "done" and b["expires_at"] else None
         expiry = "" if left is None else f", expires in {_duration(left)}" if left > 0 else ", past its expiry"
         lines.append(f"  chunk {b['chunk']}: {b['batch_id'] or '(not submitted)'} {state}: {count(b['completed'])} done, "
-                     f"{count(b['failed'])} failed of {count(b['total'])}, age {_duration(now - since)}{expiry}")
+                     f"{count(b['failed'])} failed of {count(b['total'])}{_unresolved(b)}, age {_duration(now - since)}{expiry}")
     if len(batches) > len(shown):
         lines.append(f"  ... and {count(len(batches) - len(shown))} more in batches.json")
     return lines
+
+
+def _unresolved(b: dict) -> str:
+    """A done chunk's requests left without a result: failed, or sent again in a later chunk."""
+    n = b.get("unresolved") or 0
+    return f", {count(n)} without a result" if b["status"] == "done" and n else ""
 
 
 def _duration(seconds: float) -> str:

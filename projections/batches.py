@@ -110,6 +110,8 @@ def _status(chunk: Chunk, e: BatchStatus) -> None:
 
 def _done(chunk: Chunk, e: BatchDone) -> None:
     chunk.status, chunk.final_status, chunk.done_at = "done", e.status, e.ts
+    if not chunk.batch_id and not e.batch_id:  # no batch (refused, or abandoned): no provider counts, ours are the truth
+        chunk.completed, chunk.failed = e.completed, e.failed
     chunk.batch_id = chunk.batch_id or e.batch_id
     chunk.unresolved = e.unresolved
     chunk.custom_ids = []
@@ -167,7 +169,7 @@ class BatchesPart(Part, kw_only=True):
 
 class Batches:
     name: ClassVar[str] = BATCHES
-    version: ClassVar[int] = 1
+    version: ClassVar[int] = 2  # 2: a done chunk without a batch keeps its recorded counts
     part_type: ClassVar[type[Part]] = BatchesPart
     slow: ClassVar[bool] = False
 

@@ -36,11 +36,15 @@ goes into the next round: a 5-turn conversation takes 5 rounds of batches.
 Ctrl-C and ``--batch-window`` (its clock starts when the session first waits for a batch) stop
 waiting: the batches keep running at the provider and ``ledger resume`` picks them up. The built-in simulator (no --base-url) lives in this process:
 its batches end with the session, and a resume finds them gone ("lost") and sends them again.
+A batch that a real endpoint does not know (404: a resume's other --base-url or key?) stops
+the run in one line instead -- sending its requests again could pay twice -- unless
+`ledger cancel` recorded it as given up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections import deque
@@ -193,7 +197,8 @@ class BatchRunner:
             raise exc
         if isinstance(exc, asyncio.CancelledError):
             return
-        message = redact(" ".join(f"{type(exc).__name__}: {exc}".split())[:500], self.context.secrets)
+        text = exc.message if isinstance(exc, EndpointError) else f"{type(exc).__name__}: {exc}"  # the provider's words as they are
+        message = redact(" ".join(text.split())[:500], self.context.secrets)
         self.stop(f"error: {message}")
         if not isinstance(exc, EndpointError):
             raise exc
@@ -224,7 +229,7 @@ class BatchRunner:
             self.writer.submit(started[i:i + STARTED_SLICE])
         data = piece.data
         ids = [r.custom_id for r in piece.requests]
-        planned = BatchPlanned(chunk=chunk_id, custom_ids=ids, sha256=piece.sha256, bytes=len(data),
+        planned = BatchPlanned(chunk=chunk_id, custom_ids=ids, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
                                model=str(piece.requests[0].body.get("model")), round=round_)
         event = (await self.writer.append_many_async([planned]))[0]
         crash_point("planned")
@@ -341,8 +346,11 @@ class BatchRunner:
         try:
             await self.client.delete(file_id)
         except EndpointError as exc:
-            if exc.status != 404:
-                return  # left for a later session's sweep
+            if exc.status != 404:  # said at the end of the session, not swallowed: the file costs storage there
+                if len(self.progress.internal) < 20:
+                    self.progress.internal.append(f"uploaded file {file_id} ({reason}) was not deleted: {exc.message}; "
+                                                  "delete it at the provider (a later resume's sweep may)")
+                return
         await self.writer.append_many_async([BatchFileDeleted(chunk=chunk, file_id=file_id, reason=reason)])
 
     # -- one chunk ---------------------------------------------------------------------------
@@ -373,6 +381,7 @@ class BatchRunner:
                 return await self._rejected(job, exc)
             finally:
                 self.timings["upload"] += time.perf_counter() - began
+            job.data = None  # the provider holds the file now: its bytes (~ a round's bodies) are not kept
             crash_point("uploaded")
             await self.writer.append_many_async([BatchFileUploaded(chunk=chunk.chunk, file_id=file_id)])
             self._uploaded += 1
@@ -411,7 +420,12 @@ class BatchRunner:
     async def _upload(self, name: str, data: bytes) -> str:
         """One upload; a retried one may have left a file behind (its reply lost): swept at the end."""
         self._uploads += 1
-        return await self.client.upload(name, data)
+        try:
+            return await self.client.upload(name, data)
+        except EndpointError as exc:
+            if exc.error_type == "batch_unsupported" or (exc.status is not None and exc.status < 500):
+                self._uploads -= 1  # refused outright: no file was made, nothing to sweep (nor to list, on a server without files)
+            raise
 
     def _rebuilt(self, job: _Job) -> bytes | None:
         """A chunk planned by an earlier session: its file from the same works, if they give
@@ -421,8 +435,6 @@ class BatchRunner:
             return None
         requests = [by_id[i] for i in job.chunk.custom_ids]
         data = content(requests)
-        import hashlib
-
         return data if hashlib.sha256(data).hexdigest() == job.chunk.sha256 else None
 
     async def _wait(self, job: _Job) -> Batch | None:
@@ -434,8 +446,13 @@ class BatchRunner:
             try:
                 batch = await self.client.retrieve(chunk.batch_id)
             except EndpointError as exc:
-                if exc.status == 404:
-                    return _lost(chunk)
+                if exc.status == 404 and (self._simulator is not None or chunk.cancel_requested):
+                    return _lost(chunk)  # the built-in simulator's batches end with its session; or given up by `ledger cancel`
+                if exc.status == 404:  # another endpoint or account (a resume's --base-url?): sending again could pay twice
+                    raise EndpointError("batch_not_found", f"batch {chunk.batch_id} (chunk {chunk.chunk}) is unknown to "
+                                        f"{self.endpoint}: resume with the endpoint and key it was submitted with; if it is "
+                                        f"gone for good, `ledger cancel {self.run_id}` then `ledger resume` sends its "
+                                        "requests again", status=404) from None
                 if not exc.retryable:
                     raise
                 await self._sleep(delay)

@@ -24,7 +24,8 @@ from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.batches import OPEN, Chunk, fold
+from llm_ledger.projections.batches import BATCHES, OPEN, Chunk, fold
+from llm_ledger.projections.projector import refresh
 
 from .batch_client import BatchClient
 from .config import RunConfig
@@ -53,10 +54,13 @@ def cancel_run(paths: RunPaths) -> list[Cancelled]:
         events = list(iter_events(paths.log))
         last = next((e.reason for e in reversed(events) if isinstance(e, SessionEnded)), "interrupted")
         chunks = [c for c in fold(events).chunks.values() if c.status != "done"]
+        if not chunks:  # nothing to ask the provider: the log is left as it is
+            return []
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="cancel"))
         done = asyncio.run(_cancel(config, api_key, paths.run_id, chunks))
         writer.append_many([*(BatchCancelRequested(chunk=c.chunk, batch_id=c.batch_id, status=c.status)
                               for c in done if not c.status.startswith("not ")), SessionEnded(reason=last)])
+    refresh(paths, (BATCHES,))  # batches.json (what `ledger status` shows) says "cancelling" now, not later
     return done
 
 
@@ -83,6 +87,8 @@ async def _one(client: BatchClient, chunk: str, batch_id: str) -> Cancelled:
     try:
         batch = await client.cancel(batch_id)
     except EndpointError as exc:
+        if exc.status == 404:  # recorded: a resume then gives its requests up (failed) instead of stopping on it
+            return Cancelled(chunk, batch_id, "unknown to the provider: given up")
         return Cancelled(chunk, batch_id, f"not cancelled: {exc.message}")
     return Cancelled(chunk, batch_id, batch.status)
 

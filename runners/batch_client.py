@@ -25,6 +25,7 @@ __all__ = ["Batch", "BatchClient", "ENDPOINT", "META_RUN", "META_CHUNK", "META_S
 ENDPOINT = "/v1/chat/completions"
 META_RUN, META_CHUNK, META_SHA = "ledger_run", "ledger_chunk", "ledger_sha256"  # metadata keys (<= 64 chars)
 _LIST_PAGE = 100  # the API's largest page
+_NOT_SERVED = (404, 405, 501)  # an upload answered so: the endpoint has no /v1/files
 
 
 class Batch(NamedTuple):
@@ -64,7 +65,13 @@ class BatchClient:
         await self._client.close()
 
     async def upload(self, name: str, data: bytes) -> str:
-        file = await self._call(self._client.files.create(file=(name, data, "application/jsonl"), purpose="batch"))
+        try:
+            file = await self._call(self._client.files.create(file=(name, data, "application/jsonl"), purpose="batch"))
+        except EndpointError as exc:
+            if exc.status in _NOT_SERVED:  # a chat-only server (vLLM, a proxy ...): no use retrying, say so
+                raise EndpointError("batch_unsupported", f"the endpoint does not serve the Batch API (POST /v1/files "
+                                    f"answered {exc.status}): run without --batch", status=exc.status) from None
+            raise
         return str(file.id)
 
     async def create(self, file_id: str, metadata: dict[str, str]) -> Batch:
@@ -108,7 +115,12 @@ class BatchClient:
                 if str(f.filename or "").startswith(prefix):
                     ids.append(str(f.id))
         except Exception as exc:
-            raise self._error(exc) from None
+            error = self._error(exc)
+            if error.status in _NOT_SERVED:
+                raise EndpointError("batch_unsupported", f"the endpoint does not list files (GET /v1/files answered "
+                                    f"{error.status}): a file of this run whose upload reply was lost may be left there",
+                                    status=error.status) from None
+            raise error from None
         return ids
 
     async def _call(self, call: Any) -> Any:

@@ -1,10 +1,12 @@
 """The seam for ways of working a plan: a ``Runner`` takes the works (item, sample, where
 to start) and records every attempt as events through the log writer.
 
-Today's runner is ``per_request.PerRequestRunner`` (one request per turn, at most
-``--concurrency`` at once, through a ``Transport`` per endpoint). A provider's Batch API
-runner (issue 16) is the next: it would submit a file of requests and poll, recording the
-same ``started`` / ``response`` / ``parsed`` / ``failed`` events. A runner is chosen by the
+Two runners: ``per_request.PerRequestRunner`` (one request per turn, at most
+``--concurrency`` at once, through a ``Transport`` per endpoint), and ``batch.BatchRunner``
+(``--batch``, issue 16: the provider's Batch API -- files of requests uploaded, batches
+created and polled, their ``batch_*`` events beside the same ``started`` / ``response`` /
+``parsed`` / ``failed`` events, so every projection reads both alike; its ``stop`` stops
+waiting and leaves the batches at the provider). A runner is chosen by the
 run's config (``runner``) from ``registry.RUNNERS``: adding one is one module holding its
 class (a factory taking a ``RunContext``) and one line there.
 

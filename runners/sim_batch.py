@@ -11,7 +11,8 @@ of its input; every request billed, per batch).
 
 Time: the "24 h" completion window lasts ``SimConfig.batch_window`` seconds; a batch is
 validated at its first look after creation and has run all its requests ``batch_seconds``
-after it was created. State is advanced lazily, whenever a batch is read (no timers). Replies
+after it was created (unless that is past its window: then it expires at the window's end
+with the requests it ran by then, in proportion to the time). State is advanced lazily, whenever a batch is read (no timers). Replies
 are the chat endpoint's (``simulator._completion``): the same prompt gets the same answer in
 a batch as alone. A request is billed when its output line is made, once.
 
@@ -207,6 +208,8 @@ class BatchSim:
                 self._finish(batch, "expired", total // 2, now)
             elif "expire" not in batch.faults and now >= batch.created + config.batch_seconds:
                 self._finish(batch, "completed", total, now)
+            elif now >= batch.created + config.batch_window:  # slower than its window: expires with what ran
+                self._finish(batch, "expired", self._running(batch, batch.created + config.batch_window), now)
         return batch
 
     def _running(self, batch: _Batch, now: float) -> int:

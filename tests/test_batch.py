@@ -175,7 +175,7 @@ def test_the_window_stops_waiting_resume_collects_the_same_batch_and_status_show
         with open(os.path.join(paths.dir, "batches.json")) as f:  # what `status --json` adds as "batches"
             rows = json.load(f)
         assert rows[0]["status"] in ("validating", "in_progress") and rows[0]["total"] == 6 and rows[0]["expires_at"]
-        session, reason = run_prepared(prepare_resume(paths))
+        session, reason = run_prepared(prepare_resume(paths, False, {"batch_window": 60.0}))  # this session waits it out
         books = _records(sim)
     finally:
         sim.stop()
@@ -194,6 +194,8 @@ def test_cancel_asks_the_provider_records_it_and_resume_fails_what_was_not_done(
         assert "1 of 1 open batches asked to cancel" in cancelled.stdout
         asked = [e for e in _events(paths) if isinstance(e, BatchCancelRequested)]
         assert len(asked) == 1 and asked[0].status == "cancelling"
+        with open(os.path.join(paths.dir, "batches.json")) as f:  # what `ledger status` shows, current at once
+            assert [row["status"] for row in json.load(f)] == ["cancelling"]
         session, reason = run_prepared(prepare_resume(paths))
         books = _records(sim)
     finally:
@@ -204,6 +206,9 @@ def test_cancel_asks_the_provider_records_it_and_resume_fails_what_was_not_done(
     assert len(failed) == 6 and {(f.error_type, f.final) for f in failed} == {("batch_cancelled", True)}
     assert [e.status for e in events if isinstance(e, BatchDone)] == ["cancelled"]
     assert reason == "completed"
+    from llm_ledger.runners.batch_cancel import cancel_run
+
+    assert cancel_run(paths) == [] and len(_events(paths)) == len(events)  # nothing open: nothing asked, nothing written
 
 
 def test_cancel_refuses_a_per_request_run_in_one_line(tmp_path, dataset):
@@ -272,6 +277,7 @@ def test_ctrl_c_stops_waiting_the_batch_keeps_running_and_resume_collects_it(tmp
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 130, out + err
         assert "interrupted; 6 items pending" in err and "ledger resume c" in err
+        assert "their batches keep running at the provider: `ledger resume` collects them" in err
         assert _records(sim, "c")[0]["status"] in ("validating", "in_progress")  # still running there
         paths = RunPaths(str(runs / "c"))
         session, reason = run_prepared(prepare_resume(paths))
@@ -280,3 +286,97 @@ def test_ctrl_c_stops_waiting_the_batch_keeps_running_and_resume_collects_it(tmp
         sim.stop()
     assert reason == "completed" and len(books) == 1 and len(books[0]["billed"]) == 6
     assert len(_rows(paths)) == 6
+
+
+def test_the_simulator_expires_a_batch_slower_than_its_window_and_takes_batch_faults_from_the_cli():
+    import asyncio
+    import time
+
+    from llm_ledger.runners.batch_client import BatchClient
+
+    sim = _sim(batch_seconds=60, batch_window=0.2)
+
+    async def go():
+        client = BatchClient(sim.base_url, "k", (), 10)
+        try:
+            line = {"custom_id": "a/0/0", "method": "POST", "url": "/v1/chat/completions",
+                    "body": {"model": "sim-1", "messages": [{"role": "user", "content": "hi"}]}}
+            file_id = await client.upload("x.jsonl", (json.dumps(line) + "\n").encode())
+            batch = await client.create(file_id, {})
+            time.sleep(0.3)
+            return await client.retrieve(batch.id)
+        finally:
+            await client.close()
+
+    try:
+        batch = asyncio.run(go())
+    finally:
+        sim.stop()
+    assert batch.status == "expired" and batch.completed == 0  # a real provider's 24 h pass: what ran is kept
+    bad = run_cli("simulate", "--port", "0", "--batch-expire", "-1")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "batch_expire -1" in bad.stderr
+
+
+def test_status_lines_of_a_refused_chunk_and_of_one_that_left_requests_without_a_result():
+    from llm_ledger.cli.status_cmd import batch_lines
+    from llm_ledger.projections.batches import encode, fold
+
+    events = [BatchPlanned(chunk="1", custom_ids=["a/0/0", "b/0/0"], ts=100.0),
+              BatchDone(chunk="1", status="rejected", failed=2, ts=101.0),
+              BatchPlanned(chunk="2", custom_ids=["c/0/0", "d/0/0"], ts=100.0),
+              BatchSubmitted(chunk="2", batch_id="batch_x", created_at=100.0, expires_at=200.0, ts=100.0),
+              BatchStatus(chunk="2", batch_id="batch_x", status="expired", completed=1, total=2, ts=150.0),
+              BatchDone(chunk="2", batch_id="batch_x", status="expired", completed=1, unresolved=1, ts=151.0)]
+    lines = batch_lines(json.loads(encode(fold(events))), now=160.0)
+    assert lines[1] == "  chunk 2: batch_x expired, recorded: 1 done, 0 failed of 2, 1 without a result, age 1m00s"
+    assert lines[2] == "  chunk 1: (not submitted) rejected, recorded: 0 done, 2 failed of 2, age 1m00s"
+
+
+def test_a_batch_unknown_to_the_endpoint_stops_the_run_and_is_never_bought_again(tmp_path, dataset):
+    first = _sim(batch_seconds=600, batch_window=3600)
+    port = int(first.base_url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        paths, reason = _run(tmp_path, first.base_url, dataset, batch_max_requests=10, batch_window=0.1)
+        assert reason == "interrupted"
+    finally:
+        first.stop()
+    again = Simulator(SimConfig(), port=port).start()  # the same URL, without the batch (another account, say)
+    try:
+        session, reason = run_prepared(prepare_resume(paths))
+        assert reason == "error" and _records(again) == []  # nothing created where the batch is unknown
+        stop = session.runner.progress.stop_reason
+        assert stop.startswith("error: batch batch_") and "is unknown to" in stop and "\n" not in stop
+        assert "`ledger cancel r` then `ledger resume`" in stop
+        from llm_ledger.runners.batch_cancel import cancel_run
+
+        assert [c.status for c in cancel_run(paths)] == ["unknown to the provider: given up"]  # the escape it names
+        session, reason = run_prepared(prepare_resume(paths))
+        assert _records(again) == []
+    finally:
+        again.stop()
+    failed = [e for e in _events(paths) if isinstance(e, Failed)]
+    assert reason == "completed" and {(f.error_type, f.final) for f in failed} == {("batch_lost", True)} and len(failed) == 6
+
+
+def test_an_endpoint_without_the_batch_api_fails_each_request_at_once_saying_so(tmp_path, dataset):
+    import http.server
+    import threading
+
+    class ChatOnly(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802  (read the upload, then: not here)
+            self.rfile.read(int(self.headers.get("content-length", 0)))
+            self.send_error(501)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChatOnly)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        paths, reason = _run(tmp_path, f"http://127.0.0.1:{server.server_port}/v1", dataset, batch_max_requests=10,
+                             preflight=False)
+    finally:
+        server.shutdown()
+    failed = [e for e in _events(paths) if isinstance(e, Failed)]
+    assert reason == "completed" and len(failed) == 6 and {(f.error_type, f.final) for f in failed} == {("batch_unsupported", True)}
+    assert failed[0].message == "the endpoint does not serve the Batch API (POST /v1/files answered 501): run without --batch"

@@ -19,21 +19,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import msgspec
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.events import (BatchCancelRequested, BatchDone, BatchFileDeleted, BatchFileUploaded, BatchPlanned,
-                                      BatchStatus, BatchSubmitted, Event, Parsed)
-from llm_ledger.ledger.framing import Frame
-from llm_ledger.ledger.fsio import write_atomic
+                                      BatchStatus, BatchSubmitted, Event)
 from llm_ledger.ledger.layout import RunPaths
-from llm_ledger.ledger.recovery import LogEnd
 
-from .fold import Key
-from .projection import Output, Part, Where
+from .projection import Part
+from .whole_file import WholeFile
 
 __all__ = ["BATCHES", "FILE_NAME", "Chunk", "BatchesState", "Batches", "apply", "encode", "read_batches", "OPEN"]
 
@@ -167,57 +163,10 @@ class BatchesPart(Part, kw_only=True):
     state: BatchesState = msgspec.field(default_factory=BatchesState)
 
 
-class Batches:
+class Batches(WholeFile):
     name: ClassVar[str] = BATCHES
     version: ClassVar[int] = 2  # 2: a done chunk without a batch keeps its recorded counts
     part_type: ClassVar[type[Part]] = BatchesPart
-    slow: ClassVar[bool] = False
-
-    def __init__(self, paths: RunPaths, where: Where, writers: int) -> None:
-        self.path = os.path.join(paths.dir, FILE_NAME)
-        self.where = where
-        self.part: BatchesPart = BatchesPart()
-        self._written: bytes | None = None
-        self._changed = False
-
-    def outputs(self) -> Sequence[Output]:
-        return (Output(self.path),)
-
-    def check(self, end: LogEnd, clean: bool) -> bool:
-        data = encode(self.part.state)
-        try:
-            with fs.open_file(self.path, "rb") as f:
-                intact = f.read() == data
-        except OSError:
-            intact = False
-        if not intact:
-            write_atomic(self.path, data)
-        self._written = data
-        return True
-
-    def open(self) -> None:
-        pass  # nothing held open: the file is rewritten whole
-
-    def apply(self, frames: Sequence[Frame], overrides: Mapping[Key, Parsed]) -> None:
-        part = self.part
-        state, changed = part.state, False
-        for frame in frames:
-            if frame.first_seq + len(frame.events) - 1 > part.seq:  # else applied already
-                seq = part.seq
-                for event in frame.events:
-                    if event.seq > seq:
-                        changed |= apply(state, event)
-                part.seq = frame.events[-1].seq
-            part.offset = max(part.offset, frame.end)
-        self._changed |= changed
-
-    def write(self) -> None:
-        if self._written is not None and not self._changed:
-            return
-        data = encode(self.part.state)
-        if data != self._written:
-            write_atomic(self.where(self.path), data)
-        self._written, self._changed = data, False
-
-    def close(self) -> None:
-        self._written = None
+    file_name: ClassVar[str] = FILE_NAME
+    fold_event = staticmethod(apply)
+    encode_state = staticmethod(encode)

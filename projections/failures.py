@@ -14,27 +14,22 @@ the keys in flight: O(unfinished)), from which the file is a pure function -- so
 rewrites the file from the part whenever they differ (deleted, cut, garbled).
 
 Also the worked example of the projection seam (``projection.py``): this module and its line
-in ``registry.py`` are all it took.
+in ``registry.py`` are all it took. Its file-writing half is ``whole_file.WholeFile``, which
+``batches.py`` (``batches.json``) shares.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import msgspec
 
-from llm_ledger.ledger import fs
 from llm_ledger.ledger.events import Event, Failed, Parsed, Response, ResponseView, Started
-from llm_ledger.ledger.framing import Frame
-from llm_ledger.ledger.fsio import write_atomic
-from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lifecycle import DONE, FAILED, GAVE_UP, IN_FLIGHT, PARSED, PENDING, REPLIED, RETRYABLE, STARTED, STEP, Kind
-from llm_ledger.ledger.recovery import LogEnd
 
 from .fold import Key
-from .projection import Output, Part, Where
+from .projection import Part
+from .whole_file import WholeFile
 
 __all__ = ["FAILURES", "FILE_NAME", "Failures", "FailuresState", "FailureLine", "apply", "encode"]
 
@@ -111,58 +106,11 @@ class FailuresPart(Part, kw_only=True):
     state: FailuresState = msgspec.field(default_factory=FailuresState)
 
 
-class Failures:
+class Failures(WholeFile):
     name: ClassVar[str] = FAILURES
     version: ClassVar[int] = 1
     part_type: ClassVar[type[Part]] = FailuresPart
-    slow: ClassVar[bool] = False
-
-    def __init__(self, paths: RunPaths, where: Where, writers: int) -> None:
-        self.path = os.path.join(paths.dir, FILE_NAME)
-        self.where = where
-        self.part: FailuresPart = FailuresPart()
-        self._written: bytes | None = None  # what the file holds now, when known
-        self._changed = False
-
-    def outputs(self) -> Sequence[Output]:
-        return (Output(self.path),)
-
-    def check(self, end: LogEnd, clean: bool) -> bool:
-        data = encode(self.part.state)
-        try:
-            with fs.open_file(self.path, "rb") as f:
-                intact = f.read() == data
-        except OSError:
-            intact = False
-        if not intact:
-            write_atomic(self.path, data)
-        self._written = data
-        return True
-
-    def open(self) -> None:
-        pass  # nothing held open: the file is rewritten whole
-
-    def apply(self, frames: Sequence[Frame], overrides: Mapping[Key, Parsed]) -> None:
-        part = self.part
-        state, changed = part.state, False
-        for frame in frames:
-            if frame.first_seq + len(frame.events) - 1 > part.seq:  # else applied already
-                seq = part.seq
-                for event in frame.events:
-                    if event.seq > seq:
-                        changed |= apply(state, event)
-                part.seq = frame.events[-1].seq
-            part.offset = max(part.offset, frame.end)
-        self._changed |= changed
-
-    def write(self) -> None:
-        if self._written is not None and not self._changed:
-            return
-        data = encode(self.part.state)
-        if data != self._written:
-            write_atomic(self.where(self.path), data)
-        self._written, self._changed = data, False
-
-    def close(self) -> None:
-        self._written = None  # where the file goes next (staged, swapped) is not known here
+    file_name: ClassVar[str] = FILE_NAME
+    fold_event = staticmethod(apply)
+    encode_state = staticmethod(encode)
 

@@ -75,9 +75,7 @@ def _explain_lines(e: dict[str, Any]) -> list[str]:
     if how["reply"] == "cached":
         lines.append(f"this run  reply copied from the cache: run {how['from_run']} seq {how['from_seq']} ({how['received']})")
     elif how["reply"] == "sent":
-        off = " (the run had --no-cache)" if e["run_cache"] is False else \
-            " (a sampled request: the run looked up only deterministic ones; --cache looks up every request)" \
-            if e["run_cache"] is None and not e["deterministic"] else ""
+        off = " (the run had --no-cache)" if e["run_cache"] is False else ""
         lines.append(f"this run  sent{off}: reply seq {how['seq']} ({how['received']})")
     else:
         lines.append("this run  no reply yet")

@@ -53,7 +53,7 @@ import lmdb
 import msgspec
 
 from . import fs
-from .errors import LedgerError
+from .errors import IndexStateError, LedgerError
 from .events import CachedFrom, Failed, ResponseView, RunStarted, SessionStarted, Started, decode
 from .framing import HEADER_SIZE, Frame
 from .fsio import preallocate, write_atomic
@@ -525,11 +525,20 @@ def _run_ids(runs_dir: str) -> list[str]:
 
 
 def _read_cleared(runs_dir: str) -> float:
+    """The time before which `ledger cache clear` forgot replies (0: never cleared). A file
+    that cannot be read is an error, never 0: a rebuild would bring the cleared replies back."""
+    path = os.path.join(runs_dir, "cache.cleared")
     try:
-        with fs.open_file(os.path.join(runs_dir, "cache.cleared"), "rb") as f:
-            return float(msgspec.json.decode(f.read()).get("before", 0.0))
-    except (OSError, msgspec.DecodeError, AttributeError, TypeError, ValueError):
+        with fs.open_file(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
         return 0.0
+    try:
+        return float(msgspec.json.decode(data)["before"])
+    except (msgspec.DecodeError, KeyError, TypeError, ValueError) as exc:
+        raise IndexStateError(f"{path}: damaged ({type(exc).__name__}: {exc}); it records which replies "
+                              f"`ledger cache clear` forgot: delete it, then run `ledger cache clear [--older-than AGE]` "
+                              f"again to forget them") from None
 
 
 def _env(path: str) -> lmdb.Environment:

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from llm_ledger.ledger import fs
+from llm_ledger.ledger.errors import ProjectionError
 from llm_ledger.ledger.events import (BatchCancelRequested, BatchDone, BatchFileDeleted, BatchFileUploaded, BatchPlanned,
                                       BatchStatus, BatchSubmitted, Event)
 from llm_ledger.ledger.layout import RunPaths
@@ -153,7 +154,14 @@ def read_batches(paths: RunPaths) -> list[dict[str, Any]]:
             data = f.read()
     except FileNotFoundError:
         return []
-    return json.loads(data) if data.strip() else []
+    try:
+        rows = json.loads(data) if data.strip() else []
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise ValueError("not a list of batches")
+    except ValueError as exc:  # a projection: the log still holds every batch event
+        raise ProjectionError(f"{path}: damaged ({str(exc).splitlines()[0]}); "
+                              f"`ledger replay {paths.run_id} --rebuild` rewrites it from the log") from None
+    return rows
 
 
 # -- the projection ----------------------------------------------------------------------

@@ -309,6 +309,10 @@ class Session:
                                                  f"the log is complete: fix the cause, then `ledger resume`")
             self.index.close()
             if self.cache is not None:
+                broken = self.cache.store.broken
+                if broken is not None:  # it stopped serving mid-session: what followed was sent (and paid)
+                    self.notes.append(f"the cross-run cache stopped during this session ({type(broken).__name__}: "
+                                      f"{' '.join(str(broken).split())[:300]}); the requests after that were sent")
                 self.cache.close()
         if died_before:
             raise self.writer.dead  # type: ignore[misc]  # the same error the producers got

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgspec
 
 from llm_ledger.ledger import fs
+from llm_ledger.ledger.errors import ProjectionError
 from llm_ledger.ledger.layout import RunPaths
 
 __all__ = ["ReviewRow", "REVIEWS_FILE", "reply_sha256", "encode_reviews", "read_reviews", "review_rows", "review_table",
@@ -85,17 +87,37 @@ def reviews_path(paths: RunPaths) -> str:
 
 
 def read_reviews(paths: RunPaths) -> list[ReviewRow]:
-    """The run's ``reviews.jsonl`` (empty when missing or unreadable: a run from before
-    reviews, or one never projected since; ``ledger replay`` writes it)."""
+    """The run's ``reviews.jsonl`` (empty when missing: a run from before reviews, or one
+    never projected since). A file that is there but cannot be read or decoded is an error,
+    not "no reviews": reading it as empty would show machine verdicts as if nobody had
+    reviewed, and a rebuild (``ledger replay RUN --rebuild``) writes it again from the log."""
+    path = reviews_path(paths)
     try:
-        with fs.open_file(reviews_path(paths), "rb") as f:
+        with fs.open_file(path, "rb") as f:
             data = f.read()
-    except OSError:
+    except FileNotFoundError:
         return []
+    except OSError as exc:
+        raise ProjectionError(f"{path}: cannot be read ({exc.strerror or exc}): {_REBUILD.format(paths.run_id)}") from exc
     try:
         return _decode_lines(data)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return []
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ProjectionError(f"{path}{_bad_line(data)}: damaged ({exc}): {_REBUILD.format(paths.run_id)}") from exc
+
+
+_REBUILD = "`ledger replay {} --rebuild` writes it again from the log"
+
+
+def _bad_line(data: bytes) -> str:
+    """``:N``, the first line that does not decode (the whole-file decode does not say)."""
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            msgspec.json.decode(line, type=ReviewRow)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return f":{n}"
+    return ""
 
 
 def review_rows(paths: RunPaths) -> list[dict[str, Any]]:
@@ -220,7 +242,7 @@ def verdicts(runs: Sequence[RunPaths], keys: Sequence[Iterable[Key]] | None = No
     out: list[dict[Key, Verdict]] = []
     for i, paths in enumerate(runs):
         found: dict[Key, Verdict] = {}
-        for r in read_reviews(paths):
+        for r in _readable_reviews(paths):
             if r.latest:
                 found[(r.item_id, r.sample)] = Verdict(verdict=r.verdict, run_id=paths.run_id, note=r.note, who=r.who,
                                                        ts=r.ts, stale=r.stale)
@@ -237,6 +259,23 @@ def verdicts(runs: Sequence[RunPaths], keys: Sequence[Iterable[Key]] | None = No
     return out
 
 
+def _readable_reviews(paths: RunPaths) -> list[ReviewRow]:
+    """``read_reviews``, but a damaged file is a one-line warning on stderr and no reviews:
+    compare and the viewer read the reviews of every run of the directory (carried verdicts),
+    and one run's damaged file must not stop them -- nor pass unsaid."""
+    try:
+        return read_reviews(paths)
+    except ProjectionError as exc:
+        where = os.path.abspath(reviews_path(paths))
+        if where not in _warned:  # once: a run is read both as compared and as a sibling
+            _warned.add(where)
+            print(f"warning: {exc}; its reviews are not applied", file=sys.stderr, flush=True)
+        return []
+
+
+_warned: set[str] = set()
+
+
 _Given = dict[tuple[str, str, str], list[tuple[str, ReviewRow]]]
 
 
@@ -245,7 +284,7 @@ def _given(runs: Sequence[RunPaths]) -> _Given:
     that reply, with the run that gave each."""
     given: _Given = {}
     for paths in runs:
-        reviews = [r for r in read_reviews(paths) if r.latest and not r.stale and r.verdict in ("correct", "incorrect")]
+        reviews = [r for r in _readable_reviews(paths) if r.latest and not r.stale and r.verdict in ("correct", "incorrect")]
         if not reviews:
             continue
         rows = _rows(paths, {r.item_id for r in reviews})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import decimal
+import os
 from typing import IO, TYPE_CHECKING, Any
 
 import msgspec
@@ -40,9 +41,13 @@ _SUFFIXES = {".csv": "csv", ".json": "json", ".parquet": "parquet", ".txt": "tab
 
 
 def format_for(fmt: str | None, out: str | None) -> str:
-    """The format asked for; without one, the -o file's suffix says it, else ``table``."""
+    """The format asked for; without one, the -o file's suffix says it (none: ``table``).
+    A suffix we do not write is refused rather than filled with a text table: ``out.xlsx``
+    that Excel cannot open, yet reported as written, is worse than an error."""
     if fmt is None:
-        suffix = ("." + out.rsplit(".", 1)[-1].lower()) if out and "." in out else ""
+        suffix = os.path.splitext(out)[1].lower() if out else ""
+        if suffix and suffix not in _SUFFIXES:
+            raise InputError(f"{out}: suffix {suffix}: use {', '.join(_SUFFIXES)}, or --format")
         return _SUFFIXES.get(suffix, "table")
     if fmt not in FORMATS:
         raise InputError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

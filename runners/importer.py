@@ -19,6 +19,10 @@ The log of an imported run:
   same -- or a final ``failed``; each of these carries ``imported: {file, line}``;
 * ``session_ended`` (completed).
 
+As in a run, the API key (of the variable ``api_key_env`` names) is redacted in every form
+from the text, the error message, the raw reply, the messages and the metadata before any of
+them is logged: an endpoint's output may quote it.
+
 An imported run is not resumed (there is nothing to send: ``prepare_resume`` refuses it), and
 a run id that exists is refused: importing never adds to a run.
 """
@@ -44,6 +48,8 @@ from .dataset import Item, file_sha256, file_size, iter_items, scan
 from .durable import loggable_result
 from .import_formats import READERS, Record
 from .parsers import Parser, make_parser
+from .prepare import _PLACEHOLDER_KEYS
+from .redaction import Redactor, redactor
 
 __all__ = ["import_file", "Plan"]
 
@@ -75,7 +81,29 @@ def import_file(path: str, fmt: str, runs_dir: str, run_id: str, *, dataset: str
     compiled = make_parser(parser)
     items = _dataset(dataset) if dataset else None
     plan = _survey(reader(path, items), model, path)
-    return _write(paths, path, plan, _events(reader(path, items), compiled, plan.model, path), compiled)
+    reds = _redactors()
+    records = (_redacted(record, reds) for record in reader(path, items))
+    return _write(paths, path, plan, _events(records, compiled, plan.model, path), compiled)
+
+
+def _redactors() -> tuple[Redactor, Redactor]:
+    """The redactors a run would use: an imported file (an endpoint's output) may quote the
+    key -- an error that echoes it, a reflected request -- and the key must never reach the log.
+    The key is that of the variable a run's config names (``api_key_env``, by default
+    ``OPENAI_API_KEY``), placeholders aside as in ``secrets_of`` (whose embedded-simulator case
+    does not apply: an import has no endpoint); the reply's content and metadata lose only the
+    key (a model may write about a Bearer token), an error message any Bearer token too."""
+    key = os.environ.get(RunConfig().api_key_env, "")
+    secrets = () if key in _PLACEHOLDER_KEYS else (key,)
+    return redactor(secrets, bearer=False), redactor(secrets)
+
+
+def _redacted(record: Record, reds: tuple[Redactor, Redactor]) -> Record:
+    content, errors = reds
+    return msgspec.structs.replace(
+        record, messages=content.value(record.messages), metadata=content.value(record.metadata),
+        response=None if record.response is None else content.text(record.response),
+        raw=content.value(record.raw), message=errors.text(record.message))
 
 
 def _dataset(path: str) -> dict[str, Item]:

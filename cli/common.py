@@ -143,9 +143,15 @@ def _escape(text: str) -> str:
 def resume_line(paths: Any) -> str:
     """``resume with: ledger resume RUN`` (with ``--runs-dir`` when the run is not under the
     default one): the one line said wherever a run is left resumable."""
+    return f"resume with: {run_command('resume', paths)}"
+
+
+def run_command(command: str, paths: Any, *options: str) -> str:
+    """``ledger COMMAND RUN [OPTIONS]``, with ``--runs-dir`` when the run is not under the
+    default runs directory: a command the user can paste."""
     import shlex
 
     runs_dir = os.path.dirname(os.path.abspath(paths.dir))
     default = os.path.abspath(os.environ.get("LEDGER_RUNS_DIR") or "runs")
     extra = "" if runs_dir == default else f" --runs-dir {shlex.quote(runs_dir)}"
-    return f"resume with: ledger resume {shlex.quote(paths.run_id)}{extra}"
+    return " ".join(["ledger", command, shlex.quote(paths.run_id), *options]) + extra

@@ -18,7 +18,7 @@ from llm_ledger.ledger.errors import InputError, LedgerError
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.projections.numbers import plural
 
-from .common import err, error_line, handled, out, resume_line
+from .common import err, error_line, handled, out, resume_line, run_command
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -235,25 +235,28 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
             text, code = error_line(result.error) if isinstance(result.error, (LedgerError, OSError)) else (
                 " ".join(f"internal error: {type(result.error).__name__}: {result.error}".split())[:500], 1)
             lines.append(f"arm {arm.name}: error: {text}")
+            lines += [f"arm {arm.name}: note: {note}" for note in getattr(session, "notes", [])]
             codes.append(code if code != 2 else 1)
             continue
         try:
             with fs.open_file(arm.paths.summary, "rb") as f:
                 summary = json.loads(f.read())
-        except (OSError, ValueError):
-            summary = {}
+        except (OSError, ValueError) as exc:  # no figure of this arm can be vouched for: never a quiet 0
+            detail = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else f"not JSON ({exc})"
+            lines.append(f"arm {arm.name} (run {arm.run_id}): summary.json unreadable: {detail}; "
+                         f"`{run_command('replay', arm.paths, '--rebuild')}` rewrites it")
+            lines += [f"arm {arm.name}: {line}" for line in (progress.internal if progress else [])]
+            lines += [f"arm {arm.name}: note: {note}" for note in getattr(session, "notes", [])]
+            codes.append(1)
+            continue
         code = exit_code(result.reason, progress.stop_reason if progress else "", session.projection_error is not None,
                          summary)
         codes.append(code)
-        lines += [f"arm {arm.name}: {line}" for line in (progress.internal if progress else [])]
         pending = (summary.get("counts") or {}).get("pending") or 0
         unfinished |= bool(pending)
         failed = (summary.get("counts") or {}).get("failed") or 0
-        if code == 75:
-            lines.append(f"arm {arm.name}: every endpoint stayed down past give_up_after; {plural(pending, 'item')} pending")
-        elif pending:
-            lines.append(f"arm {arm.name}: {plural(pending, 'item')} pending")
-        elif failed:
+        lines += [f"arm {arm.name}: {line}" for line in _arm_end_lines(arm, session, summary, code)]
+        if failed and not pending and code != 75:
             lines.append(f"arm {arm.name}: {plural(failed, 'item')} failed (`ledger resume {name}` tries them again)")
     if damaged(print_arm_table(runs_dir, name, order)):  # named under the table
         codes.append(1)
@@ -265,6 +268,27 @@ def _finish(name: str, runs_dir: str, where: RunPaths, results: list["ArmResult"
     if code in (75, 130) or unfinished or any(r.error is not None for r in results):
         err.print(resume_line(where), markup=False, highlight=False)
     return code
+
+
+# run_cmd's end lines name the command line's flags; an experiment's settings are its file's keys
+_FILE_KEYS = {"--give-up-after": "give_up_after", "--batch-window": "batch_window"}
+
+
+def _arm_end_lines(arm: "ArmRun", session: Any, summary: dict[str, Any], code: int) -> list[str]:
+    """What `ledger run` says at a run's end -- internal errors, the session's notes (a cache
+    that could not open), items pending and why -- in the same words (run_cmd's own lines),
+    the flags named as the file's keys; each arm's resume line is the experiment's, said once."""
+    from .run_cmd import end_lines
+
+    own_resume = resume_line(arm.prepared.paths)  # type: ignore[union-attr]
+    lines = []
+    for line in end_lines(arm.prepared, session, summary, code):  # type: ignore[arg-type]
+        if line == own_resume:
+            continue
+        for flag, key in _FILE_KEYS.items():
+            line = line.replace(flag, key)
+        lines.append(line)
+    return lines
 
 
 def _worst(codes: list[int]) -> int:

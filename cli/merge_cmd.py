@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from llm_ledger.ledger import fs
+from llm_ledger.ledger.errors import LedgerError
 from llm_ledger.ledger.layout import find_run
 from llm_ledger.projections.numbers import count, plural
 
 from .app import app
-from .common import RunsDir, err, handled, out, resume_line
+from .common import RunsDir, err, handled, out, resume_line, run_command
 
 if TYPE_CHECKING:
     from llm_ledger.runners.prepare import Prepared
@@ -68,7 +69,7 @@ def _ticker(prepared: Prepared):
         last[0] = time.monotonic()
         try:
             info = run_status(prepared.paths)
-        except Exception:  # a shard's files between two states: the next tick says it
+        except (LedgerError, OSError):  # a shard's files between two states: the next tick says it
             return
         err.print(f"\r\x1b[K{info.done:,} / {info.planned:,} done, {info.failed:,} failed, {info.in_flight:,} in flight",
                   end="", markup=False, highlight=False)
@@ -105,18 +106,48 @@ def _report(prepared: Prepared, result: ShardedRun) -> int:
         err.print(f"error: not merged: {result.merge_error}", markup=False, highlight=False)
         err.print(resume_line(paths), markup=False, highlight=False)
         return 1
-    summary = _summary(paths)
+    try:
+        summary = _summary(paths)
+    except (OSError, ValueError) as exc:  # no figure can be vouched for: one line, never a traceback or a 0
+        detail = (exc.strerror or type(exc).__name__) if isinstance(exc, OSError) else f"not JSON ({exc})"
+        err.print(f"error: run {paths.run_id}: summary.json unreadable: {detail}; `{run_command('replay', paths, '--rebuild')}` "
+                  "rewrites it", markup=False, highlight=False)
+        return 1
     out.print(summary_table(summary))
     out.print(f"outputs: {paths.dir}", markup=False)
     stop = next((o.stop_reason for o in result.outcomes if o.stop_reason.startswith("endpoint down")), "")
     failed_shard = any(o.error for o in result.outcomes)
     code = 1 if failed_shard else exit_code(result.reason, stop, False, summary)
     pending = (summary.get("counts") or {}).get("pending") or 0
-    if pending:
-        err.print(f"{plural(pending, 'item')} pending", markup=False, highlight=False)
+    reason = _pending_line(prepared, result, pending, code)
+    if reason:
+        err.print(reason, markup=False, highlight=False)
     if pending or code in (75, 130) or failed_shard:
         err.print(resume_line(paths), markup=False, highlight=False)
     return code
+
+
+def _pending_line(prepared: Prepared, result: ShardedRun, pending: int, code: int) -> str:
+    """Items left pending, and why, in the words `ledger run` uses (run_cmd.end_lines, whose
+    session a sharded run does not have: its shards' stop reasons stand in for it)."""
+    from .run_cmd import batches_left
+
+    items = f"{plural(pending, 'item')} pending"
+    batch = prepared.config.runner == "batch"
+    stops = [o.stop_reason for o in result.outcomes]
+    errors = [f"shard {o.index}, said above" for o in result.outcomes if o.error]
+    errors += [f"shard {o.index}: {s[len('error: '):]}" for o, s in zip(result.outcomes, stops) if s.startswith("error")]
+    if any(s.startswith("batch window") for s in stops):
+        return f"--batch-window passed: {items}{batches_left(prepared)}"
+    if code == 75:
+        return f"every endpoint stayed down past --give-up-after; {items}"
+    if code == 130 or result.reason == "interrupted":
+        return f"interrupted; {items}{batches_left(prepared) if batch and pending else ''}"
+    if pending and errors:
+        return f"stopped by an error ({'; '.join(errors)}); {items}"
+    if pending:
+        return f"the session ended with {items} (neither done nor failed)"
+    return ""
 
 
 def _summary(paths) -> dict:

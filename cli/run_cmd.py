@@ -290,12 +290,12 @@ def _execute(prepared: "Prepared", show_first: bool) -> int:
     out.print(f"outputs: {prepared.paths.dir}")
     stop_reason = session.runner.progress.stop_reason if session.runner else ""
     code = exit_code(reason, stop_reason, session.projection_error is not None, summary)
-    for line in _end_lines(prepared, session, summary, code):
+    for line in end_lines(prepared, session, summary, code):
         err.print(line, markup=False, highlight=False)
     return code
 
 
-def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: int) -> list[str]:
+def end_lines(prepared: "Prepared", session: "Session", summary: dict, code: int) -> list[str]:
     """What a user must read at the end: internal errors, and work left pending -- how
     much, why, and the command that continues it."""
     progress = session.runner.progress if session.runner else None
@@ -308,11 +308,11 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     items = f"{plural(pending, 'item')} pending"
     batch = prepared.config.runner == "batch"
     if stop_reason.startswith("batch window"):
-        lines.append(f"--batch-window passed: {items}{_batches_left(prepared)}")
+        lines.append(f"--batch-window passed: {items}{batches_left(prepared)}")
     elif code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:
-        lines.append(f"interrupted; {items}{_batches_left(prepared) if batch and pending else ''}")
+        lines.append(f"interrupted; {items}{batches_left(prepared) if batch and pending else ''}")
     elif pending and stop_reason.startswith("error"):
         lines.append(f"stopped by an error ({stop_reason[len('error: '):]}); {items}")
     elif pending:
@@ -322,7 +322,7 @@ def _end_lines(prepared: "Prepared", session: "Session", summary: dict, code: in
     return lines
 
 
-def _batches_left(prepared: "Prepared") -> str:
+def batches_left(prepared: "Prepared") -> str:
     """Where a stopped --batch run's pending requests are: at the provider, still running
     (resume collects them), or -- the built-in simulator lives in the session -- gone."""
     if prepared.config.embedded:

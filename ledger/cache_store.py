@@ -56,6 +56,7 @@ from . import fs
 from .errors import IndexStateError, LedgerError
 from .events import CachedFrom, Failed, ResponseView, RunStarted, SessionStarted, Started, decode
 from .framing import HEADER_SIZE, Frame
+from .index import begin_read
 from .fsio import preallocate, write_atomic
 from .reader import iter_frames
 
@@ -460,11 +461,7 @@ class CacheStore:
         return removed
 
     def _begin(self) -> lmdb.Transaction:
-        try:
-            return self._env.begin()
-        except lmdb.MapResizedError:
-            self._env.set_mapsize(0)  # adopt the size another process grew it to
-            return self._env.begin()
+        return begin_read(self._env)
 
 
 class _Seq(msgspec.Struct):

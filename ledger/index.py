@@ -370,11 +370,17 @@ class RunIndex:
                 yield (*_split(key, value), _state(value))
 
     def _begin(self) -> lmdb.Transaction:
-        try:
-            return self._env.begin()
-        except lmdb.MapResizedError:
-            self._env.set_mapsize(0)  # adopt the size another process grew it to
-            return self._env.begin()
+        return begin_read(self._env)
+
+
+def begin_read(env: lmdb.Environment) -> lmdb.Transaction:
+    """A read transaction of an environment another process may have grown (the index's,
+    the cache store's)."""
+    try:
+        return env.begin()
+    except lmdb.MapResizedError:
+        env.set_mapsize(0)  # adopt the size another process grew it to
+        return env.begin()
 
 
 def _cause(exc: BaseException, path: str) -> str:

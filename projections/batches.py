@@ -32,11 +32,12 @@ from llm_ledger.ledger.layout import RunPaths
 from .projection import Part
 from .whole_file import WholeFile
 
-__all__ = ["BATCHES", "FILE_NAME", "Chunk", "BatchesState", "Batches", "apply", "encode", "read_batches", "OPEN"]
+__all__ = ["BATCHES", "FILE_NAME", "Chunk", "BatchesState", "Batches", "apply", "encode", "read_batches", "OPEN", "GIVEN_UP"]
 
 BATCHES = "batches"
 FILE_NAME = "batches.json"
 OPEN = ("planned", "uploaded")  # states before the provider holds the chunk for sure
+GIVEN_UP = "unknown to the provider: given up"  # `ledger cancel` on a batch the endpoint answers 404 for
 
 
 class Chunk(msgspec.Struct, kw_only=True):

@@ -57,7 +57,7 @@ from llm_ledger.ledger.events import (BatchDone, BatchFileDeleted, BatchFileUplo
                                       BatchSubmitted, Event, Failed, Started)
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
-from llm_ledger.projections.batches import OPEN, Chunk, fold
+from llm_ledger.projections.batches import GIVEN_UP, OPEN, Chunk, fold
 
 from .batch_chunks import Cut, Request, content, cut, request_of
 from .batch_client import META_CHUNK, META_RUN, META_SHA, Batch, BatchClient
@@ -441,6 +441,8 @@ class BatchRunner:
         """Poll until the batch ends (None: the run stopped waiting). ``batch_status`` is
         recorded when the state changes, with the counts."""
         chunk, delay = job.chunk, POLL_FIRST
+        if chunk.status == GIVEN_UP:  # recorded by `ledger cancel`: nothing to wait for (nor a window to spend on it)
+            return _lost(chunk)
         self._arm_window()
         while not self.progress.stopping:
             try:

@@ -24,7 +24,7 @@ from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
 from llm_ledger.ledger.writer import LogWriter
-from llm_ledger.projections.batches import BATCHES, OPEN, Chunk, fold
+from llm_ledger.projections.batches import BATCHES, GIVEN_UP, OPEN, Chunk, fold
 from llm_ledger.projections.projector import refresh
 
 from .batch_client import BatchClient
@@ -88,7 +88,7 @@ async def _one(client: BatchClient, chunk: str, batch_id: str) -> Cancelled:
         batch = await client.cancel(batch_id)
     except EndpointError as exc:
         if exc.status == 404:  # recorded: a resume then gives its requests up (failed) instead of stopping on it
-            return Cancelled(chunk, batch_id, "unknown to the provider: given up")
+            return Cancelled(chunk, batch_id, GIVEN_UP)
         return Cancelled(chunk, batch_id, f"not cancelled: {exc.message}")
     return Cancelled(chunk, batch_id, batch.status)
 

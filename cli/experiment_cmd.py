@@ -106,7 +106,7 @@ def _plan_table(name: str, arms: list["ArmRun"], models: dict[str, str]) -> "Tab
     header = ("arm", "model", "items x samples", "requests", "prompt tokens (est.)", "completion (max)",
               "cost (est. + max)")
     rows = []
-    totals = {"requests": 0, "prompt": 0, "completion": 0, "cost": 0.0}
+    totals = {"requests": 0, "cached": 0, "prompt": 0, "completion": 0, "cost": 0.0}
     unbounded = unpriced = False
     for arm in arms:
         if arm.prepared is None:
@@ -121,18 +121,27 @@ def _plan_table(name: str, arms: list["ArmRun"], models: dict[str, str]) -> "Tab
         unbounded |= bound is None
         unpriced |= cost is None
         totals["requests"] += report["requests"]
+        totals["cached"] += report["cached_requests"]
         totals["prompt"] += report["prompt_tokens_estimate"]
         totals["completion"] += bound or 0
         totals["cost"] += cost or 0.0
         rows.append((arm.name, report["model"], f"{count(report['items'])} x {count(report['samples'])}",
-                     count(report["requests"]), f"~{count(report['prompt_tokens_estimate'])}",
+                     _requests(report["requests"], report["cached_requests"]), f"~{count(report['prompt_tokens_estimate'])}",
                      count(bound) if bound is not None else "no bound", usd(cost) if cost is not None else _why(report)))
     new = sum(a.prepared is not None for a in arms)
-    rows.append(("total" if new == len(arms) else f"total ({new} new)", "", "", count(totals["requests"]), f"~{count(totals['prompt'])}",
+    rows.append(("total" if new == len(arms) else f"total ({new} new)", "", "", _requests(totals["requests"], totals["cached"]), f"~{count(totals['prompt'])}",
                  "no bound" if unbounded else count(totals["completion"]),
                  "- (see the arms)" if unpriced else usd(totals["cost"])))
     return fitted_table(f"experiment {escape(name)}: dry run, nothing sent", header, rows, out.width,
                         ("model", "items x samples", "completion (max)"), 2, bold_last=True)
+
+
+def _requests(requests: int, cached: int) -> str:
+    """Requests of the plan; those an earlier run's log answers (the cache) are not sent nor
+    priced in the row's tokens and cost."""
+    from llm_ledger.projections.numbers import count
+
+    return f"{count(requests)} ({count(cached)} cached)" if cached else count(requests)
 
 
 def _why(report: dict[str, Any]) -> str:

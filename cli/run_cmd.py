@@ -156,6 +156,7 @@ def _plan_table(report: dict, batch_discount: float | None = None) -> "Table":
         ("model", report["model"]),
         ("items x samples", f"{report['items']:,} x {report['samples']:,}"),
         ("requests (all turns)", f"{report['requests']:,}"),
+        ("cache", _cache_row(report)),
         ("prompt tokens (estimate)", f"~{report['prompt_tokens_estimate']:,}"),
         ("completion tokens (at most)", f"{bound:,}" if bound is not None else
          f"no bound: {report['requests_without_max_tokens']:,} requests without --max-tokens"),
@@ -169,6 +170,16 @@ def _plan_table(report: dict, batch_discount: float | None = None) -> "Table":
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _cache_row(report: dict) -> str:
+    cached, state = report.get("cached_requests", 0), report.get("cache", "on")
+    if state != "on":
+        return state
+    if not cached:
+        return "no request is answered by an earlier run's log"
+    return (f"{cached:,} of {report['requests']:,} answered by earlier runs: "
+            "not sent, not paid, not counted below")
 
 
 def _usd(value: float) -> str:

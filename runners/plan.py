@@ -16,6 +16,14 @@ The estimate holds prompt tokens (estimated from characters; later turns without
 replies they will include) and an upper bound for completion tokens: the sum of every
 request's ``max_tokens`` (``--max-tokens``, or the item's own in the Batch API format), or
 ``None`` when some request has none, since then nothing bounds the reply.
+
+The cross-run cache (runners/cache.py; on unless ``--no-cache``) is asked about every
+request the plan knows: a request some run's log already answers is counted in
+``cached_requests`` and marked ``"cached": true`` in ``plan.jsonl``, and its tokens and cost
+are left out of the estimate, because the run will not send it -- a rerun's dry run says
+``$0``, not the first run's price. A multi-turn item's later turns depend on replies and
+are counted as sent. The store is caught up with every run's log first (it is derived state,
+like the index); a store that cannot be opened is said, and everything is counted as sent.
 """
 
 from __future__ import annotations
@@ -203,31 +211,58 @@ def planned_items(items: int, limit: int | None) -> int:
 def plan_only(prepared: Prepared) -> dict[str, Any]:
     """--dry-run: expand every request into plan.jsonl; send nothing, log nothing."""
     config = prepared.config
-    return dry_run(prepared.dataset.path, config, prepared.paths.dir, subset(prepared.dataset.items, config.limit, config.seed))
+    cache, state = _plan_cache(prepared)
+    try:
+        report = dry_run(prepared.dataset.path, config, prepared.paths.dir,
+                         subset(prepared.dataset.items, config.limit, config.seed), cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    return {**report, "cache": state}
+
+
+def _plan_cache(prepared: Prepared) -> tuple[Any, str]:
+    """The cache a run of this plan would look requests up in, and what to say about it."""
+    config = prepared.config
+    if config.cache is False:
+        return None, "off (--no-cache): every request is sent"
+    if config.shard:
+        return None, "not used by a shard"
+    from .cache import open_cache
+
+    try:
+        return open_cache(os.path.dirname(os.path.abspath(prepared.paths.dir)), prepared.paths.run_id,
+                          config.to_dict(), config.cache, config.cache_max_age), "on"
+    except Exception as exc:  # lmdb.Error, OSError, a damaged log: the estimate counts every request
+        return None, f"unavailable ({type(exc).__name__}: {exc}): every request counted as sent"
 
 _json = msgspec.json.Encoder()
 
 
 class _Tally:
-    """Running totals of the plan."""
+    """Running totals of the plan: every request, and the tokens of those to be sent."""
 
     def __init__(self) -> None:
-        self.items = self.requests = self.prompt_tokens = self.completion_max = 0
-        self.unbounded = 0  # requests without max_tokens
+        self.items = self.requests = self.cached = self.prompt_tokens = self.completion_max = 0
+        self.unbounded = 0  # requests to send without max_tokens
 
-    def add(self, body: dict[str, Any], item: Item, samples: int) -> None:
+    def add(self, body: dict[str, Any], item: Item, cached: bool) -> None:
+        """One sample of an item; ``cached``: its first turn is answered by the cache."""
+        turns = len(item.turns)
         later = [m for turn in item.turns[1:] for m in turn]
-        self.items += 1
-        self.requests += len(item.turns) * samples
-        self.prompt_tokens += (estimate_tokens(body["messages"]) + estimate_tokens(later)) * samples
+        self.requests += turns
+        sent = turns - cached
+        self.cached += cached
+        self.prompt_tokens += (0 if cached else estimate_tokens(body["messages"])) + estimate_tokens(later)
         bound = body.get("max_tokens", body.get("max_completion_tokens"))
         if isinstance(bound, int) and not isinstance(bound, bool):
-            self.completion_max += bound * len(item.turns) * samples
+            self.completion_max += bound * sent
         else:
-            self.unbounded += len(item.turns) * samples
+            self.unbounded += sent
 
 
-def dry_run(dataset: str, config: RunConfig, run_dir: str, chosen: set[int] | None) -> dict[str, Any]:
+def dry_run(dataset: str, config: RunConfig, run_dir: str, chosen: set[int] | None, cache: Any = None) -> dict[str, Any]:
+    """``cache``: a runners.cache.Cache to look each first turn up in (None: none)."""
     fs.makedirs(run_dir, exist_ok=True)
     path = os.path.join(run_dir, "plan.jsonl")
     system = [{"role": "system", "content": config.system}] if config.system else []
@@ -238,10 +273,13 @@ def dry_run(dataset: str, config: RunConfig, run_dir: str, chosen: set[int] | No
                 continue
             if chosen is None and config.limit is not None and n >= config.limit:
                 break
+            tally.items += 1
             body = {"model": config.model, "messages": system + item.turns[0], **config.params(), **item.params}
-            tally.add(body, item, config.samples)
             for sample in range(config.samples):
-                f.write(_json.encode({"item_id": item.id, "sample": sample, "turns": len(item.turns), "body": body}) + b"\n")
+                cached = cache is not None and cache.lookup(body, sample) is not None
+                tally.add(body, item, cached)
+                line = {"item_id": item.id, "sample": sample, "turns": len(item.turns), "body": body, "cached": cached}
+                f.write(_json.encode(line) + b"\n")
     return _report(path, config, tally)
 
 
@@ -249,7 +287,7 @@ def _report(path: str, config: RunConfig, tally: _Tally) -> dict[str, Any]:
     completion = None if tally.unbounded else tally.completion_max
     return {
         "plan": path, "model": config.model, "items": tally.items, "samples": config.samples,
-        "requests": tally.requests, "requests_without_max_tokens": tally.unbounded,
+        "requests": tally.requests, "cached_requests": tally.cached, "requests_without_max_tokens": tally.unbounded,
         "prompt_tokens_estimate": tally.prompt_tokens, "completion_tokens_max": completion,
         "prompt_cost_usd_estimate": _cost(tally.prompt_tokens, config.price_in),
         "completion_cost_usd_max": _cost(completion, config.price_out),

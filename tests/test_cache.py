@@ -263,3 +263,22 @@ def test_max_age_makes_old_replies_misses(figure):
         assert cache.lookup(body, 7) is None
     finally:
         cache.close()
+
+
+def test_a_dry_run_after_a_run_prices_only_what_the_cache_does_not_answer(tmp_path):
+    """A rerun's dry run says what the rerun pays: the requests an earlier log answers are
+    counted apart, marked in plan.jsonl and left out of the tokens and cost; --no-cache
+    counts them all."""
+    data = _dataset(tmp_path / "d.jsonl", 6)
+    runs = tmp_path / "runs"
+    common = ("--runs-dir", str(runs), "--temperature", "0", "--max-tokens", "10", "--price-in", "1", "--price-out", "1")
+    assert run_cli("run", str(data), *common, "--limit", "4", cwd=tmp_path).returncode == 0
+    r = run_cli("run", str(data), *common, "--run-id", "p", "--dry-run", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "4 of 6 answered by earlier runs" in out and "completion tokens (at most) │ 20 " in out, r.stdout
+    plan = [json.loads(line) for line in (runs / "p" / "plan.jsonl").read_text().splitlines()]
+    assert [p["cached"] for p in plan] == [True] * 4 + [False] * 2
+    r = run_cli("run", str(data), *common, "--run-id", "q", "--dry-run", "--no-cache", cwd=tmp_path)
+    out = " ".join(r.stdout.split())
+    assert "off (--no-cache)" in out and "completion tokens (at most) │ 60 " in out, r.stdout

@@ -51,7 +51,7 @@ def status(
         summary = read_summary(paths) if info.summary_current else {}
         for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
-        for line in batch_lines(batches):
+        for line in batch_lines(batches, simulator_gone=bool(batches) and info.status != "running" and _embedded(paths)):
             out.print(line, markup=False)
         unfinished = info.counts.pending + info.counts.in_flight
         if info.status in RESUMABLE or (info.status != "running" and unfinished):
@@ -61,8 +61,10 @@ def status(
 SHOWN_BATCHES = 20  # the open ones first, then the latest done
 
 
-def batch_lines(batches: list[dict], now: float | None = None) -> list[str]:
-    """One line per Batch API chunk (batches.json): id, state, counts, age, time to expiry."""
+def batch_lines(batches: list[dict], now: float | None = None, *, simulator_gone: bool = False) -> list[str]:
+    """One line per Batch API chunk (batches.json): id, state, counts, age, time to expiry.
+    ``simulator_gone``: the run's endpoint is the built-in simulator and no session runs, so
+    its open batches ended with the last session (it keeps none): said, not shown as open."""
     import time
 
     if not batches:
@@ -70,17 +72,31 @@ def batch_lines(batches: list[dict], now: float | None = None) -> list[str]:
     now = time.time() if now is None else now
     open_ = [b for b in batches if b["status"] != "done"]
     shown = (open_ + [b for b in reversed(batches) if b["status"] == "done"])[:SHOWN_BATCHES]
-    lines = [f"{'batches':>10}: {count(len(batches))} ({count(len(open_))} open)"]
+    opened = f"{count(len(open_))} ended with the built-in simulator's session: `ledger resume` sends their " \
+             "requests again" if simulator_gone and open_ else f"{count(len(open_))} open"
+    lines = [f"{'batches':>10}: {count(len(batches))} ({opened})"]
     for b in shown:
         state = b["status"] if b["status"] != "done" else f"{b['final_status']}, recorded"
+        if simulator_gone and b["status"] != "done":
+            state = f"{state} when its session ended, gone"
         since = b["created_at"] or b["submitted_at"] or b["planned_at"]
-        left = b["expires_at"] - now if b["status"] != "done" and b["expires_at"] else None
+        left = b["expires_at"] - now if b["status"] != "done" and b["expires_at"] and not simulator_gone else None
         expiry = "" if left is None else f", expires in {_duration(left)}" if left > 0 else ", past its expiry"
         lines.append(f"  chunk {b['chunk']}: {b['batch_id'] or '(not submitted)'} {state}: {count(b['completed'])} done, "
                      f"{count(b['failed'])} failed of {count(b['total'])}{_unresolved(b)}, age {_duration(now - since)}{expiry}")
     if len(batches) > len(shown):
         lines.append(f"  ... and {count(len(batches) - len(shown))} more in batches.json")
     return lines
+
+
+def _embedded(paths) -> bool:
+    """Whether the run's endpoint is the built-in simulator (its config in run_started)."""
+    from llm_ledger.ledger.events import RunStarted
+    from llm_ledger.ledger.reader import iter_events
+    from llm_ledger.runners.config import RunConfig
+
+    first = next(iter_events(paths.log), None)
+    return isinstance(first, RunStarted) and RunConfig.from_dict(first.config).embedded
 
 
 def _unresolved(b: dict) -> str:

@@ -380,3 +380,17 @@ def test_an_endpoint_without_the_batch_api_fails_each_request_at_once_saying_so(
     failed = [e for e in _events(paths) if isinstance(e, Failed)]
     assert reason == "completed" and len(failed) == 6 and {(f.error_type, f.final) for f in failed} == {("batch_unsupported", True)}
     assert failed[0].message == "the endpoint does not serve the Batch API (POST /v1/files answered 501): run without --batch"
+
+
+def test_status_of_a_stopped_run_on_the_built_in_simulator_says_its_batches_are_gone(tmp_path, dataset):
+    """The built-in simulator's batches end with the session that started it: a stopped run
+    shows them as gone (a resume sends their requests again), never as open with an expiry."""
+    config = RunConfig(model="sim-1", runner="batch", parser="choice", simulator={"batch_seconds": 600}, batch_window=0.2)
+    session, reason = run_prepared(prepare(dataset, config, str(tmp_path / "runs"), "r"))
+    assert reason == "interrupted"
+    status = run_cli("status", "r", "--runs-dir", str(tmp_path / "runs"))
+    assert status.returncode == 0, status.stderr
+    assert "batches: 1 (1 ended with the built-in simulator's session: `ledger resume` sends their requests again)" \
+        in status.stdout, status.stdout
+    line = next(x for x in status.stdout.splitlines() if x.startswith("  chunk 1: batch_"))
+    assert "when its session ended, gone" in line and "expires" not in line and "open" not in line, line

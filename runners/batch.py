@@ -183,25 +183,31 @@ class BatchRunner:
                     return
                 raise
             fresh, jobs, rounds = [], [], rounds + 1
-            for outcome in outcomes:
+            raised: BaseException | None = None
+            for outcome in outcomes:  # every job's outcome is taken (and each error said) before one is raised
                 if isinstance(outcome, BaseException):
-                    self._failed_round(outcome)
+                    raised = raised or self._failed_round(outcome)
                 else:
                     fresh += outcome
+            if raised is not None:
+                raise raised
         if self._uploads > self._uploaded and not self.progress.stop_reason.startswith("error"):
             await self._sweep([])
 
-    def _failed_round(self, exc: BaseException) -> None:
+    def _failed_round(self, exc: BaseException) -> BaseException | None:
+        """One job's error: it stops the run (the first one is the stop reason; each later
+        one is said at the end too). Returns what must be raised (the log died, or a bug)."""
+        if isinstance(exc, asyncio.CancelledError):
+            return None
         if isinstance(exc, LogError):
             self.stop(f"error: {exc}")
-            raise exc
-        if isinstance(exc, asyncio.CancelledError):
-            return
+            return exc
         text = exc.message if isinstance(exc, EndpointError) else f"{type(exc).__name__}: {exc}"  # the provider's words as they are
         message = redact(" ".join(text.split())[:500], self.context.secrets)
+        if self.progress.stop_reason.startswith("error") and len(self.progress.internal) < 20:
+            self.progress.internal.append(f"another error in the same round of batches: {message}")
         self.stop(f"error: {message}")
-        if not isinstance(exc, EndpointError):
-            raise exc
+        return None if isinstance(exc, EndpointError) else exc
 
     # -- planning ----------------------------------------------------------------------------
 

@@ -27,6 +27,12 @@ if TYPE_CHECKING:
 PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
 
 
+# options of `run` that `resume` takes too (how requests are sent, never what)
+TransportOption = Annotated[Optional[str], typer.Option(help="How a request reaches the model: http (default; aiohttp, lean), openai (the openai SDK over HTTP), simulator (the built-in simulator in-process, no socket).")]
+CacheOption = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. On by default: a sampled request (temperature > 0) per sample index, so --samples 3 after --samples 1 buys two new samples; --no-cache: send everything (fresh draws).")]
+CacheMaxAgeOption = Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")]
+
+
 @app.command("run")
 def run(
     ctx: typer.Context,
@@ -45,7 +51,7 @@ def run(
     template: Annotated[Optional[str], typer.Option(help="Prompt template, e.g. 'Q: {prompt}\\nA:': {prompt}, {id} and any other field of the item by name; \\n and \\t are a newline and a tab (\\\\ a backslash).")] = None,
     parser: Annotated[str, typer.Option(help=f"{PARSER_KINDS} or module:function.")] = "text",
     runner: Annotated[Optional[str], typer.Option(help="How the plan is worked (default per-request: one request per turn); an unknown name lists the known ones.")] = None,
-    transport: Annotated[Optional[str], typer.Option(help="How a request reaches the model: http (default; aiohttp, lean), openai (the openai SDK over HTTP), simulator (the built-in simulator in-process, no socket).")] = None,
+    transport: TransportOption = None,
     price_in: Annotated[Optional[float], typer.Option("--price-in", help="USD per million prompt tokens.")] = None,
     price_out: Annotated[Optional[float], typer.Option("--price-out", help="USD per million completion tokens.")] = None,
     run_id: Annotated[Optional[str], typer.Option("--run-id", help="Name the run; an existing id resumes it.")] = None,
@@ -64,8 +70,8 @@ def run(
     batch_max_requests: Annotated[Optional[int], typer.Option("--batch-max-requests", metavar="N", help="With --batch: requests per batch file, at most (default and OpenAI's limit: 50,000).")] = None,
     batch_max_bytes: Annotated[Optional[int], typer.Option("--batch-max-bytes", metavar="BYTES", help="With --batch: bytes per batch file, at most (default and OpenAI's limit: 200,000,000).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Send nothing (no API key, no network): write plan.jsonl and print the estimate.")] = False,
-    cache: Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. On by default: a sampled request (temperature > 0) per sample index, so --samples 3 after --samples 1 buys two new samples; --no-cache: send everything (fresh draws).")] = None,
-    cache_max_age: Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")] = None,
+    cache: CacheOption = None,
+    cache_max_age: CacheMaxAgeOption = None,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     shards: Annotated[int, typer.Option(help="Split the plan into N shards, each its own process and log, merged at the end (--concurrency, --rpm, --tpm are split between them).")] = 1,
     workers: Annotated[str, typer.Option(help="Where shards run: local (processes on this machine) or ray[:ADDRESS] (Ray tasks; needs `pip install 'llm-ledger[ray]'` and a runs directory every node sees).")] = "local",
@@ -201,6 +207,9 @@ def resume(
     give_up_after: Annotated[Optional[float], typer.Option("--give-up-after", help="Seconds all endpoints may stay down, for this session.")] = None,
     batch_window: Annotated[Optional[str], typer.Option("--batch-window", metavar="DURATION", help="A --batch run: stop waiting after this long, for this session (e.g. 30m).")] = None,
     workers: Annotated[Optional[str], typer.Option(help="A sharded run: where its shards run now, local or ray[:ADDRESS].")] = None,
+    transport: TransportOption = None,
+    cache: CacheOption = None,
+    cache_max_age: CacheMaxAgeOption = None,
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Continue a stopped or crashed run: only unfinished work is sent.
@@ -210,7 +219,7 @@ def resume(
     from llm_ledger.runners.prepare import prepare_resume
 
     overrides = {"concurrency": concurrency, "rpm": rpm, "tpm": tpm, "api_key_env": api_key_env, "timeout": timeout,
-                 "give_up_after": give_up_after, "workers": workers}
+                 "give_up_after": give_up_after, "workers": workers, "transport": transport, "cache": cache}
     if base_url:
         overrides.update(base_url=base_url[0], base_urls=list(base_url))
     from .experiment_cmd import is_experiment, resume_experiment
@@ -222,6 +231,10 @@ def resume(
             from llm_ledger.runners.batch_window import parse_window
 
             overrides["batch_window"] = parse_window(batch_window)
+        if cache_max_age is not None:
+            from llm_ledger.runners.cache import parse_age
+
+            overrides["cache_max_age"] = parse_age(cache_max_age)
         prepared = prepare_resume(find_run(runs_dir, run), skip_failed, {k: v for k, v in overrides.items() if v is not None})
         raise typer.Exit(_execute(prepared, False))
 

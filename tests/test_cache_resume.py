@@ -141,3 +141,42 @@ def test_a_deleted_source_run_is_served_from_the_copies_in_other_logs(crashed, t
     assert (after["sent"], after["cached"]) == (0, N)  # crash's copies of warm's replies serve them
     rows = [json.loads(line) for line in (runs / "after" / "responses.jsonl").read_text().splitlines()]
     assert {r["cached_from"]["run"] for r in rows if int(r["item_id"][1:]) % 2 == 0} == {"warm"}  # paid there
+
+
+def test_resume_takes_the_cache_flags_for_its_session(tmp_path):
+    """Two runs stopped with every item pending (their endpoint down, --no-cache). `ledger
+    resume --no-cache` sends what an earlier run answers (fresh draws); `ledger resume
+    --cache` serves it from that log. The flags are the session's overrides."""
+    from llm_ledger.ledger.events import SessionStarted
+    from llm_ledger.runners.simulator import SimConfig, Simulator
+
+    data = _write(tmp_path / "d.jsonl", _records(range(6)))
+    runs, log = tmp_path / "runs", tmp_path / "requests.jsonl"
+    sim = Simulator(SimConfig(request_log=str(log))).start()
+    url, port = sim.base_url, sim.port
+    common = ("--runs-dir", str(runs), "--base-url", url, "--model", "sim-1", "--temperature", "0", "--parser", PARSER)
+    try:
+        assert run_cli("run", str(data), *common, "--run-id", "a", cwd=tmp_path).returncode == 0
+    finally:
+        sim.stop()
+    for run_id in ("b", "c"):  # the endpoint down: every item left pending (exit 75)
+        r = run_cli("run", str(data), *common, "--run-id", run_id, "--no-preflight", "--give-up-after", "0.5", "--no-cache",
+                    cwd=tmp_path)
+        assert r.returncode == 75, (r.stdout, r.stderr)
+    sim = Simulator(SimConfig(request_log=str(log)), port=port).start()
+    try:
+        start = log.stat().st_size
+        r = run_cli("resume", "b", "--runs-dir", str(runs), "--no-cache", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert sorted(_sent(log, start)) == [f"q{i}/0/0" for i in range(6)]
+        start = log.stat().st_size
+        r = run_cli("resume", "c", "--runs-dir", str(runs), "--cache", "--cache-max-age", "1h", cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        assert _sent(log, start) == []
+    finally:
+        sim.stop()
+    overrides = [e.overrides for e in iter_events(str(runs / "c" / "events.log")) if isinstance(e, SessionStarted)]
+    assert overrides == [{}, {"cache": True, "cache_max_age": 3600.0}]
+    assert _durable(runs / "c") == (set(), {f"q{i}" for i in range(6)})
+    r = run_cli("resume", "c", "--runs-dir", str(runs), "--cache-max-age", "soon", cwd=tmp_path)
+    assert r.returncode == 2 and "--cache-max-age 'soon'" in r.stderr and "Traceback" not in r.stderr

@@ -35,6 +35,7 @@ def simulate(
     batch_fail_validation: Annotated[int, typer.Option("--batch-fail-validation", metavar="N", help="Batch API fault: the first N batches created fail validation (nothing runs).")] = 0,
     batch_expire: Annotated[int, typer.Option("--batch-expire", metavar="N", help="Batch API fault: the first N batches expire at the window's end with half their requests done.")] = 0,
     batch_error_lines: Annotated[int, typer.Option("--batch-error-lines", metavar="N", help="Batch API fault: the first N batches answer every third request with a 500 in the error file.")] = 0,
+    batch_torn_lines: Annotated[int, typer.Option("--batch-torn-lines", metavar="N", help="Batch API fault: the first N batches' output files have every fourth line cut short (billed, unreadable).")] = 0,
     batch_create_500: Annotated[int, typer.Option("--batch-create-500", metavar="N", help="Batch API fault: the first N POST /v1/batches create the batch, then answer 500.")] = 0,
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
@@ -49,7 +50,8 @@ def simulate(
                        rate_malformed=malformed_rate, request_log=request_log,
                        capacity_rps=capacity, accuracy=accuracy, batch_window=batch_window, batch_seconds=batch_seconds,
                        batch_fail_validation=batch_fail_validation, batch_expire=batch_expire,
-                       batch_error_lines=batch_error_lines, batch_create_500=batch_create_500), port)
+                       batch_error_lines=batch_error_lines, batch_create_500=batch_create_500,
+                       batch_torn_lines=batch_torn_lines), port)
     out.print(f"simulator on {sim.base_url} (model {model}); Ctrl-C to stop", highlight=False)
     try:
         while True:

@@ -487,13 +487,21 @@ class BatchRunner:
         later: list[Request] = []
         counts = [0, 0]
         began = time.perf_counter()
+        unreadable: list[int] = []
         for file_id in (batch.output_file_id, batch.error_file_id):
             if file_id:
                 data = await self._retrying(lambda: self.client.content(file_id))
                 crash_point("downloaded")
-                await self._record(data, waiting, latency, later, counts)
+                before = len(unreadable)
+                await self._record(data, waiting, latency, later, counts, unreadable)
+                if len(unreadable) > before and len(self.progress.internal) < 20:
+                    lines = ", ".join(map(str, unreadable[before:before + 5])) + (" ..." if len(unreadable) - before > 5 else "")
+                    self.progress.internal.append(
+                        f"batch {batch.id} (chunk {chunk.chunk}): {len(unreadable) - before} line(s) of its file {file_id} "
+                        f"could not be read (line {lines}); their requests, left without a result, are sent again "
+                        "and the provider may bill them twice")
         unresolved = list(waiting.values())
-        await self._unresolved(chunk, batch, unresolved, later)
+        await self._unresolved(chunk, batch, unresolved, later, bool(unreadable))
         await self.writer.append_many_async([BatchDone(
             chunk=chunk.chunk, batch_id=batch.id, status=batch.status, completed=counts[0], failed=counts[1],
             unresolved=len(unresolved))])
@@ -504,12 +512,12 @@ class BatchRunner:
         return later
 
     async def _record(self, data: bytes, waiting: dict[str, Request], latency: float, later: list[Request],
-                      counts: list[int]) -> None:
+                      counts: list[int], unreadable: list[int]) -> None:
         """The file's results into the log: groups handed to the writer without waiting for each
         (its group commit makes one fdatasync of many), made durable every ``DURABLE_EVERY`` lines."""
         group: list[tuple[Request, list[Event]]] = []
         queued: list[Awaitable[None]] = []
-        for n, line in enumerate(lines_of(data), 1):
+        for n, line in enumerate(lines_of(data, unreadable), 1):
             request = waiting.pop(line.custom_id, None)
             if request is None:
                 continue  # recorded before a crash, or not ours
@@ -575,11 +583,13 @@ class BatchRunner:
                     response, parsed = rest[0], rest[1] if len(rest) > 1 else None
                     await self.writer.append_many_async([*head, *reply_events(response, parsed)])  # type: ignore[arg-type]
 
-    async def _unresolved(self, chunk: Chunk, batch: Batch, unresolved: list[Request], later: list[Request]) -> None:
+    async def _unresolved(self, chunk: Chunk, batch: Batch, unresolved: list[Request], later: list[Request],
+                          unreadable: bool = False) -> None:
         """Requests the batch ended without answering: retried in a new chunk, or failed for
         good (a batch cancelled by `ledger cancel`, or no retry left)."""
         events: list[Event] = []
-        why = f"batch {batch.id} ended {batch.status} without a result for this request"
+        readable = " readable" if unreadable else ""  # its result may be one of the lines that could not be read
+        why = f"batch {batch.id} ended {batch.status} without a{readable} result for this request"
         if batch.errors:
             why += f" ({batch.errors})"
         for r in unresolved:

@@ -49,15 +49,17 @@ class Outcome(NamedTuple):
     error: EndpointError | None  # else the failure recorded
 
 
-def lines_of(data: bytes) -> Iterator[Line]:
+def lines_of(data: bytes, unreadable: list[int] | None = None) -> Iterator[Line]:
     """The file's lines; one that is not a result line is skipped (its request, left without
-    a result, is sent again like every unanswered one)."""
-    for raw in data.splitlines():
+    a result, is sent again like every unanswered one) and its number (1-based) appended to
+    ``unreadable``, so that the runner says how many there were."""
+    for n, raw in enumerate(data.splitlines(), 1):
         if raw.strip():
             try:
                 yield _decode_line(raw)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                continue
+                if unreadable is not None:
+                    unreadable.append(n)
 
 
 def outcome_of(line: Line, request: Request, *, parser: Parser, red: Redactor, secrets: tuple[str, ...],

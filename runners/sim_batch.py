@@ -19,8 +19,9 @@ a batch as alone. A request is billed when its output line is made, once.
 Faults (each for the first N batches created, counted over the simulator's life):
 ``batch_fail_validation`` (the batch fails validation: nothing runs), ``batch_expire``
 (it expires at the window's end with the first half of its requests done),
-``batch_error_lines`` (every third request is answered in the error file with a 500) and
-``batch_create_500`` (``POST /v1/batches`` creates the batch, then answers 500).
+``batch_error_lines`` (every third request is answered in the error file with a 500),
+``batch_create_500`` (``POST /v1/batches`` creates the batch, then answers 500) and
+``batch_torn_lines`` (every fourth line of the output file is cut short: billed, unreadable).
 """
 
 from __future__ import annotations
@@ -157,7 +158,7 @@ class BatchSim:
     def _faults(self, n: int) -> frozenset[str]:
         c = self.config
         counts = {"validation": c.batch_fail_validation, "expire": c.batch_expire, "error_lines": c.batch_error_lines,
-                  "create_500": c.batch_create_500}
+                  "create_500": c.batch_create_500, "torn_lines": c.batch_torn_lines}
         return frozenset(name for name, first in counts.items() if n <= first)
 
     async def list_batches(self, request: Request) -> Response:
@@ -248,7 +249,10 @@ class BatchSim:
     def _result_file(self, batch: _Batch, kind: str, lines: list[dict[str, Any]]) -> str | None:
         if not lines:
             return None
-        data = b"".join(_json.encode(line) + b"\n" for line in lines)
+        encoded = [_json.encode(line) for line in lines]
+        if "torn_lines" in batch.faults and kind == "output":  # every fourth line cut short: billed, unreadable
+            encoded = [e[:len(e) // 2] if i % 4 == 3 else e for i, e in enumerate(encoded)]
+        data = b"".join(e + b"\n" for e in encoded)
         entry = _File("file-" + secrets.token_hex(12), data, f"{batch.id}_{kind}.jsonl", f"batch_{kind}", int(time.time()))
         self.files[entry.id] = entry
         return entry.id

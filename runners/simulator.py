@@ -77,6 +77,7 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     batch_expire: int = 0
     batch_error_lines: int = 0
     batch_create_500: int = 0
+    batch_torn_lines: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.accuracy <= 1.0:  # NaN fails too
@@ -84,7 +85,7 @@ class SimConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if not self.batch_window > 0 or not 0 <= self.batch_seconds < float("inf"):  # NaN fails too
             raise InputError(f"simulator batch_window {self.batch_window} / batch_seconds {self.batch_seconds}: "
                              "the window must be > 0 seconds, a batch's run >= 0")
-        for name in ("batch_fail_validation", "batch_expire", "batch_error_lines", "batch_create_500"):
+        for name in ("batch_fail_validation", "batch_expire", "batch_error_lines", "batch_create_500", "batch_torn_lines"):
             if getattr(self, name) < 0:
                 raise InputError(f"simulator {name} {getattr(self, name)}: a count of batches, >= 0")
 

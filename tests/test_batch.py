@@ -394,3 +394,23 @@ def test_status_of_a_stopped_run_on_the_built_in_simulator_says_its_batches_are_
         in status.stdout, status.stdout
     line = next(x for x in status.stdout.splitlines() if x.startswith("  chunk 1: batch_"))
     assert "when its session ended, gone" in line and "expires" not in line and "open" not in line, line
+
+
+def test_unreadable_result_lines_are_counted_said_and_their_requests_sent_again(tmp_path, dataset):
+    """A result line that cannot be read leaves its request without a result: it is sent again
+    (the only way to get its reply), and the run says so -- the provider may bill it twice."""
+    sim = _sim(batch_torn_lines=1)
+    try:
+        session, reason = run_prepared(prepare(dataset, RunConfig(model="sim-1", base_url=sim.base_url, base_urls=[sim.base_url],
+                                                                  runner="batch", parser="choice", batch_max_requests=10),
+                                               str(tmp_path / "runs"), "r"))
+        books = _records(sim)
+    finally:
+        sim.stop()
+    paths = RunPaths(str(tmp_path / "runs" / "r"))
+    assert reason == "completed" and len(_rows(paths)) == 6
+    torn = [e for e in _events(paths) if isinstance(e, Failed)]
+    assert len(torn) == 1 and "without a readable result" in torn[0].message and not torn[0].final
+    assert [len(b["billed"]) for b in books] == [6, 1]  # the torn line's request, billed twice
+    notes = session.runner.progress.internal
+    assert len(notes) == 1 and "1 line(s) of its file" in notes[0] and "(line 4)" in notes[0] and "bill them twice" in notes[0]

@@ -88,7 +88,7 @@ class Session:
         self.index_error: Exception | None = None
         self.writer.add_listener(self._apply_to_index)
         self.writer.add_listener(self._frames.put)
-        if self.cache is not None:
+        if self.cache is not None and not prepared.config.shard:
             self.writer.add_listener(self.cache.listener)
         self.projector_cpu = 0.0  # the projector thread's CPU time, once it has ended (bench/run.py)
         self._projecting = threading.Thread(target=self._project, name="ledger-projector", daemon=True)
@@ -104,11 +104,16 @@ class Session:
         from llm_ledger.runners.cache import open_cache
 
         config = self.prepared.config
-        if config.shard:  # a shard's runs directory is its run's shards/ folder: no store there (README)
-            return None
+        runs_dir = os.path.dirname(os.path.abspath(self.paths.dir))
+        if config.shard:
+            # a local shard (runs/<run>/shards/<k>) looks requests up in the runs directory's store;
+            # its replies reach the store through the merged log (no listener: the store knows
+            # runs of the runs directory only). Ray shards open none: LMDB needs a local disk.
+            if not config.workers.startswith("local"):
+                return None
+            runs_dir = os.path.dirname(os.path.dirname(runs_dir))
         try:
-            return open_cache(os.path.dirname(os.path.abspath(self.paths.dir)), self.paths.run_id, config.to_dict(),
-                              config.cache, config.cache_max_age)
+            return open_cache(runs_dir, self.paths.run_id, config.to_dict(), config.cache, config.cache_max_age)
         except Exception as exc:  # lmdb.Error, OSError, a log another process damaged ...
             self.notes.append(f"the cross-run cache is unavailable this session ({type(exc).__name__}: {exc}); "
                               "every request was sent")

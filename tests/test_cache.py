@@ -9,15 +9,14 @@ the point here), each run counting the requests its simulator received (its requ
     d  another model                                                   -> sends all (200 of 200)
     e  --samples 3 at temperature 0.7 (sample 0 is a's)                -> sends 2,000
     f  --no-cache                                                      -> sends all (200 of 200)
-    g  as a, without --cache: a sampled request is not looked up       -> sends all (100 of 100)
+    g  as a, without --cache: every request is looked up by default    -> sends 0 (100 held by a)
     h  temperature 0, without --cache                                  -> sends all (100 of 100)
-    i  the same again: deterministic requests are looked up by default -> sends 0
+    i  the same again with 2 samples: one key for both samples         -> sends 0
 
-(a to e say ``--cache``: at temperature 0.7 only it looks requests up.) The runs use the
+(a to e say ``--cache``, the default said explicitly.) The runs use the
 in-process simulator transport, whose request log counts requests like the HTTP server's;
-test_cache_resume.py's CLI runs go over HTTP to the embedded simulator.
-
-and the asserts read their logs and outputs. The key's rules have their own cases below.
+test_cache_resume.py's CLI runs go over HTTP to the embedded simulator. The asserts read
+their logs and outputs. The key's rules have their own cases below.
 """
 
 from __future__ import annotations

@@ -69,17 +69,20 @@ def runs(tmp_path_factory):
     common = [str(dataset), "--samples", str(SAMPLES), "--parser", REGEX_PARSER, "--sim-accuracy", "0.7",
               "--runs-dir", str(tmp / "runs")]
     plain = run_cli("run", *common, "--run-id", "plain", cwd=tmp)
-    sharded = run_cli("run", *common, "--run-id", "sharded", "--shards", "3", "--concurrency", "5", cwd=tmp)
+    cached_log = tmp / "cached-requests.jsonl"  # a sharded rerun of plain: every reply from the cache
+    cached = run_cli("run", *common, "--run-id", "cached", "--shards", "2", "--sim", sim_json(cached_log), cwd=tmp)
+    # the runs below pay for their replies (--no-cache): what they test is sending
+    sharded = run_cli("run", *common, "--run-id", "sharded", "--shards", "3", "--concurrency", "5", "--no-cache", cwd=tmp)
     req_log = tmp / "requests.jsonl"
     cmd = [sys.executable, "-m", "llm_ledger.cli", "run", *common, "--run-id", "killed", "--shards", "2",
-           "--concurrency", "2", "--sim", sim_json(req_log, latency=0.03)]
+           "--concurrency", "2", "--sim", sim_json(req_log, latency=0.03), "--no-cache"]
     killed, live = _kill_shard_mid_run(cmd, tmp / "runs" / "killed", req_log, tmp / "killed.out")
     durable, offset = _durable(tmp / "runs" / "killed"), req_log.stat().st_size
     status_after_kill = run_status(RunPaths(str(tmp / "runs" / "killed")))
     resumed = run_cli("resume", "killed", "--runs-dir", str(tmp / "runs"), cwd=tmp)
     return {"tmp": tmp, "runs": tmp / "runs", "plain": plain, "sharded": sharded, "killed": killed, "resumed": resumed,
             "durable": durable, "offset": offset, "req_log": req_log, "status_after_kill": status_after_kill,
-            "live": live}
+            "live": live, "cached": cached, "cached_log": cached_log}
 
 
 def test_sharded_run_writes_one_log_per_shard_and_merges_at_its_end(runs):
@@ -105,6 +108,22 @@ def test_merged_rows_and_statistics_equal_an_unsharded_run(runs):
     for name in ("counts", "accuracy", "accuracy_ci95", "scored", "correct", "samples", "tokens", "attempts", "status"):
         assert a[name] == b[name], name
     assert 0.4 < b["accuracy"] < 0.95  # --sim-accuracy 0.7: a figure worth pooling right
+
+
+def test_local_shards_serve_replies_an_earlier_run_holds_from_the_cache(runs):
+    """A sharded rerun of a finished run pays for nothing: each local shard looks its requests
+    up in the runs directory's cache; the merged run reads like the first, each row copied."""
+    r = runs["cached"]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert requests_of(runs["cached_log"]) == []
+    summary = json.loads((runs["runs"] / "cached" / "summary.json").read_text())
+    assert summary["cache"]["cached"] == ITEMS * SAMPLES and summary["counts"]["done"] == ITEMS * SAMPLES
+    plain, cached = _rows(runs["runs"] / "plain"), _rows(runs["runs"] / "cached")
+    assert cached.keys() == plain.keys()
+    for key, row in cached.items():
+        assert row["cached_from"]["run"] == "plain"
+        assert {k: v for k, v in row.items() if k not in ("cached_from", "attempts")} == \
+            {k: v for k, v in plain[key].items() if k not in ("cached_from", "attempts")}
 
 
 def test_status_export_and_compare_read_the_sharded_run_as_one(runs):

@@ -9,6 +9,8 @@
     <runs_dir>/<run_id>/summary.json
     <runs_dir>/<run_id>/shards/<k>/       a sharded run's shard k: a whole run directory of its own
     <runs_dir>/<run_id>/shards/merged.json what the top level's merged log was made from
+    <runs_dir>/<run_id>/shards/own.log    events the top level appended itself (reviews,
+                                          re-parses): every merge keeps them (own_log.py)
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ class RunPaths:
     @property
     def merged(self) -> str:
         return os.path.join(self.shards, "merged.json")
+
+    @property
+    def own_log(self) -> str:
+        return os.path.join(self.shards, "own.log")
 
 
 def validate_run_id(run_id: str) -> str:

@@ -9,7 +9,9 @@ conversations, failures), the index, and so ``status``, ``export``, ``compare``,
 ``show`` and ``log`` read that log unchanged: the statistics (accuracy and its interval,
 latency percentiles, pass@k ...) are folded from the pooled events, never averaged from
 per-shard figures, so a merged run's outputs are those of an unsharded run of the same
-plan (apart from timings and session ids).
+plan (apart from timings and session ids). The top level's own events -- reviews and
+re-parses appended to a merged run (``shards/own.log``: ledger/own_log.py) -- are one more
+stream of the merge, so a merge never drops them.
 
 Sessions: the shards' sessions overlap; the merged log holds their union -- a
 ``session_started`` when the first shard starts, a ``session_ended`` when the last open
@@ -108,7 +110,8 @@ def check_shards(paths: RunPaths, top: RunStarted, *, live: bool = False) -> lis
         present = [k for k in range(of) if _first(paths.shard(k).log) is not None]
         return [_check_shard(paths, top, k, of, ident, live=True) for k in present]
     shards = [_check_shard(paths, top, k, of, ident) for k in range(of)]
-    extra = sorted(set(fs.listdir(paths.shards)) - {str(k) for k in range(of)} - {os.path.basename(paths.merged)})
+    kept = {os.path.basename(p) for p in (paths.merged, paths.own_log, paths.own_log + ".lock", paths.own_log + ".broken")}
+    extra = sorted(set(fs.listdir(paths.shards)) - {str(k) for k in range(of)} - kept)
     extra = [name for name in extra if ".tmp." not in name]
     if extra:
         raise InputError(f"{os.path.join(paths.shards, extra[0])}: not one of the {of} shards of run {paths.run_id}; "
@@ -169,24 +172,35 @@ def _tagged(shard: Shard, live: bool = False) -> Iterator[tuple[float, int, int,
         yield last_ts, k, n, SessionEnded(reason="interrupted", ts=last_ts)
 
 
+def _own(paths: RunPaths, k: int) -> Iterator[tuple[float, int, int, Event]]:
+    """The top level's own events (ledger/own_log.py), tagged as stream ``k`` (after the shards)."""
+    if os.path.isfile(paths.own_log):
+        for n, event in enumerate(iter_events(paths.own_log)):
+            yield event.ts, k, n, event
+
+
 def live_merged_events(paths: RunPaths) -> Iterator[Event]:
     """The union of the shards as they are now, numbered as a merge numbers it: what a
     reader of a running sharded run (the event table) reads."""
     top = top_started(paths)
-    events = merged_events(top, check_shards(paths, top, live=True), live=True)
+    events = merged_events(top, check_shards(paths, top, live=True), live=True, own=paths)
     for seq, event in enumerate(events, 1):
         yield msgspec.structs.replace(event, seq=seq)
 
 
-def merged_events(top: RunStarted, shards: list[Shard], live: bool = False) -> Iterator[Event]:
+def merged_events(top: RunStarted, shards: list[Shard], live: bool = False, own: RunPaths | None = None) -> Iterator[Event]:
     """The top's run_started, then every shard's events by timestamp, sessions as their
-    union; raises InputError at an (item, sample) in a shard that does not own it."""
+    union; raises InputError at an (item, sample) in a shard that does not own it. ``own``:
+    the run whose own log (reviews, re-parses: ledger/own_log.py) is merged in as it is."""
     yield top
     of = int(top.config["shards"])
     open_shards: set[int] = set()
     worst = 0
-    for _ts, k, _n, event in heapq.merge(*(_tagged(s, live) for s in shards)):
-        if isinstance(event, _ITEM_EVENTS):
+    streams = [_tagged(s, live) for s in shards] + ([_own(own, of)] if own is not None else [])
+    for _ts, k, _n, event in heapq.merge(*streams):
+        if k == of:  # the top level's own: appended under the run's lock, never inside a shard session
+            yield event
+        elif isinstance(event, _ITEM_EVENTS):
             if shard_of(event.item_id, event.sample, of) != k:
                 raise _misplaced(shards, event.item_id, event.sample, k)
             yield event
@@ -237,7 +251,7 @@ def merge_locked(paths: RunPaths, lock: RunLock) -> tuple[MergeReport, RunLock]:
     remove_temps(paths.log)
     manifest = merged_manifest(shards)
     _forget(paths.merged)  # it vouches for the merged figures: not while they change
-    events = write_log(paths.log, merged_events(top, shards))
+    events = write_log(paths.log, merged_events(top, shards, own=paths))
     relocked = RunLock.acquire(paths.lock)  # the new inode: nobody else between here and the projections
     lock.release()
     try:

@@ -1,6 +1,7 @@
 """Re-parsing a run: new ``parsed`` events that supersede the old ones, without a request.
 
-A use case, not a fold: it appends to the log. Under the writer's lock (never beside a live
+A use case, not a fold: it appends to the log (a sharded run's top level: to its own log
+too, which every merge keeps: ledger/own_log.py). Under the writer's lock (never beside a live
 run) it appends ``session_started(reason="reparse")``, one new ``parsed`` per item that is
 done, from its latest final reply and the new parser, and a ``session_ended`` with the run's
 last end reason (a re-parse does not change whether the run completed); then every
@@ -20,6 +21,7 @@ from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.events import Parsed, ResponseView, SessionEnded, SessionStarted, decode_many_view
 from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.own_log import own_writer
 from llm_ledger.ledger.lifecycle import DONE, PENDING, State, kind_of, transition
 from llm_ledger.ledger.reader import iter_frames
 from llm_ledger.ledger.writer import LogWriter
@@ -37,7 +39,7 @@ def reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
     """Append the new parses and rebuild, all under the writer's lock. Returns the summary,
     plus ``reparsed`` (parses appended) and ``rebuilt`` (seconds per projection)."""
     parser = _reparse_parser(spec)
-    with LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index)) as writer:
+    with own_writer(paths, LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index))) as writer:
         last_status = _last_status(paths)
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="reparse"))
         batch, n = [], 0

@@ -30,6 +30,7 @@ from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lifecycle import DONE, FAILED, PENDING, STATE_NAMES, State, kind_of, transition
 from llm_ledger.ledger.lock import holder_pid, is_locked
+from llm_ledger.ledger.own_log import own_writer
 from llm_ledger.ledger.reader import iter_frames
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.checkpoint import invalidate
@@ -81,7 +82,7 @@ def review(paths: RunPaths, item_id: str, sample: int, verdict: str, note: str =
     if is_locked(paths.lock):
         raise RunLiveError(paths)
     try:
-        writer = LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index))
+        writer = own_writer(paths, LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index)))
     except LogLockedError:
         raise RunLiveError(paths) from None
     with writer:

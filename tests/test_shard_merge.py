@@ -132,3 +132,36 @@ def test_limits_below_the_number_of_shards_are_refused_before_anything_is_writte
     with pytest.raises(InputError, match="--workers 'slurm'"):
         prepare(dataset, RunConfig(shards=2, workers="slurm"), str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
+
+
+def test_reviews_and_reparses_of_a_merged_run_survive_every_later_merge(sharded, tmp_path):
+    """The top log of a sharded run is rewritten by each merge: a review or a re-parse appended
+    to it is kept in the top level's own log (shards/own.log) and merged in again, once."""
+    import json
+
+    from llm_ledger.ledger.events import Parsed, Reviewed, SessionStarted
+
+    run = _copy(sharded, tmp_path)
+    where = ("--runs-dir", str(tmp_path / "runs"))
+    r = run_cli("replay", "r", "--reparse", "regex:answer is A(\\d+)$", *where)
+    assert r.returncode == 0, r.stderr
+    r = run_cli("review", "r", "q3", "--incorrect", "--note", "not really", *where)
+    assert r.returncode == 0, r.stderr
+
+    def story() -> tuple[int, int, list[str]]:
+        events = list(iter_events(str(run / "events.log")))
+        reparses = sum(isinstance(e, SessionStarted) and e.reason == "reparse" for e in events)
+        reviews = [e.note for e in events if isinstance(e, Reviewed)]
+        return reparses, sum(isinstance(e, Parsed) and e.parser.endswith("(\\d+)$") for e in events), reviews
+
+    before = story()
+    assert before == (1, 24, ["not really"])
+    for _ in range(2):  # merged twice: nothing lost, nothing doubled
+        assert run_cli("merge", "r", *where).returncode == 0
+        assert story() == before
+    rows = {row["item_id"]: row for row in map(json.loads, (run / "responses.jsonl").read_text().splitlines())}
+    assert rows["q5"]["parsed"] == "5" and rows["q5"]["correct"] is False  # the re-parse (expected is "A5")
+    assert rows["q3"]["correct_reviewed"] is False and rows["q4"]["correct_reviewed"] is False
+    shards_events = sum(1 for k in range(2) for e in iter_events(str(run / "shards" / str(k) / "events.log"))
+                        if isinstance(e, Reviewed))
+    assert shards_events == 0  # the shards' logs are theirs alone

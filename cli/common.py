@@ -130,8 +130,9 @@ def _named(exc: OSError, stream: str) -> OSError:
 
 
 stdout = StdStream("stdout")
-out = Console(file=stdout, highlight=False, soft_wrap=True)  # type: ignore[arg-type]
-err = Console(file=StdStream("stderr"), highlight=False, soft_wrap=True)  # type: ignore[arg-type]
+# emoji=False: rich would turn ":x:" in a parser spec, a path or a model's reply into an emoji
+out = Console(file=stdout, highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
+err = Console(file=StdStream("stderr"), highlight=False, soft_wrap=True, emoji=False)  # type: ignore[arg-type]
 
 
 def _escape(text: str) -> str:

@@ -29,7 +29,7 @@ PARSER_KINDS = ", ".join(kind.usage for kind in PARSERS.values())
 
 # options of `run` that `resume` takes too (how requests are sent, never what)
 TransportOption = Annotated[Optional[str], typer.Option(help="How a request reaches the model: http (default; aiohttp, lean), openai (the openai SDK over HTTP), simulator (the built-in simulator in-process, no socket).")]
-CacheOption = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. On by default: a sampled request (temperature > 0) per sample index, so --samples 3 after --samples 1 buys two new samples; --no-cache: send everything (fresh draws).")]
+CacheOption = Annotated[Optional[bool], typer.Option("--cache/--no-cache", help="Serve a request whose reply a run under --runs-dir already holds (same endpoint, model and whole body) from that log instead of sending it. On by default: a sampled request (temperature above 0 or unset, or n > 1) per sample index, so --samples 3 after --samples 1 buys two new samples; --no-cache: send everything (fresh draws).")]
 CacheMaxAgeOption = Annotated[Optional[str], typer.Option("--cache-max-age", metavar="AGE", help="Serve only cached replies received within AGE, e.g. 12h, 30d, 2w.")]
 
 

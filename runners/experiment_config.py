@@ -168,7 +168,7 @@ class ExperimentSpec:
         gave the setting (the arm's, its matrix entry's, the top's or its provider's); a
         dataset the file names, at the ``dataset =`` line."""
         text = str(exc)
-        if text.startswith(self.dataset + ":"):
+        if text.startswith(self.dataset + ":") and not re.search(r"--[a-z]", text):  # the dataset itself, not a setting read on it
             return InputError(f"{self.path}:{self.lines.line(('dataset',))}: dataset: {text}")
         text = text.replace("use --no-preflight", f"set preflight = false in [providers.{arm.provider}]")
         flags = re.findall(r"--([a-z][a-z-]*)", text)

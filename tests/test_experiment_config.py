@@ -80,6 +80,8 @@ def _line(text: str, needle: str, nth: int = 1) -> int:
     ("top parser", ("parser = 'regex:answer is (\\S+)'", "parser = 'regex:answer is (\\S+'"), "parser =",
      "arm 'plain': parser regex:answer is (\\S+: "),
     ("missing dataset", ('dataset = "ds.jsonl"', 'dataset = "nope.jsonl"'), "dataset =", "nope.jsonl: no such file"),
+    ("template field", ('template = "Think step by step. {prompt}"', 'template = "{nofield} {prompt}"'), "template =",
+     "ds.jsonl:1: template uses field 'nofield' which this item does not have"),
     ("unreachable endpoint", ("[providers.local]", '[providers.local]\nbase_url = "http://127.0.0.1:9/v1"'),
      "base_url", "cannot reach the endpoint"),
 ])

@@ -206,3 +206,10 @@ def test_dry_run_on_an_existing_run_is_refused_and_writes_nothing(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert r.returncode == 2 and len(lines) == 1 and "--dry-run plans a new run" in lines[0], r.stderr
     assert sorted(p.name for p in (runs / "x").iterdir()) == before and not (runs / "x" / "plan.jsonl").exists()
+
+
+def test_what_the_user_typed_is_printed_as_typed_never_as_an_emoji(tmp_path):
+    """rich reads ":x:" as an emoji code: the consoles must not (a parser spec, a path, a reply)."""
+    data = _dataset(tmp_path / "d.jsonl", 1)
+    line = _error_line(run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--parser", "bogus:x", cwd=tmp_path))
+    assert line == "error: --parser bogus:x: No module named 'bogus'", line

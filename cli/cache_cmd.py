@@ -75,7 +75,9 @@ def _explain_lines(e: dict[str, Any]) -> list[str]:
     if how["reply"] == "cached":
         lines.append(f"this run  reply copied from the cache: run {how['from_run']} seq {how['from_seq']} ({how['received']})")
     elif how["reply"] == "sent":
-        off = " (the run had --no-cache)" if e["run_cache"] is False else ""
+        age = e.get("run_cache_max_age")
+        off = " (the run had --no-cache)" if e["run_cache"] is False else \
+            f" (the run had --cache-max-age {_age(age)}: older replies were not served)" if age else ""
         lines.append(f"this run  sent{off}: reply seq {how['seq']} ({how['received']})")
     else:
         lines.append("this run  no reply yet")
@@ -85,6 +87,9 @@ def _explain_lines(e: dict[str, Any]) -> list[str]:
         return lines
     own = " (only this run's own reply holds the key)" if look.get("own_reply_only") else ""
     lines.append(f"lookup    miss: no other run holds this key{own}")
+    if look.get("own_reply_only") and (e["run_cache"] is False or e.get("run_cache_max_age")):
+        lines.append("          the store keeps the newest reply to a request: this run's own replaced any older "
+                     "one (not served: see above), which its run's log still holds")
     near = e.get("nearest")
     if near is None:
         lines.append("nearest   none: the store holds no other run's request")
@@ -97,6 +102,14 @@ def _explain_lines(e: dict[str, Any]) -> list[str]:
     if not near["differs"]:
         lines.append("  differs nothing in the body: the key differs by the sample index")
     return lines
+
+
+def _age(seconds: float) -> str:
+    """Seconds as the largest whole unit --cache-max-age takes (30d, 12h, 90s)."""
+    for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
 
 
 @cache_app.command("clear")

@@ -281,3 +281,20 @@ def test_a_dry_run_after_a_run_prices_only_what_the_cache_does_not_answer(tmp_pa
     r = run_cli("run", str(data), *common, "--run-id", "q", "--dry-run", "--no-cache", cwd=tmp_path)
     out = " ".join(r.stdout.split())
     assert "off (--no-cache)" in out and "completion tokens (at most) │ 60 " in out, r.stdout
+
+
+def test_explain_says_a_miss_came_from_the_runs_max_age(tmp_path):
+    """A run with --cache-max-age that sent a request an older run held: explain names the age
+    limit (the store then keeps the newer reply), instead of 'no other run holds it'."""
+    import time
+
+    data = _dataset(tmp_path / "d.jsonl", 2)
+    where = ("--runs-dir", str(tmp_path / "runs"), "--temperature", "0")
+    assert run_cli("run", str(data), *where, "--run-id", "old", cwd=tmp_path).returncode == 0
+    time.sleep(1.1)
+    assert run_cli("run", str(data), *where, "--run-id", "new", "--cache-max-age", "1s", cwd=tmp_path).returncode == 0
+    r = run_cli("cache", "explain", "new", "q1", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stdout.split())
+    assert "sent (the run had --cache-max-age 1s: older replies were not served)" in text, r.stdout
+    assert "this run's own replaced any older one (not served: see above)" in text, r.stdout

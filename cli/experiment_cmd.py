@@ -108,11 +108,13 @@ def _plan_table(name: str, arms: list["ArmRun"], models: dict[str, str]) -> "Tab
     rows = []
     totals = {"requests": 0, "cached": 0, "prompt": 0, "completion": 0, "cost": 0.0}
     unbounded = unpriced = False
+    notes: list[str] = []  # the arms not planned, and why (a caption: never a column a narrow terminal drops)
     for arm in arms:
         if arm.prepared is None:
             what = "complete: nothing to send" if arm.state == "complete" and not arm.left else \
                 f"exists (resume sends what is left: {plural(arm.left, 'item')})"
-            rows.append((arm.name, models.get(arm.name, ""), what, "-", "-", "-", "-"))
+            rows.append((arm.name, models.get(arm.name, ""), "-", "-", "-", "-", "-"))
+            notes.append(f"{arm.name}: {what}")
             continue
         report = plan_only(arm.prepared)
         bound = report["completion_tokens_max"]
@@ -133,7 +135,7 @@ def _plan_table(name: str, arms: list["ArmRun"], models: dict[str, str]) -> "Tab
                  "no bound" if unbounded else count(totals["completion"]),
                  "- (see the arms)" if unpriced else usd(totals["cost"])))
     return fitted_table(f"experiment {escape(name)}: dry run, nothing sent", header, rows, out.width,
-                        ("model", "items x samples", "completion (max)"), 2, bold_last=True)
+                        ("model", "items x samples", "completion (max)"), 2, bold_last=True, notes=notes)
 
 
 def _requests(requests: int, cached: int) -> str:

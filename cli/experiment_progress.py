@@ -87,14 +87,19 @@ def arm_table_view(table: dict[str, Any], width: int = 200) -> Table:
                      num.MISSING if not ci else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
                      num.percent(row["parse_rate"]), num.usd(row["cost_usd"]), num.ms(row["latency_p50_s"]),
                      f"{num.count(row['prompt_tokens'])}/{num.count(row['completion_tokens'])}", p))
-    return fitted_table(f"experiment {escape(str(table.get('experiment')))}", header, rows, width, _DROPPED_FIRST, 2)
+    cached = [f"{row['arm']} {num.count(row['cached'])} of {num.count(row['done'])}" for row in table["rows"]
+              if row.get("cached")]
+    notes = [f"copied from earlier runs (the cache; not paid, not in cost, tokens or p50): {', '.join(cached)}"] if cached else []
+    return fitted_table(f"experiment {escape(str(table.get('experiment')))}", header, rows, width, _DROPPED_FIRST, 2,
+                        notes=notes)
 
 
 def fitted_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]], width: int,
-                 dropped_first: tuple[str, ...], left: int, bold_last: bool = False) -> Table:
+                 dropped_first: tuple[str, ...], left: int, bold_last: bool = False, notes: list[str] | None = None) -> Table:
     """A table whose cells are never cut: each column as wide as its widest cell; when the
     terminal is narrower than all of them, the columns of ``dropped_first`` are left out, in
-    that order. The first ``left`` columns are text, the others figures (right-aligned)."""
+    that order, and the caption says which (never silently). The first ``left`` columns are
+    text, the others figures (right-aligned). ``notes``: more caption lines."""
     from rich.markup import escape
 
     widths = [max(len(c) for c in (name, *(r[i] for r in rows))) for i, name in enumerate(header)]
@@ -103,7 +108,12 @@ def fitted_table(title: str, header: tuple[str, ...], rows: list[tuple[str, ...]
         if sum(widths[i] + 1 for i in keep) - 1 <= width:
             break
         keep.remove(header.index(name))
-    view = Table(title=title, box=None, padding=(0, 1), pad_edge=False, header_style="bold")
+    left_out = [name for i, name in enumerate(header) if i not in keep]
+    caption = list(notes or [])
+    if left_out:
+        caption.append(f"left out to fit {width} columns: {', '.join(left_out)} (a wider terminal shows them)")
+    view = Table(title=title, box=None, padding=(0, 1), pad_edge=False, header_style="bold",
+                 caption=escape("\n".join(caption)) if caption else None, caption_justify="left")
     for i in keep:
         view.add_column(header[i], justify="left" if i < left else "right", no_wrap=True, min_width=widths[i])
     for n, cells in enumerate(rows):

@@ -126,6 +126,7 @@ def arm_table(arms: list[ArmRef]) -> dict[str, Any]:
             "cost_usd": summary.get("cost_usd"), "latency_p50_s": (summary.get("latency_s") or {}).get("p50"),
             "prompt_tokens": tokens.get("prompt"), "completion_tokens": tokens.get("completion"),
             "parse_rate": summary.get("parse_success_rate"), "pending": counts.get("pending"),
+            "cached": (summary.get("cache") or {}).get("cached"),
             "p_vs_best": None, "summary_current": status.summary_current, "error": None,
         })
     scored = [r for r in rows if r["accuracy"] is not None]
@@ -146,4 +147,4 @@ def arm_table(arms: list[ArmRef]) -> dict[str, Any]:
 
 
 _FIGURES = ("done", "failed", "planned", "scored", "accuracy", "ci95", "cost_usd", "latency_p50_s", "prompt_tokens",
-            "completion_tokens", "parse_rate", "pending")
+            "completion_tokens", "parse_rate", "pending", "cached")

@@ -257,3 +257,18 @@ def test_kill9_mid_experiment_then_resume_sends_only_what_was_not_durable(lab, c
     assert [{k: r[k] for k in keep} for r in killed["rows"]] == [{k: r[k] for k in keep} for r in never["rows"]]
     # the provider's limit held through all of it: never more than 3 requests at once at simulator a
     assert sims["a"].state.max_in_flight <= 3
+
+
+def test_a_narrow_table_says_what_it_left_out_and_cached_arms_say_so(lab, clean):
+    """The same experiment again under another name: every arm is served from the cache, and
+    the table says so; at 80 columns it says which columns it left out."""
+    root, sims = lab
+    (root / "again.toml").write_text(experiment_toml("again", sims, THREE_ARMS).replace("cache = false", "cache = true"))
+    r = run_cli("run", "again.toml", cwd=root, env={**ENV, "COLUMNS": "80"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    text = " ".join(r.stdout.split())
+    copied = ", ".join(f"{arm} {ITEMS} of {ITEMS}" for arm in ("llama", "llama-cot", "qwen"))
+    assert f"copied from earlier runs (the cache; not paid, not in cost, tokens or p50): {copied}" in text, r.stdout
+    assert "left out to fit 80 columns: model (a wider terminal shows them)" in text, r.stdout
+    table = _table(root, "again")
+    assert [row["cached"] for row in table["rows"]] == [ITEMS] * 3

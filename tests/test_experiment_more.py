@@ -168,7 +168,7 @@ def _the_same_file_again_resumes_it(root, proc_env):
     dry = run_cli("run", "intr.toml", "--dry-run", cwd=root, env=proc_env)
     assert dry.returncode == 0, dry.stderr
     rows = {line.split()[0]: line for line in dry.stdout.splitlines() if line.split() and line.split()[0] in "xyz"}
-    assert "exists (resume sends what is left:" in rows["x"] and "exists (resume sends what is left:" in rows["y"]
+    assert "x: exists (resume sends what is left:" in dry.stdout and "y: exists (resume sends what is left:" in dry.stdout
     assert "3 x 1" in rows["z"] and "total (1 new)" in dry.stdout
     assert not (root / "runs" / "intr.z" / "events.log").exists()
     (root / "intr.toml").write_text(text)

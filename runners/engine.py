@@ -155,7 +155,6 @@ class Engine:
     async def _one(self, work: Work) -> None:
         item, progress = work.item, self.progress
         cursor = _Cursor(work.start_turn, work.attempts)
-        progress.in_flight += 1
         try:
             messages = list(work.history) if work.start_turn else self._system()
             for turn in range(work.start_turn, len(item.turns)):
@@ -177,8 +176,6 @@ class Engine:
             self._fatal(exc)
         except Exception as exc:  # a bug, or input nobody foresaw: this item fails, the run goes on
             self._internal(work, cursor, exc)
-        finally:
-            progress.in_flight -= 1
 
     def _fatal(self, exc: LogError) -> None:
         if self.error is None:
@@ -291,6 +288,7 @@ class Engine:
             item, turn = work.item, cursor.turn
             key = {"item_id": item.id, "sample": work.sample, "turn": turn, "attempt": cursor.attempt}
             self._sending.add(task)
+            self.progress.in_flight += 1  # sent, awaiting its reply (not: waiting for a limit or a backoff)
             self.writer.submit([Started(**key, request=body, endpoint=name, expected=item.expected,
                                         line=item.line, metadata=item.metadata)])
             try:
@@ -320,7 +318,9 @@ class Engine:
         finally:
             if slot:
                 self.limits.release()
-            self._sending.discard(task)
+            if task in self._sending:
+                self._sending.discard(task)
+                self.progress.in_flight -= 1
             await self.pool.release(endpoint, reply, error)
             self.progress.limit = self.pool.limit
             self.progress.paused = self.pool.down()

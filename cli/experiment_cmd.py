@@ -207,7 +207,7 @@ def _any_started(runs_dir: str, name: str) -> bool:
 
 
 def _print_header(name: str, runs_dir: str, arms: list["ArmRun"], sessions: list[Any]) -> None:
-    from .run_cmd import dataset_extent
+    from .run_cmd import dataset_extent, in_flight_words
 
     states = {s: sum(a.state == s for a in arms) for s in ("new", "continued", "complete")}
     out.print(f"experiment {name}: {plural(len(arms), 'arm')} ({states['new']} new, {states['continued']} continued, "
@@ -224,7 +224,7 @@ def _print_header(name: str, runs_dir: str, arms: list["ArmRun"], sessions: list
         session = by_run.get(arm.run_id)
         if arm.prepared.resume and session is not None:
             f = session.found
-            line += f"; resume: {f.done:,} done, {f.failed:,} failed, {f.to_send:,} to send"
+            line += f"; resume: {f.done:,} done, {f.failed:,} failed, {in_flight_words(arm.prepared, session)}"
         out.print(line, markup=False)
     out.print(f"output {os.path.abspath(runs_dir)}/{name}.<arm>", markup=False)
 

@@ -377,14 +377,25 @@ def _print_header(prepared: "Prepared", session: "Session") -> None:
     print_run_lines(prepared)
     if prepared.resume:
         f = session.found
-        flight = (f"{f.in_flight:,} in flight (the built-in simulator's batches ended with their session: "
-                  "sent again)") if config.runner == "batch" and config.embedded else (
-                  f"{f.in_flight:,} in flight (their batches are looked up and collected; sent again only if a batch "
-                  "ended without them)") if config.runner == "batch" else (
-                  f"{f.in_flight:,} in flight at the crash (sent again, ~{f.in_flight_tokens:,} prompt tokens)")
         out.print(f"resume: {f.done:,} done, {f.failed:,} failed{' (skipped)' if prepared.skip_failed else ''}, "
-                  f"{f.never_started:,} never started, {flight}; {f.to_send:,} to "
-                  f"{'finish' if config.runner == 'batch' else 'send'}", markup=False)
+                  f"{f.never_started:,} never started, {in_flight_words(prepared, session)}", markup=False)
+
+
+def in_flight_words(prepared: "Prepared", session: "Session") -> str:
+    """What a resume does with the requests in flight at the crash, and how many are left:
+    a request another run's log answers is copied from the cache, not sent (never promised
+    to be sent, nor its tokens to be paid)."""
+    config, f = prepared.config, session.found
+    cached = getattr(session, "cache", None) is not None
+    if config.runner == "batch":
+        flight = (f"{f.in_flight:,} in flight (the built-in simulator's batches ended with their session: sent again)"
+                  if config.embedded else f"{f.in_flight:,} in flight (their batches are looked up and collected; "
+                  "sent again only if a batch ended without them)")
+        return f"{flight}; {f.to_send:,} to finish"
+    unless = ", unless the cache holds their replies" if cached else ""
+    left = " (each looked up in the cache first)" if cached else ""
+    return (f"{f.in_flight:,} in flight at the crash (sent again{unless}: ~{f.in_flight_tokens:,} prompt tokens); "
+            f"{f.to_send:,} to send{left}")
 
 
 def dataset_extent(items: int, limit: int | None, seed: int | None, samples: int) -> str:

@@ -60,7 +60,7 @@ def main() -> None:
             session, reason = run_prepared(prepared)
             wall, cpu = time.perf_counter() - began, time.process_time() - cpu
             with urllib.request.urlopen(url + "/_sim/batch_records") as reply:
-                books = [b for b in json.loads(reply.read())["batches"] if b["metadata"].get("ledger_run") == "bench"]
+                books = [b for b in json.loads(reply.read())["batches"] if b["metadata"].get("ledger_run", "").rsplit(".", 1)[0] == "bench"]
             with open(prepared.paths.summary) as f:
                 summary = json.load(f)
     finally:

@@ -60,7 +60,7 @@ from llm_ledger.ledger.reader import iter_events
 from llm_ledger.projections.batches import GIVEN_UP, OPEN, Chunk, fold
 
 from .batch_chunks import Cut, Request, content, cut, request_of
-from .batch_client import META_CHUNK, META_RUN, META_SHA, Batch, BatchClient
+from .batch_client import META_CHUNK, META_RUN, META_SHA, Batch, BatchClient, run_key
 from .batch_crash import crash_point
 from .batch_results import lines_of, outcome_of, parsed_event
 from .durable import reply_events
@@ -95,6 +95,7 @@ class BatchRunner:
         self.context, self.config, self.writer = context, config, context.writer
         self.progress = Progress()
         self.run_id = RunPaths(os.path.dirname(os.path.abspath(context.writer.path))).run_id
+        self.key = run_key(context.writer.path)  # the run as the provider's batches and files name it
         self._simulator = Simulator(SimConfig(**config.simulator)).start() if config.embedded else None
         url = self._simulator.base_url if self._simulator else config.endpoints()[0]
         self.endpoint = EMBEDDED_NAME if self._simulator else url
@@ -320,7 +321,7 @@ class BatchRunner:
         unsure = [j for j in jobs if j.lookup]
         if not unsure:
             return
-        found = await self._retrying(lambda: self.client.find(self.run_id, [j.chunk.chunk for j in unsure]))
+        found = await self._retrying(lambda: self.client.find(self.key, [j.chunk.chunk for j in unsure]))
         for job in unsure:
             batch = _matching(found.get(job.chunk.chunk, []), job.chunk)
             if batch is not None:
@@ -343,7 +344,7 @@ class BatchRunner:
         its event) -- never the file of a chunk that is not done."""
         state = fold(iter_events(self.writer.path))
         known = {c.file_id for c in state.chunks.values() if c.file_id} | {j.chunk.file_id for j in jobs if j.chunk.file_id}
-        prefix = f"ledger-{self.run_id}-"
+        prefix = f"ledger-{self.key}-"
         for file_id in await self._retrying(lambda: self.client.files_named(prefix)):
             if file_id not in known:
                 await self._delete("", file_id, "uploaded, unused: its upload was not recorded before a crash")
@@ -382,7 +383,7 @@ class BatchRunner:
         if not chunk.file_id:
             began = time.perf_counter()
             try:
-                file_id = await self._retrying(lambda: self._upload(f"ledger-{self.run_id}-{chunk.chunk}.jsonl", data))
+                file_id = await self._retrying(lambda: self._upload(f"ledger-{self.key}-{chunk.chunk}.jsonl", data))
             except EndpointError as exc:
                 return await self._rejected(job, exc)
             finally:
@@ -397,7 +398,7 @@ class BatchRunner:
 
     async def _create(self, job: _Job) -> list[Request] | None:
         chunk = job.chunk
-        metadata = {META_RUN: self.run_id, META_CHUNK: chunk.chunk, META_SHA: chunk.sha256}
+        metadata = {META_RUN: self.key, META_CHUNK: chunk.chunk, META_SHA: chunk.sha256}
         for attempt in range(self.config.retries + 1):
             if self.progress.stopping:
                 return None
@@ -405,7 +406,7 @@ class BatchRunner:
                 batch = await self.client.create(chunk.file_id, metadata)
             except EndpointError as exc:
                 # The provider may have made the batch before failing: look before creating again.
-                found = _matching((await self._retrying(lambda: self.client.find(self.run_id, [chunk.chunk]))).get(chunk.chunk, []), chunk)
+                found = _matching((await self._retrying(lambda: self.client.find(self.key, [chunk.chunk]))).get(chunk.chunk, []), chunk)
                 if found is not None:
                     await self._found(job, found)
                     return None

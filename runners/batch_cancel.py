@@ -27,7 +27,7 @@ from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.batches import BATCHES, GIVEN_UP, OPEN, Chunk, fold
 from llm_ledger.projections.projector import refresh
 
-from .batch_client import BatchClient
+from .batch_client import BatchClient, run_key
 from .config import RunConfig
 from .prepare import _api_key, secrets_of
 
@@ -57,7 +57,7 @@ def cancel_run(paths: RunPaths) -> list[Cancelled]:
         if not chunks:  # nothing to ask the provider: the log is left as it is
             return []
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="cancel"))
-        done = asyncio.run(_cancel(config, api_key, paths.run_id, chunks))
+        done = asyncio.run(_cancel(config, api_key, run_key(paths.log), chunks))
         writer.append_many([*(BatchCancelRequested(chunk=c.chunk, batch_id=c.batch_id, status=c.status)
                               for c in done if not c.status.startswith("not ")), SessionEnded(reason=last)])
     refresh(paths, (BATCHES,))  # batches.json (what `ledger status` shows) says "cancelling" now, not later

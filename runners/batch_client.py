@@ -20,12 +20,29 @@ from .redaction import redact
 if TYPE_CHECKING:
     import openai
 
-__all__ = ["Batch", "BatchClient", "ENDPOINT", "META_RUN", "META_CHUNK", "META_SHA"]
+__all__ = ["Batch", "BatchClient", "ENDPOINT", "META_RUN", "META_CHUNK", "META_SHA", "run_key"]
 
 ENDPOINT = "/v1/chat/completions"
 META_RUN, META_CHUNK, META_SHA = "ledger_run", "ledger_chunk", "ledger_sha256"  # metadata keys (<= 64 chars)
 _LIST_PAGE = 100  # the API's largest page
 _NOT_SERVED = (404, 405, 501)  # an upload answered so: the endpoint has no /v1/files
+
+
+def run_key(log: str) -> str:
+    """How the provider's batches and files name this run: ``<run id>.<12 hex>``, the hex a
+    hash of the run's ``run_started`` (id, time, dataset). An account holds every run's
+    batches: two runs of one id (in two runs directories, or a run deleted and made again)
+    must never find -- adopt, sweep or cancel -- each other's batches and files."""
+    import hashlib
+
+    from llm_ledger.ledger.events import RunStarted
+    from llm_ledger.ledger.reader import iter_events
+
+    first = next(iter_events(log), None)
+    if not isinstance(first, RunStarted):
+        raise EndpointError("batch_run", f"{log}: the log does not begin with run_started")
+    digest = hashlib.sha256(f"{first.run_id}|{first.ts!r}|{first.dataset_sha256}".encode()).hexdigest()[:12]
+    return f"{first.run_id}.{digest}"
 
 
 class Batch(NamedTuple):

@@ -51,6 +51,9 @@ def check_sharding(config: RunConfig) -> None:
     """Before anything is written: a number of shards we can run, shares of at least 1."""
     if config.shards > MAX_SHARDS:
         raise InputError(f"--shards {config.shards}: at most {MAX_SHARDS}")
+    if config.runner == "batch":  # one run's batches at the provider, one log to reconcile them with
+        raise InputError(f"--batch with --shards {config.shards}: the Batch API runs a file's requests in parallel at "
+                         "the provider already; run --batch without --shards")
     for name in SPLIT:
         value = getattr(config, name)
         if value is not None and value < config.shards:

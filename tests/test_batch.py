@@ -54,7 +54,7 @@ def _events(paths: RunPaths) -> list:
 
 def _records(sim: Simulator, run_id: str = "r") -> list[dict]:
     with urllib.request.urlopen(sim.base_url + "/_sim/batch_records") as reply:
-        return [b for b in json.loads(reply.read())["batches"] if b["metadata"].get("ledger_run") == run_id]
+        return [b for b in json.loads(reply.read())["batches"] if b["metadata"].get("ledger_run", "").rsplit(".", 1)[0] == run_id]
 
 
 def _rows(paths: RunPaths) -> dict:
@@ -414,3 +414,28 @@ def test_unreadable_result_lines_are_counted_said_and_their_requests_sent_again(
     assert [len(b["billed"]) for b in books] == [6, 1]  # the torn line's request, billed twice
     notes = session.runner.progress.internal
     assert len(notes) == 1 and "1 line(s) of its file" in notes[0] and "(line 4)" in notes[0] and "bill them twice" in notes[0]
+
+
+def test_two_runs_of_one_id_never_adopt_each_others_batches(tmp_path, dataset):
+    """One account, two runs named alike (two runs directories): a resume of the second, killed
+    after planning its chunk, looks its chunk up at the provider and must not find the first
+    run's batch (same run id, same requests, same file hash): it creates its own."""
+    sim = _sim()
+    try:
+        common = ("--batch", "--base-url", sim.base_url, "--model", "sim-1", "--no-cache", "--parser", "choice",
+                  "--run-id", "nightly")
+        first = run_cli("run", dataset, *common, "--runs-dir", str(tmp_path / "x"), cwd=tmp_path)
+        assert first.returncode == 0, first.stderr
+        killed = run_cli("run", dataset, *common, "--runs-dir", str(tmp_path / "y"), cwd=tmp_path,
+                         env={"LEDGER_BATCH_CRASH": "planned:1"})
+        assert killed.returncode == -9, (killed.returncode, killed.stderr)
+        resumed = run_cli("resume", "nightly", "--runs-dir", str(tmp_path / "y"), cwd=tmp_path)
+        assert resumed.returncode == 0, resumed.stderr
+        books = _records(sim, "nightly")
+    finally:
+        sim.stop()
+    ids = {d: [e.batch_id for e in _events(RunPaths(str(tmp_path / d / "nightly"))) if isinstance(e, BatchSubmitted)]
+           for d in ("x", "y")}
+    assert len(ids["x"]) == len(ids["y"]) == 1 and ids["x"] != ids["y"]
+    assert len(books) == 2 and len({b["metadata"]["ledger_run"] for b in books}) == 2
+    assert [len(b["billed"]) for b in books] == [6, 6]

@@ -43,17 +43,14 @@ def test_cached_requests_never_go_into_a_batch(tmp_path):
     assert "cached" in second.stdout and "5 of 7" in second.stdout, second.stdout
 
 
-def test_a_sharded_batch_run_merges_and_its_shards_keep_no_cache_store(tmp_path):
-    """Shards of a --batch run: each shard's runs directory is the run's shards/ folder, which
-    must hold nothing but the shards (a cache store there would stop the merge)."""
-    items = [{"id": f"q{i}", "prompt": f"answer: A{i}", "expected": f"A{i}"} for i in range(6)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
-    runs = tmp_path / "runs"
-    r = run_cli("run", "d.jsonl", "--run-id", "sb", "--batch", "--shards", "2", "--parser", PARSER, "--temperature", "0",
-                "--runs-dir", str(runs), cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert sorted(p.name for p in (runs / "sb" / "shards").iterdir()) == ["0", "1", "merged.json"]
-    rows = [json.loads(line) for line in (runs / "sb" / "responses.jsonl").read_text().splitlines()]
-    assert sorted(row["item_id"] for row in rows) == [f"q{i}" for i in range(6)] and all(row["correct"] for row in rows)
-    shard_plans = [e for e in _log(runs, "sb") if e["type"] == "batch_planned"]
-    assert sorted(cid.split("/")[0] for e in shard_plans for cid in e["custom_ids"]) == [f"q{i}" for i in range(6)]
+def test_a_sharded_batch_run_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    """--batch with --shards: the provider runs a file's requests in parallel already, and one
+    log reconciles one run's batches (shards would name, sweep and cancel theirs apart)."""
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "q0", "prompt": "answer: A", "expected": "A"}) + "\n")
+    r = run_cli("run", "d.jsonl", "--run-id", "sb", "--batch", "--shards", "2", "--runs-dir", str(tmp_path / "runs"),
+                cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --batch with --shards 2: the Batch API runs a file's requests in parallel at the provider already; "
+        "run --batch without --shards"], r.stderr
+    assert not (tmp_path / "runs" / "sb").exists()
+

@@ -131,6 +131,8 @@ def test_limits_below_the_number_of_shards_are_refused_before_anything_is_writte
             prepare(dataset, config, str(tmp_path / "runs"))
     with pytest.raises(InputError, match="--workers 'slurm'"):
         prepare(dataset, RunConfig(shards=2, workers="slurm"), str(tmp_path / "runs"))
+    with pytest.raises(InputError, match="--batch with --shards 2: the Batch API runs"):  # one log reconciles one run's batches
+        prepare(dataset, RunConfig(shards=2, runner="batch"), str(tmp_path / "runs"))
     assert not (tmp_path / "runs").exists()
 
 

@@ -3,8 +3,8 @@
 One object per chunk, in the order they were planned: ``chunk``, ``round``, ``requests``,
 ``sha256``, ``file_id``, ``batch_id``, ``status`` (``planned`` and ``uploaded`` before the
 provider holds it, then the provider's state; ``done`` when its results are recorded, with
-``final_status`` the batch's last state), the provider's ``completed`` / ``failed`` / ``total``
-counts, ``planned_at``, ``submitted_at``, ``created_at`` and ``expires_at`` (Unix seconds;
+``final_status`` the batch's last state), ``completed`` / ``failed`` / ``total`` (the
+provider's counts while it runs; once done, the results recorded in the log), ``planned_at``, ``submitted_at``, ``created_at`` and ``expires_at`` (Unix seconds;
 the two last from the provider), ``done_at``, ``unresolved`` (requests without a result) and
 ``cancel_requested``. ``ledger status`` shows it; the batch runner folds the same ``apply``
 over the log to reconcile on resume (runners/batch.py), so the file and the runner cannot
@@ -108,8 +108,9 @@ def _status(chunk: Chunk, e: BatchStatus) -> None:
 
 def _done(chunk: Chunk, e: BatchDone) -> None:
     chunk.status, chunk.final_status, chunk.done_at = "done", e.status, e.ts
-    if not chunk.batch_id and not e.batch_id:  # no batch (refused, or abandoned): no provider counts, ours are the truth
-        chunk.completed, chunk.failed = e.completed, e.failed
+    # what was recorded, not what the provider counted: a result line that could not be read
+    # is in its "completed" but among our requests without a result (sent again)
+    chunk.completed, chunk.failed = e.completed, e.failed
     chunk.batch_id = chunk.batch_id or e.batch_id
     chunk.unresolved = e.unresolved
     chunk.custom_ids = []

@@ -414,6 +414,9 @@ def test_unreadable_result_lines_are_counted_said_and_their_requests_sent_again(
     assert [len(b["billed"]) for b in books] == [6, 1]  # the torn line's request, billed twice
     notes = session.runner.progress.internal
     assert len(notes) == 1 and "1 line(s) of its file" in notes[0] and "(line 4)" in notes[0] and "bill them twice" in notes[0]
+    with open(os.path.join(paths.dir, "batches.json")) as f:  # what was recorded, not the provider's count
+        chunks = json.load(f)
+    assert [(c["completed"], c["failed"], c["unresolved"], c["total"]) for c in chunks] == [(5, 0, 1, 6), (1, 0, 0, 1)]
 
 
 def test_two_runs_of_one_id_never_adopt_each_others_batches(tmp_path, dataset):

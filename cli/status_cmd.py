@@ -21,7 +21,9 @@ from .common import RunsDir, handled, out, resume_line
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from llm_ledger.ledger.layout import RunPaths
     from llm_ledger.projections.runs import RunRow, RunStatus
+    from llm_ledger.runners.config import RunConfig
 
 
 @app.command("status")
@@ -43,6 +45,8 @@ def status(
     with handled():
         paths = find_run(runs_dir, run)
         info = run_status(paths)
+        config = _config(paths)
+        stale = _catch_up_batches(paths) if config.runner == "batch" and info.status != "running" else ""
         batches = read_batches(paths)
         if as_json:
             extra = {"batches": batches} if batches else {}  # a --batch run's chunks (batches.json), beside RunStatus
@@ -51,8 +55,10 @@ def status(
         summary = read_summary(paths) if info.summary_current else {}
         for key, value in _status_lines(info, summary):
             out.print(f"{key:>10}: {value}", markup=False)
-        for line in batch_lines(batches, simulator_gone=bool(batches) and info.status != "running" and _embedded(paths)):
+        for line in batch_lines(batches, simulator_gone=bool(batches) and info.status != "running" and config.embedded):
             out.print(line, markup=False)
+        if stale:
+            out.print(f"{'':>10}  (batches.json could not be brought up to date: {stale}; it may lag the log)", markup=False)
         unfinished = info.counts.pending + info.counts.in_flight
         if info.status in RESUMABLE or (info.status != "running" and unfinished):
             out.print(resume_line(paths), markup=False)
@@ -89,14 +95,28 @@ def batch_lines(batches: list[dict], now: float | None = None, *, simulator_gone
     return lines
 
 
-def _embedded(paths) -> bool:
-    """Whether the run's endpoint is the built-in simulator (its config in run_started)."""
+def _config(paths: "RunPaths") -> "RunConfig":
+    """The run's config (run_started); the defaults for a log without one."""
     from llm_ledger.ledger.events import RunStarted
     from llm_ledger.ledger.reader import iter_events
     from llm_ledger.runners.config import RunConfig
 
-    first = next(iter_events(paths.log), None)
-    return isinstance(first, RunStarted) and RunConfig.from_dict(first.config).embedded
+    first = next(iter_events(paths.log), None) if os.path.isfile(paths.log) else None
+    return RunConfig.from_dict(first.config) if isinstance(first, RunStarted) else RunConfig()
+
+
+def _catch_up_batches(paths: "RunPaths") -> str:
+    """batches.json as of the whole log (a stopped run -- one killed before its projector
+    wrote the file last -- has nobody else to write it). Returns why it could not, or ""."""
+    from llm_ledger.ledger.errors import LedgerError
+    from llm_ledger.projections.batches import BATCHES
+    from llm_ledger.projections.projector import refresh
+
+    try:
+        refresh(paths, (BATCHES,))
+    except (LedgerError, OSError) as exc:
+        return " ".join(str(exc).split())
+    return ""
 
 
 def _unresolved(b: dict) -> str:

@@ -75,6 +75,7 @@ class Projector:
         self._last_refresh = 0.0
         self._last_ckpt = 0.0
         self._dirty = False  # anything applied since the files were last written
+        self._unwritten = False  # frames applied since write_files (the rewritten files lag behind them)
         self.broken = False  # an error left the state ahead of the files: never checkpoint it
 
     def _where(self, path: str) -> str:
@@ -254,7 +255,7 @@ class Projector:
         """Fold durable frames into ``parts`` (default: every projection kept current)."""
         if not frames or self.broken:
             return
-        self._dirty = True
+        self._dirty = self._unwritten = True
         try:
             for p in self._named(self.current if parts is None else parts):
                 p.apply(frames, self.overrides)
@@ -275,8 +276,17 @@ class Projector:
     def write_files(self) -> None:
         """Every current projection's rewritten files (summary.json ...), as of its state."""
         self._last_refresh = time.monotonic()
+        self._unwritten = False
         for p in self._named(self.current):
             p.write()
+
+    def flush_if_idle(self) -> None:
+        """The files as of the last frames applied, when no frame came since the last write
+        (the live projector thread calls it after ``refresh`` seconds without a frame): a run
+        whose events are sparse -- a batch run polling, a slow endpoint -- must not show
+        files older than its log for as long as nothing new arrives."""
+        if self._unwritten and not self.broken and not self.staging:
+            self.write_files()
 
     def write_checkpoint(self, clean: bool = False) -> None:
         """The files first: a checkpoint must never be newer than the files it vouches for."""

@@ -167,7 +167,11 @@ class Session:
     def _project_batches(self) -> None:
         done = False
         while not done:
-            first = self._frames.get()
+            try:
+                first = self._frames.get(timeout=self.projector.refresh)
+            except queue.Empty:  # idle: the rewritten files catch up with the frames applied last
+                self._project_step(self.projector.flush_if_idle)
+                continue
             if first is None:
                 break
             time.sleep(PROJECT_EVERY)
@@ -181,14 +185,18 @@ class Session:
                     done = True
                     break
                 frames += more
-            if self.projection_error is not None:
-                continue
-            try:
-                self.projector.apply_frames(frames)
-            except Exception as exc:
-                self.projection_error = exc
-                self.projector.broken = True
-                self._stop_runner(f"error: projections failed: {exc}")
+            self._project_step(lambda: self.projector.apply_frames(frames))
+
+    def _project_step(self, step: Callable[[], None]) -> None:
+        """One step of the projector thread; its error stops the run (once)."""
+        if self.projection_error is not None:
+            return
+        try:
+            step()
+        except Exception as exc:
+            self.projection_error = exc
+            self.projector.broken = True
+            self._stop_runner(f"error: projections failed: {exc}")
 
     def _stop_runner(self, reason: str) -> None:
         """Stop the runner from another thread, if it still runs (after ``execute`` its loop

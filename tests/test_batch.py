@@ -442,3 +442,55 @@ def test_two_runs_of_one_id_never_adopt_each_others_batches(tmp_path, dataset):
     assert len(ids["x"]) == len(ids["y"]) == 1 and ids["x"] != ids["y"]
     assert len(books) == 2 and len({b["metadata"]["ledger_run"] for b in books}) == 2
     assert [len(b["billed"]) for b in books] == [6, 6]
+
+
+def test_status_shows_a_submitted_batch_while_the_run_waits_and_after_a_kill(tmp_path, dataset):
+    """batches.json follows the log while a run waits for its batch (events are sparse then:
+    the projector writes when idle), and `ledger status` of a killed run catches it up."""
+    import asyncio
+    import threading
+    import time
+
+    sim = _sim(batch_seconds=600, batch_window=3600)
+    hold: dict = {}
+
+    def running(runner):
+        hold.update(runner=runner, loop=asyncio.get_running_loop())
+        return lambda: None
+
+    config = RunConfig(model="sim-1", base_url=sim.base_url, base_urls=[sim.base_url], runner="batch", parser="choice",
+                       batch_max_requests=10, cache=False)
+    prepared = prepare(dataset, config, str(tmp_path / "runs"), "live")
+    thread = threading.Thread(target=lambda: hold.update(result=run_prepared(prepared, on_running=running)))
+    thread.start()
+    path, seen = os.path.join(prepared.paths.dir, "batches.json"), None
+    try:
+        deadline = time.monotonic() + 60  # a hang guard only
+        while time.monotonic() < deadline:
+            if os.path.exists(path):
+                with open(path) as f:
+                    rows = json.load(f)
+                if rows and rows[0]["batch_id"]:
+                    seen = rows[0]
+                    break
+            time.sleep(0.05)
+        status = run_cli("status", "live", "--runs-dir", str(tmp_path / "runs"))
+    finally:
+        while "loop" not in hold and thread.is_alive():
+            time.sleep(0.01)
+        if "loop" in hold:
+            hold["loop"].call_soon_threadsafe(hold["runner"].stop)
+        thread.join(60)
+    try:
+        assert seen is not None and seen["status"] in ("validating", "in_progress") and seen["expires_at"], seen
+        line = next(x for x in status.stdout.splitlines() if x.startswith("  chunk 1: "))
+        assert line.startswith(f"  chunk 1: {seen['batch_id']} ") and "expires in" in line, status.stdout
+        killed = run_cli("run", dataset, "--batch", "--base-url", sim.base_url, "--model", "sim-1", "--no-cache",
+                         "--run-id", "k", "--runs-dir", str(tmp_path / "runs"), env={"LEDGER_BATCH_CRASH": "polled:1"})
+        assert killed.returncode == -9, killed.stderr
+        status = run_cli("status", "k", "--runs-dir", str(tmp_path / "runs"))
+        submitted = [e.batch_id for e in _events(RunPaths(str(tmp_path / "runs" / "k"))) if isinstance(e, BatchSubmitted)]
+        assert len(submitted) == 1 and re.search(rf"  chunk 1: {submitted[0]} (validating|in_progress): ", status.stdout), \
+            status.stdout
+    finally:
+        sim.stop()

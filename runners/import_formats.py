@@ -3,8 +3,9 @@
 ``responses-jsonl``: one JSON object per line (blank lines skipped):
 
 * the item's id: ``id`` or ``item_id`` (a string or an integer);
-* the prompt: ``prompt`` (a string, sent as one user message) or ``messages`` (a chat:
-  a list of ``{"role", "content"}``);
+* the prompt: ``prompt`` (a string, or a list of content parts: sent as one user message) or
+  ``messages`` (a chat: a list of ``{"role", "content"}``); a failed line needs none (ledger
+  writes a row refused before any request, e.g. by ``--max-context``, with a null prompt);
 * the reply: ``response`` (a string). A line whose ``response`` is null or missing and that
   has an ``error`` (a string, or an object with a ``message``) is a failed item;
 * optionally ``expected``, ``sample`` (an integer >= 0; default 0), ``model`` (a string),
@@ -186,15 +187,15 @@ def _typed(where: str, row: dict[str, str | None]) -> dict[str, Any]:
 def _record(where: str, line: int, record: dict[str, Any], items: Items | None) -> Record:
     item_id = _item_id(where, record)
     item = items.get(item_id) if items is not None else None
-    messages = _request(where, record, item, items is not None)
     response, failure = _reply(where, record)
+    messages = _request(where, record, item, items is not None, response is None)
     metadata = {**(item.metadata if item else {}), **_metadata(where, record)}
     expected = _expected(record["expected"]) if "expected" in record else (item.expected if item else None)
     usage = _usage(where, record.get("usage")) if record.get("usage") is not None else _flat_usage(where, record)
     fields = dict(line=line, item_id=item_id, sample=_sample(where, record.get("sample", 0)), messages=messages,
                   response=response, expected=expected, model=_model(where, record.get("model")), usage=usage,
                   latency=_latency(where, record.get("latency")), metadata=metadata,
-                  order=item.line if item else line, turn=sum(m["role"] == "assistant" for m in messages), **failure)
+                  order=item.line if item else line, turn=sum(m["role"] == "assistant" for m in messages or ()), **failure)
     return _storable(where, Record(**fields))
 
 
@@ -209,7 +210,10 @@ def _item_id(where: str, record: dict[str, Any]) -> str:
     return str(value)
 
 
-def _request(where: str, record: dict[str, Any], item: Item | None, searched: bool) -> list[dict[str, Any]]:
+def _request(where: str, record: dict[str, Any], item: Item | None, searched: bool,
+             failed: bool) -> list[dict[str, Any]] | None:
+    """The request's messages; None for a failure without them (ledger writes a row refused
+    before any request, e.g. by ``--max-context``, with a null prompt)."""
     if record.get("messages") in (None, "") and record.get("conversation") not in (None, ""):
         return _conversation(where, record["conversation"], record.get("response"))
     present = [k for k in ("prompt", "messages") if record.get(k) not in (None, "")]
@@ -218,12 +222,14 @@ def _request(where: str, record: dict[str, Any], item: Item | None, searched: bo
     if not present:
         if item is not None:
             return [m for turn in item.turns for m in turn]
+        if failed:  # e.g. refused before any request was made
+            return None
         hint = " (and --dataset has no item with this id)" if searched else ""
         raise InputError(f"{where}: needs the prompt ('prompt' or 'messages'){hint}")
     if present[0] == "prompt":
         prompt = record["prompt"]
-        if not isinstance(prompt, str):
-            raise InputError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+        if not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(p, dict) for p in prompt)):
+            raise InputError(f"{where}: 'prompt' must be a string (or a list of content parts), got {type(prompt).__name__}")
         return [{"role": "user", "content": prompt}]
     return _messages(where, record["messages"])
 

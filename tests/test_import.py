@@ -160,11 +160,11 @@ def by_key(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: (r["item_id"], r["sample"]))
 
 
-@pytest.mark.parametrize("run", ["from-jsonl", "from-export"])
+@pytest.mark.parametrize("run", ["from-jsonl", "from-export", "from-csv"])
 def test_ledgers_own_responses_and_export_import_as_they_are(world, run):
-    """Every key of responses.jsonl and column of the export is read as what it is (usage
-    from the flat token columns, the metadata from `metadata.model`), or worked out anew: the
-    rows and the summary are the live run's but for provenance and times."""
+    """Every key of responses.jsonl and column of the export (JSONL, CSV) is read as what it
+    is (usage from the flat token columns, the metadata from `metadata.model`), or worked out
+    anew: the rows and the summary are the live run's but for provenance and times."""
     live, got = by_key(exported(world, "live")), by_key(exported(world, run))
     assert list(got[0]) == list(live[0])  # the same columns, no metadata.* made of the file's own
     assert [k for k in live[0] if k.startswith("metadata.")] == ["metadata.model"]

@@ -14,7 +14,10 @@
   ``latency`` (seconds, a number >= 0);
 * a string ``expected`` that is the JSON text of a list or an object (an export writes a
   non-string ``expected`` as its JSON text) is read as that list or object: a list means any
-  of its values counts, as in a dataset;
+  of its values counts, as in a dataset. Other such text (``true``, ``42``) stays text -- a
+  number scores the same either way, but a boolean for ``--parser yesno`` does not: with
+  ``--dataset``, an ``expected`` that is the export's text of the item's value is that value;
+  ``responses.jsonl`` keeps every value's type;
 * ``conversation`` (a multi-turn row's every message, its last reply included, as ledger
   writes it) is the request when there are no ``messages``: it is all of it, where ``prompt``
   is only the last user message;
@@ -66,6 +69,7 @@ __all__ = ["Record", "READERS", "FORMATS"]
 
 _decode = msgspec.json.Decoder().decode
 _probe = msgspec.msgpack.Encoder().encode
+_as_text = msgspec.json.Encoder(order="deterministic").encode  # as the export writes a non-string value
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
 _OWN = {"id", "item_id", "prompt", "messages", "conversation", "response", "expected", "sample", "model", "usage",
         *_TOKENS, "latency", "error", "metadata"}
@@ -190,7 +194,7 @@ def _record(where: str, line: int, record: dict[str, Any], items: Items | None) 
     response, failure = _reply(where, record)
     messages = _request(where, record, item, items is not None, response is None)
     metadata = {**(item.metadata if item else {}), **_metadata(where, record)}
-    expected = _expected(record["expected"]) if "expected" in record else (item.expected if item else None)
+    expected = _expected(record["expected"], item) if "expected" in record else (item.expected if item else None)
     usage = _usage(where, record.get("usage")) if record.get("usage") is not None else _flat_usage(where, record)
     fields = dict(line=line, item_id=item_id, sample=_sample(where, record.get("sample", 0)), messages=messages,
                   response=response, expected=expected, model=_model(where, record.get("model")), usage=usage,
@@ -273,9 +277,13 @@ def _reply(where: str, record: dict[str, Any]) -> tuple[str | None, dict[str, An
     return None, {"error_type": "imported_error", "message": message}
 
 
-def _expected(value: Any) -> Any:
+def _expected(value: Any, item: Item | None) -> Any:
     """An export's text of a list or an object is that list or object again (a list: any of
-    its values counts); any other value is kept as it is."""
+    its values counts); the export's text of the ``--dataset`` item's value is that value (a
+    ``true`` that was a boolean, for ``--parser yesno``); any other value is kept as it is."""
+    if item is not None and isinstance(value, str) and not isinstance(item.expected, str) and item.expected is not None:
+        if value == _as_text(item.expected).decode():
+            return item.expected
     if isinstance(value, str) and value[:1] in ("[", "{"):
         try:
             decoded = _decode(value)

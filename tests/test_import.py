@@ -177,6 +177,19 @@ def test_ledgers_own_responses_and_export_import_as_they_are(world, run):
     assert mine == theirs and (mine["accuracy"], mine["prompt_tokens"]) == (0.7, sum(r["prompt_tokens"] for r in live))
 
 
+def test_import_knows_every_column_ledger_writes():
+    """A column added to the export or a key to responses.jsonl must be given a meaning here
+    (read as what it is, or derived and worked out anew), or it would become metadata."""
+    import msgspec
+
+    from llm_ledger.projections.export import CACHE_COLUMNS, SCHEMA
+    from llm_ledger.projections.fold import Row
+    from llm_ledger.runners import import_formats
+
+    written = {*SCHEMA.names, *(f.name for f in CACHE_COLUMNS), *(f.name for f in msgspec.structs.fields(Row))}
+    assert written - import_formats._OWN - import_formats._DERIVED == set()
+
+
 def test_no_run_adds_stray_metadata_columns_to_the_rows_view(world):
     done = here(world, "sql", "SELECT column_name FROM (DESCRIBE rows)", "--format", "json")
     assert done.returncode == 0, done.stderr
@@ -275,6 +288,19 @@ def test_bad_csv_and_batch_lines_through_the_command(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / name}:{line}: ") and what in lines[0], done.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_an_exported_boolean_expected_is_the_datasets_boolean_again(tmp_path):
+    """The export writes `expected: true` as the text "true"; --dataset gives back its type, so
+    --parser yesno scores the imported rows as it scored the live ones."""
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "y1", "prompt": "Is it?", "expected": True}) + "\n", encoding="utf-8")
+    path = tmp_path / "export.jsonl"
+    path.write_text(json.dumps({"run_id": "old", "item_id": "y1", "sample": 0, "prompt": "Is it?", "response": "Yes.",
+                                "expected": "true", "correct": True}) + "\n", encoding="utf-8")
+    runs = str(tmp_path / "runs")
+    assert import_file(str(path), "responses-jsonl", runs, "with", dataset=str(data), parser="yesno")["accuracy"] == 1.0
+    assert import_file(str(path), "responses-jsonl", runs, "without", parser="yesno")["accuracy"] == 0.0  # "true" is text
 
 
 def test_every_import_error_is_one_line_and_a_csv_says_its_format(tmp_path):

@@ -150,11 +150,11 @@ def read_csv(path: str, items: Items | None) -> Iterator[Record]:
     # strict: an unclosed quote is an error, not a value that runs to the end of the file
     reader = csv.DictReader(text(), strict=True)
     while True:
-        begun = reader.line_num + 1  # the line the next row starts on
+        begun = reader.line_num + 1  # the line the next row (or the header) starts on
         try:
             if reader.fieldnames is None:  # an empty file: no header, no rows
                 return
-            begun = reader.line_num + 1
+            begun = reader.line_num + 1  # the header read, a row's
             row = next(reader)
         except StopIteration:
             return
@@ -298,7 +298,7 @@ def _metadata(where: str, record: dict[str, Any]) -> dict[str, Any]:
     nested = record.get("metadata", {})
     if not isinstance(nested, dict):
         raise InputError(f"{where}: 'metadata' must be an object")
-    rest = {}
+    rest: dict[str, Any] = {}
     for key, value in record.items():
         if key in _OWN or key in _DERIVED:
             continue

@@ -3,22 +3,39 @@
 ``responses-jsonl``: one JSON object per line (blank lines skipped):
 
 * the item's id: ``id`` or ``item_id`` (a string or an integer);
-* the prompt: ``prompt`` (a string, sent as one user message) or ``messages`` (a chat:
-  a list of ``{"role", "content"}``);
+* the prompt: ``prompt`` (a string, or a list of content parts: sent as one user message) or
+  ``messages`` (a chat: a list of ``{"role", "content"}``); a failed line needs none (ledger
+  writes a row refused before any request, e.g. by ``--max-context``, with a null prompt);
 * the reply: ``response`` (a string). A line whose ``response`` is null or missing and that
   has an ``error`` (a string, or an object with a ``message``) is a failed item;
 * optionally ``expected``, ``sample`` (an integer >= 0; default 0), ``model`` (a string),
   ``usage`` (``prompt_tokens``, ``completion_tokens``, ``total_tokens``; or ``input_tokens``,
-  ``output_tokens``), ``latency``
-  (seconds, a number >= 0);
-* anything else becomes the item's metadata (a ``metadata`` object's fields too), except the
-  fields ledger computes itself from the reply and the log (``parsed``, ``correct``,
-  ``attempts``, ``finished_at``, ``seq``, ``line``, ``run_id``, ``conversation``, and
-  ``error`` beside a reply): so ledger's own ``responses.jsonl`` and exports import as they are.
+  ``output_tokens``) or the same three counts as fields of their own (an export's columns),
+  ``latency`` (seconds, a number >= 0);
+* a string ``expected`` that is the JSON text of a list or an object (an export writes a
+  non-string ``expected`` as its JSON text) is read as that list or object: a list means any
+  of its values counts, as in a dataset. Other such text (``true``, ``42``) stays text -- a
+  number scores the same either way, but a boolean for ``--parser yesno`` does not: with
+  ``--dataset``, an ``expected`` that is the export's text of the item's value is that value;
+  ``responses.jsonl`` keeps every value's type;
+* ``conversation`` (a multi-turn row's every message, its last reply included, as ledger
+  writes it) is the request when there are no ``messages``: it is all of it, where ``prompt``
+  is only the last user message;
+* an ``error`` string of the form ``type: message`` or ``type: message (HTTP n)`` (as ledger
+  writes a failure) keeps its type and status; any other error text is the message;
+* anything else becomes the item's metadata (a ``metadata`` object's fields too, and an
+  export's ``metadata.<name>`` column -- a field named like one of its own columns -- as
+  ``<name>``), except what ledger derives from the reply and the log and would work out anew
+  for the imported run: ``parsed`` (re-parsed by ``--parser``), ``correct``,
+  ``correct_reviewed``, ``attempts``, ``finished_at``, ``seq``, ``line``, ``run_id``,
+  ``cached_from``/``cached_from_run``/``cached_from_seq``, ``imported``, and ``error``
+  beside a reply. So ledger's own ``responses.jsonl`` and its exports (``ledger export RUN
+  jsonl|csv``) import as they are, every column read as what it is, none as metadata.
 
-``csv``: a header row and the same columns; ``messages``, ``usage`` and ``metadata`` cells
-hold JSON; usage may also be the export's ``prompt_tokens``/``completion_tokens``/
-``total_tokens`` columns; an empty cell is no value. Line numbers count the header as line 1.
+``csv``: a header row and the same columns; ``messages``, ``usage``, ``metadata`` and
+``conversation`` cells hold JSON; an empty cell is no value. Line numbers count the header as
+line 1; a quoted value that is never closed, or text after a closing quote, is an error (the
+csv module's strict mode), not a value that swallows the rest of the file.
 
 ``openai-batch-output``: the Batch API's output file: ``custom_id``, ``response``
 (``status_code``, ``body``: a chat completion) and ``error``. A line with an ``error``, or a
@@ -52,10 +69,16 @@ __all__ = ["Record", "READERS", "FORMATS"]
 
 _decode = msgspec.json.Decoder().decode
 _probe = msgspec.msgpack.Encoder().encode
+_as_text = msgspec.json.Encoder(order="deterministic").encode  # as the export writes a non-string value
 _TOKENS = ("prompt_tokens", "completion_tokens", "total_tokens")
-_OWN = {"id", "item_id", "prompt", "messages", "response", "expected", "sample", "model", "usage", "latency", "error",
-        "metadata"}
-_DERIVED = {"parsed", "correct", "attempts", "finished_at", "seq", "line", "run_id", "conversation"}
+_OWN = {"id", "item_id", "prompt", "messages", "conversation", "response", "expected", "sample", "model", "usage",
+        *_TOKENS, "latency", "error", "metadata"}
+# What ledger works out itself from the reply and the log (responses.jsonl's keys, the export's
+# columns): the imported run's own are worked out anew, so these are neither kept nor metadata.
+_DERIVED = {"parsed", "correct", "correct_reviewed", "attempts", "finished_at", "seq", "line", "run_id",
+            "cached_from", "cached_from_run", "cached_from_seq", "imported"}
+_RENAMED = "metadata."  # the export's column for a metadata field named like one of its own columns
+_FAILURE = re.compile(r"^([A-Za-z_][\w.-]*): (.+?)(?: \(HTTP (\d{3})\))?$", re.DOTALL)  # as fold.failure_text writes it
 _SAMPLE_SUFFIX = re.compile(r"^(.*)#s(\d+)$")
 
 
@@ -78,6 +101,7 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     error_type: str = ""
     message: str = ""
     status: int | None = None
+    turn: int = 0  # the replies before this one in ``messages`` (a multi-turn conversation's last turn)
 
 
 Items = dict[str, Item]
@@ -112,29 +136,44 @@ def read_jsonl(path: str, items: Items | None) -> Iterator[Record]:
 
 
 def read_csv(path: str, items: Items | None) -> Iterator[Record]:
+    fed = 0  # the last line handed to the csv module: where its error is
+
     def text() -> Iterator[str]:
+        nonlocal fed
         for n, raw in _lines(path):
+            fed = n
             try:
                 yield raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise InputError(f"{path}:{n}: invalid UTF-8 ({exc.reason})") from None
 
-    try:
-        reader = csv.DictReader(text())
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if None in row:
-                raise InputError(f"{where}: more values than header columns")
-            yield _record(where, reader.line_num, _typed(where, row), items)
-    except csv.Error as exc:
-        raise InputError(f"{path}: malformed CSV: {exc}") from None
+    # strict: an unclosed quote is an error, not a value that runs to the end of the file
+    reader = csv.DictReader(text(), strict=True)
+    while True:
+        begun = reader.line_num + 1  # the line the next row (or the header) starts on
+        try:
+            if reader.fieldnames is None:  # an empty file: no header, no rows
+                return
+            begun = reader.line_num + 1  # the header read, a row's
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            if "end of data" in str(exc):
+                raise InputError(f"{path}:{begun}: a quoted value opened here is never closed "
+                                 "(the file ends inside it)") from None
+            raise InputError(f"{path}:{fed}: malformed CSV: {exc}") from None
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            raise InputError(f"{where}: more values than header columns")
+        yield _record(where, reader.line_num, _typed(where, row), items)
 
 
 def _typed(where: str, row: dict[str, str | None]) -> dict[str, Any]:
     """A CSV row's cells as the JSON line would hold them: empty cells left out, JSON cells
-    decoded, numbers read, the token columns gathered into ``usage``."""
+    decoded, numbers read."""
     record: dict[str, Any] = {k: v for k, v in row.items() if v not in (None, "")}
-    for name in ("messages", "usage", "metadata"):
+    for name in ("messages", "usage", "metadata", "conversation"):
         if name in record:
             try:
                 record[name] = _decode(record[name])
@@ -146,24 +185,21 @@ def _typed(where: str, row: dict[str, str | None]) -> dict[str, Any]:
                 record[name] = kind(record[name])
             except ValueError:
                 raise InputError(f"{where}: column '{name}' must be a number (got {record[name]!r})") from None
-    tokens = {t: record.pop(t) for t in _TOKENS if t in record}
-    if tokens and "usage" not in record:
-        record["usage"] = tokens
     return record
 
 
 def _record(where: str, line: int, record: dict[str, Any], items: Items | None) -> Record:
     item_id = _item_id(where, record)
     item = items.get(item_id) if items is not None else None
-    messages = _request(where, record, item, items is not None)
     response, failure = _reply(where, record)
+    messages = _request(where, record, item, items is not None, response is None)
     metadata = {**(item.metadata if item else {}), **_metadata(where, record)}
-    expected = record["expected"] if "expected" in record else (item.expected if item else None)
-    usage = _usage(where, record.get("usage"))
+    expected = _expected(record["expected"], item) if "expected" in record else (item.expected if item else None)
+    usage = _usage(where, record.get("usage")) if record.get("usage") is not None else _flat_usage(where, record)
     fields = dict(line=line, item_id=item_id, sample=_sample(where, record.get("sample", 0)), messages=messages,
                   response=response, expected=expected, model=_model(where, record.get("model")), usage=usage,
                   latency=_latency(where, record.get("latency")), metadata=metadata,
-                  order=item.line if item else line, **failure)
+                  order=item.line if item else line, turn=sum(m["role"] == "assistant" for m in messages or ()), **failure)
     return _storable(where, Record(**fields))
 
 
@@ -178,29 +214,45 @@ def _item_id(where: str, record: dict[str, Any]) -> str:
     return str(value)
 
 
-def _request(where: str, record: dict[str, Any], item: Item | None, searched: bool) -> list[dict[str, Any]]:
+def _request(where: str, record: dict[str, Any], item: Item | None, searched: bool,
+             failed: bool) -> list[dict[str, Any]] | None:
+    """The request's messages; None for a failure without them (ledger writes a row refused
+    before any request, e.g. by ``--max-context``, with a null prompt)."""
+    if record.get("messages") in (None, "") and record.get("conversation") not in (None, ""):
+        return _conversation(where, record["conversation"], record.get("response"))
     present = [k for k in ("prompt", "messages") if record.get(k) not in (None, "")]
     if len(present) == 2:
         raise InputError(f"{where}: has both 'prompt' and 'messages'; keep one")
     if not present:
         if item is not None:
             return [m for turn in item.turns for m in turn]
+        if failed:  # e.g. refused before any request was made
+            return None
         hint = " (and --dataset has no item with this id)" if searched else ""
         raise InputError(f"{where}: needs the prompt ('prompt' or 'messages'){hint}")
     if present[0] == "prompt":
         prompt = record["prompt"]
-        if not isinstance(prompt, str):
-            raise InputError(f"{where}: 'prompt' must be a string, got {type(prompt).__name__}")
+        if not isinstance(prompt, str) and not (isinstance(prompt, list) and all(isinstance(p, dict) for p in prompt)):
+            raise InputError(f"{where}: 'prompt' must be a string (or a list of content parts), got {type(prompt).__name__}")
         return [{"role": "user", "content": prompt}]
     return _messages(where, record["messages"])
 
 
-def _messages(where: str, value: Any) -> list[dict[str, Any]]:
+def _conversation(where: str, value: Any, response: Any) -> list[dict[str, Any]]:
+    """The request of a row ledger wrote: its conversation without the reply that ends it."""
+    messages = _messages(where, value, "conversation")
+    last = messages[-1]
+    if last["role"] == "assistant" and last["content"] == response and len(messages) > 1:
+        messages = messages[:-1]
+    return messages
+
+
+def _messages(where: str, value: Any, name: str = "messages") -> list[dict[str, Any]]:
     if not isinstance(value, list) or not value:
-        raise InputError(f"{where}: 'messages' must be a non-empty list")
+        raise InputError(f"{where}: '{name}' must be a non-empty list")
     for i, m in enumerate(value):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or "content" not in m:
-            raise InputError(f"{where}: messages[{i}] needs 'role' (a string) and 'content'")
+            raise InputError(f"{where}: {name}[{i}] needs 'role' (a string) and 'content'")
     return value
 
 
@@ -215,15 +267,44 @@ def _reply(where: str, record: dict[str, Any]) -> tuple[str | None, dict[str, An
     message = error.get("message") if isinstance(error, dict) else error
     if not isinstance(message, str) or not message:
         raise InputError(f"{where}: needs 'response' (the reply's text), or an 'error' for an item that failed")
-    kind = error.get("code") or error.get("type") if isinstance(error, dict) else None
-    return None, {"error_type": str(kind or "imported_error"), "message": message}
+    if isinstance(error, dict):
+        kind = error.get("code") or error.get("type")
+        return None, {"error_type": str(kind or "imported_error"), "message": message}
+    written = _FAILURE.match(message)  # ledger's own failure text: the same text again
+    if written:
+        kind, text, status = written.groups()
+        return None, {"error_type": kind, "message": text, "status": int(status) if status else None}
+    return None, {"error_type": "imported_error", "message": message}
+
+
+def _expected(value: Any, item: Item | None) -> Any:
+    """An export's text of a list or an object is that list or object again (a list: any of
+    its values counts); the export's text of the ``--dataset`` item's value is that value (a
+    ``true`` that was a boolean, for ``--parser yesno``); any other value is kept as it is."""
+    if item is not None and isinstance(value, str) and not isinstance(item.expected, str) and item.expected is not None:
+        if value == _as_text(item.expected).decode():
+            return item.expected
+    if isinstance(value, str) and value[:1] in ("[", "{"):
+        try:
+            decoded = _decode(value)
+        except msgspec.DecodeError:
+            return value
+        if isinstance(decoded, (list, dict)):
+            return decoded
+    return value
 
 
 def _metadata(where: str, record: dict[str, Any]) -> dict[str, Any]:
     nested = record.get("metadata", {})
     if not isinstance(nested, dict):
         raise InputError(f"{where}: 'metadata' must be an object")
-    rest = {k: v for k, v in record.items() if k not in _OWN and k not in _DERIVED}
+    rest: dict[str, Any] = {}
+    for key, value in record.items():
+        if key in _OWN or key in _DERIVED:
+            continue
+        if key.startswith(_RENAMED) and (key[len(_RENAMED):] in _OWN or key[len(_RENAMED):] in _DERIVED):
+            key = key[len(_RENAMED):]  # the export's name for a field named like one of its columns
+        rest[key] = value
     return {**nested, **rest}
 
 
@@ -254,6 +335,18 @@ def _usage(where: str, value: Any) -> Usage | None:
                          f"({', '.join(_TOKENS)}: integers >= 0)")
     prompt, completion, total = counts
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total or prompt + completion)
+
+
+def _flat_usage(where: str, record: dict[str, Any]) -> Usage | None:
+    """Usage from the token counts as fields of their own (an export's columns); None when
+    there are none (a failed row's are null)."""
+    counts = {t: record.get(t) for t in _TOKENS}
+    if all(c is None for c in counts.values()):
+        return None
+    for name, count in counts.items():
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 1 << 62):
+            raise InputError(f"{where}: '{name}' must be an integer >= 0, got {count!r}")
+    return _usage(where, {t: c for t, c in counts.items() if c is not None})
 
 
 def _latency(where: str, value: Any) -> float:

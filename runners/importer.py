@@ -14,7 +14,8 @@ The log of an imported run:
   first line's), ``parser`` is ``--parser`` and ``samples`` the highest sample + 1;
 * ``session_started`` (reason ``import``);
 * per line, in file order: ``started`` (the request: model and messages; expected, metadata
-  and the line that orders the rows), then ``response`` + ``parsed`` -- the reply parsed by
+  and the line that orders the rows; ``turn``: the replies the messages hold already, so a
+  multi-turn conversation's last turn reads as one), then ``response`` + ``parsed`` -- the reply parsed by
   ``--parser`` exactly as a live reply is (``parsers.make_parser``), so ``correct`` means the
   same -- or a final ``failed``; each of these carries ``imported: {file, line}``;
 * ``session_ended`` (completed).
@@ -147,7 +148,7 @@ def _events(records: Iterator[Record], parser: Parser, model: str, path: str) ->
 
 
 def _record_events(record: Record, parser: Parser, model: str, where: Imported) -> list[Event]:
-    key = {"item_id": record.item_id, "sample": record.sample}
+    key = {"item_id": record.item_id, "sample": record.sample, "turn": record.turn}
     request = {"model": record.model or model, "messages": record.messages or []}
     started = Started(**key, request=request, expected=record.expected, line=record.order, metadata=record.metadata,
                       imported=where)

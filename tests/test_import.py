@@ -1,8 +1,9 @@
 """`ledger import`: existing results become a run that every reader treats like a live one.
 
 One real run (``live``: 10 items on the built-in simulator, parser ``choice``, a ``topic``
-field, 3 hints wrong) is made once for the module; its own ``responses.jsonl``, its CSV
-export and its OpenAI Batch export are imported (the batch one with ``--dataset``), and so is
+field and one named ``model`` like an export column, 3 hints wrong) is made once for the
+module; its own ``responses.jsonl``, its JSONL and CSV exports and its OpenAI Batch export
+are imported (the batch one with ``--dataset``), and so is
 a hand-made responses file (``item_id``/``messages``/``usage``/``latency``/extra fields, two
 samples, a failed line). Each imported run is then read by compare, export, status and sql
 and checked against the live run or the file. Bad files: ``file:line: what``, exit 2, no run.
@@ -32,7 +33,8 @@ def records() -> list[dict]:
     for i in range(N):
         expected = "ABCD"[i % 4]
         hint = "ABCD"[(i + 1) % 4] if i in WRONG else expected
-        out.append({"id": f"q{i}", "prompt": f"Question {i}? answer: {hint}", "expected": expected, "topic": ["x", "y"][i % 2]})
+        out.append({"id": f"q{i}", "prompt": f"Question {i}? answer: {hint}", "expected": expected, "topic": ["x", "y"][i % 2],
+                    "model": f"family-{i % 3}"})  # metadata named like a column: the export's `metadata.model`
     return out
 
 
@@ -68,12 +70,13 @@ def world(tmp_path_factory) -> Path:
     (base / "hand.jsonl").write_text("".join(json.dumps(r) + "\n" for r in HAND), encoding="utf-8")
     done = cli(base, "run", str(data), "--run-id", "live", "--parser", "choice", "--concurrency", "4")
     assert done.returncode == 0, done.stdout + done.stderr
-    for fmt, out in (("csv", "live.csv"), ("openai-batch", "live.batch.jsonl")):
+    for fmt, out in (("csv", "live.csv"), ("openai-batch", "live.batch.jsonl"), ("jsonl", "live.export.jsonl")):
         done = here(base, "export", "live", fmt, "-o", str(base / out))
         assert done.returncode == 0, done.stdout + done.stderr
     imports = {
         "from-jsonl": ("responses-jsonl", str(base / "runs" / "live" / "responses.jsonl")),
         "from-csv": ("csv", str(base / "live.csv")),
+        "from-export": ("responses-jsonl", str(base / "live.export.jsonl")),
         "from-batch": ("openai-batch-output", str(base / "live.batch.jsonl"), "--dataset", str(data)),
     }
     for run_id, (fmt, path, *more) in imports.items():
@@ -148,6 +151,75 @@ def test_sql_reads_imported_and_live_runs_alike(world):
     assert {(r["n"], r["acc"]) for r in json.loads(done.stdout)} == {(N, 0.7)}
 
 
+# -- ledger's own files import as they are ----------------------------------------------
+
+PROVENANCE = ("run_id", "finished_at", "seq")  # which run, when: the imported run's own
+
+
+def by_key(rows: list[dict]) -> list[dict]:
+    return sorted(rows, key=lambda r: (r["item_id"], r["sample"]))
+
+
+@pytest.mark.parametrize("run", ["from-jsonl", "from-export", "from-csv"])
+def test_ledgers_own_responses_and_export_import_as_they_are(world, run):
+    """Every key of responses.jsonl and column of the export (JSONL, CSV) is read as what it
+    is (usage from the flat token columns, the metadata from `metadata.model`), or worked out
+    anew: the rows and the summary are the live run's but for provenance and times."""
+    live, got = by_key(exported(world, "live")), by_key(exported(world, run))
+    assert list(got[0]) == list(live[0])  # the same columns, no metadata.* made of the file's own
+    assert [k for k in live[0] if k.startswith("metadata.")] == ["metadata.model"]
+    assert [[r[k] for k in r if k not in PROVENANCE] for r in got] == [[r[k] for k in r if k not in PROVENANCE] for r in live]
+    done = here(world, "sql", "SELECT done, failed, scored, correct, accuracy, accuracy_reviewed, parse_success_rate, "
+                "prompt_tokens, completion_tokens, latency_p50 FROM runs WHERE run_id IN ('live', ?) ORDER BY run_id = 'live'"
+                .replace("?", f"'{run}'"), "--format", "json")
+    assert done.returncode == 0, done.stderr
+    mine, theirs = json.loads(done.stdout)
+    assert mine == theirs and (mine["accuracy"], mine["prompt_tokens"]) == (0.7, sum(r["prompt_tokens"] for r in live))
+
+
+def test_import_knows_every_column_ledger_writes():
+    """A column added to the export or a key to responses.jsonl must be given a meaning here
+    (read as what it is, or derived and worked out anew), or it would become metadata."""
+    import msgspec
+
+    from llm_ledger.projections.export import CACHE_COLUMNS, SCHEMA
+    from llm_ledger.projections.fold import Row
+    from llm_ledger.runners import import_formats
+
+    written = {*SCHEMA.names, *(f.name for f in CACHE_COLUMNS), *(f.name for f in msgspec.structs.fields(Row))}
+    assert written - import_formats._OWN - import_formats._DERIVED == set()
+
+
+def test_no_run_adds_stray_metadata_columns_to_the_rows_view(world):
+    done = here(world, "sql", "SELECT column_name FROM (DESCRIBE rows)", "--format", "json")
+    assert done.returncode == 0, done.stderr
+    names = [r["column_name"] for r in json.loads(done.stdout)]
+    assert [n for n in names if n.startswith("metadata.")] == ["metadata.model"], names
+    assert {"topic", "grader"} <= set(names)  # a dataset's field, a hand-made file's extra field
+
+
+def test_ledgers_failure_text_a_list_expected_and_a_conversation_come_back(tmp_path):
+    """An export's failed row keeps its error text; a list `expected` (written as JSON text)
+    is a list again; a multi-turn row's conversation is the request, not its last prompt only."""
+    common = {"run_id": "old", "sample": 0, "parsed": None, "correct": False, "correct_reviewed": False, "latency": 0.5,
+              "attempts": 3, "finished_at": "2026-01-01T00:00:00Z", "seq": 9, "cached_from_run": None, "cached_from_seq": None}
+    chat = [{"role": "user", "content": "first?"}, {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "second?"}, {"role": "assistant", "content": "answer: (C)"}]
+    lines = [{**common, "item_id": "a", "prompt": "p", "response": None, "expected": "B", "prompt_tokens": None,
+              "completion_tokens": None, "total_tokens": None, "error": "http_error: bad request (HTTP 400)", "conversation": None},
+             {**common, "item_id": "b", "prompt": "second?", "response": "answer: (C)", "expected": '["C","c"]', "prompt_tokens": 4,
+              "completion_tokens": 2, "total_tokens": 6, "error": None, "conversation": chat}]
+    path = tmp_path / "old.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    summary = import_file(str(path), "responses-jsonl", str(tmp_path / "runs"), "new", parser="choice")
+    assert (summary["counts"]["done"], summary["counts"]["failed"], summary["accuracy"]) == (1, 1, 0.5)
+    a, b = (json.loads(x) for x in (tmp_path / "runs" / "new" / "responses.jsonl").read_text().splitlines())
+    assert (a["item_id"], a["error"], a["usage"], a["response"]) == ("a", "http_error: bad request (HTTP 400)", None, None)
+    assert (b["expected"], b["parsed"], b["correct"], b["prompt"]) == (["C", "c"], "C", True, "second?")
+    assert b["conversation"] == chat and b["usage"] == {"prompt_tokens": 4, "completion_tokens": 2, "total_tokens": 6}
+    assert "metadata" not in a and "metadata" not in b
+
+
 def test_a_hand_made_file_is_parsed_and_scored_like_a_live_reply(world):
     rows = {(r["item_id"], r["sample"]): r for r in exported(world, "hand")}
     assert set(rows) == {("h1", 0), ("h1", 1), ("7", 0)}
@@ -216,6 +288,38 @@ def test_bad_csv_and_batch_lines_through_the_command(tmp_path):
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / name}:{line}: ") and what in lines[0], done.stderr
         assert not (tmp_path / "runs").exists()
+
+
+def test_an_exported_boolean_expected_is_the_datasets_boolean_again(tmp_path):
+    """The export writes `expected: true` as the text "true"; --dataset gives back its type, so
+    --parser yesno scores the imported rows as it scored the live ones."""
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "y1", "prompt": "Is it?", "expected": True}) + "\n", encoding="utf-8")
+    path = tmp_path / "export.jsonl"
+    path.write_text(json.dumps({"run_id": "old", "item_id": "y1", "sample": 0, "prompt": "Is it?", "response": "Yes.",
+                                "expected": "true", "correct": True}) + "\n", encoding="utf-8")
+    runs = str(tmp_path / "runs")
+    assert import_file(str(path), "responses-jsonl", runs, "with", dataset=str(data), parser="yesno")["accuracy"] == 1.0
+    assert import_file(str(path), "responses-jsonl", runs, "without", parser="yesno")["accuracy"] == 0.0  # "true" is text
+
+
+def test_every_import_error_is_one_line_and_a_csv_says_its_format(tmp_path):
+    (tmp_path / "open.csv").write_text('id,prompt,response\nx1,p,"unterminated\n', encoding="utf-8")
+    (tmp_path / "after.csv").write_text('id,prompt,response\nx1,p,"closed" then more\n', encoding="utf-8")
+    (tmp_path / "results.jsonl").write_text(json.dumps({"id": "x1", "prompt": "p", "response": "r"}) + "\n", encoding="utf-8")
+    cases = [(cli, ("open.csv", "--format", "csv"), "open.csv:2: a quoted value opened here is never closed"),
+             (here, ("after.csv",), "after.csv:2: malformed CSV: ',' expected after '\"'"),
+             (cli, ("results.jsonl",), "results.jsonl: say what it is with --format: responses-jsonl, csv or openai-batch-output"),
+             (here, ("results.jsonl", "--format", "tsv"), "--format 'tsv': use one of responses-jsonl, csv, openai-batch-output")]
+    for call, (name, *more), what in cases:
+        done = call(tmp_path, "import", str(tmp_path / name), *more, "--run-id", "x")
+        assert done.returncode == 2 and done.stderr.count("\n") == 1 and what in done.stderr, done.stderr
+        assert not (tmp_path / "runs").exists()
+    done = here(tmp_path, "import", str(tmp_path / "results.jsonl"))
+    assert done.returncode == 2 and done.stderr == f"error: {tmp_path / 'results.jsonl'}: name the new run with --run-id ID\n"
+    (tmp_path / "good.csv").write_text("id,prompt,response\nx1,p,r\n", encoding="utf-8")
+    done = here(tmp_path, "import", str(tmp_path / "good.csv"), "--run-id", "x")
+    assert done.returncode == 0 and done.stdout.startswith(f"imported 1 results from {tmp_path / 'good.csv'} (as csv: its .csv suffix)")
 
 
 def test_a_batch_output_with_failures_and_unknown_ids(tmp_path):

@@ -31,6 +31,9 @@ def replay(
         if reparse:
             out.print(f"re-parsed {summary['reparsed']} replies with {reparse}; no request sent")
         rebuilt = summary.pop("rebuilt", {})
+        merged = summary.pop("merged", 0)
+        if merged:
+            out.print(f"a sharded run is rebuilt from its shards: merged {merged} shards, every output written again")
         if rebuilt:
             out.print("rebuilt " + _timings(rebuilt))
         out.print(f"run {paths.run_id}", markup=False)  # whose figures the table below says

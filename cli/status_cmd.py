@@ -53,7 +53,10 @@ def status(
             out.print(json.dumps({**msgspec.to_builtins(info), **extra}), soft_wrap=True)
             return
         summary = read_summary(paths) if info.summary_current else {}
-        for key, value in _status_lines(info, summary):
+        from llm_ledger.projections.merge_status import unmerged
+
+        stale_merge = unmerged(paths) if info.source == "shards" and not info.summary_current else ""
+        for key, value in _status_lines(info, summary, stale_merge):
             out.print(f"{key:>10}: {value}", markup=False)
         for line in batch_lines(batches, simulator_gone=bool(batches) and info.status != "running" and config.embedded):
             out.print(line, markup=False)
@@ -138,11 +141,14 @@ def _duration(seconds: float) -> str:
 RESUMABLE = ("interrupted", "error", "completed_with_pending")
 
 
-def _status_lines(info: RunStatus, summary: dict) -> list[tuple[str, str]]:
+def _status_lines(info: RunStatus, summary: dict, unmerged: str = "") -> list[tuple[str, str]]:
     """What a person reads: the status in words, the counts, and the figures of summary.json
-    when it vouches for this log (accuracy; cost and median latency when known)."""
+    when it vouches for this log (accuracy; cost and median latency when known). ``unmerged``:
+    why a sharded run's merged figures are not the run (merge_status.unmerged)."""
     shown = percent(info.accuracy)
-    if not info.summary_current and info.done:
+    if unmerged:
+        shown += f" ({unmerged})"
+    elif not info.summary_current and info.done:
         shown += f" (summary.json is out of date: `ledger replay {info.run_id} --rebuild` rewrites it)"
     lines = [("run_id", info.run_id), ("status", info.status_text),
              *((name, count(n)) for name, n in info.counts._asdict().items()), ("events", count(info.events)),

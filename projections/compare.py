@@ -44,6 +44,7 @@ from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import RunPaths
 
+from .merge_status import require_merged
 from .reviews import Verdict, verdicts
 from .scoring import normalize
 from .summary import wilson
@@ -254,6 +255,8 @@ def compare_runs(runs: Sequence[RunPaths]) -> Comparison:
         raise InputError("name at least two runs to compare")
     if len(set(run_ids)) != len(run_ids):
         raise InputError(f"a run is named twice: {' '.join(run_ids)}")
+    for p in runs:  # a sharded run's rows are its last merge's: never the run while its shards hold more
+        require_merged(p)
     answers = [_load(p) for p in runs]
     cover = coverage(run_ids, [a.keys() for a in answers])
     if not cover.shared:

@@ -63,6 +63,7 @@ from llm_ledger.ledger.layout import RunPaths
 
 from .fold import RunState
 from .formats import FORMATS, STREAMABLE, ExportData, ExportFormat, find
+from .merge_status import require_merged
 from .outputs import STDOUT, atomic_output
 from .projector import checkpointed_state, refresh
 from .runs import first_event
@@ -526,6 +527,9 @@ def export(runs: Sequence[RunPaths], fmt: str, out: str, *, events: bool = False
     """Write ``out`` (checked by ``outputs.check_output_path``, then written aside and renamed;
     ``-`` is standard output, for the formats that stream); returns the number of rows."""
     form = find(fmt)
+    if not events:  # the event table reads a sharded run's shards live; its rows are the merge's
+        for paths in runs:
+            require_merged(paths)
     if out == STDOUT:
         if not form.stream:
             raise InputError(f"-o -: {fmt} is a binary format and cannot go to standard output; "

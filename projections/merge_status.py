@@ -17,13 +17,14 @@ import os
 from typing import Any
 
 from llm_ledger.ledger import fs
+from llm_ledger.ledger.errors import InputError
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import is_locked
 from llm_ledger.ledger.shard_keys import planned_keys
 
 from .runs import Counts, RunStatus, decide, first_event, read_summary, run_status, status_text
 
-__all__ = ["sharded_status", "shard_statuses"]
+__all__ = ["sharded_status", "shard_statuses", "unmerged", "require_merged"]
 
 _SESSION = {"running": "running", "interrupted": "interrupted", "error": "error"}  # others: completed*
 
@@ -72,3 +73,28 @@ def _merged_current(paths: RunPaths, shards: list[RunStatus | None]) -> bool:
         return False
     now = [s.events if s is not None else 0 for s in shards]
     return manifest.get("shards") == now
+
+
+def unmerged(paths: RunPaths) -> str:
+    """Why a sharded run's top-level files are not the run now, in one line to act on; ""
+    when they are (or the run is not sharded). Readers of rows (export, compare) refuse such
+    a run rather than show the last merge -- or nothing -- as the run."""
+    if not os.path.isdir(paths.shards):
+        return ""
+    top = first_event(paths)
+    of = int(top.config.get("shards", 1) or 1) if top else 0
+    shards = shard_statuses(paths, of)
+    if _merged_current(paths, shards):
+        return ""
+    run = paths.run_id
+    if is_locked(paths.lock) or any(s is not None and s.status == "running" for s in shards):
+        return (f"run {run} is sharded and running: its rows are merged from its shards at its end "
+                f"(`ledger status {run}` shows its progress now)")
+    return (f"run {run}'s shards hold work its merged files do not (it stopped before merging them): "
+            f"`ledger merge {run}` merges them")
+
+
+def require_merged(paths: RunPaths) -> None:
+    why = unmerged(paths)
+    if why:
+        raise InputError(why)

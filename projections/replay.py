@@ -2,10 +2,16 @@
 
 Takes the run's lock: a live run's projector owns the files. Re-parsing (``--reparse``)
 appends events, so it is a use case of its own: ``runners/reparse.py``.
+
+A sharded run's top-level log is itself derived from its shards (projections/merge.py):
+replaying it is merging it -- the log written afresh from the shard logs and its own log,
+then every projection rebuilt -- so that the figures are the shards', never those of a top
+log older than them (a run whose coordinator stopped before merging).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from llm_ledger.ledger.layout import RunPaths
@@ -22,6 +28,14 @@ def replay(paths: RunPaths, *, full: bool = False) -> dict[str, Any]:
     folded from zero, for a rebuild)."""
     lock = RunLock.acquire(paths.lock)  # a live run's projector owns the files: refuse
     timings: dict[str, float] = {}
+    if os.path.isdir(paths.shards):
+        from .merge import merge_locked
+
+        try:
+            report, lock = merge_locked(paths, lock)
+        finally:
+            lock.release()
+        return {**report.summary, "reparsed": 0, "rebuilt": {}, "merged": report.shards}
     try:
         if full:
             projector = rebuild(paths, timings=timings)

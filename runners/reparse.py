@@ -26,6 +26,7 @@ from llm_ledger.ledger.lifecycle import DONE, PENDING, State, kind_of, transitio
 from llm_ledger.ledger.reader import iter_frames
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.fold import Key
+from llm_ledger.projections.merge_status import require_merged
 from .parsers import Parser, make_parser
 from llm_ledger.projections.projector import rebuild
 from llm_ledger.projections.summary import summarize
@@ -39,6 +40,7 @@ def reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
     """Append the new parses and rebuild, all under the writer's lock. Returns the summary,
     plus ``reparsed`` (parses appended) and ``rebuilt`` (seconds per projection)."""
     parser = _reparse_parser(spec)
+    require_merged(paths)  # a sharded run: re-parse the run, not a merge older than its shards
     with own_writer(paths, LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index))) as writer:
         last_status = _last_status(paths)
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="reparse"))

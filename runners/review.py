@@ -34,6 +34,7 @@ from llm_ledger.ledger.own_log import own_writer
 from llm_ledger.ledger.reader import iter_frames
 from llm_ledger.ledger.writer import LogWriter
 from llm_ledger.projections.checkpoint import invalidate
+from llm_ledger.projections.merge_status import require_merged
 from llm_ledger.projections.projector import ROWS, rebuild
 from llm_ledger.projections.reviews import reply_sha256
 from llm_ledger.projections.summary import summarize
@@ -81,6 +82,7 @@ def review(paths: RunPaths, item_id: str, sample: int, verdict: str, note: str =
         raise InputError(f"--note: at most {MAX_NOTE} characters (got {len(note)})")
     if is_locked(paths.lock):
         raise RunLiveError(paths)
+    require_merged(paths)  # a sharded run: review its replies, not a merge older than its shards
     try:
         writer = own_writer(paths, LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index)))
     except LogLockedError:

@@ -167,3 +167,26 @@ def test_reviews_and_reparses_of_a_merged_run_survive_every_later_merge(sharded,
     shards_events = sum(1 for k in range(2) for e in iter_events(str(run / "shards" / str(k) / "events.log"))
                         if isinstance(e, Reviewed))
     assert shards_events == 0  # the shards' logs are theirs alone
+
+
+def test_a_run_stopped_before_merging_is_said_and_replay_merges_it(sharded, tmp_path):
+    """A sharded run whose coordinator died before merging (here: its merged.json gone, so its
+    top files vouch for nothing): status names `ledger merge`, export and compare refuse in one
+    line rather than show the top files as the run, and `replay --rebuild` merges."""
+    run = _copy(sharded, tmp_path)
+    shutil.copytree(sharded, tmp_path / "runs" / "r2")  # a run to compare with
+    (run / "shards" / "merged.json").unlink()
+    where = ("--runs-dir", str(tmp_path / "runs"))
+    status = run_cli("status", "r", *where)
+    assert "`ledger merge r` merges them" in status.stdout and "replay" not in status.stdout, status.stdout
+    for command in (("export", "r", "csv", "-o", str(tmp_path / "r.csv")), ("compare", "r", "r2")):
+        r = run_cli(*command, *where)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            "error: run r's shards hold work its merged files do not (it stopped before merging them): "
+            "`ledger merge r` merges them"], (command, r.stderr)
+    assert not (tmp_path / "r.csv").exists()
+    r = run_cli("replay", "r", "--rebuild", *where)
+    assert r.returncode == 0 and "a sharded run is rebuilt from its shards: merged 2 shards" in r.stdout, r.stdout + r.stderr
+    assert (run / "shards" / "merged.json").exists()
+    assert run_cli("export", "r", "csv", "-o", str(tmp_path / "r.csv"), *where).returncode == 0
+    assert len((tmp_path / "r.csv").read_text().splitlines()) == 25

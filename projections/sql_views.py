@@ -79,13 +79,15 @@ def runs_table(runs: Sequence[RunPaths]) -> pa.Table:
 def _run_row(paths: RunPaths) -> dict[str, Any]:
     """A run's row. A non-live run's projections are brought up to date first (as an export
     does), so that its summary vouches for its log; a damaged run is a row saying so."""
+    from llm_ledger.ledger.lock import is_locked
+
     from .projector import refresh
     from .runs import first_event, read_summary, run_status
 
     try:
         # None for a live run (its own projector keeps the files current) and for a sharded run
         # not merged yet: its top level's log holds only run_started, nothing to fold.
-        state = None if _unmerged(paths) else refresh(paths)
+        state = None if _unmerged(paths) or is_locked(paths.lock) else refresh(paths)
         started = first_event(paths)
         info = run_status(paths)
     except LedgerError as exc:
@@ -149,6 +151,8 @@ def _unmerged(paths: RunPaths) -> bool:
 def rows_absent(paths: RunPaths) -> str | None:
     """Why a run has no rows to read yet, or None. A run that is not live and lacks its
     ``responses.jsonl`` has it written here from its log (``refresh``), as an export would."""
+    from llm_ledger.ledger.lock import is_locked
+
     from .projector import refresh
     from .runs import run_status
 
@@ -157,8 +161,9 @@ def rows_absent(paths: RunPaths) -> str | None:
                else f": ledger merge {paths.run_id}, or ledger resume {paths.run_id} to finish it")
         return f"run {paths.run_id} has no rows yet (a sharded run's rows appear when its shards are merged{how})"
     if not os.path.isfile(paths.responses):
-        refresh(paths)  # nothing when a writer holds the run
-        if not os.path.isfile(paths.responses):
+        if not is_locked(paths.lock):
+            refresh(paths)
+        if not os.path.isfile(paths.responses):  # a writer holds the run: its projector writes the file
             return f"run {paths.run_id} has no rows yet (it is running and has recorded no reply so far)"
     return None
 

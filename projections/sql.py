@@ -10,17 +10,23 @@ it is at that moment.
 
 A ``Catalog`` is one connection; the interactive prompt keeps one for its whole session and
 rebuilds a view only when a run's files changed since it was built (size and time of its
-log, ``responses.jsonl`` and ``summary.json``, and the set of runs), so a live run is seen
-afresh at each query and a finished one is not read again.
+log, index, ``responses.jsonl``, ``summary.json`` and shard logs, whether a writer holds it,
+and the set of runs), so a live run is seen afresh at each query and a finished one is not
+read again.
 
 The query reads the views and nothing else: DuckDB's own file access (``COPY ... TO``,
 ``read_csv``, ``ATTACH``, extensions) is turned off, so a query can neither overwrite a run's
 files nor bypass ``-o``, which writes through ``outputs.py`` (checked, atomic). Times are
 shown in UTC.
 
-A run that cannot be read (a damaged log) is left out of ``rows`` and ``events`` with a note
-(``Catalog.notes``, said on standard error) instead of failing every query; ``runs`` shows it
-as ``damaged: ...``.
+A run that cannot be read (a damaged log) is left out of ``rows`` and ``events`` with a
+warning, and a run with no rows yet (a sharded run never merged, a live run before its first
+reply: ``sql_views.rows_absent``) out of ``rows`` with a note (``Catalog.notes``, said on
+standard error at every query reading the view) instead of failing every query; ``runs``
+lists both, with their status (a damaged one as ``damaged: ...``).
+
+A query is one statement (``Catalog.query`` refuses several); ``take_statements`` cuts the
+prompt's input at each ';' that DuckDB's tokenizer sees outside strings and comments.
 
 ``avg`` of a boolean (``avg(correct)``: the share of true) works, although DuckDB has no
 ``avg(BOOLEAN)``: a statement failing on just that is run again with a temporary macro
@@ -75,15 +81,18 @@ def one_line(exc: BaseException) -> str:
 
 
 def _stamp(paths: RunPaths) -> tuple[Any, ...]:
-    """What a view built from this run depends on, as cheap file facts."""
-    facts: list[Any] = [paths.run_id]
-    for path in (paths.log, paths.responses, paths.summary):
-        try:
-            st = fs.stat(path)
-            facts.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        except OSError:
-            facts.append(None)
-    return tuple(facts)
+    """What a view built from this run depends on, as cheap file facts: what ``ledger ls`` and
+    the viewer watch (``runs.files_version``: the log, index and summary, a sharded run's shard
+    logs, and whether a writer holds each -- a run whose writer died, or whose shards go on
+    while its top level's files stay still, is not the run it was), and ``responses.jsonl``."""
+    from .runs import files_version
+
+    try:
+        st = fs.stat(paths.responses)
+        rows: Any = (st.st_ino, st.st_size, st.st_mtime_ns)
+    except OSError:
+        rows = None
+    return (paths.run_id, rows, *files_version(paths))
 
 
 class Catalog:

@@ -92,5 +92,11 @@ def test_a_run_with_no_rows_yet_is_left_out_with_a_note(runs, tmp_path):
                 assert [n.split(" (")[0] for n in catalog.notes] == ["note: run fresh has no rows yet",
                                                                      "note: run k5 has no rows yet"]
                 catalog.notes.clear()
+            status = "SELECT status FROM runs WHERE run_id = 'fresh'"
+            assert catalog.query(status).to_pylist() == [{"status": "running"}]
+            fresh.close()  # its writer is gone; not one byte of its files changed
+            assert catalog.query(status).to_pylist() == [{"status": "interrupted"}]
+            assert catalog.query("SELECT count(*) AS n FROM rows WHERE run_id = 'fresh'").to_pylist() == [{"n": 0}]
+            assert [n.split(" (")[0] for n in catalog.notes] == ["note: run k5 has no rows yet"]
     finally:
         fresh.close()

@@ -1,5 +1,19 @@
 """`ledger sql ["QUERY"] [--format table|csv|json|parquet] [-o PATH] [--runs-dir DIR]`: SQL over
-every run (projections/sql.py); without a query, an interactive prompt reading standard input."""
+every run (projections/sql.py); without a query, an interactive prompt reading standard input.
+
+QUERY is ONE statement: several (``"SELECT 1; SELECT 2"``) are refused, exit 2 -- one result
+is one table, one JSON array, one ``-o`` file, and printing only the last one's would hide the
+others. The prompt runs several in turn.
+
+The prompt (a terminal, or lines piped in) runs a statement when a ';' ends it, wherever the
+line breaks fall: lines are gathered until DuckDB's tokenizer sees a ';' outside strings,
+quoted names and comments, so a statement never runs cut short at a line that happens to
+parse alone. Several statements on one line run in turn. At the end of the input, a statement
+that no ';' ended is run as it is (as sqlite3 and psql do with a script): ``echo "SELECT ..." |
+ledger sql`` answers, and a statement cut short gets DuckDB's own error. Before a statement's
+first line, a line starting with '.' or '\\' is a command of the prompt: ``.tables``,
+``.help``, ``.quit`` (also ``.exit``, ``\\q``, ``\\d``); any other is refused in one line.
+"""
 
 from __future__ import annotations
 
@@ -8,22 +22,30 @@ from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
+from llm_ledger.projections.sql_views import VIEWS
+
 from .app import app
 from .common import RunsDir, err, error_line, handled, out, stdout
 
 if TYPE_CHECKING:
     from llm_ledger.projections.sql import Catalog
 
-_VIEWS = ("runs (one row per run: status, counts, accuracy, cost, started/finished), rows (one row per item and "
-          "sample: the export's columns with run_id), events (the raw event table)")
+_VIEWS = "; ".join(f"{name} ({view.about})" for name, view in VIEWS.items())
 _QUIT = {".quit", ".exit", "quit", "exit", "\\q"}
 _TABLES = {".tables", "\\d", "show views"}
+_HELP = {".help", "\\?", "help"}
+_HELP_TEXT = ("A statement runs when ';' ends it (it may span lines; several on a line run in turn; at the end "
+              "of the input one without ';' runs as it is). Commands, alone on a line before a statement: "
+              ".tables (the views), .help, .quit (or Ctrl-D). Ctrl-C drops the lines typed so far.")
 
 
 @app.command("sql", help=f"SQL (DuckDB) over every run of the runs directory. Views: {_VIEWS}. "
-                         "Without a query: an interactive prompt (end a query with ';'; .tables, .quit).")
+                         "QUERY is one statement (several are refused; pipe them to the prompt). "
+                         "Without a query: an interactive prompt reading standard input; a statement "
+                         "runs when ';' ends it (at the end of the input, one without ';' runs as it is); "
+                         ".tables, .help, .quit.")
 def sql(
-    query: Annotated[Optional[str], typer.Argument(help="The query; none: an interactive prompt.", metavar="QUERY")] = None,
+    query: Annotated[Optional[str], typer.Argument(help="The query, one statement; none: an interactive prompt.", metavar="QUERY")] = None,
     fmt: Annotated[Optional[str], typer.Option("--format", "-f", help="table, csv, json (one array of row objects) or parquet (with -o); default: table, or the -o file's suffix.", metavar="FORMAT")] = None,
     output: Annotated[Optional[str], typer.Option("-o", "--output", help="Write the result to this file (written aside, then renamed).")] = None,
     runs_dir: RunsDir = "runs",
@@ -49,7 +71,7 @@ def _answer(catalog: Catalog, query: str, form: str, output: str | None) -> None
         table = catalog.query(query)
     finally:
         for note in catalog.notes:
-            err.print(f"warning: {note}", markup=False, highlight=False)
+            err.print(note, markup=False, highlight=False)
         catalog.notes.clear()
     if output:
         rows = write_file(table, form, output)
@@ -60,19 +82,17 @@ def _answer(catalog: Catalog, query: str, form: str, output: str | None) -> None
 
 
 def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
-    """Read queries from standard input until its end or .quit; an error is its one line on
-    standard error, and the prompt goes on. The prompt and its banner show on a terminal only.
-
-    A query ends at a line ending in ';', at a blank line, or at the end of the input; a line
-    that is a whole statement by itself runs at once (``Catalog.whole``), and a first line that
-    is not is run (its error said) when the next line begins a statement, not glued to it."""
-    from llm_ledger.projections.sql_views import VIEWS
+    """Read statements from standard input until its end or .quit (the module's docstring
+    says how they are cut); an error is its one line on standard error, and the prompt goes
+    on. The banner and the prompts (``ledger>``, ``...>`` within a statement) show on a
+    terminal only."""
+    from llm_ledger.projections.sql import take_statements
 
     interactive = sys.stdin.isatty()
     if interactive:
-        err.print(f"ledger sql: views {', '.join(VIEWS)}; end a query with ';' (.tables lists the views, .quit leaves)",
+        err.print(f"ledger sql: views {', '.join(VIEWS)}; end a statement with ';' (.help, .tables, .quit)",
                   markup=False)
-    pending = ""  # lines of a query not run yet
+    pending = ""  # the lines of a statement no ';' has ended yet
     while True:
         line = _read_line("   ...> " if pending else "ledger> ") if interactive else sys.stdin.readline()
         if line is None:  # Ctrl-C: the lines typed so far are dropped, as in psql
@@ -80,23 +100,38 @@ def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
             continue
         if not line:
             break
-        word = line.strip()
-        if not pending and word.lower() in _QUIT:
-            break
-        if not pending and word.lower() in _TABLES:
-            for name, view in VIEWS.items():
-                out.print(f"{name}: {view.about}", markup=False)
-            continue
-        if pending and "\n" not in pending.strip() and not catalog.whole(pending) and catalog.starts(line):
-            _one(catalog, pending, form, output)  # a first line that never parsed: said now
-            pending = ""
-        pending += line
-        if not word or word.endswith(";") or ("\n" not in pending.strip() and catalog.whole(pending)):
-            if pending.strip():
-                _one(catalog, pending, form, output)
-            pending = ""
-    if pending.strip():
-        _one(catalog, pending, form, output)
+        if not pending:
+            done = _command(line.strip())
+            if done is not None:
+                if done:
+                    return
+                continue
+        statements, pending = take_statements(pending + line)
+        for statement in statements:
+            _one(catalog, statement, form, output)
+    if pending:
+        _one(catalog, pending, form, output)  # the end of the input ends the last statement
+
+
+def _command(word: str) -> bool | None:
+    """Run a line of the prompt's own: True to leave, False when done, None when the line
+    is no command (SQL). A line starting with '.' or a backslash is always taken: one
+    this prompt does not know is said in one line."""
+    key = word.lower().rstrip(";").strip()
+    if key in _QUIT:
+        return True
+    if key in _TABLES:
+        for name, view in VIEWS.items():
+            out.print(f"{name}: {view.about}", markup=False, highlight=False)
+        return False
+    if key in _HELP:
+        out.print(_HELP_TEXT, markup=False, highlight=False)
+        return False
+    if word.startswith((".", "\\")):
+        err.print(f"error: {word.split()[0]}: not a command of this prompt (.tables, .help, .quit; "
+                  "SQL ends with ';')", markup=False, highlight=False)
+        return False
+    return None
 
 
 def _read_line(prompt: str) -> str | None:

@@ -18,18 +18,23 @@ reader reads, without the writer's lock, so a live run is seen as it is at that 
 ``rows``    one row per (item, sample): ``ledger export``'s columns (``export.rows_table``:
             run_id, item_id, sample, a column per metadata field, model, prompt, response,
             parsed, expected, correct, tokens, latency, attempts, error, finished_at, seq,
-            conversation), run after run, then ``experiment`` (as in ``runs``).
+            conversation), run after run, then ``experiment`` (as in ``runs``). A run with no
+            ``responses.jsonl`` yet contributes no rows, with a note (``rows_absent``): a sharded
+            run until its shards are merged (the merge writes its top level's rows), a live run
+            before its projector wrote the file.
 ``events``  the raw event table of ``export --events`` (run_id, seq, ts, type, item_id, sample,
             turn, attempt, data: the event as JSON); built only when a query names it.
 ``reviews`` every ``reviewed`` event of every run (``reviews.review_table``: run_id, item_id,
             sample, turn, seq, target_seq, reply_sha256, verdict, note, who, ts, stale, latest).
 
-Adding a table is one builder and one line in ``VIEWS``.
+Adding a table is one builder and one line in ``VIEWS`` (with, if a run may have nothing to
+give it yet, a function saying why: ``View.absent``).
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -39,12 +44,15 @@ from llm_ledger.ledger.layout import RunPaths
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["View", "VIEWS", "runs_table", "rows_table", "events_table", "reviews_table"]
+__all__ = ["View", "VIEWS", "runs_table", "rows_table", "rows_absent", "events_table", "reviews_table"]
 
 
 class View(NamedTuple):
     build: Callable[[Sequence[RunPaths]], "pa.Table"]
     about: str  # one line, for `ledger sql --help` and the prompt's `.tables`
+    # Why a run has nothing for this view yet (None: it has): such a run is left out of the
+    # view with this note, rather than failing every query of the directory.
+    absent: Callable[[RunPaths], str | None] | None = None
 
 
 def _runs_schema() -> pa.Schema:
@@ -71,11 +79,15 @@ def runs_table(runs: Sequence[RunPaths]) -> pa.Table:
 def _run_row(paths: RunPaths) -> dict[str, Any]:
     """A run's row. A non-live run's projections are brought up to date first (as an export
     does), so that its summary vouches for its log; a damaged run is a row saying so."""
+    from llm_ledger.ledger.lock import is_locked
+
     from .projector import refresh
     from .runs import first_event, read_summary, run_status
 
     try:
-        state = refresh(paths)  # None for a live run: its own projector keeps the files current
+        # None for a live run (its own projector keeps the files current) and for a sharded run
+        # not merged yet: its top level's log holds only run_started, nothing to fold.
+        state = None if _unmerged(paths) or is_locked(paths.lock) else refresh(paths)
         started = first_event(paths)
         info = run_status(paths)
     except LedgerError as exc:
@@ -130,6 +142,32 @@ def rows_table(runs: Sequence[RunPaths]) -> pa.Table:
     return rows.append_column("experiment", pa.array(names, pa.string()))
 
 
+def _unmerged(paths: RunPaths) -> bool:
+    """A sharded run whose shards were never merged (``shards/merged.json`` is written by the
+    merge): its top level has no rows of its own yet."""
+    return os.path.isdir(paths.shards) and not os.path.isfile(paths.merged)
+
+
+def rows_absent(paths: RunPaths) -> str | None:
+    """Why a run has no rows to read yet, or None. A run that is not live and lacks its
+    ``responses.jsonl`` has it written here from its log (``refresh``), as an export would."""
+    from llm_ledger.ledger.lock import is_locked
+
+    from .projector import refresh
+    from .runs import run_status
+
+    if _unmerged(paths):
+        how = (", as it ends" if run_status(paths).status == "running"
+               else f": ledger merge {paths.run_id}, or ledger resume {paths.run_id} to finish it")
+        return f"run {paths.run_id} has no rows yet (a sharded run's rows appear when its shards are merged{how})"
+    if not os.path.isfile(paths.responses):
+        if not is_locked(paths.lock):
+            refresh(paths)
+        if not os.path.isfile(paths.responses):  # a writer holds the run: its projector writes the file
+            return f"run {paths.run_id} has no rows yet (it is running and has recorded no reply so far)"
+    return None
+
+
 def reviews_table(runs: Sequence[RunPaths]) -> pa.Table:
     from .reviews import review_table
 
@@ -146,7 +184,7 @@ def events_table(runs: Sequence[RunPaths]) -> pa.Table:
 
 VIEWS: dict[str, View] = {
     "runs": View(runs_table, "one row per run: status, counts, accuracy, cost, started/finished"),
-    "rows": View(rows_table, "one row per (item, sample): the export's columns, with run_id"),
+    "rows": View(rows_table, "one row per (item, sample): the export's columns, with run_id", rows_absent),
     "events": View(events_table, "the raw event table: run_id, seq, ts, type, item_id, sample, turn, attempt, data"),
     "reviews": View(reviews_table, "a person's verdicts (`ledger review`): run_id, item_id, sample, verdict, note, who, ts, stale"),
 }

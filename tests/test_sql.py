@@ -191,7 +191,7 @@ def test_bad_sql_is_one_line_and_exit_2(world):
 
 
 def test_interactive_prompt_reads_queries_until_the_end(world):
-    script = "SELECT count(*) AS n FROM runs;\nSELEC 1\nSELECT 40 +\n 2 AS answer;\n.tables\nSELECT count(*) AS m FROM rows\n"
+    script = "SELECT count(*) AS n FROM runs;\nSELEC 1;\nSELECT 40 +\n 2 AS answer;\n.tables\nSELECT count(*) AS m FROM rows\n"
     done = sql_here(world, "--format", "json", input=script)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")] == [
@@ -199,6 +199,48 @@ def test_interactive_prompt_reads_queries_until_the_end(world):
     assert "events:" in done.stdout  # .tables
     errors = done.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: SQL: Parser Error")
+
+
+def test_the_prompt_runs_a_statement_when_a_semicolon_ends_it(world):
+    """A line that parses alone is not a statement yet: the prompt waits for the ';' (the
+    audit's two scripts: `SELECT count(*)` ran alone, and a WHERE on the next line was lost)."""
+    counted = sql(world, "--format", "csv", input="SELECT count(*)\n FROM rows;\n")
+    assert (counted.returncode, counted.stdout, counted.stderr) == (0, f'"count_star()"\n{3 * N}\n', "")
+    only_b = sql(world, "--format", "csv", input="SELECT avg(correct::int) AS accuracy FROM rows\nWHERE run_id = 'b';\n")
+    assert (only_b.returncode, only_b.stdout, only_b.stderr) == (0, '"accuracy"\n0.5\n', "")
+    script = ("SELECT ';' AS semi -- a ';' in a comment ends nothing;\n, 'x;y' AS s\n;\n"
+              "SELECT 1 AS one; SELECT 2 AS two; SELECT\n3 AS three;\n"
+              ".help\n.nope\n"
+              "SELECT count(*) AS m\nFROM runs\n")  # the end of the input ends the last one
+    done = sql_here(world, "--format", "json", input=script)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert [json.loads(line) for line in lines if line.startswith("[")] == [
+        [{"semi": ";", "s": "x;y"}], [{"one": 1}], [{"two": 2}], [{"three": 3}], [{"m": 2}]]
+    assert any(line.startswith("A statement runs when ';' ends it") for line in lines)  # .help
+    assert done.stderr.strip().splitlines() == [
+        "error: .nope: not a command of this prompt (.tables, .help, .quit; SQL ends with ';')"]
+    left = sql_here(world, "--format", "json", input="SELECT 1 AS a;\n.quit\nSELECT 2 AS b;\n")
+    assert (left.returncode, left.stdout) == (0, '[{"a":1}]\n')
+
+
+def test_several_statements_in_one_query_are_refused(world):
+    done = sql(world, "SELECT 1 AS a; SELECT 2 AS b", "--format", "json")
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["error: SQL: 2 statements in one query: give one (`ledger sql` reading them "
+                                        "from standard input runs several, each ended by ';', in turn)"]
+    assert as_json(sql_here(world, "SELECT 1 AS a;", "--format", "json")) == [{"a": 1}]
+
+
+def test_help_lists_every_view(world):
+    from llm_ledger.projections.sql_views import VIEWS
+
+    done = run_cli("sql", "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert list(VIEWS) == ["runs", "rows", "events", "reviews"]
+    for name in VIEWS:
+        assert f"{name} (" in text, (name, text)
 
 
 # -- a live run ---------------------------------------------------------------------------
@@ -247,7 +289,7 @@ def test_a_damaged_run_is_left_out_with_a_note(world, tmp_path):
     with Catalog(str(runs)) as catalog:
         got = catalog.query("SELECT run_id, count(*) AS n FROM events GROUP BY ALL").to_pylist()
         assert got == [{"run_id": "a", "n": len(list(iter_events(str(runs / "a" / "events.log"))))}]
-        assert len(catalog.notes) == 1 and catalog.notes[0].startswith("events: run broken left out: ")
+        assert len(catalog.notes) == 1 and catalog.notes[0].startswith("warning: events: run broken left out: ")
         status = {r["run_id"]: r["status"] for r in catalog.query("SELECT run_id, status FROM runs").to_pylist()}
     assert status["a"] == "completed" and status["broken"].startswith("damaged: ")
 
@@ -279,7 +321,10 @@ def test_the_prompt_at_a_terminal(world):
         until(b"(1 row)")
         os.write(master, b"SELEC 1;\n")
         until(b"error: SQL: Parser Error")
-        until(b"ledger> ", seen.index(b"error: SQL: Parser Error"))  # the prompt is back: Ctrl-D now means leave
+        until(b"ledger> ", seen.index(b"error: SQL: Parser Error"))
+        os.write(master, b".nope\n")
+        until(b"not a command of this prompt")
+        until(b"ledger> ", seen.index(b"not a command of this prompt"))  # the prompt is back: Ctrl-D now means leave
         os.write(master, b"\x04")
         assert proc.wait(timeout=30) == 0
     finally:
@@ -287,4 +332,4 @@ def test_the_prompt_at_a_terminal(world):
             proc.kill()
         os.close(master)
     text = bytes(seen).decode().replace("\r", "")
-    assert "views runs, rows, events" in text and f"\n{N}\n(1 row)" in text
+    assert "views runs, rows, events, reviews" in text and f"\n{N}\n(1 row)" in text

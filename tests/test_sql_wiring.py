@@ -49,3 +49,54 @@ def test_experiment_and_arm_are_columns(runs):
                    {"run_id": "solo", "experiment": None, "arm": None}]
     per = sql(runs, "SELECT experiment, count(*) AS n, avg(correct::INT) AS acc FROM rows GROUP BY experiment ORDER BY experiment")
     assert per == [{"experiment": "exp", "n": 8, "acc": 1.0}, {"experiment": None, "n": 4, "acc": 1.0}]
+
+
+def test_a_run_with_no_rows_yet_is_left_out_with_a_note(runs, tmp_path):
+    """A run just started (its writer holds the log; no responses.jsonl yet) and a sharded run
+    whose shards were never merged (its top level holds only run_started) contribute no rows,
+    each said in one `note:` line; the query of the other runs answers, and `runs` lists both."""
+    import shutil
+
+    from llm_ledger.ledger.events import RunStarted
+    from llm_ledger.ledger.writer import LogWriter
+    from llm_ledger.projections.sql import Catalog
+
+    here = tmp_path / "runs"
+    shutil.copytree(runs / "solo", here / "solo")
+    for name in ("fresh", "k5"):
+        (here / name).mkdir()
+    (here / "k5" / "shards").mkdir()
+    sharded = LogWriter.open(str(here / "k5" / "events.log"))
+    sharded.append(RunStarted(run_id="k5", items=4, config={"model": "sim-1", "shards": 2}))
+    sharded.close()
+    fresh = LogWriter.open(str(here / "fresh" / "events.log"))  # held: the run is live
+    try:
+        fresh.append(RunStarted(run_id="fresh", items=4, config={"model": "sim-1"}))
+        r = run_cli("sql", "SELECT run_id, count(*) AS n FROM rows GROUP BY ALL", "--format", "json", "--runs-dir", str(here))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == [{"run_id": "solo", "n": 4}]
+        assert r.stderr.splitlines() == [
+            "note: run fresh has no rows yet (it is running and has recorded no reply so far)",
+            "note: run k5 has no rows yet (a sharded run's rows appear when its shards are merged: "
+            "ledger merge k5, or ledger resume k5 to finish it)"]
+        listed = run_cli("sql", "SELECT run_id, status, planned, done FROM runs ORDER BY run_id", "--format", "json",
+                         "--runs-dir", str(here))
+        assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+        assert json.loads(listed.stdout) == [{"run_id": "fresh", "status": "running", "planned": 4, "done": 0},
+                                             {"run_id": "k5", "status": "interrupted", "planned": 4, "done": 0},
+                                             {"run_id": "solo", "status": "completed", "planned": 4, "done": 4}]
+        assert sorted(p.name for p in (here / "k5").iterdir()) == ["events.log", "events.log.lock", "shards"]
+        with Catalog(str(here)) as catalog:  # the prompt's catalog says it at each query, not once
+            for _ in range(2):
+                catalog.query("SELECT count(*) FROM rows")
+                assert [n.split(" (")[0] for n in catalog.notes] == ["note: run fresh has no rows yet",
+                                                                     "note: run k5 has no rows yet"]
+                catalog.notes.clear()
+            status = "SELECT status FROM runs WHERE run_id = 'fresh'"
+            assert catalog.query(status).to_pylist() == [{"status": "running"}]
+            fresh.close()  # its writer is gone; not one byte of its files changed
+            assert catalog.query(status).to_pylist() == [{"status": "interrupted"}]
+            assert catalog.query("SELECT count(*) AS n FROM rows WHERE run_id = 'fresh'").to_pylist() == [{"n": 0}]
+            assert [n.split(" (")[0] for n in catalog.notes] == ["note: run k5 has no rows yet"]
+    finally:
+        fresh.close()

@@ -30,8 +30,13 @@ __all__ = ["run_experiment", "resume_experiment", "is_experiment", "print_arm_ta
 
 # `ledger run FILE.toml` takes these besides the file; every other setting is the file's
 ALLOWED = {"dataset", "dry_run", "skip_failed", "runs_dir"}
+_BATCH = ("is not for experiments: an experiment's arms send per request, together, sharing each provider's "
+          "limits; run an arm's settings as one `ledger run DATASET --batch` instead")
 NOT_FOR_EXPERIMENTS = {"show_first": "prints one run's first exchange; an experiment's arms run together: "
-                                     "`ledger show <experiment>.<arm> ITEM` shows an item of an arm"}
+                                     "`ledger show <experiment>.<arm> ITEM` shows an item of an arm",
+                       "shards": "is not for experiments: an experiment's arms run together in one process",
+                       **{name: _BATCH for name in ("batch", "batch_window", "batch_discount", "batch_max_requests",
+                                                    "batch_max_bytes")}}
 
 
 def typed_options(ctx: typer.Context) -> list[str]:

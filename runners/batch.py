@@ -219,10 +219,14 @@ class BatchRunner:
         began = time.perf_counter()
         fitting = [r for r in requests if not await self._too_long(r)]
         selected = await self._uncached(fitting)
-        for piece in cut(selected, self.config.batch_max_requests, self.config.batch_max_bytes):
+        oversize: list[tuple[Request, int]] = []
+        for piece in cut(selected, self.config.batch_max_requests, self.config.batch_max_bytes, oversize):
             if self.progress.stopping:
                 break
             jobs.append(await self._planned(piece, round_))
+        for r, size in oversize:
+            self._fail_unsent(r, "too_large_for_batch", f"its batch file line is {size:,} bytes, over "
+                                                        f"--batch-max-bytes {self.config.batch_max_bytes:,}; not sent")
         self.timings["plan"] += time.perf_counter() - began
         return jobs
 
@@ -294,16 +298,21 @@ class BatchRunner:
                        endpoint=self.endpoint, expected=item.expected, line=item.line, metadata=item.metadata)
 
     async def _too_long(self, r: Request) -> bool:
-        """--max-context: fail a conversation that cannot fit, as the per-request runner does."""
+        """--max-context: fail a conversation that cannot fit, as the per-request runner does;
+        and a request whose line alone is over --batch-max-bytes: no file within the limit can
+        hold it (``cut`` sets it aside: sending it alone would be a file over the limit)."""
         limit = self.config.max_context
         need = estimate_tokens(r.body["messages"], r.body.get("max_tokens")) if limit else 0
-        if not limit or need <= limit:
-            return False
+        if limit and need > limit:
+            return self._fail_unsent(r, "context_overflow", f"conversation needs ~{need} tokens (with max_tokens), "
+                                                            f"over --max-context {limit}; not sent")
+        return False
+
+    def _fail_unsent(self, r: Request, error_type: str, message: str) -> bool:
         item = r.work.item
         self.writer.submit([Failed(
-            item_id=item.id, sample=r.work.sample, turn=r.turn, attempt=r.work.attempts, error_type="context_overflow",
-            final=True, retryable=False, expected=item.expected, line=item.line, metadata=item.metadata,
-            message=f"conversation needs ~{need} tokens (with max_tokens), over --max-context {limit}; not sent")])
+            item_id=item.id, sample=r.work.sample, turn=r.turn, attempt=r.work.attempts, error_type=error_type,
+            final=True, retryable=False, expected=item.expected, line=item.line, metadata=item.metadata, message=message)])
         self.progress.failed += 1
         return True
 

@@ -67,14 +67,19 @@ def content(requests: Iterable[Request]) -> bytes:
     return b"".join(line_of(r) for r in requests)
 
 
-def cut(requests: Iterable[Request], max_requests: int, max_bytes: int) -> Iterator[Cut]:
+def cut(requests: Iterable[Request], max_requests: int, max_bytes: int,
+        oversize: list[tuple[Request, int]] | None = None) -> Iterator[Cut]:
     """Files of at most ``max_requests`` requests and ``max_bytes`` bytes, one model each, in
-    the order the requests come (per model). A single request over ``max_bytes`` still gets a
-    file of its own: the provider's validation says what is wrong with it."""
+    the order the requests come (per model). A request whose line alone is over ``max_bytes``
+    fits no file: it goes to ``oversize`` with its size (the runner fails it, unsent); without
+    ``oversize`` it gets a file of its own."""
     open_cuts: dict[str, tuple[list[Request], list[bytes], list[int]]] = {}
     for request in requests:
         model = str(request.body.get("model"))
         line = line_of(request)
+        if oversize is not None and len(line) > max_bytes:
+            oversize.append((request, len(line)))
+            continue
         reqs, lines, size = open_cuts.setdefault(model, ([], [], [0, 0]))
         full = reqs and (len(reqs) >= max_requests or size[0] + len(line) > max_bytes
                          or size[1] + len(request.custom_id) > IDS_BYTES)

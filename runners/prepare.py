@@ -71,13 +71,25 @@ def prepare(dataset: str, config: RunConfig, runs_dir: str, run_id: str | None =
     _check_numbers(config)
     parser = make_parser(config.parser)
     info = scan(dataset, config.template)
-    notes = _seed_notes(config, info.items)
+    notes = _seed_notes(config, info.items) + _batch_notes(config)
     api_key = "" if dry_run else _api_key(config)
     notes += _resolve_model(config, api_key, dry_run)
     _resolve_prices(config)
     if config.preflight and not config.embedded and not dry_run:
         check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
     return Prepared(paths, config, info, parser, api_key, resume=False, skip_failed=skip_failed, notes=notes)
+
+
+OPENAI_BATCH_REQUESTS = 50_000  # requests per batch input file at OpenAI (Azure OpenAI allows more)
+
+
+def _batch_notes(config: RunConfig) -> list[str]:
+    """A file limit above OpenAI's is the user's to set (other providers allow more), never unsaid."""
+    if config.runner == "batch" and config.batch_max_requests > OPENAI_BATCH_REQUESTS:
+        return [f"--batch-max-requests {config.batch_max_requests:,} is above OpenAI's {OPENAI_BATCH_REQUESTS:,} "
+                "requests per batch file: a provider that keeps that limit refuses the larger files (failed "
+                "validation: their requests are sent again in new files, then failed after --retries)"]
+    return []
 
 
 def _check_run_id(run_id: str) -> None:

@@ -494,3 +494,18 @@ def test_status_shows_a_submitted_batch_while_the_run_waits_and_after_a_kill(tmp
             status.stdout
     finally:
         sim.stop()
+
+
+def test_a_request_over_the_file_limit_fails_unsent_and_a_limit_above_openais_is_said(tmp_path, dataset):
+    sim = _sim()
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_bytes=10, cache=False)
+        books = _records(sim)
+    finally:
+        sim.stop()
+    failed = [e for e in _events(paths) if isinstance(e, Failed)]
+    assert reason == "completed" and books == [] and len(failed) == 6
+    assert {(f.error_type, f.final) for f in failed} == {("too_large_for_batch", True)}
+    assert "over --batch-max-bytes 10; not sent" in failed[0].message
+    prepared = prepare(dataset, RunConfig(runner="batch", batch_max_requests=60_000), str(tmp_path / "runs"), dry_run=True)
+    assert any("--batch-max-requests 60,000 is above OpenAI's 50,000" in note for note in prepared.notes)

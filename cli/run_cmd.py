@@ -74,7 +74,7 @@ def run(
     cache_max_age: CacheMaxAgeOption = None,
     show_first: Annotated[bool, typer.Option("--show-first", help="Print the first request and reply in full.")] = False,
     shards: Annotated[int, typer.Option(help="Split the plan into N shards, each its own process and log, merged at the end (--concurrency, --rpm, --tpm are split between them).")] = 1,
-    workers: Annotated[str, typer.Option(help="Where shards run: local (processes on this machine) or ray[:ADDRESS] (Ray tasks; needs `pip install 'llm-ledger[ray]'` and a runs directory every node sees).")] = "local",
+    workers: Annotated[str, typer.Option(help="Where shards run: local (processes on this machine) or ray[:ADDRESS] (Ray tasks; needs `pip install 'llm-ledger\\[ray]'` and a runs directory every node sees).")] = "local",
     runs_dir: RunsDir = "runs",
 ) -> None:
     """Run every item of a dataset (PATH) against a model; stop at any moment, resume later.

@@ -106,7 +106,7 @@ class RunDisplay:
         if p.paused:
             lines.append(Text("endpoint down: paused, probing", style="red"))
         if p.stopping:
-            lines.append(Text("stopping: finishing the requests in flight (Ctrl-C again to quit now)", style="yellow"))
+            lines.append(Text(f"stopping: {p.stopping_words} (Ctrl-C again to quit now)", style="yellow"))
         return lines
 
     def lines(self, width: int) -> list[Text]:

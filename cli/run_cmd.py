@@ -331,8 +331,8 @@ def end_lines(prepared: "Prepared", session: "Session", summary: dict, code: int
     stop_reason = progress.stop_reason if progress else ""
     items = f"{plural(pending, 'item')} pending"
     batch = prepared.config.runner == "batch"
-    if stop_reason.startswith("batch window"):
-        lines.append(f"--batch-window passed: {items}{batches_left(prepared)}")
+    if stop_reason.startswith("batch window"):  # in batches at the provider: in flight, not waiting to be sent
+        lines.append(f"--batch-window passed: {plural(pending, 'item')} not finished{batches_left(prepared)}")
     elif code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:

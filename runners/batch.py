@@ -93,7 +93,7 @@ class BatchRunner:
     def __init__(self, context: RunContext) -> None:
         config = context.config
         self.context, self.config, self.writer = context, config, context.writer
-        self.progress = Progress()
+        self.progress = Progress(stopping_words="steps under way finish; the batches keep running at the provider")
         self.run_id = RunPaths(os.path.dirname(os.path.abspath(context.writer.path))).run_id
         self.key = run_key(context.writer.path)  # the run as the provider's batches and files name it
         self._simulator = Simulator(SimConfig(**config.simulator)).start() if config.embedded else None

@@ -61,6 +61,7 @@ class Progress:
     cached: int = 0  # replies served from the cross-run cache (nothing sent; counted in done too)
     cached_prompt_tokens: int = 0  # their usage: what they would have cost (not in the tokens above)
     cached_completion_tokens: int = 0
+    stopping_words: str = "finishing the requests in flight"  # what a stop waits for (the display says it)
 
 
 

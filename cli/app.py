@@ -38,7 +38,35 @@ def _register() -> None:
 
 
 def main() -> None:
+    """Parse and run. A usage error (an unknown option, a missing value, a bad number) is one
+    line naming the command's help, exit 2 -- never Typer's boxed panel: every error of
+    ledger is one line."""
+    import sys
+
     from .help_format import conventional
 
+    try:  # Typer >= 0.16 parses with its own copy of click; older ones with click itself
+        from typer._click import exceptions as parsing
+    except ImportError:  # pragma: no cover
+        from click import exceptions as parsing  # type: ignore[no-redef]
+
     _register()
-    conventional(typer.main.get_command(app))(prog_name="ledger")
+    command = conventional(typer.main.get_command(app))
+    try:
+        code = command.main(prog_name="ledger", standalone_mode=False)
+    except parsing.NoArgsIsHelpError as exc:  # `ledger` or `ledger cache` alone: the help (rich prints it as it is made)
+        text = exc.format_message()
+        if text.strip():
+            sys.stdout.write(text + "\n")
+        sys.exit(0)
+    except parsing.UsageError as exc:
+        where = exc.ctx.command_path if exc.ctx else "ledger"
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())} (see `{where} --help`)\n")
+        sys.exit(2)
+    except parsing.ClickException as exc:
+        sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
+        sys.exit(exc.exit_code)
+    except typer.Abort:  # end of input at a prompt of the parser's own
+        sys.stderr.write("interrupted\n")
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)

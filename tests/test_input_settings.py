@@ -7,6 +7,7 @@ Real CLI subprocesses against the embedded simulator or a small server on loopba
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,27 @@ def test_what_the_user_typed_is_printed_as_typed_never_as_an_emoji(tmp_path):
     data = _dataset(tmp_path / "d.jsonl", 1)
     line = _error_line(run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--parser", "bogus:x", cwd=tmp_path))
     assert line == "error: --parser bogus:x: No module named 'bogus'", line
+
+
+@pytest.mark.parametrize("args, said", [
+    (("run", "d.jsonl", "--bogus"), "error: No such option: --bogus (see `ledger run --help`)"),
+    (("run", "d.jsonl", "--concurrency", "abc"), "error: Invalid value for '--concurrency': "),
+    (("run", "d.jsonl", "--run-id"), "error: Option '--run-id' requires an argument."),
+    (("export",), "error: Missing argument 'RUN... FORMAT'. (see `ledger export --help`)"),
+    (("nocmd",), "error: No such command 'nocmd'."),
+])
+def test_a_usage_error_is_one_line_exit_2(tmp_path, args, said):
+    """The parser's own errors too: one line naming the help, never Typer's boxed panel."""
+    _dataset(tmp_path / "d.jsonl", 1)
+    line = _error_line(run_cli(*args, cwd=tmp_path))
+    assert line.startswith(said), line
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ledger_alone_prints_its_help_once_exit_0(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "llm_ledger.cli"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "100"})
+    assert r.returncode == 0 and r.stdout.count("Usage: ledger") == 1 and r.stderr == "", (r.stdout, r.stderr)

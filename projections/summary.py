@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
-from .fold import Labels, RunState, wall_time
+from .fold import Key, Labels, RunState, wall_time
 
 __all__ = ["summarize", "encode_summary", "wilson", "percentile"]
 
@@ -84,7 +85,7 @@ def summarize(state: RunState) -> dict[str, Any]:
         "cache": _cache(state.config, t),
         "attempts": t.attempts,
         "retries": t.retries,
-        "samples": _per_sample(t.per_item, state.samples),
+        "samples": _per_sample(t.per_item, state.failed, state.samples),
         "throughput_per_s": round(finished / wall, 3) if wall > 0 else None,
         "wall_time_s": round(wall, 3),
         "last_seq": state.last_seq,
@@ -115,21 +116,30 @@ def _cache(config: dict[str, Any], t: Any) -> dict[str, Any]:
             "saved_usd": _cost(config, t.cached_prompt_tokens, t.cached_completion_tokens)}
 
 
-def _per_sample(per_item: dict[str, list[list[Any]]], samples: int) -> dict[str, Any] | None:
-    """With several samples: mean accuracy (pass@1), pass@k (any sample correct, k = samples,
-    over items with all k scored) and agreement (share of samples giving the modal answer)."""
-    if samples <= 1 or not per_item:
+def _per_sample(per_item: dict[str, list[list[Any]]], failed: Mapping[Key, Any], samples: int) -> dict[str, Any] | None:
+    """With several samples: mean accuracy (pass@1), pass@k (any sample correct, k = samples)
+    and agreement (share of samples giving the modal answer).
+
+    A sample that failed for good counts as wrong, as it does in ``accuracy`` (so pass@1 is
+    that accuracy, and pass@k >= pass@1 over the same items); pass@k is over the items whose
+    k samples all finished (``pass_items`` of ``items``), an item without an expected answer
+    in neither."""
+    if samples <= 1 or not (per_item or failed):
         return None
-    scored = [[c for c, _ in results] for results in per_item.values() if all(c is not None for c, _ in results)]
+    results = {item: [c for c, _ in rows] for item, rows in per_item.items()}
+    for (item_id, _sample), row in failed.items():
+        results.setdefault(item_id, []).append(False if row.expected not in (None, "") else None)
+    scored = [r for r in results.values() if all(c is not None for c in r)]
     complete = [r for r in scored if len(r) == samples]
-    agreement = [Counter(str(a) for _, a in results).most_common(1)[0][1] / len(results) for results in per_item.values()]
+    agreement = [Counter(str(a) for _, a in rows).most_common(1)[0][1] / len(rows) for rows in per_item.values()]
     flat = [c for r in scored for c in r]
     return {
         "k": samples,
         "mean_accuracy": round(sum(flat) / len(flat), 6) if flat else None,
         f"pass@{samples}": round(sum(any(r) for r in complete) / len(complete), 6) if complete else None,
-        "agreement": round(sum(agreement) / len(agreement), 6),
-        "items": len(per_item),
+        "agreement": round(sum(agreement) / len(agreement), 6) if agreement else None,
+        "items": len(results),
+        "pass_items": len(complete),
     }
 
 

@@ -447,7 +447,7 @@ def test_summary_per_sample_breakdown(world):
     assert (s["scored"], s["correct"]) == (18, 12)
     # the simulator answers a prompt the same way every time: samples agree, pass@3 = mean
     assert s["samples"] == {"k": 3, "mean_accuracy": pytest.approx(4 / 6, abs=1e-6),
-                            "pass@3": pytest.approx(4 / 6, abs=1e-6), "agreement": 1.0, "items": 6}
+                            "pass@3": pytest.approx(4 / 6, abs=1e-6), "agreement": 1.0, "items": 6, "pass_items": 6}
     rows = read_jsonl(world["runs"] / "samples" / "responses.jsonl")
     assert sorted((r["item_id"], r["sample"]) for r in rows) == sorted((f"s{i}", k) for i in range(6) for k in range(3))
 

@@ -96,6 +96,11 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
               for r in result.runs if r["cached"]]
     if cached:
         out.print("answers copied from the cross-run cache (nothing sent): " + ", ".join(cached), markup=False)
+    failed = [f"{r['run_id']} {num.count(r['failed'])} of {num.count(len(result.shared))}"
+              for r in result.runs if r.get("failed")]
+    if failed:  # a gap made of errors is not a gap between models: said beside the test
+        out.print("failed, no answer (counted as wrong above; `ledger resume RUN` retries them): " + ", ".join(failed),
+                  markup=False)
 
 
 def _print_reviewed(result: Comparison) -> None:

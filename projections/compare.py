@@ -306,7 +306,8 @@ def _run_row(paths: RunPaths, answers: dict[Key, Answer], shared: list[Key], fou
             "scored_reviewed": len(judged), "correct_reviewed": sum(judged),
             "accuracy_reviewed": sum(judged) / len(judged) if judged else None, "ci95_reviewed": wilson(sum(judged), len(judged)),
             "reviewed": sum(v.applied for v in verdicts), "carried": sum(v.applied and v.carried for v in verdicts),
-            "stale_reviews": sum(v.stale for v in verdicts), "cached": sum(answers[k].cached_from is not None for k in shared)}
+            "stale_reviews": sum(v.stale for v in verdicts), "cached": sum(answers[k].cached_from is not None for k in shared),
+            "failed": sum(answers[k].error is not None for k in shared)}
 
 
 def _model(paths: RunPaths) -> str:

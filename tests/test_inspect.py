@@ -482,3 +482,17 @@ def test_rebuild_after_deleting_the_projections_gives_the_same_bytes(world):
     r = cli("replay", "labels")
     assert r.returncode == 0, (r.stdout, r.stderr)
     assert snapshot(run_dir) == before
+
+
+def test_compare_says_how_many_shared_items_a_run_failed(world):
+    """Failures count as wrong in compare's accuracy and McNemar test: how many there are is
+    said beside them, so a gap made of errors is not read as a gap between models."""
+    cli = world["cli"]
+    base = world["base"]
+    clean = cli("run", str(base / "faulty.jsonl"), "--run-id", "faulty-clean", "--parser", "choice")
+    assert clean.returncode == 0, clean.stderr
+    failed = summary_of(world, "faulty")["counts"]["failed"]
+    r = cli("compare", "faulty", "faulty-clean", env={"COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    assert failed > 0 and f"failed, no answer (counted as wrong above; `ledger resume RUN` retries them): faulty {failed} of 10" \
+        in r.stdout, r.stdout

@@ -69,7 +69,7 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
     _print_coverage(result)
     reviewed = any(r["reviewed"] or r["stale_reviews"] for r in result.runs)
     table = Table(*_ids("run"), Column("model", overflow="fold"),
-                  *_right("scored", "correct", "accuracy", "95% CI", "cost", "latency p50"),
+                  *_right("scored", "correct", "accuracy", "95% CI", "cost (run)", "p50 (run)"),
                   title="accuracy on shared items", **_COMPACT)
     for r in result.runs:
         acc, ci = r["accuracy"], r["ci95"]
@@ -78,6 +78,8 @@ def _print_stats(result: Comparison, summaries: dict[str, dict]) -> None:
                       num.percent(acc), num.MISSING if ci is None else f"{num.percent(ci[0])}-{num.percent(ci[1])}",
                       num.usd(summary.get("cost_usd")), num.ms((summary.get("latency_s") or {}).get("p50")))
     out.print(table)
+    if not result.coverage.complete:  # the two last columns are each whole run's (summary.json)
+        out.print("cost (run) and p50 (run) are each whole run's, not the shared items'", markup=False)
     if reviewed:
         _print_reviewed(result)
     matrix = Table(*_ids(""), *_right(*(escape(r) for r in result.run_ids)), title="agreement (same parsed answer)",

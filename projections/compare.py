@@ -174,6 +174,7 @@ class Coverage:
     shared: int  # keys in every run
     total: int  # keys in any run
     left_out: tuple[int, ...]  # per run: its keys that are not in every run
+    sampled: bool = False  # some key has a sample above 0: the keys are answers, not items
 
     @property
     def complete(self) -> bool:
@@ -181,10 +182,11 @@ class Coverage:
 
     def message(self) -> str:
         """The sentence both ``compare`` and the viewer print."""
+        unit = "answers (item x sample)" if self.sampled else "items"
         if self.complete:
-            return f"the runs share all {self.shared} items"
+            return f"the runs share all {self.shared} {unit}"
         left = ", ".join(f"{r} {n}" for r, n in zip(self.run_ids, self.left_out) if n)
-        return f"the runs share {self.shared} of {self.total} items; not in every run: {left}"
+        return f"the runs share {self.shared} of {self.total} {unit}; not in every run: {left}"
 
     def to_json(self) -> dict[str, Any]:
         return {"shared": self.shared, "total": self.total, "complete": self.complete,
@@ -200,7 +202,8 @@ def coverage(run_ids: Sequence[str], keys: Sequence[Collection[Key]]) -> Coverag
     union: set[Key] = set()
     for k in keys:
         union.update(k)
-    return Coverage(tuple(run_ids), shared, len(union), tuple(len(k) - shared for k in keys))
+    return Coverage(tuple(run_ids), shared, len(union), tuple(len(k) - shared for k in keys),
+                    any(sample for _, sample in union))
 
 
 @dataclass

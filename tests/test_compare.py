@@ -265,3 +265,11 @@ def test_bad_arguments_are_one_red_line_and_exit_2(runs, args, message):
     r = compare_here(runs, *args)
     assert r.returncode == 2
     assert message in r.stderr and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_with_samples_the_keys_compared_are_answers_not_items():
+    from llm_ledger.projections.compare import coverage
+
+    c = coverage(["a", "b"], [{("i", 0), ("i", 1), ("j", 0)}, {("i", 0), ("j", 0)}])
+    assert c.message() == "the runs share 2 of 3 answers (item x sample); not in every run: a 1"
+    assert coverage(["a", "b"], [{("i", 0)}, {("i", 0)}]).message() == "the runs share all 1 items"

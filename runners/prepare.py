@@ -122,7 +122,9 @@ def _rerun(dataset: str, config: RunConfig, paths: RunPaths, typed: Collection[s
     setting that defines the run (dataset, model, parser, samples ...) differing is refused,
     naming each; the HOW_FIELDS settings typed apply to this session, as with `ledger resume`."""
     started = _run_started(paths)
-    conflicts, overrides = compare(RunConfig.from_dict(started.config), config, typed)
+    given = msgspec.structs.replace(config)
+    _resolve_prices(given)  # as the run stored them (a batch run: the batch price): the same command agrees
+    conflicts, overrides = compare(RunConfig.from_dict(started.config), given, typed)
     if os.path.realpath(dataset) != os.path.realpath(started.dataset):
         conflicts.insert(0, f"dataset: {started.dataset} (run) vs {dataset} (given)")
     if conflicts:

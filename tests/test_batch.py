@@ -509,3 +509,14 @@ def test_a_request_over_the_file_limit_fails_unsent_and_a_limit_above_openais_is
     assert "over --batch-max-bytes 10; not sent" in failed[0].message
     prepared = prepare(dataset, RunConfig(runner="batch", batch_max_requests=60_000), str(tmp_path / "runs"), dry_run=True)
     assert any("--batch-max-requests 60,000 is above OpenAI's 50,000" in note for note in prepared.notes)
+
+
+def test_the_same_batch_command_again_is_the_same_run(tmp_path, dataset):
+    """A batch run stores the batch price (half the per-request one): the same --price-in typed
+    again agrees with it instead of being refused as another setting."""
+    config = RunConfig(model="sim-1", runner="batch", parser="choice", price_in=1.0, price_out=2.0)
+    session, reason = run_prepared(prepare(dataset, config, str(tmp_path / "runs"), "bp"))
+    assert reason == "completed"
+    again = prepare(dataset, RunConfig(model="sim-1", runner="batch", parser="choice", price_in=1.0, price_out=2.0),
+                    str(tmp_path / "runs"), "bp", typed={"price_in", "price_out", "runner", "parser"})
+    assert again.resume and again.config.price_in == 0.5

@@ -106,6 +106,7 @@ class Mark(msgspec.Struct, array_like=True, gc=False):
     last_seq: int
     config: dict[str, Any] = {}
     identity: str = ""
+    inode: int = 0  # the log file walked (0: a mark from before it was kept): another file means walk it again
 
 
 _pack = msgspec.msgpack.Encoder().encode
@@ -139,12 +140,13 @@ class RunWalk:
         self.pending: dict[tuple[str, int, int], tuple[dict[str, Any], int]] = {}
         self.applied_end = mark.applied_end if mark else HEADER_SIZE
         self.last_seq = mark.last_seq if mark else 0
+        self.inode = mark.inode if mark else 0
 
     def low_water(self) -> int:
         return min((offset for _, offset in self.pending.values()), default=self.applied_end)
 
     def mark(self) -> Mark:
-        return Mark(self.applied_end, self.low_water(), self.last_seq, self.config, self.identity)
+        return Mark(self.applied_end, self.low_water(), self.last_seq, self.config, self.identity, self.inode)
 
     def feed(self, frame: Frame) -> list[tuple[bytes, Entry]]:
         out: list[tuple[bytes, Entry]] = []
@@ -306,18 +308,36 @@ class CacheStore:
 
     def walk_for(self, run_id: str) -> RunWalk:
         mark = self._mark(run_id)
-        return RunWalk(run_id, self.keyer, mark, self.cleared)
+        walk = RunWalk(run_id, self.keyer, mark, self.cleared)
+        try:
+            walk.inode = fs.stat(os.path.join(self.runs_dir, run_id, "events.log")).st_ino
+        except OSError:
+            pass
+        return walk
 
     def catch_up(self, run_id: str, walk: RunWalk | None = None) -> int:
+        """Walk the run's log past its mark. A log that is not the file the mark was made on
+        (a sharded run's merge writes its top log afresh), shorter than the mark (repaired),
+        or that does not read from the mark on, is walked again from its start."""
         log = os.path.join(self.runs_dir, run_id, "events.log")
-        size = fs.stat(log).st_size
+        st = fs.stat(log)
         mark = self._mark(run_id)
-        if mark is not None and size == mark.applied_end:
+        if mark is not None and mark.inode in (0, st.st_ino) and st.st_size == mark.applied_end:
             return 0
-        if mark is not None and size < mark.applied_end:  # a repaired or replaced log
+        if mark is not None and (st.st_size < mark.applied_end or mark.inode not in (0, st.st_ino)):
             self._forget_run(run_id)
             mark = None
+        try:
+            return self._walk(log, run_id, walk, mark, st.st_ino)
+        except LedgerError:
+            if mark is None:
+                raise
+            self._forget_run(run_id)  # the mark's offset is no frame of this log: the whole log again
+            return self._walk(log, run_id, None, None, st.st_ino)
+
+    def _walk(self, log: str, run_id: str, walk: RunWalk | None, mark: Mark | None, inode: int) -> int:
         walk = walk or RunWalk(run_id, self.keyer, mark, self.cleared)
+        walk.inode = inode
         start = mark.low_water if mark else HEADER_SIZE
         put, batch = 0, []
         for frame in iter_frames(log, start, decode=_decode_view):
@@ -349,9 +369,9 @@ class CacheStore:
         raw = txn.get(walk.run_id.encode(), db=self._runs)
         if raw:
             stored = _unpack_mark(raw)
-            if stored.applied_end > mine.applied_end:  # another process walked further: its end, the lower water
+            if stored.applied_end > mine.applied_end and stored.inode in (0, mine.inode):  # another process walked further
                 mine = Mark(stored.applied_end, min(stored.low_water, mine.low_water), stored.last_seq,
-                            stored.config, stored.identity)
+                            stored.config, stored.identity, mine.inode)
         txn.put(walk.run_id.encode(), _pack(mine), db=self._runs)
 
     def _forget_run(self, run_id: str) -> None:

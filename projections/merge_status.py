@@ -7,7 +7,8 @@ index read-only, O(1) each), summed; ``planned`` is the top's. Live: the top's l
 shards' last sessions (error > interrupted > completed; a shard never started counts as
 interrupted), with the counts, decides as for any run (``runs.decide``). The accuracy is
 the merged ``summary.json``'s, when ``shards/merged.json`` says it was merged from the
-shards as they are now (each shard's last seq); ``events`` is the shards' events summed.
+shards as they are now (each shard's last seq); ``events`` is then the merged log's (what
+``ledger log`` shows), else the shards' events and the top level's own summed.
 """
 
 from __future__ import annotations
@@ -52,8 +53,20 @@ def sharded_status(paths: RunPaths) -> RunStatus:
     current = _merged_current(paths, shards)
     accuracy = read_summary(paths).get("accuracy") if current else None
     return RunStatus(run_id=paths.run_id, status=status, status_text=status_text(status, counts), **counts._asdict(),
-                     events=sum(s.events for s in started), accuracy=accuracy, summary_current=current,
+                     events=_last_seq(paths.log) if current else sum(s.events for s in started) + _last_seq(paths.own_log),
+                     accuracy=accuracy, summary_current=current,
                      source="shards")
+
+
+def _last_seq(log: str) -> int:
+    """Events in a log (0 when there is none): the merged log when it is current -- the
+    figure `ledger log` shows -- else the shards' and the top level's own (ledger/own_log.py)."""
+    from llm_ledger.ledger.recovery import locate_end
+
+    if not os.path.isfile(log):
+        return 0
+    with fs.open_file(log, "rb") as f:
+        return locate_end(f, log).last_seq
 
 
 def _session(shards: list[RunStatus | None]) -> str:

@@ -190,3 +190,19 @@ def test_a_run_stopped_before_merging_is_said_and_replay_merges_it(sharded, tmp_
     assert (run / "shards" / "merged.json").exists()
     assert run_cli("export", "r", "csv", "-o", str(tmp_path / "r.csv"), *where).returncode == 0
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 25
+
+
+def test_a_sharded_runs_replies_serve_later_runs_from_the_cache(sharded, tmp_path):
+    """The merge writes the top log afresh: the cache store's mark of it (made on the log
+    holding only run_started, while the shards ran) must not stop its replies from being
+    entries. A plain rerun of the same plan is then served whole from the cache."""
+    import json
+
+    runs = tmp_path / "runs"
+    _copy(sharded, tmp_path)
+    shutil.copy(sharded.parent / "cache.lmdb", runs / "cache.lmdb")  # the store as the sharded run left it
+    dataset = sharded.parent.parent / "qa.jsonl"
+    r = run_cli("run", str(dataset), "--parser", REGEX_PARSER, "--run-id", "again", "--runs-dir", str(runs), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    summary = json.loads((runs / "again" / "summary.json").read_text())
+    assert summary["cache"]["cached"] == 24, summary["cache"]

@@ -17,7 +17,7 @@ import msgspec
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
-from llm_ledger.ledger.events import RunStarted
+from llm_ledger.ledger.events import RunStarted, SessionStarted
 from llm_ledger.ledger.layout import RunPaths, validate_run_id
 from llm_ledger.ledger.reader import iter_events
 
@@ -190,6 +190,8 @@ def prepare_resume(paths: RunPaths, skip_failed: bool = False, overrides: dict[s
     config = RunConfig.from_dict(started.config)
     check_kinds(config.runner, config.transport, config.base_url)  # a later version's runner: said, not a KeyError
     changed = _overrides(config, overrides or {}, paths.run_id)
+    if config.runner == "batch" and ("base_url" in changed or "base_urls" in changed):
+        _check_batches_stay(paths, started)
     if changed:
         config = msgspec.structs.replace(config, **changed)
         _check_numbers(config)
@@ -202,6 +204,26 @@ def prepare_resume(paths: RunPaths, skip_failed: bool = False, overrides: dict[s
     if ("base_url" in changed or "base_urls" in changed) and config.preflight and not dry_run:
         check_endpoints(config.endpoints(), config.model, api_key, config.timeout)
     return Prepared(paths, config, info, parser, api_key, resume=True, skip_failed=skip_failed, overrides=changed)
+
+
+def _check_batches_stay(paths: RunPaths, started: RunStarted) -> None:
+    """A batch run resumed with another --base-url: refused while a chunk may be at the old
+    endpoint (uploaded: its batch may have been created there; submitted: it runs there).
+    The new endpoint knows neither its file nor its batch: its requests would be failed, then
+    bought again, while the old endpoint completes and bills them. A chunk given up by
+    `ledger cancel` no longer holds the run there."""
+    from llm_ledger.projections.batches import fold
+
+    url = started.config.get("base_url") or ""
+    for event in iter_events(paths.log):
+        if isinstance(event, SessionStarted) and event.overrides.get("base_url"):
+            url = event.overrides["base_url"]
+    held = [c.chunk for c in fold(iter_events(paths.log)).chunks.values()
+            if c.status not in ("done", "planned") and not c.cancel_requested]
+    if held:
+        raise InputError(f"run {paths.run_id} has {len(held)} batch chunk(s) uploaded or running at {url}: resume with "
+                         f"that endpoint to collect them (or `ledger cancel {paths.run_id}` first, then resume with "
+                         "the new one); nothing was sent")
 
 
 def _unchanged(started: RunStarted) -> DatasetInfo | None:

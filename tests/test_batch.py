@@ -520,3 +520,21 @@ def test_the_same_batch_command_again_is_the_same_run(tmp_path, dataset):
     again = prepare(dataset, RunConfig(model="sim-1", runner="batch", parser="choice", price_in=1.0, price_out=2.0),
                     str(tmp_path / "runs"), "bp", typed={"price_in", "price_out", "runner", "parser"})
     assert again.resume and again.config.price_in == 0.5
+
+
+def test_a_resume_elsewhere_is_refused_while_a_batch_is_at_the_first_endpoint(tmp_path, dataset):
+    """The new endpoint knows neither the chunk's file nor its batch: the run would fail its
+    requests, then buy them again while the first endpoint completes and bills them."""
+    from llm_ledger.ledger.errors import InputError
+
+    sim = _sim(batch_seconds=600, batch_window=3600)
+    try:
+        paths, reason = _run(tmp_path, sim.base_url, dataset, batch_max_requests=10, batch_window=0.1, cache=False)
+        assert reason == "interrupted"
+        other = "http://127.0.0.1:9/v1"
+        with pytest.raises(InputError, match=rf"run r has 1 batch chunk\(s\) uploaded or running at {re.escape(sim.base_url)}: "
+                                             "resume with that endpoint"):
+            prepare_resume(paths, False, {"base_url": other, "base_urls": [other]})
+        assert len(_records(sim)) == 1
+    finally:
+        sim.stop()

@@ -42,6 +42,7 @@ def reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
     parser = _reparse_parser(spec)
     require_merged(paths)  # a sharded run: re-parse the run, not a merge older than its shards
     with own_writer(paths, LogWriter.open(paths.log, lambda: RunIndex.durable_end(paths.index))) as writer:
+        _require_finished(paths)
         last_status = _last_status(paths)
         writer.append(SessionStarted(pid=os.getpid(), version=__version__, reason="reparse"))
         batch, n = [], 0
@@ -57,6 +58,19 @@ def reparse(paths: RunPaths, spec: str) -> dict[str, Any]:
         timings: dict[str, float] = {}
         projector = rebuild(paths, timings=timings)
     return {**summarize(projector.state), "reparsed": n, "rebuilt": timings}
+
+
+def _require_finished(paths: RunPaths) -> None:
+    """A run with items still to send is refused: their replies, parsed by the run's own
+    parser when it resumes, would sit beside these re-parses in one accuracy (two parsers,
+    unsaid). Finish it first (`ledger resume`), then re-parse."""
+    from llm_ledger.projections.runs import run_status
+
+    counts = run_status(paths).counts
+    left = counts.pending + counts.in_flight
+    if left:
+        raise InputError(f"run {paths.run_id} has {left} item(s) not finished: `ledger resume {paths.run_id}` first, "
+                         "then re-parse (replies it receives later are parsed with the run's own parser)")
 
 
 def reparse_events(log_path: str, parser: Parser) -> Iterator[Parsed]:

@@ -238,3 +238,17 @@ def test_ledger_alone_prints_its_help_once_exit_0(tmp_path):
     r = subprocess.run([sys.executable, "-m", "llm_ledger.cli"], cwd=tmp_path, capture_output=True, text=True, timeout=60,
                        env={**os.environ, "COLUMNS": "100"})
     assert r.returncode == 0 and r.stdout.count("Usage: ledger") == 1 and r.stderr == "", (r.stdout, r.stderr)
+
+
+def test_a_reparse_of_a_run_with_items_left_is_refused(tmp_path):
+    """Replies a resume receives later are parsed with the run's own parser: re-parsing first
+    would leave two parsers in one accuracy, unsaid."""
+    data = _dataset(tmp_path / "d.jsonl", 3)
+    r = run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--run-id", "down", "--base-url", "http://127.0.0.1:9/v1",
+                "--model", "m", "--no-preflight", "--give-up-after", "0.3", cwd=tmp_path, env={"OPENAI_API_KEY": "k"})
+    assert r.returncode == 75, (r.stdout, r.stderr)
+    before = (tmp_path / "runs" / "down" / "events.log").read_bytes()
+    line = _error_line(run_cli("replay", "down", "--reparse", "text", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path))
+    assert line == "error: run down has 3 item(s) not finished: `ledger resume down` first, then re-parse (replies it " \
+                   "receives later are parsed with the run's own parser)", line
+    assert (tmp_path / "runs" / "down" / "events.log").read_bytes() == before

@@ -216,7 +216,7 @@ def _print_header(name: str, runs_dir: str, arms: list["ArmRun"], sessions: list
 
     states = {s: sum(a.state == s for a in arms) for s in ("new", "continued", "complete")}
     out.print(f"experiment {name}: {plural(len(arms), 'arm')} ({states['new']} new, {states['continued']} continued, "
-              f"{states['complete']} complete: nothing to send)", markup=False)
+              f"{states['complete']} complete)", markup=False)
     by_run = {s.paths.run_id: s for s in sessions}
     for arm in arms:
         if arm.prepared is None:

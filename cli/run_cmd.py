@@ -386,7 +386,8 @@ def in_flight_words(prepared: "Prepared", session: "Session") -> str:
     a request another run's log answers is copied from the cache, not sent (never promised
     to be sent, nor its tokens to be paid)."""
     config, f = prepared.config, session.found
-    cached = getattr(session, "cache", None) is not None
+    cache = getattr(session, "cache", None)
+    cached = cache is not None and cache.enabled  # opened with --no-cache too (its replies feed the store): not looked up
     if config.runner == "batch":
         flight = (f"{f.in_flight:,} in flight (the built-in simulator's batches ended with their session: sent again)"
                   if config.embedded else f"{f.in_flight:,} in flight (their batches are looked up and collected; "

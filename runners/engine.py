@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -83,6 +84,8 @@ class Engine:
     error: LedgerError | None = None  # a log that cannot be written stops the run
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
     _sending: set[asyncio.Task[None] | None] = field(default_factory=set)  # tasks with a request out
+    _stopped_at: float | None = None  # time.monotonic() of the first stop
+    _aborted_after: float = GRACE  # seconds from the first stop to the abort (the grace, or a second Ctrl-C sooner)
 
     def breaker_changed(self, state: str, url: str, reason: str) -> None:
         """Breaker callback: record the decision in the log and on the progress bar."""
@@ -136,11 +139,15 @@ class Engine:
         self.progress.stop_reason = self.progress.stop_reason or reason
         self._stopped.set()
         if first:
+            self._stopped_at = time.monotonic()
             self._cancel(lambda task: task not in self._sending)
             asyncio.get_running_loop().call_later(GRACE, self.abort)
 
     def abort(self) -> None:
         """Stop now (the second Ctrl-C, or the end of the grace): cancel every task."""
+        if self._stopped_at is None:
+            self._stopped_at = time.monotonic()
+        self._aborted_after = time.monotonic() - self._stopped_at
         self.progress.stopping = True
         self.progress.stop_reason = self.progress.stop_reason or "interrupted"
         self._stopped.set()
@@ -306,7 +313,8 @@ class Engine:
                 if self.progress.stopping:
                     self.writer.submit([Failed(
                         **key, error_type="interrupted", retryable=True, final=False, endpoint=name,
-                        message=f"request abandoned: still in flight {GRACE:g} s after the run was told to stop",
+                        message=f"request abandoned: still in flight {self._aborted_after:.1f} s after the run was "
+                                "told to stop" + (" (stopped at once: Ctrl-C twice)" if self._aborted_after < GRACE else ""),
                     )])
                 raise
             usage = plain_usage(reply.usage)

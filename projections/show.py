@@ -119,7 +119,11 @@ def _outcome(event: dict[str, Any] | None) -> tuple[str, str]:
     if event["type"] == "failed":
         return "failed", _error(event)
     usage = event.get("usage") or {}
-    parts = [numbers.ms(event.get("latency"))]
+    origin = event.get("cached_from")
+    if origin:  # nothing was sent: no latency of its own, its tokens not paid here
+        parts = [f"copied from the cache (run {origin.get('run')}, event #{origin.get('seq')}), nothing sent"]
+    else:
+        parts = [numbers.ms(event.get("latency"))]
     if usage:
         parts.append(f"{numbers.count(usage.get('prompt_tokens', 0))} prompt + "
                      f"{numbers.count(usage.get('completion_tokens', 0))} completion tokens")

@@ -298,3 +298,9 @@ def test_explain_says_a_miss_came_from_the_runs_max_age(tmp_path):
     text = " ".join(r.stdout.split())
     assert "sent (the run had --cache-max-age 1s: older replies were not served)" in text, r.stdout
     assert "this run's own replaced any older one (not served: see above)" in text, r.stdout
+
+
+def test_show_says_a_reply_was_copied_from_the_cache(figure):
+    r = run_cli("show", "b", "q3", "--runs-dir", str(figure["runs"]))
+    assert r.returncode == 0, r.stderr
+    assert "reply: ok, copied from the cache (run a, event #" in r.stdout and "nothing sent" in r.stdout, r.stdout

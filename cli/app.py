@@ -45,25 +45,25 @@ def main() -> None:
 
     from .help_format import conventional
 
-    try:  # Typer >= 0.16 parses with its own copy of click; older ones with click itself
-        from typer._click import exceptions as parsing
-    except ImportError:  # pragma: no cover
-        from click import exceptions as parsing  # type: ignore[no-redef]
+    # the parser's exception classes, from Typer's public BadParameter: newer Typers parse with
+    # their own copy of click, older ones with click itself
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    click_exception = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
     _register()
     command = conventional(typer.main.get_command(app))
     try:
         code = command.main(prog_name="ledger", standalone_mode=False)
-    except parsing.NoArgsIsHelpError as exc:  # `ledger` or `ledger cache` alone: the help (rich prints it as it is made)
-        text = exc.format_message()
-        if text.strip():
-            sys.stdout.write(text + "\n")
-        sys.exit(0)
-    except parsing.UsageError as exc:
+    except usage_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `ledger` or `ledger cache` alone: the help (rich prints it as it is made)
+            text = exc.format_message()
+            if text.strip():
+                sys.stdout.write(text + "\n")
+            sys.exit(0)
         where = exc.ctx.command_path if exc.ctx else "ledger"
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())} (see `{where} --help`)\n")
         sys.exit(2)
-    except parsing.ClickException as exc:
+    except click_exception as exc:
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())}\n")
         sys.exit(exc.exit_code)
     except typer.Abort:  # end of input at a prompt of the parser's own

@@ -253,8 +253,9 @@ class CacheStore:
                 fs.unlink(name)
             except FileNotFoundError:
                 pass
-            except IsADirectoryError:  # something else in its place: derived state, made anew
-                fs.rmtree(name)
+            except IsADirectoryError:  # a directory in its place is not ours to delete (a run named so?)
+                raise LedgerError(f"{name} is a directory, where the cross-run cache keeps its store: move it "
+                                  "(a run there is renamed with its directory) or run with --no-cache") from None
         store = cls(runs_dir, _env(path), keyer)
         with store._env.begin(write=True) as txn:
             txn.put(b"format", FORMAT, db=store._meta)

@@ -78,9 +78,15 @@ class RunPaths:
         return os.path.join(self.shards, "own.log")
 
 
+# names the runs directory keeps for itself (the cross-run cache: ledger/cache_store.py)
+RESERVED = frozenset({"cache.lmdb", "cache.lmdb-lock", "cache.lock", "cache.cleared"})
+
+
 def validate_run_id(run_id: str) -> str:
     if not _RUN_ID.match(run_id):
         raise InputError(f"run id {run_id!r}: use letters, digits, '.', '_' or '-' (at most 128)")
+    if run_id in RESERVED or run_id.startswith("cache.lmdb"):
+        raise InputError(f"run id {run_id!r}: the runs directory keeps that name for the cross-run cache; choose another")
     return run_id
 
 

@@ -304,3 +304,17 @@ def test_show_says_a_reply_was_copied_from_the_cache(figure):
     r = run_cli("show", "b", "q3", "--runs-dir", str(figure["runs"]))
     assert r.returncode == 0, r.stderr
     assert "reply: ok, copied from the cache (run a, event #" in r.stdout and "nothing sent" in r.stdout, r.stdout
+
+
+def test_the_cache_never_deletes_a_directory_in_its_place_and_its_names_are_no_run_ids(tmp_path):
+    data = _dataset(tmp_path / "d.jsonl", 2)
+    runs = tmp_path / "runs"
+    for name in ("cache.lmdb", "cache.lmdb-lock", "cache.lock"):
+        r = run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", name, cwd=tmp_path)
+        assert r.returncode == 2 and "the runs directory keeps that name for the cross-run cache" in r.stderr, r.stderr
+    assert run_cli("run", str(data), "--runs-dir", str(runs), "--run-id", "a", cwd=tmp_path).returncode == 0
+    (runs / "cache.lmdb").unlink()
+    shutil.copytree(runs / "a", runs / "cache.lmdb")  # a run where the store goes (made by hand, or by an old version)
+    r = run_cli("cache", "stats", "--runs-dir", str(runs), cwd=tmp_path)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "is a directory" in r.stderr, r.stderr
+    assert (runs / "cache.lmdb" / "events.log").exists()

@@ -179,6 +179,34 @@ def _own(paths: RunPaths, k: int) -> Iterator[tuple[float, int, int, Event]]:
             yield event.ts, k, n, event
 
 
+def _check_own(paths: RunPaths) -> None:
+    """The top level's own log must read whole: a merge that skipped a damaged part of it
+    would drop reviews or re-parses from the run for good, without a word."""
+    from llm_ledger.ledger.events import Reviewed
+    from llm_ledger.ledger.maintenance import verify_log
+
+    def own_kind(event: Event) -> bool:
+        return isinstance(event, Reviewed) or (isinstance(event, SessionStarted) and event.reason == "reparse")
+
+    has = os.path.isfile(paths.own_log)
+    report = verify_log(paths.own_log) if has else None
+    if report is not None and not report.ok:
+        first = report.problems[0]
+        raise InputError(f"{paths.own_log}: damaged at byte {first.offset} ({first.reason}): it holds this run's reviews "
+                         "and re-parses, which a merge would lose; restore it, or move it aside to merge without them; "
+                         "nothing was merged")
+    # its last frame damaged reads as a torn write: the run's log, which got each of them
+    # after the own log did, says whether any is missing
+    def same(event: Event) -> bytes:  # the event as both logs hold it (each stamps its own seq and time)
+        return msgspec.msgpack.encode(msgspec.structs.replace(event, seq=0, ts=0.0))
+
+    kept = {same(e) for e in iter_events(paths.own_log) if own_kind(e)} if has else set()
+    missing = sum(same(e) not in kept for e in iter_events(paths.log) if own_kind(e))
+    if missing:
+        raise InputError(f"{paths.own_log}: {missing} review(s) or re-parse(s) of the run's log are not in it (damaged "
+                         "or cut): a merge would lose them; restore it; nothing was merged")
+
+
 def live_merged_events(paths: RunPaths) -> Iterator[Event]:
     """The union of the shards as they are now, numbered as a merge numbers it: what a
     reader of a running sharded run (the event table) reads."""
@@ -248,6 +276,7 @@ def merge_locked(paths: RunPaths, lock: RunLock) -> tuple[MergeReport, RunLock]:
     caller's released."""
     top = top_started(paths)
     shards = check_shards(paths, top)
+    _check_own(paths)
     remove_temps(paths.log)
     manifest = merged_manifest(shards)
     _forget(paths.merged)  # it vouches for the merged figures: not while they change

@@ -206,3 +206,19 @@ def test_a_sharded_runs_replies_serve_later_runs_from_the_cache(sharded, tmp_pat
     assert r.returncode == 0, r.stdout + r.stderr
     summary = json.loads((runs / "again" / "summary.json").read_text())
     assert summary["cache"]["cached"] == 24, summary["cache"]
+
+
+def test_a_damaged_own_log_stops_the_merge_instead_of_dropping_its_reviews(sharded, tmp_path):
+    run = _copy(sharded, tmp_path)
+    where = ("--runs-dir", str(tmp_path / "runs"))
+    assert run_cli("review", "r", "q3", "--incorrect", *where).returncode == 0
+    own = run / "shards" / "own.log"
+    data = bytearray(own.read_bytes())
+    data[40] ^= 1  # inside the first frame
+    own.write_bytes(bytes(data))
+    before = (run / "events.log").read_bytes()
+    r = run_cli("merge", "r", *where)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "own.log: 1 review(s) or re-parse(s) of the run's log are not in it" in r.stderr, r.stderr
+    assert "nothing was merged" in r.stderr, r.stderr
+    assert (run / "events.log").read_bytes() == before

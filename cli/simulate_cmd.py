@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 @app.command("simulate")
 def simulate(
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: any free port).")] = 8000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port on 127.0.0.1 (0: any free port).")] = 8000,
     latency: Annotated[float, typer.Option(help="Mean latency in seconds.")] = 0.0,
     jitter: Annotated[float, typer.Option(help="Latency jitter, +/- seconds.")] = 0.0,
     error_rate: Annotated[float, typer.Option("--error-rate", help="Share of 500 replies.")] = 0.0,

@@ -58,7 +58,9 @@ def sql(
         catalog = Catalog(runs_dir)
     with catalog:
         if query is None:
-            _prompt(catalog, form, output)
+            failed = _prompt(catalog, form, output)
+            if failed and not sys.stdin.isatty():  # a script piped in: its failure is the exit code's to say
+                raise typer.Exit(1)
             return
         with handled():
             _answer(catalog, query, form, output)
@@ -81,11 +83,11 @@ def _answer(catalog: Catalog, query: str, form: str, output: str | None) -> None
     stdout.flush_bytes()
 
 
-def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
+def _prompt(catalog: Catalog, form: str, output: str | None) -> int:
     """Read statements from standard input until its end or .quit (the module's docstring
     says how they are cut); an error is its one line on standard error, and the prompt goes
     on. The banner and the prompts (``ledger>``, ``...>`` within a statement) show on a
-    terminal only."""
+    terminal only. Returns how many lines or statements failed (piped in: exit 1 if any)."""
     from llm_ledger.projections.sql import take_statements
 
     interactive = sys.stdin.isatty()
@@ -93,6 +95,7 @@ def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
         err.print(f"ledger sql: views {', '.join(VIEWS)}; end a statement with ';' (.help, .tables, .quit)",
                   markup=False)
     pending = ""  # the lines of a statement no ';' has ended yet
+    failed = 0
     while True:
         line = _read_line("   ...> " if pending else "ledger> ") if interactive else sys.stdin.readline()
         if line is None:  # Ctrl-C: the lines typed so far are dropped, as in psql
@@ -100,37 +103,45 @@ def _prompt(catalog: Catalog, form: str, output: str | None) -> None:
             continue
         if not line:
             break
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are no UTF-8 (read as lone surrogates): SQL is text
+            err.print("error: a line of standard input is not UTF-8 text: skipped", markup=False, highlight=False)
+            failed += 1
+            continue
         if not pending:
             done = _command(line.strip())
+            if done == "quit":
+                return failed
             if done is not None:
-                if done:
-                    return
+                failed += done == "error"
                 continue
         statements, pending = take_statements(pending + line)
         for statement in statements:
-            _one(catalog, statement, form, output)
+            failed += not _one(catalog, statement, form, output)
     if pending:
-        _one(catalog, pending, form, output)  # the end of the input ends the last statement
+        failed += not _one(catalog, pending, form, output)  # the end of the input ends the last statement
+    return failed
 
 
-def _command(word: str) -> bool | None:
-    """Run a line of the prompt's own: True to leave, False when done, None when the line
-    is no command (SQL). A line starting with '.' or a backslash is always taken: one
-    this prompt does not know is said in one line."""
+def _command(word: str) -> str | None:
+    """Run a line of the prompt's own: "quit" to leave, "done" or "error" when taken, None
+    when the line is no command (SQL). A line starting with '.' or a backslash is always
+    taken: one this prompt does not know is said in one line."""
     key = word.lower().rstrip(";").strip()
     if key in _QUIT:
-        return True
+        return "quit"
     if key in _TABLES:
         for name, view in VIEWS.items():
             out.print(f"{name}: {view.about}", markup=False, highlight=False)
-        return False
+        return "done"
     if key in _HELP:
         out.print(_HELP_TEXT, markup=False, highlight=False)
-        return False
+        return "done"
     if word.startswith((".", "\\")):
         err.print(f"error: {word.split()[0]}: not a command of this prompt (.tables, .help, .quit; "
                   "SQL ends with ';')", markup=False, highlight=False)
-        return False
+        return "error"
     return None
 
 
@@ -150,7 +161,8 @@ def _read_line(prompt: str) -> str | None:
         return None
 
 
-def _one(catalog: Catalog, text: str, form: str, output: str | None) -> None:
+def _one(catalog: Catalog, text: str, form: str, output: str | None) -> bool:
+    """Run one statement of the prompt; False when it failed (its error said in one line)."""
     from llm_ledger.ledger.errors import LedgerError
 
     try:
@@ -158,3 +170,5 @@ def _one(catalog: Catalog, text: str, form: str, output: str | None) -> None:
     except (LedgerError, OSError) as exc:
         message, _ = error_line(exc)
         err.print(f"error: {message}", markup=False, highlight=False)
+        return False
+    return True

@@ -15,7 +15,7 @@ from .common import RunsDir, err, handled, out
 def view(
     runs: Annotated[Optional[list[str]], typer.Argument(help="Runs to show side by side (default: a list of every run); an experiment's name stands for its arms.", metavar="RUN")] = None,
     experiment: Annotated[Optional[str], typer.Option("--experiment", help="Open this experiment, its arms side by side.")] = None,
-    port: Annotated[int, typer.Option("--port", help="Port to listen on (0: any free port).")] = 8765,
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Port to listen on (0: any free port).")] = 8765,
     host: Annotated[str, typer.Option("--host", help="Address to bind; anything but loopback lets others read your runs.")] = "127.0.0.1",
     review: Annotated[bool, typer.Option("--review", help="Review mode: mark answers correct or incorrect (appends `reviewed` events).")] = False,
     runs_dir: RunsDir = "runs",

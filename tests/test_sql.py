@@ -193,7 +193,7 @@ def test_bad_sql_is_one_line_and_exit_2(world):
 def test_interactive_prompt_reads_queries_until_the_end(world):
     script = "SELECT count(*) AS n FROM runs;\nSELEC 1;\nSELECT 40 +\n 2 AS answer;\n.tables\nSELECT count(*) AS m FROM rows\n"
     done = sql_here(world, "--format", "json", input=script)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # a piped script with a failed statement: the others run, exit 1
     assert [json.loads(line) for line in done.stdout.splitlines() if line.startswith("[")] == [
         [{"n": 2}], [{"answer": 42}], [{"m": 3 * N}]]
     assert "events:" in done.stdout  # .tables
@@ -213,7 +213,7 @@ def test_the_prompt_runs_a_statement_when_a_semicolon_ends_it(world):
               ".help\n.nope\n"
               "SELECT count(*) AS m\nFROM runs\n")  # the end of the input ends the last one
     done = sql_here(world, "--format", "json", input=script)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 1, done.stderr  # .nope was refused: a piped script says so in its exit code
     lines = done.stdout.splitlines()
     assert [json.loads(line) for line in lines if line.startswith("[")] == [
         [{"semi": ";", "s": "x;y"}], [{"one": 1}], [{"two": 2}], [{"three": 3}], [{"m": 2}]]

@@ -11,7 +11,7 @@ from rich.markup import escape
 from llm_ledger.ledger.layout import find_run
 
 from .app import app
-from .common import RunsDir, handled, out
+from .common import RunsDir, err, handled, out
 
 
 @app.command("show")
@@ -51,6 +51,8 @@ def _print_story(story: dict) -> None:
     for line in attempt_lines(story["events"]):
         style = {"ok": "green", "failed": "red"}.get(line.outcome, "yellow")
         out.print(f"{escape(line.label)}: [{style}]{line.outcome}[/{style}], {escape(line.details)}")
+    for note in story.get("notes", []):
+        err.print(f"note: {note}", markup=False, highlight=False)
 
 
 def _answer(conversation: dict) -> str:

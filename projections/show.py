@@ -35,14 +35,19 @@ def item_story(paths: RunPaths, item_id: str, sample: int) -> dict[str, Any]:
             attempts.append(_brief(event))
     if not attempts:
         raise InputError(f"run {paths.run_id} has no events for item {item_id!r} sample {sample}")
-    conversation = None
+    conversation, notes = None, []
     path = os.path.join(paths.conversations, file_name(item_id, sample))
     if os.path.exists(path):
         with fs.open_file(path, "rb") as f:
-            conversation = json.loads(f.read())
+            data = f.read()
+        try:
+            conversation = json.loads(data)
+        except ValueError:  # a derived file damaged: the events below still tell the item's story
+            notes.append(f"{path} is damaged (not JSON): `ledger replay {paths.run_id} --rebuild` rewrites it; "
+                         "the answer and verdict it holds are not shown")
     review = next((r for r in read_reviews(paths) if r.latest and (r.item_id, r.sample) == (item_id, sample)), None)
     return {"item_id": item_id, "sample": sample, "conversation": conversation, "events": attempts,
-            "review": None if review is None else msgspec.to_builtins(review)}
+            "review": None if review is None else msgspec.to_builtins(review), "notes": notes}
 
 
 def _brief(event: Any) -> dict[str, Any]:

@@ -252,3 +252,15 @@ def test_a_reparse_of_a_run_with_items_left_is_refused(tmp_path):
     assert line == "error: run down has 3 item(s) not finished: `ledger resume down` first, then re-parse (replies it " \
                    "receives later are parsed with the run's own parser)", line
     assert (tmp_path / "runs" / "down" / "events.log").read_bytes() == before
+
+
+def test_show_of_an_item_whose_conversation_file_is_damaged_says_so_in_one_line(tmp_path):
+    data = _dataset(tmp_path / "d.jsonl", 1)
+    assert run_cli("run", str(data), "--runs-dir", str(tmp_path / "runs"), "--run-id", "a", cwd=tmp_path).returncode == 0
+    (damaged,) = (tmp_path / "runs" / "a" / "conversations").iterdir()
+    damaged.write_text("{tru")
+    r = run_cli("show", "a", "q0", "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0 and "reply: ok" in r.stdout and "Traceback" not in r.stderr, (r.stdout, r.stderr)
+    assert r.stderr.strip().splitlines() == [f"note: {damaged} is damaged "
+                                             "(not JSON): `ledger replay a --rebuild` rewrites it; the answer and verdict it "
+                                             "holds are not shown"]

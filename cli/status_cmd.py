@@ -47,7 +47,7 @@ def status(
         info = run_status(paths)
         config = _config(paths)
         stale = _catch_up_batches(paths) if config.runner == "batch" and info.status != "running" else ""
-        batches = read_batches(paths)
+        batches = read_batches(paths) if config.runner == "batch" else []  # another run's has none to read
         if as_json:
             extra = {"batches": batches} if batches else {}  # a --batch run's chunks (batches.json), beside RunStatus
             out.print(json.dumps({**msgspec.to_builtins(info), **extra}), soft_wrap=True)

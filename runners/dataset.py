@@ -354,6 +354,8 @@ def _jsonl(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
 def _jsonl_lines(path: str, f: Any, first: int) -> Iterator[tuple[int, dict[str, Any]]]:
     """Records of JSONL lines read from ``f``, numbered from ``first``."""
     for n, raw in enumerate(f, first):
+        if n == 1 and raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (Windows editors write one)
+            raw = raw[3:]
         if not raw.strip():
             continue
         try:
@@ -374,18 +376,22 @@ def _utf8_hint(raw: bytes, exc: Exception) -> str:
 
 
 def _csv(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
-    """CSV with a header row, UTF-8 (a byte-order mark, as Excel writes it, is dropped)."""
+    """CSV with a header row, UTF-8 (a byte-order mark, as Excel writes it, is dropped).
+    Strict: a quote never closed is an error at the record it opens in, never the rest of the
+    file silently folded into one value."""
+    start = 2  # the line the record being read starts on
     try:
         with fs.open_file(path, "rb") as f:
-            reader = csv.DictReader(_decoded_lines(path, f))
+            reader = csv.DictReader(_decoded_lines(path, f), strict=True)
             if not reader.fieldnames:
                 return
             for record in reader:
                 if None in record:
                     raise InputError(f"{path}:{reader.line_num}: more values than header columns")
-                yield reader.line_num, {k: v for k, v in record.items() if v is not None}
+                yield start, {k: v for k, v in record.items() if v is not None}
+                start = reader.line_num + 1
     except csv.Error as exc:
-        raise InputError(f"{path}: malformed CSV: {exc}") from exc
+        raise InputError(f"{path}:{start}: malformed CSV in the record starting here: {exc}") from exc
 
 
 def _decoded_lines(path: str, f: Any) -> Iterator[str]:

@@ -264,3 +264,15 @@ def test_show_of_an_item_whose_conversation_file_is_damaged_says_so_in_one_line(
     assert r.stderr.strip().splitlines() == [f"note: {damaged} is damaged "
                                              "(not JSON): `ledger replay a --rebuild` rewrites it; the answer and verdict it "
                                              "holds are not shown"]
+
+
+def test_a_csv_quote_never_closed_is_refused_and_a_jsonl_bom_is_read(tmp_path):
+    bad = tmp_path / "q.csv"
+    bad.write_text('id,prompt,expected\nq1,"answer: 4,4\nq2,answer: 5,5\nq3,answer: 6,6\n')
+    line = _error_line(run_cli("run", str(bad), "--runs-dir", str(tmp_path / "runs"), cwd=tmp_path))
+    assert line == f"error: {bad}:2: malformed CSV in the record starting here: unexpected end of data", line
+    assert not (tmp_path / "runs").exists()
+    bom = tmp_path / "bom.jsonl"
+    bom.write_bytes(b'\xef\xbb\xbf{"id": "a", "prompt": "say a"}\n')
+    r = run_cli("run", str(bom), "--runs-dir", str(tmp_path / "runs"), "--run-id", "b", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr

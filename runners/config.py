@@ -138,6 +138,10 @@ def check_config(config: RunConfig) -> None:
 
     check_kinds(config.runner, config.transport, config.base_url)
     _at_least(config, 1, "samples", "concurrency", "shards")
+    if config.workers != "local":  # said even without --shards, where it would do nothing
+        from .shard_plan import workers_of
+
+        workers_of(config)
     if config.shards > 1:
         from .shard_plan import check_sharding
 

@@ -83,6 +83,8 @@ def _takes(kind: Kind, arg: str) -> bool:
 
 
 def _regex(pattern: str) -> Callable[[str], Any]:
+    if not pattern:  # it would match every reply at its start: every answer "", unsaid
+        raise InputError("--parser regex: needs a pattern, e.g. 'regex:answer is (.+)$' (the first group is the answer)")
     try:
         compiled = re.compile(pattern, re.DOTALL)
     except re.error as exc:

@@ -217,3 +217,10 @@ def test_normalize():
     assert normalize(" The  Answer. ") == "the answer"
     assert normalize("1,234.5") == 1234.5
     assert normalize(7) == 7.0 and normalize(None) is None and normalize(False) is False
+
+
+def test_a_regex_without_a_pattern_is_refused():
+    """It would match every reply at its start: every answer the empty string, unsaid."""
+    for spec in ("regex:", "regex"):
+        with pytest.raises(InputError, match="--parser regex: needs a pattern"):
+            make_parser(spec)

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError, OutputError
 from llm_ledger.ledger.fsio import fsync_dir
-from llm_ledger.ledger.layout import RunPaths
+from llm_ledger.ledger.layout import RESERVED, RunPaths
 
 from .registry import output_names
 
@@ -59,6 +59,15 @@ _LEGACY = re.compile(r"^.+\.(?:arrow|parquet|csv|jsonl|xlsx)\.tmp\.(\d+)$")
 # Errors that can only come from writing: an OSError without a file name and with one of
 # these is the output's, whatever raised it (pyarrow, zipfile, a file object).
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def _holds_runs(directory: str) -> bool:
+    """A runs directory: a cache store in it, or a run."""
+    try:
+        names = fs.listdir(directory)
+    except OSError:
+        return False
+    return "cache.lmdb" in names or any(_is_run_dir(os.path.join(directory, n)) for n in names[:1000])
 
 
 def _is_run_dir(directory: str) -> bool:
@@ -95,6 +104,9 @@ def check_output_path(path: str) -> str:
                          f"({run}); write the output outside the run's own files")
     real = os.path.realpath(path)
     folder = os.path.dirname(real)
+    if os.path.basename(real) in RESERVED and _holds_runs(folder):
+        raise InputError(f"{path}: refusing to write there: the cross-run cache of the runs directory {folder} keeps "
+                         "that name; write the output elsewhere")
     if not os.path.isdir(folder):
         raise InputError(f"{path}: no such directory {folder}")
     try:

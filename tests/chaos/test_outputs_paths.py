@@ -152,6 +152,9 @@ def test_check_output_path_resolves_links_and_dotdot(world):
             check_output_path(str(path))
     assert check_output_path(str(run / "compare.csv")) == os.path.realpath(run / "compare.csv")
     assert owner_of(str(world["base"] / "out" / "x.csv")) is None
+    for name in ("cache.lmdb", "cache.lmdb-lock", "cache.lock", "cache.cleared"):  # the runs directory's cache
+        with pytest.raises(Exception, match="the cross-run cache of the runs directory"):
+            check_output_path(str(world["runs"] / name))
 
 
 def test_a_shard_inside_a_run_is_the_runs_too(tmp_path):

@@ -103,6 +103,12 @@ def unmerged(paths: RunPaths) -> str:
     if is_locked(paths.lock) or any(s is not None and s.status == "running" for s in shards):
         return (f"run {run} is sharded and running: its rows are merged from its shards at its end "
                 f"(`ledger status {run}` shows its progress now)")
+    try:
+        with fs.open_file(paths.merged, "rb") as f:
+            json.loads(f.read())
+    except (OSError, ValueError):  # the record, not the merge, may be what is missing
+        return (f"run {run}'s merge record {paths.merged} is missing or damaged, so its merged files may not be its "
+                f"shards': `ledger merge {run}` merges them again")
     return (f"run {run}'s shards hold work its merged files do not (it stopped before merging them): "
             f"`ledger merge {run}` merges them")
 

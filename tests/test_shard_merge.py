@@ -170,12 +170,13 @@ def test_reviews_and_reparses_of_a_merged_run_survive_every_later_merge(sharded,
 
 
 def test_a_run_stopped_before_merging_is_said_and_replay_merges_it(sharded, tmp_path):
-    """A sharded run whose coordinator died before merging (here: its merged.json gone, so its
-    top files vouch for nothing): status names `ledger merge`, export and compare refuse in one
-    line rather than show the top files as the run, and `replay --rebuild` merges."""
+    """A sharded run whose coordinator died before merging (here: its merged.json made when the
+    shards held one event each): status names `ledger merge`, export and compare refuse in one
+    line rather than show the top files as the run, and `replay --rebuild` merges. A damaged
+    merge record is said as one."""
     run = _copy(sharded, tmp_path)
     shutil.copytree(sharded, tmp_path / "runs" / "r2")  # a run to compare with
-    (run / "shards" / "merged.json").unlink()
+    (run / "shards" / "merged.json").write_text('{"shards": [1, 1]}\n')  # merged when its shards were at their start
     where = ("--runs-dir", str(tmp_path / "runs"))
     status = run_cli("status", "r", *where)
     assert "`ledger merge r` merges them" in status.stdout and "replay" not in status.stdout, status.stdout
@@ -190,6 +191,9 @@ def test_a_run_stopped_before_merging_is_said_and_replay_merges_it(sharded, tmp_
     assert (run / "shards" / "merged.json").exists()
     assert run_cli("export", "r", "csv", "-o", str(tmp_path / "r.csv"), *where).returncode == 0
     assert len((tmp_path / "r.csv").read_text().splitlines()) == 25
+    (run / "shards" / "merged.json").write_text("{garbled")
+    r = run_cli("status", "r", *where)
+    assert "merge record" in r.stdout and "is missing or damaged" in r.stdout and "merges them again" in r.stdout, r.stdout
 
 
 def test_a_sharded_runs_replies_serve_later_runs_from_the_cache(sharded, tmp_path):

@@ -40,18 +40,21 @@ def simulate(
 ) -> None:
     """Serve a deterministic OpenAI-compatible endpoint with configurable faults."""
     from llm_ledger.projections.outputs import check_output_path
+    from llm_ledger.runners.config import check_sim
     from llm_ledger.runners.simulator import SimConfig
 
     with handled():
         if request_log:
             request_log = check_output_path(request_log)
-        sim = _start(SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
+        config = SimConfig(model=model, seed=seed, latency=latency, latency_jitter=jitter, rate_429=rate_429,
                        retry_after=retry_after, rate_500=error_rate, rate_hang=hang_rate, rate_reset=reset_rate,
                        rate_malformed=malformed_rate, request_log=request_log,
                        capacity_rps=capacity, accuracy=accuracy, batch_window=batch_window, batch_seconds=batch_seconds,
                        batch_fail_validation=batch_fail_validation, batch_expire=batch_expire,
                        batch_error_lines=batch_error_lines, batch_create_500=batch_create_500,
-                       batch_torn_lines=batch_torn_lines), port)
+                       batch_torn_lines=batch_torn_lines)
+        check_sim(config, "ledger simulate")
+        sim = _start(config, port)
     out.print(f"simulator on {sim.base_url} (model {model}); Ctrl-C to stop", highlight=False)
     try:
         while True:

@@ -18,7 +18,7 @@ import msgspec
 
 from llm_ledger.ledger.errors import InputError
 
-__all__ = ["RunConfig", "SIMULATOR_MODEL", "HOW_FIELDS", "MAX_CONCURRENCY", "check_config", "compare"]
+__all__ = ["RunConfig", "SIMULATOR_MODEL", "HOW_FIELDS", "MAX_CONCURRENCY", "check_config", "check_sim", "compare"]
 
 SIMULATOR_MODEL = "sim-1"
 MAX_CONCURRENCY = 10_000
@@ -169,7 +169,7 @@ def check_config(config: RunConfig) -> None:
         sim = msgspec.convert(config.simulator, SimConfig)
     except msgspec.ValidationError as exc:
         raise InputError(f"--sim: {exc}") from None
-    _check_sim(sim)
+    check_sim(sim)
 
 
 def _at_least(config: RunConfig, low: int, *names: str) -> None:
@@ -186,12 +186,13 @@ def _finite(value: float | None, option: str, positive: bool = False) -> None:
         raise InputError(f"{option} {value}: must be a finite number {'> 0' if positive else '>= 0'}")
 
 
-def _check_sim(sim: Any) -> None:
-    """Rates are probabilities; times and capacities are finite and not negative."""
+def check_sim(sim: Any, where: str = "--sim") -> None:
+    """Rates are probabilities; times and capacities are finite and not negative (the run's
+    --sim, and `ledger simulate`'s flags: ``where`` names the source)."""
     for name in sim.__struct_fields__:
         value = getattr(sim, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or name == "seed":
             continue
         if not math.isfinite(value) or value < 0 or (name.startswith("rate_") and value > 1):
             allowed = "a probability in [0, 1]" if name.startswith("rate_") else "finite and >= 0"
-            raise InputError(f"--sim: {name} = {value}: must be {allowed}")
+            raise InputError(f"{where}: {name} = {value}: must be {allowed}")

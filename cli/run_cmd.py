@@ -329,10 +329,11 @@ def end_lines(prepared: "Prepared", session: "Session", summary: dict, code: int
     lines += [f"note: {note}" for note in getattr(session, "notes", [])]
     pending = summary.get("counts", {}).get("pending") or 0
     stop_reason = progress.stop_reason if progress else ""
-    items = f"{plural(pending, 'item')} pending"
+    unit = "answer" if prepared.config.samples > 1 else "item"  # with --samples, each (item, sample) is one
+    items = f"{plural(pending, unit)} pending"
     batch = prepared.config.runner == "batch"
     if stop_reason.startswith("batch window"):  # in batches at the provider: in flight, not waiting to be sent
-        lines.append(f"--batch-window passed: {plural(pending, 'item')} not finished{batches_left(prepared)}")
+        lines.append(f"--batch-window passed: {plural(pending, unit)} not finished{batches_left(prepared)}")
     elif code == 75:
         lines.append(f"every endpoint stayed down past --give-up-after; {items}")
     elif code == 130:

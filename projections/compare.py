@@ -77,7 +77,7 @@ class AnswerText(Answer):
     model: str = ""
     prompt: Any = None
     response: str | None = None
-    latency: float = 0.0
+    latency: float | None = None  # null: no reply of it was timed (copied from the cache, a Batch output)
     attempts: int = 0
 
 

@@ -98,7 +98,7 @@ _LINE = pa.schema([
 ])
 _TYPED = pa.schema([f for f in _LINE if f.name not in _TEXT])
 # What the fold leaves out of a line reads as these (as a msgspec default would).
-_DEFAULTS: dict[str, Any] = {"model": "", "latency": 0.0, "attempts": 0, "finished_at": 0.0, "seq": 0}
+_DEFAULTS: dict[str, Any] = {"model": "", "attempts": 0, "finished_at": 0.0, "seq": 0}  # latency: null stays null
 
 
 class _Place(msgspec.Struct, gc=False):

@@ -67,6 +67,7 @@ class OpenRow(msgspec.Struct, gc=False):
     metadata: dict[str, Any] = {}  # the dataset record's other fields
     messages: Any = None  # a later turn's request messages (multi-turn only: the conversation)
     cached_from: CachedFrom | None = None  # the latest reply came from the cross-run cache
+    timed: bool = False  # some reply's latency is a measured time (else the line's latency is null)
 
 
 class Row(msgspec.Struct, gc=False, omit_defaults=True):
@@ -85,7 +86,7 @@ class Row(msgspec.Struct, gc=False, omit_defaults=True):
     correct: bool | None
     correct_reviewed: bool | None  # a person's verdict where one is in effect, else ``correct``
     usage: Usage | None
-    latency: float
+    latency: float | None  # seconds, over the replies timed (null: none was -- copied from the cache, or no reply)
     attempts: int
     error: str | None
     finished_at: float
@@ -313,6 +314,7 @@ def _response(state: RunState, event: Response, _: Any) -> None:
         return _cached(totals, row, usage)
     row.latency += event.latency
     if timed(event):
+        row.timed = True
         totals.latencies.append(event.latency)
     if usage is not None:
         before_usage = row.usage
@@ -494,7 +496,8 @@ def _line(row: OpenRow, parsed: Any, correct: bool | None, error: str | None, ev
     if conversation is not None and replied:
         conversation = [*conversation, {"role": "assistant", "content": row.response}]
     return Row(row.item_id, row.sample, row.model, row.prompt, row.response, parsed, row.expected, correct,
-               reviewed if replied else correct, row.usage, round(row.latency, 6), row.attempts, error, event.ts,
+               reviewed if replied else correct, row.usage, round(row.latency, 6) if row.timed else None, row.attempts,
+               error, event.ts,
                event.seq, row.line, row.metadata, conversation, row.cached_from)
 
 

@@ -54,7 +54,7 @@ class RowsPart(Part, kw_only=True):
 
 class Rows:
     name: ClassVar[str] = ROWS
-    version: ClassVar[int] = 2
+    version: ClassVar[int] = 3  # 3: a line's latency is null when no reply of it was timed
     slow: ClassVar[bool] = False
     part_type: ClassVar[type[Part]] = RowsPart
 

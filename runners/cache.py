@@ -14,7 +14,7 @@ runner calls the same two functions before it puts a request into a batch)::
 A hit is events, like every step of a run: a ``started`` whose ``endpoint`` is ``cache``
 (the request that was *not* sent, so that the row has its prompt and expected answer) and a
 ``response`` that copies the original's text, finish reason, usage and raw body with
-``cached_from: {run, seq, ts}`` and latency 0; then the ``parsed`` of this run's parser.
+``cached_from: {run, seq, ts}`` and latency 0 (no time of its own: its row's latency is null); then the ``parsed`` of this run's parser.
 A kill -9 between them leaves the item in flight; resume looks it up again: nothing is sent.
 
 Every request is looked up by default. The mission is that a reply that reached a log is

@@ -135,8 +135,9 @@ def assert_rows_match(got: list[dict], run: str, world, run_id: str | None = Non
                 ts = g[name]
                 assert isinstance(ts, datetime.datetime) and ts.utcoffset() == datetime.timedelta(0), ts
                 assert abs(ts.timestamp() - value) < time_tolerance, (ts, value)
-            elif name == "latency":  # a JSON number (0 for a key that never got a reply): float64
-                assert isinstance(g[name], float) and g[name] == value, (w["item_id"], name, g[name], value)
+            elif name == "latency":  # a JSON number, or null for a key no reply of which was timed: float64
+                assert (value is None and g[name] is None) or (isinstance(g[name], float) and g[name] == value), \
+                    (w["item_id"], name, g[name], value)
             elif name in ("parsed", "expected", "prompt") and not (value is None or isinstance(value, str)):
                 assert isinstance(g[name], str) and json.loads(g[name]) == value, (name, g[name], value)
             elif name == "conversation" and isinstance(g[name], str):
@@ -171,7 +172,7 @@ def csv_rows(path: Path) -> tuple[list[str], list[dict]]:
             elif name in ("correct", "correct_reviewed"):
                 row[name] = {"true": True, "false": False, "": None}[s]
             elif name == "latency":
-                row[name] = float(s)
+                row[name] = float(s) if s else None
             elif name == "finished_at":
                 row[name] = parse_time(s)
             else:
@@ -205,8 +206,8 @@ def xlsx_rows(path: Path) -> tuple[list[str], list[dict]]:
         ts = row["finished_at"]
         assert isinstance(ts, datetime.datetime) and ts.tzinfo is None  # Excel: naive, UTC
         row["finished_at"] = ts.replace(tzinfo=UTC)
-        assert isinstance(row["latency"], (int, float))  # Excel numbers have one type: 0.0 reads as 0
-        row["latency"] = float(row["latency"])
+        assert row["latency"] is None or isinstance(row["latency"], (int, float))  # Excel numbers: 0.0 reads as 0
+        row["latency"] = None if row["latency"] is None else float(row["latency"])
         rows.append(row)
     book.close()
     return header, rows

@@ -107,7 +107,7 @@ def wanted(line: dict, run_id: str) -> dict:
         "prompt": as_text(line.get("prompt")), "response": line.get("response"),
         "parsed": as_text(line.get("parsed")), "expected": as_text(line.get("expected")), "correct": line.get("correct"),
         "correct_reviewed": line.get("correct_reviewed", line.get("correct")),  # a line without it: the machine's
-        "latency": float(line.get("latency", 0.0)), "attempts": line.get("attempts", 0), "error": line.get("error"),
+        "latency": None if line.get("latency") is None else float(line["latency"]), "attempts": line.get("attempts", 0), "error": line.get("error"),
         "finished_at": int(line.get("finished_at", 0.0) * 1_000_000), "seq": line.get("seq", 0), "conversation": None,
     }
     for name in TOKENS:
@@ -230,7 +230,7 @@ def test_a_live_run_partial_line_reordered_keys_and_left_out_fields(tmp_path: Pa
     assert [r["item_id"] for r in rows[-2:]] == ["bare", "some"] and "in progress" not in {r["item_id"] for r in rows}
     assert [r["item_id"] for r in rows[:5]] == ["k0", "k1", "k2", "k3", "k4"]
     bare, some = rows[-2], rows[-1]
-    assert (bare["model"], bare["latency"], bare["attempts"], bare["finished_at"], bare["seq"]) == ("", 0.0, 0, 0, 900)
+    assert (bare["model"], bare["latency"], bare["attempts"], bare["finished_at"], bare["seq"]) == ("", None, 0, 0, 900)  # no latency recorded: null, not 0
     assert bare["prompt_tokens"] is None and bare["correct"] is None
     assert [some[name] for name in TOKENS] == [4, 0, 0] and some["latency"] == 1.0 and some["seq"] == 0
     assert rows[3]["parsed"] == '{"n":3}' and rows[3]["seq"] == 901

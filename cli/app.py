@@ -61,6 +61,9 @@ def main() -> None:
                 sys.stdout.write(text + "\n")
             sys.exit(0)
         where = exc.ctx.command_path if exc.ctx else "ledger"
+        if where == "ledger":  # raised before the command's own context: name it from the arguments
+            named = next((a for a in sys.argv[1:] if a in getattr(command, "commands", {})), None)
+            where = f"ledger {named}" if named else where
         sys.stderr.write(f"error: {' '.join(exc.format_message().split())} (see `{where} --help`)\n")
         sys.exit(2)
     except click_exception as exc:

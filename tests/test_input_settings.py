@@ -219,7 +219,7 @@ def test_what_the_user_typed_is_printed_as_typed_never_as_an_emoji(tmp_path):
 @pytest.mark.parametrize("args, said", [
     (("run", "d.jsonl", "--bogus"), "error: No such option: --bogus (see `ledger run --help`)"),
     (("run", "d.jsonl", "--concurrency", "abc"), "error: Invalid value for '--concurrency': "),
-    (("run", "d.jsonl", "--run-id"), "error: Option '--run-id' requires an argument."),
+    (("run", "d.jsonl", "--run-id"), "error: Option '--run-id' requires an argument. (see `ledger run --help`)"),
     (("export",), "error: Missing argument 'RUN... FORMAT'. (see `ledger export --help`)"),
     (("nocmd",), "error: No such command 'nocmd'."),
 ])

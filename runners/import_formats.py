@@ -28,8 +28,9 @@
   ``<name>``), except what ledger derives from the reply and the log and would work out anew
   for the imported run: ``parsed`` (re-parsed by ``--parser``), ``correct``,
   ``correct_reviewed``, ``attempts``, ``finished_at``, ``seq``, ``line``, ``run_id``,
-  ``cached_from``/``cached_from_run``/``cached_from_seq``, ``imported``, and ``error``
-  beside a reply. So ledger's own ``responses.jsonl`` and its exports (``ledger export RUN
+  ``imported``, and ``error`` beside a reply; ``cached_from`` (``cached_from_run``/
+  ``cached_from_seq`` in an export) is kept as the reply's provenance: the original copied it
+  from the cache, and the imported run does not count it as paid either. So ledger's own ``responses.jsonl`` and its exports (``ledger export RUN
   jsonl|csv``) import as they are, every column read as what it is, none as metadata.
 
 ``csv``: a header row and the same columns; ``messages``, ``usage``, ``metadata`` and
@@ -61,7 +62,7 @@ import msgspec
 
 from llm_ledger.ledger import fs
 from llm_ledger.ledger.errors import InputError
-from llm_ledger.ledger.events import Usage
+from llm_ledger.ledger.events import CachedFrom, Usage
 
 from .dataset import Item
 
@@ -102,6 +103,7 @@ class Record(msgspec.Struct, frozen=True, kw_only=True):
     message: str = ""
     status: int | None = None
     turn: int = 0  # the replies before this one in ``messages`` (a multi-turn conversation's last turn)
+    cached_from: CachedFrom | None = None  # the original copied this reply from the cross-run cache: not paid
 
 
 Items = dict[str, Item]
@@ -199,7 +201,8 @@ def _record(where: str, line: int, record: dict[str, Any], items: Items | None) 
     fields = dict(line=line, item_id=item_id, sample=_sample(where, record.get("sample", 0)), messages=messages,
                   response=response, expected=expected, model=_model(where, record.get("model")), usage=usage,
                   latency=_latency(where, record.get("latency")), metadata=metadata,
-                  order=item.line if item else line, turn=sum(m["role"] == "assistant" for m in messages or ()), **failure)
+                  order=item.line if item else line, turn=sum(m["role"] == "assistant" for m in messages or ()),
+                  cached_from=_cached_from(where, record) if response is not None else None, **failure)
     return _storable(where, Record(**fields))
 
 
@@ -347,6 +350,22 @@ def _flat_usage(where: str, record: dict[str, Any]) -> Usage | None:
         if count is not None and (isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < 1 << 62):
             raise InputError(f"{where}: '{name}' must be an integer >= 0, got {count!r}")
     return _usage(where, {t: c for t, c in counts.items() if c is not None})
+
+
+def _cached_from(where: str, record: dict[str, Any]) -> CachedFrom | None:
+    """A reply the original run copied from the cache (``responses.jsonl``'s ``cached_from``,
+    the export's ``cached_from_run``/``cached_from_seq``): kept as such, so that the imported
+    run does not count its tokens as paid. An export has no time for it: 0 (the oldest, so
+    that ``--cache-max-age`` never serves it as younger than it is)."""
+    origin = record.get("cached_from")
+    run, seq, ts = (origin.get("run"), origin.get("seq"), origin.get("ts", 0.0)) if isinstance(origin, dict) else (
+        record.get("cached_from_run"), record.get("cached_from_seq"), 0.0)
+    if run in (None, ""):
+        return None
+    try:
+        return CachedFrom(run=str(run), seq=int(seq or 0), ts=float(ts or 0.0))
+    except (TypeError, ValueError):
+        raise InputError(f"{where}: 'cached_from' must name a run and the seq of its reply, got {run!r}, {seq!r}") from None
 
 
 def _latency(where: str, value: Any) -> float:

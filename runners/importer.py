@@ -159,7 +159,7 @@ def _record_events(record: Record, parser: Parser, model: str, where: Imported) 
     result = loggable_result(parser(record.response))
     return [started,
             Response(**key, text=record.response, finish_reason=record.finish_reason, usage=record.usage,
-                     latency=record.latency, raw=record.raw, imported=where),
+                     latency=record.latency, raw=record.raw, imported=where, cached_from=record.cached_from),
             Parsed(**key, parser=parser.spec, parser_version=parser.version, ok=result.ok, value=result.value,
                    error=result.error)]
 

@@ -318,3 +318,17 @@ def test_the_cache_never_deletes_a_directory_in_its_place_and_its_names_are_no_r
     r = run_cli("cache", "stats", "--runs-dir", str(runs), cwd=tmp_path)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and "is a directory" in r.stderr, r.stderr
     assert (runs / "cache.lmdb" / "events.log").exists()
+
+
+def test_an_imported_copy_of_a_cached_run_counts_nothing_as_paid(figure, tmp_path):
+    """The export and responses.jsonl say which replies were copied from the cache: an import
+    keeps that, so its summary pays for them no more than the original did."""
+    runs = tmp_path / "runs"
+    out = tmp_path / "b.jsonl"
+    assert run_cli("export", "b", "jsonl", "-o", str(out), "--runs-dir", str(figure["runs"])).returncode == 0
+    for source, fmt, run_id in ((out, "responses-jsonl", "from-export"),
+                                (figure["b"]["dir"] / "responses.jsonl", "responses-jsonl", "from-rows")):
+        r = run_cli("import", str(source), "--format", fmt, "--run-id", run_id, "--parser", PARSER, "--runs-dir", str(runs))
+        assert r.returncode == 0, r.stderr
+        summary = json.loads((runs / run_id / "summary.json").read_text())
+        assert summary["cache"]["cached"] == N and summary["tokens"]["total"] == 0, (run_id, summary["cache"], summary["tokens"])

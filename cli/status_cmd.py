@@ -100,12 +100,11 @@ def batch_lines(batches: list[dict], now: float | None = None, *, simulator_gone
 
 def _config(paths: "RunPaths") -> "RunConfig":
     """The run's config (run_started); the defaults for a log without one."""
-    from llm_ledger.ledger.events import RunStarted
-    from llm_ledger.ledger.reader import iter_events
+    from llm_ledger.projections.runs import first_event
     from llm_ledger.runners.config import RunConfig
 
-    first = next(iter_events(paths.log), None) if os.path.isfile(paths.log) else None
-    return RunConfig.from_dict(first.config) if isinstance(first, RunStarted) else RunConfig()
+    started = first_event(paths)
+    return RunConfig.from_dict(started.config) if started is not None else RunConfig()
 
 
 def _catch_up_batches(paths: "RunPaths") -> str:

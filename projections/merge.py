@@ -45,10 +45,10 @@ from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.lock import RunLock, holder_pid, is_locked
 from llm_ledger.ledger.reader import iter_events
-from llm_ledger.ledger.recovery import locate_end
 from llm_ledger.ledger.shard_keys import config_sha256, shard_info, shard_of
 
 from .merge_log import remove_temps, write_log
+from .merge_status import last_seq
 from .projector import rebuild
 from .summary import summarize
 
@@ -304,9 +304,4 @@ def _forget(path: str) -> None:
 
 def merged_manifest(shards: list[Shard]) -> dict[str, Any]:
     """What the merged log was made of: each shard's last seq (``status`` compares)."""
-    return {"shards": [_last_seq(s.paths) for s in shards]}
-
-
-def _last_seq(paths: RunPaths) -> int:
-    with fs.open_file(paths.log, "rb") as f:
-        return locate_end(f, paths.log).last_seq
+    return {"shards": [last_seq(s.paths.log) for s in shards]}

@@ -25,7 +25,7 @@ from llm_ledger.ledger.shard_keys import planned_keys
 
 from .runs import Counts, RunStatus, decide, first_event, read_summary, run_status, status_text
 
-__all__ = ["sharded_status", "shard_statuses", "unmerged", "require_merged"]
+__all__ = ["sharded_status", "shard_statuses", "unmerged", "require_merged", "last_seq"]
 
 _SESSION = {"running": "running", "interrupted": "interrupted", "error": "error"}  # others: completed*
 
@@ -53,14 +53,14 @@ def sharded_status(paths: RunPaths) -> RunStatus:
     current = _merged_current(paths, shards)
     accuracy = read_summary(paths).get("accuracy") if current else None
     return RunStatus(run_id=paths.run_id, status=status, status_text=status_text(status, counts), **counts._asdict(),
-                     events=_last_seq(paths.log) if current else sum(s.events for s in started) + _last_seq(paths.own_log),
+                     events=last_seq(paths.log) if current else sum(s.events for s in started) + last_seq(paths.own_log),
                      accuracy=accuracy, summary_current=current,
                      source="shards")
 
 
-def _last_seq(log: str) -> int:
-    """Events in a log (0 when there is none): the merged log when it is current -- the
-    figure `ledger log` shows -- else the shards' and the top level's own (ledger/own_log.py)."""
+def last_seq(log: str) -> int:
+    """Events in a log (0 when there is none): a shard's for the merge record; the merged
+    log's when it is current (the figure `ledger log` shows), else the top level's own."""
     from llm_ledger.ledger.recovery import locate_end
 
     if not os.path.isfile(log):

@@ -50,7 +50,7 @@ from llm_ledger.ledger.framing import Frame
 
 from . import cache_key
 
-__all__ = ["Cache", "Hit", "KEYER", "CACHE_ENDPOINT", "parse_age", "open_cache"]
+__all__ = ["Cache", "Hit", "KEYER", "CACHE_ENDPOINT", "parse_age", "open_cache", "cache_for"]
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _AGE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -152,3 +152,21 @@ def open_cache(runs_dir: str, run_id: str, config: dict[str, Any], mode: bool | 
     if not walk.identity:
         walk.config, walk.identity = dict(config), KEYER.identity(config)
     return Cache(store, KEYER.identity(config), walk, mode, max_age)
+
+
+def cache_for(run_dir: str, run_id: str, config: Any) -> tuple[Cache | None, str]:
+    """The cache a run of ``config`` in ``run_dir`` looks requests up in (the session, and the
+    dry run's estimate), and "" -- or None and why it could not be opened. A local shard
+    (runs/<run>/shards/<k>) uses the runs directory's store; a Ray shard none (LMDB needs a
+    local disk): None and "". A store that cannot be opened costs the cache, never the run."""
+    import os
+
+    runs_dir = os.path.dirname(os.path.abspath(run_dir))
+    if config.shard:
+        if not config.workers.startswith("local"):
+            return None, ""
+        runs_dir = os.path.dirname(os.path.dirname(runs_dir))
+    try:
+        return open_cache(runs_dir, run_id, config.to_dict(), config.cache, config.cache_max_age), ""
+    except Exception as exc:  # lmdb.Error, OSError, a log another process damaged ...: derived state
+        return None, f"{type(exc).__name__}: {exc}"

@@ -222,19 +222,17 @@ def plan_only(prepared: Prepared) -> dict[str, Any]:
 
 
 def _plan_cache(prepared: Prepared) -> tuple[Any, str]:
-    """The cache a run of this plan would look requests up in, and what to say about it."""
+    """The cache a run of this plan would look requests up in (the session's: cache_for), and
+    what to say about it."""
     config = prepared.config
     if config.cache is False:
         return None, "off (--no-cache): every request is sent"
-    if config.shard:
-        return None, "not used by a shard"
-    from .cache import open_cache
+    from .cache import cache_for
 
-    try:
-        return open_cache(os.path.dirname(os.path.abspath(prepared.paths.dir)), prepared.paths.run_id,
-                          config.to_dict(), config.cache, config.cache_max_age), "on"
-    except Exception as exc:  # lmdb.Error, OSError, a damaged log: the estimate counts every request
-        return None, f"unavailable ({type(exc).__name__}: {exc}): every request counted as sent"
+    cache, error = cache_for(prepared.paths.dir, prepared.paths.run_id, config)
+    if cache is not None:
+        return cache, "on"
+    return None, f"unavailable ({error}): every request counted as sent" if error else "not used by a shard on Ray"
 
 _json = msgspec.json.Encoder()
 

@@ -100,24 +100,14 @@ class Session:
 
     def _open_cache(self) -> Any:
         """The cross-run cache (runners/cache.py), its store caught up with every run's log.
-        A store that cannot be opened costs the cache, never the run: said at the end."""
-        from llm_ledger.runners.cache import open_cache
+        A store that cannot be opened costs the cache, never the run: said at the end. A
+        shard's replies reach the store through the merged log (no listener: see __init__)."""
+        from llm_ledger.runners.cache import cache_for
 
-        config = self.prepared.config
-        runs_dir = os.path.dirname(os.path.abspath(self.paths.dir))
-        if config.shard:
-            # a local shard (runs/<run>/shards/<k>) looks requests up in the runs directory's store;
-            # its replies reach the store through the merged log (no listener: the store knows
-            # runs of the runs directory only). Ray shards open none: LMDB needs a local disk.
-            if not config.workers.startswith("local"):
-                return None
-            runs_dir = os.path.dirname(os.path.dirname(runs_dir))
-        try:
-            return open_cache(runs_dir, self.paths.run_id, config.to_dict(), config.cache, config.cache_max_age)
-        except Exception as exc:  # lmdb.Error, OSError, a log another process damaged ...
-            self.notes.append(f"the cross-run cache is unavailable this session ({type(exc).__name__}: {exc}); "
-                              "every request was sent")
-            return None
+        cache, error = cache_for(self.paths.dir, self.paths.run_id, self.prepared.config)
+        if error:
+            self.notes.append(f"the cross-run cache is unavailable this session ({error}); every request was sent")
+        return cache
 
     def _make_run_dir(self) -> bool:
         """Create the run's directory durably; True if this session created it."""

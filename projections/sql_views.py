@@ -143,9 +143,11 @@ def rows_table(runs: Sequence[RunPaths]) -> pa.Table:
 
 
 def _unmerged(paths: RunPaths) -> bool:
-    """A sharded run whose shards were never merged (``shards/merged.json`` is written by the
-    merge): its top level has no rows of its own yet."""
-    return os.path.isdir(paths.shards) and not os.path.isfile(paths.merged)
+    """A sharded run whose top level is not its shards as they are (never merged, running, or
+    stopped before merging: merge_status.unmerged, the test export and compare apply too)."""
+    from .merge_status import unmerged
+
+    return bool(unmerged(paths))
 
 
 def rows_absent(paths: RunPaths) -> str | None:

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 from llm_ledger.ledger import __version__
 from llm_ledger.ledger.errors import EndpointError, InputError
-from llm_ledger.ledger.events import BatchCancelRequested, RunStarted, SessionEnded, SessionStarted
+from llm_ledger.ledger.events import BatchCancelRequested, SessionEnded, SessionStarted
 from llm_ledger.ledger.index import RunIndex
 from llm_ledger.ledger.layout import RunPaths
 from llm_ledger.ledger.reader import iter_events
@@ -65,8 +65,10 @@ def cancel_run(paths: RunPaths) -> list[Cancelled]:
 
 
 def _config(paths: RunPaths) -> RunConfig:
-    started = next(iter_events(paths.log), None)
-    if not isinstance(started, RunStarted):
+    from llm_ledger.projections.runs import first_event
+
+    started = first_event(paths)
+    if started is None:
         raise InputError(f"{paths.log}: the log does not begin with run_started")
     return RunConfig.from_dict(started.config)
 
